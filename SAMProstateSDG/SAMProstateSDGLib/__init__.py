@@ -1,0 +1,1 @@
+"""SAMProstateSDG backend: prostate segmentation on T2 MRI with SAM prompted by a coarse network."""

@@ -1,0 +1,99 @@
+"""Box proposal: threshold the coarse probabilities, keep the largest component, take its bounding box.
+
+Boxes are in slice pixel coordinates: x is the column, y the row, and (x0, y0, x1, y1) are the
+first and last columns and rows the gland covers, widened by a margin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+from scipy import ndimage
+
+COARSE_THRESHOLD = 0.75
+
+
+class ComponentFilter(str, Enum):
+    """How the thresholded coarse mask is cleaned before boxes are taken."""
+
+    NONE = "none"  # every foreground pixel of the slice (the unfiltered baseline)
+    SLICE = "2d"  # the largest connected component of each slice (SAMMed's mask filter)
+    VOLUME = "3d"  # the largest 3D connected component, then per-slice boxes
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.x0, self.y0, self.x1, self.y1)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a 2D or 3D boolean mask (empty stays empty)."""
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == sizes.argmax()
+
+
+def bounding_box(mask: np.ndarray, margin: tuple[float, float] = (0.0, 0.0)) -> Box | None:
+    """Bounding box of a 2D mask widened by (x, y) margin pixels and kept inside the slice; None if empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    columns = np.flatnonzero(mask.any(axis=0))
+    height, width = mask.shape
+    return Box(
+        float(max(columns[0] - margin[0], 0)),
+        float(max(rows[0] - margin[1], 0)),
+        float(min(columns[-1] + margin[0], width - 1)),
+        float(min(rows[-1] + margin[1], height - 1)),
+    )
+
+
+def filtered_mask(
+    probabilities: np.ndarray,
+    threshold: float = COARSE_THRESHOLD,
+    component_filter: ComponentFilter = ComponentFilter.SLICE,
+) -> np.ndarray:
+    """The coarse mask ([slices, rows, columns]) after thresholding and component filtering."""
+    mask = probabilities > threshold
+    if component_filter is ComponentFilter.VOLUME:
+        return largest_component(mask)
+    if component_filter is ComponentFilter.SLICE:
+        return np.stack([largest_component(plane) for plane in mask])
+    return mask
+
+
+def propose_boxes(
+    probabilities: np.ndarray,
+    spacing_xy: tuple[float, float],
+    margin_mm: float,
+    threshold: float = COARSE_THRESHOLD,
+    component_filter: ComponentFilter = ComponentFilter.SLICE,
+) -> dict[int, Box]:
+    """One box per slice that has a component; slices without one get none."""
+    mask = filtered_mask(probabilities, threshold, component_filter)
+    margin = (margin_mm / spacing_xy[0], margin_mm / spacing_xy[1])
+    boxes = {index: bounding_box(plane, margin) for index, plane in enumerate(mask)}
+    return {index: box for index, box in boxes.items() if box is not None}
+
+
+def boxes_from_labels(labels: np.ndarray) -> dict[int, Box]:
+    """Tight boxes around a reference mask (the upper bound of box prompting)."""
+    boxes = {index: bounding_box(plane > 0) for index, plane in enumerate(labels)}
+    return {index: box for index, box in boxes.items() if box is not None}
+
+
+def whole_slice_boxes(shape: tuple[int, int, int]) -> dict[int, Box]:
+    """A box over the whole slice, on every slice (the prompt-free baseline)."""
+    slices, height, width = shape
+    return {index: Box(0.0, 0.0, float(width - 1), float(height - 1)) for index in range(slices)}

@@ -1,0 +1,146 @@
+"""The ``samprostate`` command: segment, evaluate, train-coarse."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .boxes import ComponentFilter
+from .devices import DEVICE_CHOICES
+from .errors import InputError
+from .sam_engine import SAM_TYPES
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to run (default: cuda, then mps, then cpu)")
+    parser.add_argument("--sam-checkpoint", type=Path, help="your own SAM checkpoint (default: the shipped LiteMedSAM)")
+    parser.add_argument("--sam-type", choices=SAM_TYPES, help="architecture of --sam-checkpoint (default vit_b)")
+    parser.add_argument("--coarse-checkpoint", type=Path, help="a coarse network from train-coarse (default: the shipped one)")
+    parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default="2d",
+                        help="keep the largest component per slice (2d), in the volume (3d), or all (none)")
+    parser.add_argument("--margin-mm", type=float, default=2.0, help="box margin around the coarse component (mm)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="samprostate", description="Prostate segmentation on T2 MRI: coarse network boxes prompt SAM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment a volume and write a label volume")
+    segment.add_argument("input", type=Path, help="a volume SimpleITK reads (nii, nii.gz, nrrd, mha) or a DICOM folder")
+    segment.add_argument("-o", "--output", type=Path, required=True, help="label volume to write (1 = prostate)")
+    segment.add_argument("--boxes-out", type=Path, help="write the boxes used to this JSON file")
+    segment.add_argument("--boxes-in", type=Path, help="segment with these (possibly edited) boxes instead of proposing them")
+    segment.add_argument("--overlay", type=Path, help="write a PNG of several slices with outline and boxes")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    _add_model_options(segment)
+
+    evaluate = commands.add_parser("evaluate", help="Dice and HD95 per case for each prompting method (Markdown)")
+    evaluate.add_argument("--data", type=Path, required=True, help="folder with cases.csv, or NAME + NAME_seg files")
+    evaluate.add_argument("--split", help="cases.csv split to evaluate, e.g. unseen")
+    evaluate.add_argument("--site", help="site to evaluate")
+    evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file")
+    evaluate.add_argument("--overwrite", action="store_true")
+    _add_model_options(evaluate)
+
+    train = commands.add_parser("train-coarse", help="train the coarse network on one source site")
+    train.add_argument("--data", type=Path, required=True)
+    train.add_argument("--site", required=True, help="the source site, as in cases.csv's site column")
+    train.add_argument("--output", type=Path, default=Path("runs/coarse"), help="folder for coarse.pt, coarse.json and the resume state")
+    train.add_argument("--epochs", type=int, default=24)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
+    train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch")
+    train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    return parser
+
+
+def _segmenter(arguments):
+    from .pipeline import ProposalOptions, ProstateSegmenter
+
+    if arguments.margin_mm < 0:
+        raise InputError("--margin-mm must not be negative")
+    options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
+    return ProstateSegmenter.load(
+        arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options
+    )
+
+
+def run_segment(arguments) -> None:
+    from .boxes_json import read_boxes, write_boxes
+    from .overlay import write_overlay
+    from .volume_io import check_output_path, label_image, read_volume, write_image
+
+    outputs = [arguments.output, arguments.boxes_out, arguments.overlay]
+    for path in filter(None, outputs):
+        check_output_path(path, arguments.overwrite)
+    image = read_volume(arguments.input)
+    boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
+    segmenter = _segmenter(arguments)
+    volume = segmenter.prepare(image)
+    boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
+    labels = segmenter.segment_with_boxes(volume, boxes)
+    write_image(label_image(labels, image), arguments.output)
+    if arguments.boxes_out:
+        write_boxes(arguments.boxes_out, boxes, image)
+    if arguments.overlay:
+        write_overlay(arguments.overlay, volume.normalised, labels, boxes)
+    print(f"{arguments.output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, "
+          f"{len(boxes)} boxes")
+
+
+def run_evaluate(arguments) -> None:
+    from .dataset import find_cases
+    from .evaluation import evaluate, markdown_table
+    from .volume_io import check_output_path, write_atomically
+
+    if arguments.output:
+        check_output_path(arguments.output, arguments.overwrite)
+    cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)
+    table = markdown_table(evaluate(_segmenter(arguments), cases))
+    print(table)
+    if arguments.output:
+        write_atomically(arguments.output, lambda temporary: Path(temporary).write_text(table + "\n"))
+
+
+def run_train_coarse(arguments) -> None:
+    from .coarse_training import CoarseTrainingOptions, train_coarse_net
+    from .devices import pick_device
+
+    if arguments.epochs < 1 or arguments.batch_size < 1:
+        raise InputError("--epochs and --batch-size must be at least 1")
+    options = CoarseTrainingOptions(
+        data=arguments.data,
+        site=arguments.site,
+        output=arguments.output,
+        epochs=arguments.epochs,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.learning_rate,
+        seed=arguments.seed,
+        resume=arguments.resume,
+        max_cases=arguments.max_cases,
+    )
+    manifest = train_coarse_net(options, pick_device(arguments.device))
+    print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")
+
+
+COMMANDS = {"segment": run_segment, "evaluate": run_evaluate, "train-coarse": run_train_coarse}
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        COMMANDS[arguments.command](arguments)
+    except InputError as error:
+        print(f"samprostate: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("samprostate: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The coarse segmentation network: a 2D U-Net with a ResNet encoder (MONAI FlexibleUNet)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from monai.networks.nets import FlexibleUNet
+
+from .canvas import Canvas
+from .checksums import verify_sha256
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class CoarseNetConfig:
+    """Architecture and input grid; stored in every checkpoint so it rebuilds the same net."""
+
+    backbone: str = "resnet18"
+    decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
+    canvas: Canvas = field(default_factory=Canvas)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CoarseNetConfig":
+        return cls(
+            backbone=data["backbone"],
+            decoder_channels=tuple(data["decoder_channels"]),
+            canvas=Canvas(**data["canvas"]),
+        )
+
+
+def build_coarse_net(config: CoarseNetConfig) -> FlexibleUNet:
+    """One input channel (the normalised T2 slice), one output logit (gland)."""
+    return FlexibleUNet(
+        in_channels=1,
+        out_channels=1,
+        backbone=config.backbone,
+        pretrained=False,
+        spatial_dims=2,
+        decoder_channels=config.decoder_channels,
+    )
+
+
+class CoarseSegmenter:
+    """Gland probabilities for a whole volume, on the volume's own grid."""
+
+    def __init__(self, network: FlexibleUNet, config: CoarseNetConfig, device: torch.device):
+        self.network = network.to(device).eval()
+        self.config = config
+        self.device = device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: torch.device, sha256: str | None = None) -> "CoarseSegmenter":
+        network, config = load_coarse_checkpoint(path, sha256)
+        return cls(network, config, device)
+
+    @torch.inference_mode()
+    def canvas_probabilities(self, canvas_slices: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        """Sigmoid outputs for slices already on the canvas ([slices, size, size], 0..1)."""
+        outputs = []
+        for start in range(0, len(canvas_slices), batch_size):
+            batch = torch.from_numpy(canvas_slices[start : start + batch_size, None]).to(self.device)
+            outputs.append(torch.sigmoid(self.network(batch.float()))[:, 0].float().cpu().numpy())
+        return np.concatenate(outputs)
+
+    def probabilities(self, normalised: np.ndarray, image: sitk.Image) -> np.ndarray:
+        """Gland probability per voxel of ``image`` from its normalised voxels."""
+        canvas = self.config.canvas
+        return canvas.from_canvas(self.canvas_probabilities(canvas.to_canvas(normalised, image)), image)
+
+
+def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: CoarseNetConfig) -> None:
+    """Weights in half precision (they are small and the net is evaluated in float32)."""
+    state = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in network.state_dict().items()}
+    torch.save({"config": json.dumps(config.to_json()), "state_dict": state}, path)
+
+
+def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[FlexibleUNet, CoarseNetConfig]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"coarse model not found: {path}")
+    if sha256 is not None:
+        verify_sha256(path, sha256)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        config = CoarseNetConfig.from_json(json.loads(checkpoint["config"]))
+    except (RuntimeError, KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+        raise InputError(f"{path} is not a coarse-model checkpoint ({type(error).__name__})") from None
+    network = build_coarse_net(config)
+    state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in checkpoint["state_dict"].items()}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise InputError(f"{path} does not match the coarse network ({config.backbone}): wrong keys or shapes") from None
+    return network, config

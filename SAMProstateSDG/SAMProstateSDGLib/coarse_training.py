@@ -1,0 +1,212 @@
+"""Training the coarse network on one source site (``samprostate train-coarse``)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.data import DataLoader, Dataset
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.transforms import (
+    Compose,
+    OneOf,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasFieldd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandSpatialCropd,
+    ResizeWithPadOrCropd,
+    Identityd,
+)
+from monai.utils import set_determinism
+from tqdm import tqdm
+
+from .boxes import COARSE_THRESHOLD
+from .checksums import sha256_of
+from .coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, save_coarse_checkpoint
+from .dataset import Case, find_cases
+from .volume_io import normalised_array
+
+
+@dataclass
+class CoarseTrainingOptions:
+    data: Path
+    site: str
+    output: Path
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.1
+    seed: int = 0
+    resume: bool = False
+    max_cases: int | None = None
+
+
+@dataclass
+class CanvasCase:
+    name: str
+    image: np.ndarray  # [slices, size, size] float32, 0..1
+    mask: np.ndarray  # [slices, size, size] float32, 0/1
+
+
+def split_cases(cases: list[Case], validation_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Case-level split (no slice of a validation patient is seen in training)."""
+    shuffled = sorted(cases, key=lambda case: case.name)
+    random.Random(seed).shuffle(shuffled)
+    count = max(1, round(len(shuffled) * validation_fraction)) if len(shuffled) > 1 else 0
+    return shuffled[count:], shuffled[:count]
+
+
+def to_canvas_case(case: Case, config: CoarseNetConfig) -> CanvasCase:
+    image, mask = case.read()
+    canvas = config.canvas
+    return CanvasCase(
+        case.name,
+        canvas.to_canvas(normalised_array(image), image),
+        canvas.to_canvas(mask.astype(np.float32), image, nearest=True),
+    )
+
+
+def augmentations(size: int) -> Compose:
+    """Geometry, field-of-view, contrast, noise, blur and bias-field changes a new scanner brings."""
+    keys = ("image", "label")
+    smaller_field_of_view = Compose(
+        [
+            RandSpatialCropd(keys, roi_size=(size * 5 // 8,) * 2, max_roi_size=(size,) * 2, random_size=True),
+            ResizeWithPadOrCropd(keys, spatial_size=(size, size)),
+        ]
+    )
+    return Compose(
+        [
+            OneOf([Identityd(keys), smaller_field_of_view], weights=(0.7, 0.3)),
+            RandAffined(
+                keys,
+                prob=0.7,
+                rotate_range=0.26,
+                scale_range=(0.25, 0.25),
+                translate_range=(12, 12),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandBiasFieldd("image", prob=0.3, coeff_range=(0.0, 0.3)),
+            RandAdjustContrastd("image", prob=0.4, gamma=(0.6, 1.6)),
+            RandScaleIntensityd("image", prob=0.3, factors=0.2),
+            RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
+            RandGaussianNoised("image", prob=0.3, std=0.04),
+        ]
+    )
+
+
+def volume_dice(segmenter: CoarseSegmenter, cases: list[CanvasCase]) -> float:
+    metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
+    for case in cases:
+        prediction = segmenter.canvas_probabilities(case.image) > COARSE_THRESHOLD
+        metric(torch.from_numpy(prediction)[None, None].float(), torch.from_numpy(case.mask)[None, None])
+    return float(metric.aggregate().item())
+
+
+def train_coarse_net(
+    options: CoarseTrainingOptions,
+    device: torch.device,
+    config: CoarseNetConfig | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train, keep the best checkpoint by validation Dice, and write its manifest; returns the manifest."""
+    config = config or CoarseNetConfig()
+    options.output.mkdir(parents=True, exist_ok=True)
+    set_determinism(seed=options.seed)
+    cases = find_cases(options.data, site=options.site)[: options.max_cases]
+    training_cases, validation_cases = split_cases(cases, options.validation_fraction, options.seed)
+    log(f"{len(training_cases)} training and {len(validation_cases)} validation cases from {options.site}")
+    training = [to_canvas_case(case, config) for case in tqdm(training_cases, desc="reading", leave=False)]
+    validation = [to_canvas_case(case, config) for case in validation_cases] or training[:1]
+    slices = [
+        {"image": case.image[index][None], "label": case.mask[index][None]}
+        for case in training
+        for index in range(len(case.image))
+    ]
+    loader = DataLoader(
+        Dataset(slices, transform=augmentations(config.canvas.size)),
+        batch_size=options.batch_size,
+        shuffle=True,
+        drop_last=len(slices) > options.batch_size,
+    )
+
+    network = build_coarse_net(config).to(device)
+    optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs)
+    loss_function = DiceCELoss(sigmoid=True)
+    state_path, best_path = options.output / "last_state.pt", options.output / "coarse.pt"
+    start_epoch, best_dice, history = 0, -1.0, []
+    if options.resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        network.load_state_dict(state["network"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
+        log(f"resuming after epoch {start_epoch} (best validation Dice {best_dice:.4f})")
+
+    segmenter = CoarseSegmenter(network, config, device)
+    started = time.time()
+    progress = tqdm(range(start_epoch, options.epochs), desc="epochs", initial=start_epoch, total=options.epochs)
+    for epoch in progress:
+        network.train()
+        losses = []
+        for batch in loader:
+            optimiser.zero_grad()
+            loss = loss_function(network(batch["image"].to(device)), batch["label"].to(device))
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        scheduler.step()
+        network.eval()
+        dice = volume_dice(segmenter, validation)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "validation_dice": dice})
+        progress.set_postfix(loss=f"{np.mean(losses):.4f}", val_dice=f"{dice:.4f}", best=f"{max(best_dice, dice):.4f}")
+        if dice > best_dice:
+            best_dice = dice
+            save_coarse_checkpoint(best_path, network, config)
+        torch.save(
+            {
+                "network": network.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "best_dice": best_dice,
+                "history": history,
+            },
+            state_path,
+        )
+
+    manifest = {
+        "model": "coarse",
+        "architecture": config.to_json(),
+        "data": str(options.data),
+        "site": options.site,
+        "training_cases": [case.name for case in training_cases],
+        "validation_cases": [case.name for case in validation_cases],
+        "command": (
+            f"samprostate train-coarse --data {options.data} --site {options.site} --epochs {options.epochs} "
+            f"--batch-size {options.batch_size} --learning-rate {options.learning_rate} --seed {options.seed}"
+        ),
+        "epochs": options.epochs,
+        "best_validation_dice": round(best_dice, 4),
+        "history": history,
+        "device": str(device),
+        "training_seconds_last_run": round(time.time() - started, 1),
+        "file": best_path.name,
+        "sha256": sha256_of(best_path),
+    }
+    (options.output / "coarse.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,76 @@
+"""Finding image/mask pairs: through a ``cases.csv`` manifest, or ``NAME`` + ``NAME_seg`` files."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .volume_io import read_volume
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    site: str
+    split: str
+    image: Path
+    mask: Path
+
+    def read(self) -> tuple[sitk.Image, np.ndarray]:
+        """The image and its whole-gland mask (label > 0) as a [slices, rows, columns] bool array."""
+        image = read_volume(self.image)
+        mask = sitk.ReadImage(str(self.mask))
+        if mask.GetSize() != image.GetSize():
+            raise InputError(f"mask {self.mask} is {mask.GetSize()}, image is {image.GetSize()}")
+        return image, sitk.GetArrayFromImage(mask) > 0
+
+    def read_labels(self) -> np.ndarray:
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(self.mask)))
+
+
+def find_cases(data: str | Path, site: str | None = None, split: str | None = None) -> list[Case]:
+    """Cases under ``data``, filtered by site and/or split (case-insensitive)."""
+    data = Path(data)
+    if not data.is_dir():
+        raise InputError(f"data folder not found: {data}")
+    manifest = data / "cases.csv"
+    cases = _from_manifest(data, manifest) if manifest.is_file() else _from_pairs(data)
+    selected = [
+        case
+        for case in cases
+        if (site is None or case.site.lower() == site.lower()) and (split is None or case.split.lower() == split.lower())
+    ]
+    if not selected:
+        wanted = ", ".join(f"{key} {value}" for key, value in (("site", site), ("split", split)) if value)
+        raise InputError(f"no cases in {data}" + (f" with {wanted}" if wanted else ""))
+    return selected
+
+
+def _from_manifest(data: Path, manifest: Path) -> list[Case]:
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = {"case", "image", "mask"} - set(rows[0] if rows else {})
+    if missing:
+        raise InputError(f"{manifest} lacks the column(s) {', '.join(sorted(missing))}")
+    return [
+        Case(row["case"], row.get("site", ""), row.get("split", ""), data / row["image"], data / row["mask"])
+        for row in rows
+    ]
+
+
+def _from_pairs(data: Path) -> list[Case]:
+    cases = []
+    for mask in sorted(data.rglob("*_seg.*")):
+        for suffix in IMAGE_SUFFIXES:
+            if mask.name.endswith("_seg" + suffix):
+                image = mask.with_name(mask.name[: -len("_seg" + suffix)] + suffix)
+                if image.is_file():
+                    cases.append(Case(image.name[: -len(suffix)], mask.parent.name, "", image, mask))
+    return cases

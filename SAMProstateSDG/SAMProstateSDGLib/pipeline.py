@@ -1,0 +1,105 @@
+"""The automatic pipeline: volume → slices → coarse mask → boxes → SAM prompts → masks → label volume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .boxes import COARSE_THRESHOLD, Box, ComponentFilter, propose_boxes
+from .coarse_net import CoarseSegmenter
+from .devices import pick_device
+from .model_catalog import default_entry
+from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
+from .volume_io import normalised_array
+
+PROSTATE_LABEL = 1
+
+
+@dataclass(frozen=True)
+class ProposalOptions:
+    """How coarse probabilities become boxes (SAMMed: threshold 0.75, largest component)."""
+
+    threshold: float = COARSE_THRESHOLD
+    component_filter: ComponentFilter = ComponentFilter.SLICE
+    margin_mm: float = 2.0
+
+
+@dataclass
+class PreparedVolume:
+    """A volume read once: its geometry, normalised voxels, and lazily encoded slices."""
+
+    image: sitk.Image
+    normalised: np.ndarray
+    encoded: EncodedVolume
+    coarse: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def spacing_xy(self) -> tuple[float, float]:
+        return self.image.GetSpacing()[:2]
+
+
+class ProstateSegmenter:
+    """Coarse network + SAM, loaded once and reused for any number of volumes and prompts."""
+
+    def __init__(self, sam: SamEngine, coarse: CoarseSegmenter, options: ProposalOptions = ProposalOptions()):
+        self.sam = sam
+        self.coarse = coarse
+        self.options = options
+
+    @classmethod
+    def load(
+        cls,
+        device: str = "auto",
+        sam_type: str | None = None,
+        sam_checkpoint: str | Path | None = None,
+        coarse_checkpoint: str | Path | None = None,
+        options: ProposalOptions = ProposalOptions(),
+    ) -> "ProstateSegmenter":
+        """The shipped models by default; a user's SAM or coarse checkpoint where given."""
+        torch_device = pick_device(device)
+        sam_entry, coarse_entry = default_entry("sam"), default_entry("coarse")
+        if sam_checkpoint is None:
+            sam = load_sam(sam_entry.model_type, sam_entry.path, sam_entry.sha256)
+        else:
+            sam = load_sam(sam_type or "vit_b", sam_checkpoint)
+        if coarse_checkpoint is None:
+            coarse = CoarseSegmenter.from_checkpoint(coarse_entry.path, torch_device, coarse_entry.sha256)
+        else:
+            coarse = CoarseSegmenter.from_checkpoint(coarse_checkpoint, torch_device)
+        return cls(SamEngine(sam, torch_device), coarse, options)
+
+    def prepare(self, image: sitk.Image) -> PreparedVolume:
+        normalised = normalised_array(image)
+        return PreparedVolume(image, normalised, EncodedVolume(self.sam, normalised))
+
+    def coarse_probabilities(self, volume: PreparedVolume) -> np.ndarray:
+        if volume.coarse is None:
+            volume.coarse = self.coarse.probabilities(volume.normalised, volume.image)
+        return volume.coarse
+
+    def propose_boxes(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> dict[int, Box]:
+        options = options or self.options
+        return propose_boxes(
+            self.coarse_probabilities(volume),
+            volume.spacing_xy,
+            options.margin_mm,
+            options.threshold,
+            options.component_filter,
+        )
+
+    def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
+        """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""
+        labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
+        volume.encoded.encode(boxes)
+        for index, box in boxes.items():
+            labels[index][volume.encoded.segment(index, Prompt(box=box.as_tuple()))] = PROSTATE_LABEL
+        return labels
+
+    def segment(self, image: sitk.Image, boxes: dict[int, Box] | None = None) -> tuple[np.ndarray, dict[int, Box]]:
+        """Labels and the boxes used: the given ones, or those proposed by the coarse network."""
+        volume = self.prepare(image)
+        boxes = self.propose_boxes(volume) if boxes is None else boxes
+        return self.segment_with_boxes(volume, boxes), boxes

@@ -1,0 +1,177 @@
+"""Building SAM models, and prompting them slice by slice with a per-slice embedding cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.build_sam import sam_model_registry
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from .checksums import verify_sha256
+from .errors import InputError
+from .model_catalog import tiny_vit_module
+
+SAM_TYPES = ("litemedsam", "vit_t", "vit_b", "vit_l", "vit_h")
+IMAGENET_MEAN, IMAGENET_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+
+
+def _tiny_vit_sam(image_size: int, pixel_mean: list[float], pixel_std: list[float]) -> Sam:
+    """TinyViT encoder + SAM's prompt encoder and decoder (LiteMedSAM at 256 px, MobileSAM at 1024 px)."""
+    encoder = tiny_vit_module().TinyViT(
+        img_size=image_size,
+        in_chans=3,
+        embed_dims=[64, 128, 160, 320],
+        depths=[2, 2, 6, 2],
+        num_heads=[2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7],
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        drop_path_rate=0.0,
+        use_checkpoint=False,
+        mbconv_expand_ratio=4.0,
+        local_conv_size=3,
+        layer_lr_decay=0.8,
+    )
+    return Sam(
+        image_encoder=encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(64, 64),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+        pixel_mean=pixel_mean,
+        pixel_std=pixel_std,
+    )
+
+
+SAM_BUILDERS = {
+    # LiteMedSAM expects the image scaled to 0..1: mean 0, std 255 on a 0..255 image.
+    "litemedsam": partial(_tiny_vit_sam, 256, [0.0, 0.0, 0.0], [255.0, 255.0, 255.0]),
+    "vit_t": partial(_tiny_vit_sam, 1024, IMAGENET_MEAN, IMAGENET_STD),
+    "vit_b": sam_model_registry["vit_b"],
+    "vit_l": sam_model_registry["vit_l"],
+    "vit_h": sam_model_registry["vit_h"],
+}
+
+
+def load_sam(model_type: str, checkpoint: str | Path, sha256: str | None = None) -> Sam:
+    """Build a SAM of ``model_type`` and load ``checkpoint`` with strict keys (weights only)."""
+    if model_type not in SAM_BUILDERS:
+        raise InputError(f"unknown SAM type {model_type!r}; choose one of {', '.join(SAM_TYPES)}")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise InputError(f"SAM checkpoint not found: {checkpoint}")
+    if sha256 is not None:
+        verify_sha256(checkpoint, sha256)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a file that is not a checkpoint
+        raise InputError(f"{checkpoint} is not a readable PyTorch checkpoint ({type(error).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    sam = SAM_BUILDERS[model_type]()
+    try:
+        sam.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, AttributeError):
+        raise InputError(f"{checkpoint} does not fit SAM {model_type}: wrong keys or shapes") from None
+    return sam.eval()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A box (x0, y0, x1, y1) and/or points (x, y) with labels 1 (inside) / 0 (outside), in slice pixels."""
+
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    point_labels: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.box is None and not self.points:
+            raise ValueError("a prompt needs a box or at least one point")
+        if len(self.points) != len(self.point_labels):
+            raise ValueError("each point needs a label")
+
+
+class SamEngine:
+    """A SAM model on a device, with the resize and normalisation its encoder expects."""
+
+    def __init__(self, sam: Sam, device: torch.device, batch_size: int = 4):
+        self.sam = sam.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+
+    def input_size(self, slice_shape: tuple[int, int]) -> tuple[int, int]:
+        """The slice's size once its longer side is scaled to the encoder's input size."""
+        return self.transform.get_preprocess_shape(*slice_shape, self.transform.target_length)
+
+    @torch.inference_mode()
+    def encode(self, slices: np.ndarray) -> torch.Tensor:
+        """Image embeddings [N, 256, 64, 64] of same-sized grey slices ([N, rows, columns], 0..1)."""
+        embeddings = []
+        for start in range(0, len(slices), self.batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + self.batch_size]))
+            batch = (batch.to(self.device, torch.float32) * 255.0)[:, None].expand(-1, 3, -1, -1)
+            # ResizeLongestSide.apply_image_torch reads the size from the wrong axes in
+            # segment-anything 1.0, so the resize to the encoder's input size is done here.
+            resized = F.interpolate(batch, self.input_size(slices.shape[1:]), mode="bilinear", antialias=True)
+            embeddings.append(self.sam.image_encoder(self.sam.preprocess(resized)))
+        return torch.cat(embeddings)
+
+    @torch.inference_mode()
+    def decode(self, embedding: torch.Tensor, prompt: Prompt, slice_shape: tuple[int, int]) -> np.ndarray:
+        """The mask (bool [rows, columns]) for one prompt on one encoded slice."""
+        boxes = points = None
+        if prompt.box is not None:
+            box = torch.tensor([prompt.box], dtype=torch.float32, device=self.device)
+            boxes = self.transform.apply_boxes_torch(box, slice_shape)
+        if prompt.points:
+            coordinates = torch.tensor([prompt.points], dtype=torch.float32, device=self.device)
+            labels = torch.tensor([prompt.point_labels], dtype=torch.int, device=self.device)
+            points = (self.transform.apply_coords_torch(coordinates, slice_shape), labels)
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+        # One point alone is ambiguous: let SAM propose three masks and keep the best-scored one.
+        multimask = boxes is None and len(prompt.points) == 1
+        low_resolution, scores = self.sam.mask_decoder(
+            image_embeddings=embedding[None],
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        best = low_resolution[:, scores[0].argmax()][:, None]
+        logits = self.sam.postprocess_masks(best, self.input_size(slice_shape), slice_shape)
+        return (logits[0, 0] > self.sam.mask_threshold).cpu().numpy()
+
+
+class EncodedVolume:
+    """The slices of one volume, each encoded at most once, on demand; prompts cost only the decoder."""
+
+    def __init__(self, engine: SamEngine, slices: np.ndarray):
+        self.engine = engine
+        self.slices = slices
+        self.embeddings: dict[int, torch.Tensor] = {}
+
+    def encode(self, indices) -> None:
+        """Encode, in batches, whichever of ``indices`` are not cached yet."""
+        missing = sorted(set(int(index) for index in indices) - self.embeddings.keys())
+        if missing:
+            self.embeddings.update(zip(missing, self.engine.encode(self.slices[missing])))
+
+    def segment(self, index: int, prompt: Prompt) -> np.ndarray:
+        self.encode([index])
+        return self.engine.decode(self.embeddings[index], prompt, self.slices.shape[1:])

@@ -1,0 +1,40 @@
+"""Shared fixtures: the real prostate data beside the project and the real shipped models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SAMPROSTATE_DATA", ROOT.parent / "shared" / "data" / "prostate"))
+FIXTURES = DATA / "fixture"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
+
+
+@pytest.fixture(scope="session")
+def data() -> Path:
+    if not (DATA / "cases.csv").is_file():
+        pytest.fail(f"the prostate data is missing at {DATA} (set SAMPROSTATE_DATA)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def segmenter():
+    from SAMProstateSDGLib.pipeline import ProstateSegmenter
+
+    return ProstateSegmenter.load("cpu")

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import FIXTURES
+from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.volume_io import check_output_path, label_image, normalised_array, read_volume, write_image
+
+
+def test_reads_real_volume_and_normalises_to_unit_range():
+    image = read_volume(FIXTURES / "Case00.nii.gz")
+    assert image.GetSize() == (320, 320, 4)
+    values = normalised_array(image)
+    assert values.shape == (4, 320, 320) and values.dtype == np.float32
+    assert values.min() == 0.0 and values.max() == 1.0
+
+
+def _write(tmp_path, array, name="image.nii.gz"):
+    path = tmp_path / name
+    sitk.WriteImage(sitk.GetImageFromArray(array, isVector=False), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.arange(64 * 64, dtype=np.float32).reshape(64, 64), "2D"),
+        (np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32), "4D"),
+        (np.full((5, 32, 32), 7, dtype=np.int16), "constant"),
+        (np.random.default_rng(0).random((1, 32, 32), dtype=np.float32), "single slice"),
+    ],
+)
+def test_refuses_volumes_it_cannot_segment(tmp_path, array, message):
+    with pytest.raises(InputError, match=message):
+        read_volume(_write(tmp_path, array))
+
+
+def test_missing_and_unreadable_files_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_volume(tmp_path / "missing.nii.gz")
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"this is not an image")
+    with pytest.raises(InputError, match="cannot read"):
+        read_volume(garbage)
+
+
+def test_dicom_series_folder_is_read_with_its_geometry(tmp_path):
+    image = sitk.Cast(read_volume(FIXTURES / "Case00.nii.gz"), sitk.sitkInt16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    direction = image.GetDirection()
+    for index in range(image.GetDepth()):
+        plane = image[:, :, index]
+        origin = image.TransformIndexToPhysicalPoint((0, 0, index))
+        for tag, value in {
+            "0020|000e": "1.2.826.0.1.3680043.2.1125.1",
+            "0020|0013": str(index + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
+            "0020|0037": "\\".join(f"{v:.9f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])),
+            "0008|0060": "MR",
+        }.items():
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(tmp_path / f"slice{index}.dcm"))
+        writer.Execute(plane)
+    volume = read_volume(tmp_path)
+    assert volume.GetSize() == image.GetSize()
+    assert np.allclose(volume.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    assert np.allclose(volume.GetDirection(), image.GetDirection(), atol=1e-4)
+
+
+def test_label_image_keeps_exact_geometry_and_writes_atomically(tmp_path):
+    image = read_volume(FIXTURES / "P158-020.nii.gz")
+    labels = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
+    labels[1, 10:20, 10:20] = 1
+    output = tmp_path / "labels.nii.gz"
+    write_image(label_image(labels, image), output)
+    written = sitk.ReadImage(str(output))
+    assert written.GetOrigin() == image.GetOrigin()
+    assert written.GetSpacing() == image.GetSpacing()
+    assert written.GetDirection() == image.GetDirection()
+    assert (sitk.GetArrayFromImage(written) == labels).all()
+    assert [path.name for path in tmp_path.iterdir()] == ["labels.nii.gz"]
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path):
+    existing = tmp_path / "out.nii.gz"
+    existing.write_bytes(b"user data")
+    with pytest.raises(InputError, match="--overwrite"):
+        check_output_path(existing, overwrite=False)
+    assert check_output_path(existing, overwrite=True) == existing
+    with pytest.raises(InputError, match="does not exist"):
+        check_output_path(tmp_path / "no" / "out.nii.gz", overwrite=False)
