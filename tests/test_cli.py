@@ -1,0 +1,121 @@
+"""The ``samprostate`` command as a user runs it: real volumes, real models, real files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import FIXTURES, dice, read_mask
+
+SAMPROSTATE = Path(sys.executable).with_name("samprostate")
+UNSEEN_DICE_FLOOR = 0.80
+
+
+def samprostate(*arguments, check=True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(SAMPROSTATE), *map(str, arguments)], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+@pytest.fixture(scope="module")
+def unseen_case(data, tmp_path_factory):
+    """P158-020 (Prostate158, a site never seen in training) segmented end to end."""
+    folder = tmp_path_factory.mktemp("unseen")
+    image = data / "Prostate158" / "P158-020.nii.gz"
+    samprostate("segment", image, "-o", folder / "labels.nii.gz", "--boxes-out", folder / "boxes.json", "--overlay", folder / "overlay.png")
+    return image, folder
+
+
+def test_segments_an_unseen_site_case_above_the_dice_floor(unseen_case, data):
+    image, folder = unseen_case
+    labels = sitk.ReadImage(str(folder / "labels.nii.gz"))
+    reference = read_mask(data / "Prostate158" / "P158-020_seg.nii.gz")
+    assert dice(sitk.GetArrayFromImage(labels), reference) >= UNSEEN_DICE_FLOOR
+    source = sitk.ReadImage(str(image))
+    assert labels.GetOrigin() == source.GetOrigin()
+    assert labels.GetSpacing() == source.GetSpacing()
+    assert labels.GetDirection() == source.GetDirection()
+    assert (folder / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_boxes_file_lists_one_box_per_gland_slice(unseen_case, data):
+    _, folder = unseen_case
+    boxes = json.loads((folder / "boxes.json").read_text())
+    assert boxes["format"] == "samprostate-boxes" and boxes["image"]["size"] == [270, 270, 24]
+    reference = read_mask(data / "Prostate158" / "P158-020_seg.nii.gz")
+    gland_slices = set(np.flatnonzero(reference.any(axis=(1, 2))).tolist())
+    proposed = {entry["slice"] for entry in boxes["boxes"]}
+    assert len(proposed & gland_slices) >= 0.8 * len(gland_slices)
+
+
+def test_edited_boxes_are_used_instead_of_proposed_ones(tmp_path):
+    image = FIXTURES / "Case29.nii.gz"
+    samprostate("segment", image, "-o", tmp_path / "proposed.nii.gz", "--boxes-out", tmp_path / "boxes.json")
+    boxes = json.loads((tmp_path / "boxes.json").read_text())
+    removed = boxes["boxes"].pop(0)["slice"]
+    (tmp_path / "edited.json").write_text(json.dumps(boxes))
+    samprostate("segment", image, "-o", tmp_path / "edited.nii.gz", "--boxes-in", tmp_path / "edited.json")
+    proposed = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "proposed.nii.gz")))
+    edited = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "edited.nii.gz")))
+    assert proposed[removed].any() and not edited[removed].any()
+    kept = [index for index in range(len(proposed)) if index != removed]
+    assert (proposed[kept] == edited[kept]).all()
+
+
+def _write(path: Path, array: np.ndarray) -> Path:
+    sitk.WriteImage(sitk.GetImageFromArray(array, isVector=False), str(path))
+    return path
+
+
+def _assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("samprostate: error:") and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "make_input, message",
+    [
+        (lambda folder: folder / "missing.nii.gz", "not found"),
+        (lambda folder: _write(folder / "flat.nii.gz", np.ones((64, 64), np.float32)), "2D"),
+        (lambda folder: _write(folder / "series.nii.gz", np.ones((2, 3, 32, 32), np.float32)), "4D"),
+        (lambda folder: _write(folder / "constant.nii.gz", np.zeros((4, 32, 32), np.int16)), "constant"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, make_input, message):
+    output = tmp_path / "out.nii.gz"
+    _assert_refused(samprostate("segment", make_input(tmp_path), "-o", output, check=False), message)
+    assert not output.exists()
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path):
+    output = tmp_path / "mine.nii.gz"
+    output.write_bytes(b"the user's own segmentation")
+    _assert_refused(samprostate("segment", FIXTURES / "Case00.nii.gz", "-o", output, check=False), "--overwrite")
+    assert output.read_bytes() == b"the user's own segmentation"
+
+
+def test_checkpoint_with_wrong_keys_is_refused(tmp_path):
+    checkpoint = tmp_path / "sam.pth"
+    import torch
+
+    torch.save({"image_encoder.unexpected": torch.zeros(1)}, checkpoint)
+    output = tmp_path / "out.nii.gz"
+    result = samprostate("segment", FIXTURES / "Case00.nii.gz", "-o", output, "--sam-checkpoint", checkpoint, "--sam-type", "litemedsam", check=False)
+    _assert_refused(result, "wrong keys")
+    assert not output.exists()
+
+
+def test_evaluate_prints_the_table_rows_for_a_folder_of_pairs(tmp_path):
+    table = tmp_path / "table.md"
+    result = samprostate("evaluate", "--data", FIXTURES, "--output", table)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 6
+    assert table.read_text().strip() == result.stdout.strip()
+    upper_bound = next(line for line in rows if "ground-truth boxes" in line)
+    assert float(upper_bound.split("**")[1]) > 0.85

@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURES, dice, read_mask
+from SAMProstateSDGLib.boxes import COARSE_THRESHOLD
+from SAMProstateSDGLib.checksums import sha256_of
+from SAMProstateSDGLib.coarse_net import CoarseSegmenter, load_coarse_checkpoint, save_coarse_checkpoint
+from SAMProstateSDGLib.coarse_training import CoarseTrainingOptions, split_cases, train_coarse_net
+from SAMProstateSDGLib.dataset import find_cases
+from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.model_catalog import MODELS_FOLDER, default_entry
+from SAMProstateSDGLib.volume_io import normalised_array, read_volume
+
+
+def test_shipped_coarse_model_matches_its_manifest_and_size_limit():
+    entry = default_entry("coarse")
+    manifest = json.loads(entry.path.with_suffix(".json").read_text())
+    assert manifest["sha256"] == entry.sha256 == sha256_of(entry.path)
+    assert manifest["site"] == "RUNMC" and manifest["epochs"] >= 1
+    assert set(manifest["validation_cases"]).isdisjoint(manifest["training_cases"])
+    assert entry.path.stat().st_size < 30 * 2**20
+    assert entry.path.parent == MODELS_FOLDER
+
+
+@pytest.mark.parametrize("case", ["Case00", "Case29", "P158-020"])
+def test_coarse_network_finds_the_gland_on_each_site(segmenter, case):
+    image = read_volume(FIXTURES / f"{case}.nii.gz")
+    probabilities = segmenter.coarse.probabilities(normalised_array(image), image)
+    assert probabilities.shape == (image.GetDepth(), image.GetHeight(), image.GetWidth())
+    assert dice(probabilities > COARSE_THRESHOLD, read_mask(FIXTURES / f"{case}_seg.nii.gz")) > 0.7
+
+
+def test_checkpoint_round_trip_gives_the_same_probabilities(segmenter, tmp_path):
+    path = tmp_path / "coarse.pt"
+    save_coarse_checkpoint(path, segmenter.coarse.network, segmenter.coarse.config)
+    network, config = load_coarse_checkpoint(path)
+    assert config == segmenter.coarse.config
+    reloaded = CoarseSegmenter(network, config, torch.device("cpu"))
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    slices = config.canvas.to_canvas(normalised_array(image), image)
+    assert np.allclose(reloaded.canvas_probabilities(slices), segmenter.coarse.canvas_probabilities(slices), atol=1e-6)
+
+
+def test_wrong_checkpoints_are_refused(tmp_path):
+    entry = default_entry("coarse")
+    with pytest.raises(InputError, match="checksum mismatch"):
+        load_coarse_checkpoint(entry.path, "f" * 64)
+    checkpoint = torch.load(entry.path, weights_only=True)
+    checkpoint["state_dict"].pop(next(iter(checkpoint["state_dict"])))
+    torch.save(checkpoint, tmp_path / "missing_key.pt")
+    with pytest.raises(InputError, match="wrong keys"):
+        load_coarse_checkpoint(tmp_path / "missing_key.pt")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not a coarse-model checkpoint"):
+        load_coarse_checkpoint(tmp_path / "other.pt")
+
+
+def test_split_is_by_case_nine_to_one_and_reproducible(data):
+    cases = find_cases(data, site="RUNMC")
+    training, validation = split_cases(cases, 0.1, seed=0)
+    assert len(cases) == 29 and len(validation) == 3 and len(training) == 26
+    assert {case.name for case in training}.isdisjoint(case.name for case in validation)
+    assert split_cases(cases, 0.1, seed=0) == (training, validation)
+
+
+def test_training_keeps_the_best_checkpoint_and_resumes(data, tmp_path):
+    options = CoarseTrainingOptions(data=data, site="RUNMC", output=tmp_path, epochs=1, batch_size=8, max_cases=2)
+    first = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
+    assert [entry["epoch"] for entry in first["history"]] == [1]
+    assert first["sha256"] == sha256_of(tmp_path / "coarse.pt")
+    load_coarse_checkpoint(tmp_path / "coarse.pt", first["sha256"])
+    options.epochs, options.resume = 2, True
+    resumed = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
+    assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
+    assert resumed["history"][0] == first["history"][0]
+    assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
