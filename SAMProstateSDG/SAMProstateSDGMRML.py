@@ -1,0 +1,331 @@
+"""The bridge between MRML nodes and the SAMProstateSDG backend (slicer and VTK, no Qt).
+
+Coordinates: the backend works on ``sitk.GetArrayFromImage(image)`` ([K, J, I] = [slice, row,
+column]) with boxes and points in slice pixels (x = column = I, y = row = J); MRML nodes live in
+RAS millimetres. Every conversion goes through the volume's full IJK-to-RAS matrix, so oblique
+and flipped volumes are exact. Volumes under a parent transform are refused (harden it first).
+
+Box ROIs: one ``vtkMRMLMarkupsROINode`` per slice, oriented with the volume's axes, one slice
+thick, tagged with the volume's node ID and the slice index (``BOX_VOLUME_ATTRIBUTE``,
+``BOX_SLICE_ATTRIBUTE``). Reading an ROI back takes its slice from its geometry, so a box the user
+dragged to another slice follows it.
+
+Point prompts: a point list's control points are SAM clicks on the slice they lie on. A selected
+control point (the default when placed) is a positive click; a control point the user unselects
+(the "Sel" check box in the Markups module's table, drawn in the list's unselected colour) is a
+negative click.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import SimpleITK as sitk
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from SAMProstateSDGLib.boxes import Box
+from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.pipeline import PROSTATE_LABEL, PreparedVolume
+from SAMProstateSDGLib.sam_engine import Prompt
+
+BOX_VOLUME_ATTRIBUTE = "SAMProstateSDG.VolumeNodeID"
+BOX_SLICE_ATTRIBUTE = "SAMProstateSDG.Slice"
+PROSTATE_SEGMENTS = {PROSTATE_LABEL: "prostate"}
+ZONAL_SEGMENTS = {1: "transition zone", 2: "peripheral zone"}
+SEGMENT_COLORS = {
+    "prostate": (0.85, 0.55, 0.35),
+    "transition zone": (0.95, 0.8, 0.3),
+    "peripheral zone": (0.35, 0.65, 0.9),
+}
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
+BOX_TOLERANCE = 1e-3  # pixels: boxes closer than this are the same box
+
+
+# Geometry
+
+
+def ijk_to_ras(volume_node: slicer.vtkMRMLVolumeNode) -> np.ndarray:
+    """The volume's 4x4 IJK-to-RAS matrix; refuses a volume under a parent transform."""
+    if volume_node.GetParentTransformNode() is not None:
+        raise InputError(f"{volume_node.GetName()} is under a transform; harden the transform first")
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def ras_to_ijk_points(volume_node: slicer.vtkMRMLVolumeNode, points_ras: np.ndarray) -> np.ndarray:
+    """Continuous (i, j, k) indices of RAS points given as rows."""
+    homogeneous = np.column_stack([points_ras, np.ones(len(points_ras))])
+    return (np.linalg.inv(ijk_to_ras(volume_node)) @ homogeneous.T).T[:, :3]
+
+
+def image_from_volume_node(volume_node: slicer.vtkMRMLScalarVolumeNode) -> sitk.Image:
+    """A SimpleITK copy of the volume with its exact geometry (RAS axes turned into LPS)."""
+    matrix = ijk_to_ras(volume_node)
+    axes_ras = matrix[:3, :3]
+    spacing = np.linalg.norm(axes_ras, axis=0)
+    image = sitk.GetImageFromArray(np.array(slicer.util.arrayFromVolume(volume_node)))
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin((RAS_TO_LPS @ matrix[:3, 3]).tolist())
+    image.SetDirection((RAS_TO_LPS @ (axes_ras / spacing)).ravel().tolist())
+    return image
+
+
+def volume_node_from_image(image: sitk.Image, scene: slicer.vtkMRMLScene, name: str) -> slicer.vtkMRMLScalarVolumeNode:
+    """A new scalar volume node in ``scene`` holding ``image`` with its exact geometry."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = RAS_TO_LPS @ direction * np.array(image.GetSpacing())
+    matrix[:3, 3] = RAS_TO_LPS @ np.array(image.GetOrigin())
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, sitk.GetArrayFromImage(image))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(matrix))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _slice_shape(volume_node: slicer.vtkMRMLVolumeNode) -> tuple[int, int, int]:
+    """(slices, rows, columns) of the volume's voxel array."""
+    columns, rows, slices = volume_node.GetImageData().GetDimensions()
+    return slices, rows, columns
+
+
+# Boxes <-> ROI nodes
+
+
+def roi_nodes_from_boxes(volume_node: slicer.vtkMRMLScalarVolumeNode, boxes: dict[int, Box]) -> list:
+    """One new ROI node per box, named "box slice K", oriented with the volume, one slice thick."""
+    return [_add_box_roi_node(volume_node, index, box) for index, box in sorted(boxes.items())]
+
+
+def _add_box_roi_node(volume_node: slicer.vtkMRMLScalarVolumeNode, index: int, box: Box):
+    matrix = ijk_to_ras(volume_node)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    axes = matrix[:3, :3] / spacing
+    if np.linalg.det(axes) < 0:  # a flipped volume: turn the slice normal so the ROI frame is a rotation
+        axes[:, 2] *= -1
+    center = matrix @ np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2, index, 1.0])
+    orientation = np.eye(4)
+    orientation[:3, :3] = axes
+    roi = volume_node.GetScene().AddNewNodeByClass("vtkMRMLMarkupsROINode", f"box slice {index}")
+    roi.CreateDefaultDisplayNodes()
+    roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(orientation))
+    roi.SetCenter(center[:3].tolist())
+    roi.SetSize(((box.x1 - box.x0) * spacing[0], (box.y1 - box.y0) * spacing[1], spacing[2]))
+    roi.SetAttribute(BOX_VOLUME_ATTRIBUTE, volume_node.GetID())
+    roi.SetAttribute(BOX_SLICE_ATTRIBUTE, str(index))
+    return roi
+
+
+def roi_corners_ras(roi_node) -> np.ndarray:
+    """The ROI's eight corners in world (RAS) coordinates, as rows."""
+    half = np.array(roi_node.GetSize()) / 2
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=float)
+    corners = np.column_stack([signs * half, np.ones(8)])
+    object_to_world = slicer.util.arrayFromVTKMatrix(roi_node.GetObjectToWorldMatrix())
+    return (object_to_world @ corners.T).T[:, :3]
+
+
+def box_from_roi_node(volume_node: slicer.vtkMRMLScalarVolumeNode, roi_node) -> tuple[int, Box]:
+    """The slice an ROI lies on and its pixel box: the ROI's IJK bounds, kept inside the slice."""
+    indices = ras_to_ijk_points(volume_node, roi_corners_ras(roi_node))
+    slice_index = int(round(indices[:, 2].mean()))
+    slices, rows, columns = _slice_shape(volume_node)
+    low, high = indices.min(axis=0), indices.max(axis=0)
+    box = Box(
+        float(max(low[0], 0)), float(max(low[1], 0)), float(min(high[0], columns - 1)), float(min(high[1], rows - 1))
+    )
+    if not 0 <= slice_index < slices or not (box.x0 < box.x1 and box.y0 < box.y1):
+        raise InputError(f"{roi_node.GetName()} does not cover any pixels of {volume_node.GetName()}")
+    return slice_index, box
+
+
+def boxes_from_roi_nodes(volume_node: slicer.vtkMRMLScalarVolumeNode, roi_nodes) -> dict[int, Box]:
+    """The boxes of the given ROIs by slice; two ROIs on one slice are a mistake to fix."""
+    boxes: dict[int, Box] = {}
+    names: dict[int, str] = {}
+    for roi_node in roi_nodes:
+        index, box = box_from_roi_node(volume_node, roi_node)
+        if index in boxes:
+            raise InputError(f"{names[index]} and {roi_node.GetName()} are both on slice {index}; keep one box per slice")
+        boxes[index], names[index] = box, roi_node.GetName()
+    return boxes
+
+
+def box_roi_nodes(volume_node: slicer.vtkMRMLScalarVolumeNode) -> list:
+    """The volume's box ROIs in the scene: those tagged with it, and untagged ROIs centred inside it.
+
+    Deleted ROIs are simply gone; an ROI the user placed (untagged) over the volume is picked up.
+    """
+    slices, rows, columns = _slice_shape(volume_node)
+    found = []
+    for roi_node in _nodes_by_class(volume_node.GetScene(), "vtkMRMLMarkupsROINode"):
+        owner = roi_node.GetAttribute(BOX_VOLUME_ATTRIBUTE)
+        if owner == volume_node.GetID():
+            found.append(roi_node)
+        elif owner is None and roi_node.GetNumberOfControlPoints() > 0:
+            center = ras_to_ijk_points(volume_node, roi_corners_ras(roi_node).mean(axis=0, keepdims=True))[0]
+            if np.all(center >= -0.5) and np.all(center <= np.array([columns, rows, slices]) - 0.5):
+                found.append(roi_node)
+    return found
+
+
+def _nodes_by_class(scene: slicer.vtkMRMLScene, class_name: str) -> list:
+    """The scene's nodes of a class (``slicer.util.getNodesByClass`` ignores its scene argument)."""
+    collection = scene.GetNodesByClass(class_name)
+    return [collection.GetItemAsObject(number) for number in range(collection.GetNumberOfItems())]
+
+
+# Point prompts
+
+
+def point_prompts(volume_node: slicer.vtkMRMLScalarVolumeNode, point_list_node) -> dict[int, Prompt]:
+    """The list's clicks as point prompts per slice (selected = positive, unselected = negative)."""
+    slices, rows, columns = _slice_shape(volume_node)
+    clicks: dict[int, list[tuple[tuple[float, float], int]]] = {}
+    for number in range(point_list_node.GetNumberOfControlPoints()):
+        position = np.zeros(3)
+        point_list_node.GetNthControlPointPositionWorld(number, position)
+        i, j, k = ras_to_ijk_points(volume_node, position[None])[0]
+        index = int(round(k))
+        if 0 <= index < slices and -0.5 <= i <= columns - 0.5 and -0.5 <= j <= rows - 0.5:
+            label = 1 if point_list_node.GetNthControlPointSelected(number) else 0
+            clicks.setdefault(index, []).append(((float(i), float(j)), label))
+    return {
+        index: Prompt(points=tuple(point for point, _ in items), point_labels=tuple(label for _, label in items))
+        for index, items in clicks.items()
+    }
+
+
+# Labels <-> segmentation node
+
+
+def oriented_mask(mask: np.ndarray, volume_node: slicer.vtkMRMLScalarVolumeNode):
+    """A binary ``vtkOrientedImageData`` ([K, J, I] mask) on the volume's voxel grid."""
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(volume_node.GetImageData().GetExtent())
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(mask, dtype=np.uint8).ravel(), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras(volume_node)))
+    return image
+
+
+def new_segmentation_node(volume_node: slicer.vtkMRMLScalarVolumeNode, name: str | None = None):
+    """An empty segmentation node on the volume's geometry, shown in the views."""
+    node = volume_node.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode", name or f"{volume_node.GetName()} prostate")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
+    return node
+
+
+def unique_segment_name(segmentation_node, name: str) -> str:
+    """``name``, or "name (2)", "name (3)", ... whichever the segmentation does not have yet."""
+    segmentation = segmentation_node.GetSegmentation()
+    candidate, number = name, 1
+    while segmentation.GetSegmentIdBySegmentName(candidate):
+        number += 1
+        candidate = f"{name} ({number})"
+    return candidate
+
+
+def set_segment_mask(segmentation_node, segment_id: str, mask: np.ndarray, volume_node) -> None:
+    """Replace a segment's voxels with a [K, J, I] mask on the volume's grid."""
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.SetBinaryLabelmapToSegment(oriented_mask(mask, volume_node), segmentation_node, segment_id, logic.MODE_REPLACE):
+        raise RuntimeError(f"could not write segment {segment_id} of {segmentation_node.GetName()}")
+
+
+def add_label_segments(
+    labels: np.ndarray,
+    volume_node: slicer.vtkMRMLScalarVolumeNode,
+    segmentation_node=None,
+    names: dict[int, str] = PROSTATE_SEGMENTS,
+    replace: bool = False,
+) -> tuple[object, dict[int, str]]:
+    """Write a label array ([K, J, I]) as one segment per label; returns the node and segment IDs by label.
+
+    Without ``segmentation_node`` a new node is made. An existing segment of the same name is kept
+    and a new one named "name (2)" is added, unless ``replace`` is true.
+    """
+    node = segmentation_node or new_segmentation_node(volume_node)
+    segment_ids = {}
+    for label, name in names.items():
+        mask = labels == label
+        existing = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+        if existing and replace:
+            set_segment_mask(node, existing, mask, volume_node)
+            segment_ids[label] = existing
+        else:
+            color = SEGMENT_COLORS.get(name, (0.5, 0.5, 0.5))
+            image = oriented_mask(mask, volume_node)
+            segment_ids[label] = node.AddSegmentFromBinaryLabelmapRepresentation(image, unique_segment_name(node, name), color)
+    return node, segment_ids
+
+
+def labels_from_segmentation(segmentation_node, segment_ids: dict[int, str], volume_node) -> np.ndarray:
+    """The segments as a uint8 label array ([K, J, I]) resampled onto the volume's voxel grid."""
+    reference = slicer.vtkOrientedImageData()
+    reference.SetExtent(volume_node.GetImageData().GetExtent())
+    reference.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras(volume_node)))
+    labels = np.zeros(_slice_shape(volume_node), dtype=np.uint8)
+    for label, segment_id in segment_ids.items():
+        segment_image, resampled = slicer.vtkOrientedImageData(), slicer.vtkOrientedImageData()
+        slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, segment_image)
+        if segment_image.IsEmpty():
+            continue
+        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(segment_image, reference, resampled)
+        values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(labels.shape)
+        labels[values > 0] = label
+    return labels
+
+
+# Incremental box segmentation
+
+
+class BoxSegmentation:
+    """The labels of one prepared volume, kept in step with its boxes.
+
+    ``update`` decodes only the slices whose box was added or moved and clears those whose box was
+    removed; each slice's SAM embedding is computed once and cached in the prepared volume.
+    """
+
+    def __init__(self, volume: PreparedVolume):
+        self.volume = volume
+        self.boxes: dict[int, Box] = {}
+        self.labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
+
+    def changed_slices(self, boxes: dict[int, Box]) -> list[int]:
+        """Slices whose box differs from the one last segmented (added, moved or removed)."""
+        return sorted(index for index in boxes.keys() | self.boxes.keys() if not _same_box(boxes.get(index), self.boxes.get(index)))
+
+    def update(self, boxes: dict[int, Box]) -> list[int]:
+        """Re-segment the changed slices; returns them."""
+        changed = self.changed_slices(boxes)
+        self.volume.encoded.encode([index for index in changed if index in boxes])
+        for index in changed:
+            self.labels[index] = 0
+            if index in boxes:
+                self.labels[index][self.volume.encoded.segment(index, Prompt(box=boxes[index].as_tuple()))] = PROSTATE_LABEL
+        self.boxes = dict(boxes)
+        return changed
+
+    def refine_slice(self, index: int, prompt: Prompt) -> None:
+        """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves."""
+        self.labels[index] = 0
+        self.labels[index][self.volume.encoded.segment(index, prompt)] = PROSTATE_LABEL
+        if prompt.box is not None:
+            self.boxes[index] = Box(*prompt.box)
+
+
+def with_box(prompt: Prompt, box: Box | None) -> Prompt:
+    """The point prompt with ``box`` added (unchanged without one)."""
+    return prompt if box is None else dataclasses.replace(prompt, box=box.as_tuple())
+
+
+def _same_box(first: Box | None, second: Box | None) -> bool:
+    if first is None or second is None:
+        return first is second
+    return bool(np.allclose(first.as_tuple(), second.as_tuple(), atol=BOX_TOLERANCE))
