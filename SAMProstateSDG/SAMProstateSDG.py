@@ -33,8 +33,8 @@ from SAMProstateSDGLib.model_catalog import catalog
 
 # Box methods: how the coarse mask is filtered before boxes are taken (SAMProstateSDGLib.boxes.ComponentFilter).
 BOX_METHODS = {
-    "Largest component per slice (SAMMed)": "2d",
     "Largest 3D component": "3d",
+    "Largest component per slice (SAMMed)": "2d",
     "Unfiltered coarse mask": "none",
 }
 DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.devices.DEVICE_CHOICES

@@ -4,6 +4,7 @@ from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.boxes import (
     Box,
     ComponentFilter,
+    ProposalOptions,
     bounding_box,
     boxes_from_labels,
     filtered_mask,
@@ -37,7 +38,7 @@ def test_slices_without_a_component_get_no_box():
     probabilities = np.zeros((3, 40, 40), dtype=np.float32)
     probabilities[1, 10:20, 12:30] = 0.9
     probabilities[2, 10:20, 12:30] = 0.7  # below the 0.75 threshold
-    boxes = propose_boxes(probabilities, spacing_xy=(0.5, 0.5), margin_mm=1.0)
+    boxes = propose_boxes(probabilities, (0.5, 0.5), ProposalOptions(margin_mm=1.0))
     assert list(boxes) == [1]
     assert boxes[1] == Box(10, 8, 31, 21)
 
@@ -46,8 +47,8 @@ def test_unfiltered_boxes_span_the_distractor_and_filtered_ones_do_not():
     mask = read_mask(FIXTURES / "P158-020_seg.nii.gz")
     probabilities = _with_distractors(mask).astype(np.float32)
     reference = boxes_from_labels(mask)
-    unfiltered = propose_boxes(probabilities, (0.4, 0.4), 0.0, component_filter=ComponentFilter.NONE)
-    filtered = propose_boxes(probabilities, (0.4, 0.4), 0.0, component_filter=ComponentFilter.SLICE)
+    unfiltered = propose_boxes(probabilities, (0.4, 0.4), ProposalOptions(component_filter=ComponentFilter.NONE, margin_mm=0))
+    filtered = propose_boxes(probabilities, (0.4, 0.4), ProposalOptions(component_filter=ComponentFilter.SLICE, margin_mm=0))
     assert filtered == reference
     assert all(unfiltered[index].x0 == 5 for index in reference)
 

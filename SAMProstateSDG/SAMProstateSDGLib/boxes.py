@@ -24,6 +24,15 @@ class ComponentFilter(str, Enum):
 
 
 @dataclass(frozen=True)
+class ProposalOptions:
+    """How coarse probabilities become boxes (SAMMed: threshold 0.75, largest component)."""
+
+    threshold: float = COARSE_THRESHOLD
+    component_filter: ComponentFilter = ComponentFilter.VOLUME  # chosen on in-domain cases (README)
+    margin_mm: float = 3.0
+
+
+@dataclass(frozen=True)
 class Box:
     x0: float
     y0: float
@@ -73,16 +82,10 @@ def filtered_mask(
     return mask
 
 
-def propose_boxes(
-    probabilities: np.ndarray,
-    spacing_xy: tuple[float, float],
-    margin_mm: float,
-    threshold: float = COARSE_THRESHOLD,
-    component_filter: ComponentFilter = ComponentFilter.SLICE,
-) -> dict[int, Box]:
+def propose_boxes(probabilities: np.ndarray, spacing_xy: tuple[float, float], options: ProposalOptions = ProposalOptions()) -> dict[int, Box]:
     """One box per slice that has a component; slices without one get none."""
-    mask = filtered_mask(probabilities, threshold, component_filter)
-    margin = (margin_mm / spacing_xy[0], margin_mm / spacing_xy[1])
+    mask = filtered_mask(probabilities, options.threshold, options.component_filter)
+    margin = (options.margin_mm / spacing_xy[0], options.margin_mm / spacing_xy[1])
     boxes = {index: bounding_box(plane, margin) for index, plane in enumerate(mask)}
     return {index: box for index, box in boxes.items() if box is not None}
 

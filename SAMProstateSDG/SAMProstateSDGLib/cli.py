@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .boxes import ComponentFilter
+from .boxes import ComponentFilter, ProposalOptions
 from .devices import DEVICE_CHOICES
 from .errors import InputError
 from .sam_engine import SAM_TYPES
@@ -17,9 +17,11 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam-checkpoint", type=Path, help="your own SAM checkpoint (default: the shipped LiteMedSAM)")
     parser.add_argument("--sam-type", choices=SAM_TYPES, help="architecture of --sam-checkpoint (default vit_b)")
     parser.add_argument("--coarse-checkpoint", type=Path, help="a coarse network from train-coarse (default: the shipped one)")
-    parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default="2d",
-                        help="keep the largest component per slice (2d), in the volume (3d), or all (none)")
-    parser.add_argument("--margin-mm", type=float, default=2.0, help="box margin around the coarse component (mm)")
+    parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default=ProposalOptions().component_filter.value,
+                        help="keep the largest component in the volume (3d), per slice (2d, as SAMMed), or all (none)")
+    parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
+    parser.add_argument("--method", choices=("zero-shot", "sammed"), default="zero-shot",
+                        help="zero-shot SAM, or SAM with the mask decoder fine-tuned on RUNMC (SAMMed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,17 +56,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
     train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+
+    embed = commands.add_parser("embed", help="encode every source-site slice once into the embedding cache")
+    _add_cache_options(embed)
+
+    tune = commands.add_parser("train", help="fine-tune SAM on one source site from the embedding cache")
+    tune.add_argument("--method", choices=("sammed",), default="sammed", help="sammed: the mask decoder, prompted with coarse boxes")
+    _add_cache_options(tune)
+    tune.add_argument("--output", type=Path, default=Path("runs/sammed"), help="folder for sammed.pt, sammed.json and the resume state")
+    tune.add_argument("--epochs", type=int, default=8)
+    tune.add_argument("--learning-rate", type=float, default=1e-4)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--resume", action="store_true")
     return parser
 
 
+def _add_cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--site", required=True, help="the source site, as in cases.csv's site column")
+    parser.add_argument("--cache", type=Path, default=Path("runs/embeddings"), help="embedding cache folder")
+    parser.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+
+
 def _segmenter(arguments):
-    from .pipeline import ProposalOptions, ProstateSegmenter
+    from .pipeline import ProstateSegmenter
 
     if arguments.margin_mm < 0:
         raise InputError("--margin-mm must not be negative")
     options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
     return ProstateSegmenter.load(
-        arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options
+        arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method
     )
 
 
@@ -126,7 +148,64 @@ def run_train_coarse(arguments) -> None:
     print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")
 
 
-COMMANDS = {"segment": run_segment, "evaluate": run_evaluate, "train-coarse": run_train_coarse}
+def _cached_cases(arguments):
+    """The base models, the site's cases, and the cache folder for them (encoded if missing)."""
+    from .dataset import find_cases
+    from .embedding_cache import build_cache, cache_key
+    from .model_catalog import default_entry
+    from .pipeline import ProstateSegmenter
+
+    segmenter = ProstateSegmenter.load(arguments.device)
+    cases = find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
+    folder = arguments.cache / cache_key(default_entry("sam").path, default_entry("coarse").path)
+    return segmenter, cases, folder, build_cache(segmenter, cases, folder)
+
+
+def run_embed(arguments) -> None:
+    _, cases, folder, _ = _cached_cases(arguments)
+    print(f"{len(cases)} cases encoded in {folder}")
+
+
+def run_train(arguments) -> None:
+    from .coarse_training import split_cases
+    from .decoder_training import DecoderTrainingOptions, train_mask_decoder
+    from .embedding_cache import load_cached_case
+    from .model_catalog import default_entry
+
+    if arguments.epochs < 1:
+        raise InputError("--epochs must be at least 1")
+    segmenter, cases, folder, _ = _cached_cases(arguments)
+    training, validation = split_cases(cases, 0.1, arguments.seed)
+    base = default_entry("sam")
+    manifest = {
+        "base_model": base.id,
+        "base_sha256": base.sha256,
+        "data": str(arguments.data),
+        "site": arguments.site,
+        "training_cases": [case.name for case in training],
+        "validation_cases": [case.name for case in validation],
+        "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
+        f"--epochs {arguments.epochs} --learning-rate {arguments.learning_rate} --seed {arguments.seed}",
+    }
+    options = DecoderTrainingOptions(arguments.output, arguments.epochs, arguments.learning_rate, seed=arguments.seed, resume=arguments.resume)
+    manifest = train_mask_decoder(
+        segmenter.sam,
+        [load_cached_case(folder / f"{case.name}.pt") for case in training],
+        [load_cached_case(folder / f"{case.name}.pt") for case in validation],
+        options,
+        manifest,
+        segmenter.options,
+    )
+    print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")
+
+
+COMMANDS = {
+    "segment": run_segment,
+    "evaluate": run_evaluate,
+    "train-coarse": run_train_coarse,
+    "embed": run_embed,
+    "train": run_train,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,9 +12,9 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from tqdm import tqdm
 
-from .boxes import COARSE_THRESHOLD, ComponentFilter, boxes_from_labels, whole_slice_boxes
+from .boxes import COARSE_THRESHOLD, ComponentFilter, ProposalOptions, boxes_from_labels, whole_slice_boxes
 from .dataset import Case
-from .pipeline import PreparedVolume, ProposalOptions, ProstateSegmenter
+from .pipeline import PreparedVolume, ProstateSegmenter
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,9 @@ def score(prediction: np.ndarray, reference: np.ndarray, spacing_zyx: tuple[floa
     dice = compute_dice(predicted, target, include_background=True, ignore_empty=False).item()
     if not prediction.any() or not reference.any():
         return Score(dice, math.nan)
-    hd95 = compute_hausdorff_distance(predicted, target, include_background=True, percentile=95, spacing=spacing_zyx)
+    with warnings.catch_warnings():  # MONAI warns about an argument it passes to itself
+        warnings.simplefilter("ignore", FutureWarning)
+        hd95 = compute_hausdorff_distance(predicted, target, include_background=True, percentile=95, spacing=spacing_zyx)
     return Score(dice, hd95.item())
 
 
@@ -42,8 +45,8 @@ def _rows(options: ProposalOptions) -> dict[str, Callable[[ProstateSegmenter, Pr
             segmenter.coarse_probabilities(volume) > options.threshold
         ).astype(np.uint8),
         "SAM + coarse boxes, unfiltered": with_filter(ComponentFilter.NONE),
-        "SAM + filtered boxes, 2D largest component (ours)": with_filter(ComponentFilter.SLICE),
-        "SAM + filtered boxes, 3D largest component": with_filter(ComponentFilter.VOLUME),
+        "SAM + filtered boxes, largest component per slice (SAMMed)": with_filter(ComponentFilter.SLICE),
+        "SAM + filtered boxes, largest 3D component (ours, default)": with_filter(ComponentFilter.VOLUME),
         "SAM + ground-truth boxes (upper bound)": lambda segmenter, volume, reference: segmenter.segment_with_boxes(
             volume, boxes_from_labels(reference)
         ),

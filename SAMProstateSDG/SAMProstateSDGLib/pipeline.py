@@ -8,23 +8,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .boxes import COARSE_THRESHOLD, Box, ComponentFilter, propose_boxes
+from .boxes import Box, ProposalOptions, propose_boxes
 from .coarse_net import CoarseSegmenter
 from .devices import pick_device
-from .model_catalog import default_entry
-from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
+from .errors import InputError
+from .model_catalog import catalog_entry, default_entry
+from .sam_engine import EncodedVolume, Prompt, SamEngine, load_mask_decoder, load_sam
 from .volume_io import normalised_array
 
 PROSTATE_LABEL = 1
-
-
-@dataclass(frozen=True)
-class ProposalOptions:
-    """How coarse probabilities become boxes (SAMMed: threshold 0.75, largest component)."""
-
-    threshold: float = COARSE_THRESHOLD
-    component_filter: ComponentFilter = ComponentFilter.SLICE
-    margin_mm: float = 2.0
+METHODS = {"zero-shot": None, "sammed": "sammed-litemedsam-runmc"}  # method -> shipped decoder
 
 
 @dataclass
@@ -57,12 +50,23 @@ class ProstateSegmenter:
         sam_checkpoint: str | Path | None = None,
         coarse_checkpoint: str | Path | None = None,
         options: ProposalOptions = ProposalOptions(),
+        method: str = "zero-shot",
     ) -> "ProstateSegmenter":
-        """The shipped models by default; a user's SAM or coarse checkpoint where given."""
+        """The shipped models by default; a user's SAM or coarse checkpoint where given.
+
+        ``method`` "sammed" swaps in the mask decoder fine-tuned on RUNMC (LiteMedSAM only).
+        """
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if METHODS[method] and sam_checkpoint is not None:
+            raise InputError(f"the shipped {method} decoder belongs to LiteMedSAM; it cannot be used with --sam-checkpoint")
         torch_device = pick_device(device)
         sam_entry, coarse_entry = default_entry("sam"), default_entry("coarse")
         if sam_checkpoint is None:
             sam = load_sam(sam_entry.model_type, sam_entry.path, sam_entry.sha256)
+            if METHODS[method]:
+                decoder = catalog_entry(METHODS[method], "decoder")
+                load_mask_decoder(sam, decoder.path, decoder.sha256)
         else:
             sam = load_sam(sam_type or "vit_b", sam_checkpoint)
         if coarse_checkpoint is None:
@@ -81,14 +85,7 @@ class ProstateSegmenter:
         return volume.coarse
 
     def propose_boxes(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> dict[int, Box]:
-        options = options or self.options
-        return propose_boxes(
-            self.coarse_probabilities(volume),
-            volume.spacing_xy,
-            options.margin_mm,
-            options.threshold,
-            options.component_filter,
-        )
+        return propose_boxes(self.coarse_probabilities(volume), volume.spacing_xy, options or self.options)
 
     def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
         """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""

@@ -91,6 +91,21 @@ def load_sam(model_type: str, checkpoint: str | Path, sha256: str | None = None)
     return sam.eval()
 
 
+def load_mask_decoder(sam: Sam, checkpoint: str | Path, sha256: str | None = None) -> Sam:
+    """Replace SAM's mask decoder weights with fine-tuned ones (strict keys)."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise InputError(f"decoder checkpoint not found: {checkpoint}")
+    if sha256 is not None:
+        verify_sha256(checkpoint, sha256)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        sam.mask_decoder.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
+    except Exception as error:  # unreadable file, wrong keys or shapes
+        raise InputError(f"{checkpoint} does not fit this SAM's mask decoder ({type(error).__name__})") from None
+    return sam
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A box (x0, y0, x1, y1) and/or points (x, y) with labels 1 (inside) / 0 (outside), in slice pixels."""

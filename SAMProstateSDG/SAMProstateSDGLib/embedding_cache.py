@@ -1,0 +1,72 @@
+"""Encoded training slices on disk, so decoder training never loads or runs the image encoder.
+
+One file per case holds the fp16 image embeddings of every slice, the reference labels and
+the coarse network's probabilities, all in the slice's own pixel grid. The cache folder is
+named by a hash of the base SAM checkpoint, the coarse checkpoint and the preprocessing, so a
+change to any of them starts a new cache instead of reusing stale embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checksums import sha256_of
+from .dataset import Case
+from .pipeline import ProstateSegmenter
+from .volume_io import normalised_array
+
+PREPROCESSING = {"normalisation": "percentile 0.5-99.5 per volume to 0..1", "encoder_input": "longest side resized, padded"}
+
+
+@dataclass
+class CachedCase:
+    name: str
+    embeddings: torch.Tensor  # [slices, 256, 64, 64] float16
+    labels: np.ndarray  # [slices, rows, columns] uint8 (0 background, 1 TZ, 2 PZ)
+    coarse: np.ndarray  # [slices, rows, columns] float16 gland probabilities
+    spacing_xy: tuple[float, float]
+
+
+def cache_key(sam_checkpoint: Path, coarse_checkpoint: Path) -> str:
+    signature = json.dumps(
+        {"sam": sha256_of(sam_checkpoint), "coarse": sha256_of(coarse_checkpoint), "preprocessing": PREPROCESSING},
+        sort_keys=True,
+    )
+    return hashlib.sha256(signature.encode()).hexdigest()[:16]
+
+
+def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path) -> list[Path]:
+    """Encode every slice of every case once; cases already cached are skipped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for case in tqdm(cases, desc="encoding cases"):
+        path = folder / f"{case.name}.pt"
+        paths.append(path)
+        if path.is_file():
+            continue
+        image, _ = case.read()
+        normalised = normalised_array(image)
+        temporary = path.with_suffix(".tmp")
+        torch.save(
+            {
+                "embeddings": segmenter.sam.encode(normalised).half().cpu(),
+                "labels": torch.from_numpy(case.read_labels().astype(np.uint8)),
+                "coarse": torch.from_numpy(segmenter.coarse.probabilities(normalised, image).astype(np.float16)),
+                "spacing_xy": list(image.GetSpacing()[:2]),
+            },
+            temporary,
+        )
+        temporary.replace(path)
+    return paths
+
+
+def load_cached_case(path: Path) -> CachedCase:
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return CachedCase(path.stem, data["embeddings"], data["labels"].numpy(), data["coarse"].numpy(), tuple(data["spacing_xy"]))
