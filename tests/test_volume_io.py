@@ -80,6 +80,7 @@ def test_label_image_keeps_exact_geometry_and_writes_atomically(tmp_path):
     assert written.GetDirection() == image.GetDirection()
     assert (sitk.GetArrayFromImage(written) == labels).all()
     assert [path.name for path in tmp_path.iterdir()] == ["labels.nii.gz"]
+    assert output.stat().st_mode & 0o044  # readable by others, like any file the user writes
 
 
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
