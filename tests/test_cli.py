@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES, dice, read_mask
+from SAMProstateSDGLib.model_catalog import catalog
 
 SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 UNSEEN_DICE_FLOOR = 0.80
@@ -115,7 +116,8 @@ def test_evaluate_prints_the_table_rows_for_a_folder_of_pairs(tmp_path):
     table = tmp_path / "table.md"
     result = samprostate("evaluate", "--data", FIXTURES, "--output", table)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 1 + 6
+    fine_tuned = sum(entry.kind == "decoder" for entry in catalog().values())
+    assert len(rows) == 1 + 6 + fine_tuned
     assert table.read_text().strip() == result.stdout.strip()
     upper_bound = next(line for line in rows if "ground-truth boxes" in line)
     assert float(upper_bound.split("**")[1]) > 0.85

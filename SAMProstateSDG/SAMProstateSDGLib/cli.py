@@ -113,6 +113,16 @@ def run_segment(arguments) -> None:
           f"{len(boxes)} boxes")
 
 
+def _shipped_variants(segmenter, arguments) -> dict:
+    """Segmenters with each shipped fine-tuned decoder, when the base is the shipped zero-shot SAM."""
+    from .model_catalog import catalog
+    from .pipeline import METHODS, METHOD_TITLES
+
+    if arguments.sam_checkpoint is not None or arguments.method != "zero-shot":
+        return {}
+    return {METHOD_TITLES[method]: segmenter.with_method(method) for method, decoder in METHODS.items() if decoder in catalog()}
+
+
 def run_evaluate(arguments) -> None:
     from .dataset import find_cases
     from .evaluation import evaluate, markdown_table
@@ -121,7 +131,8 @@ def run_evaluate(arguments) -> None:
     if arguments.output:
         check_output_path(arguments.output, arguments.overwrite)
     cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)
-    table = markdown_table(evaluate(_segmenter(arguments), cases))
+    segmenter = _segmenter(arguments)
+    table = markdown_table(evaluate(segmenter, cases, _shipped_variants(segmenter, arguments)))
     print(table)
     if arguments.output:
         write_atomically(arguments.output, lambda temporary: Path(temporary).write_text(table + "\n"))

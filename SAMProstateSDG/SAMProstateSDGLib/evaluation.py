@@ -56,10 +56,25 @@ def _rows(options: ProposalOptions) -> dict[str, Callable[[ProstateSegmenter, Pr
     }
 
 
-def evaluate(segmenter: ProstateSegmenter, cases: list[Case]) -> dict[str, dict[str, Score]]:
-    """Scores by row, then by case; each slice is encoded once and shared by all rows."""
+def _fine_tuned_rows(variants: dict[str, ProstateSegmenter]):
+    """One row per fine-tuned decoder, prompted with the default proposed boxes."""
+    return {
+        f"{name} + filtered boxes, largest 3D component": lambda segmenter, volume, _, variant=variant: variant.segment_with_boxes(
+            volume, segmenter.propose_boxes(volume)
+        )
+        for name, variant in variants.items()
+    }
+
+
+def evaluate(
+    segmenter: ProstateSegmenter, cases: list[Case], variants: dict[str, ProstateSegmenter] | None = None
+) -> dict[str, dict[str, Score]]:
+    """Scores by row, then by case; each slice is encoded once and shared by all rows.
+
+    ``variants`` are segmenters with fine-tuned decoders that share ``segmenter``'s encoder.
+    """
     results: dict[str, dict[str, Score]] = {}
-    rows = _rows(segmenter.options)
+    rows = _rows(segmenter.options) | _fine_tuned_rows(variants or {})
     for case in tqdm(cases, desc="cases"):
         image, reference = case.read()
         volume = segmenter.prepare(image)

@@ -13,11 +13,12 @@ from .coarse_net import CoarseSegmenter
 from .devices import pick_device
 from .errors import InputError
 from .model_catalog import catalog_entry, default_entry
-from .sam_engine import EncodedVolume, Prompt, SamEngine, load_mask_decoder, load_sam
+from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 from .volume_io import normalised_array
 
 PROSTATE_LABEL = 1
 METHODS = {"zero-shot": None, "sammed": "sammed-litemedsam-runmc"}  # method -> shipped decoder
+METHOD_TITLES = {"zero-shot": "SAM zero-shot", "sammed": "SAMMed: decoder fine-tuned on RUNMC"}
 
 
 @dataclass
@@ -64,16 +65,19 @@ class ProstateSegmenter:
         sam_entry, coarse_entry = default_entry("sam"), default_entry("coarse")
         if sam_checkpoint is None:
             sam = load_sam(sam_entry.model_type, sam_entry.path, sam_entry.sha256)
-            if METHODS[method]:
-                decoder = catalog_entry(METHODS[method], "decoder")
-                load_mask_decoder(sam, decoder.path, decoder.sha256)
         else:
             sam = load_sam(sam_type or "vit_b", sam_checkpoint)
         if coarse_checkpoint is None:
             coarse = CoarseSegmenter.from_checkpoint(coarse_entry.path, torch_device, coarse_entry.sha256)
         else:
             coarse = CoarseSegmenter.from_checkpoint(coarse_checkpoint, torch_device)
-        return cls(SamEngine(sam, torch_device), coarse, options)
+        segmenter = cls(SamEngine(sam, torch_device), coarse, options)
+        return segmenter.with_method(method) if METHODS[method] else segmenter
+
+    def with_method(self, method: str) -> "ProstateSegmenter":
+        """The same models with a shipped fine-tuned decoder (sharing the encoder and its embeddings)."""
+        decoder = catalog_entry(METHODS[method], "decoder")
+        return ProstateSegmenter(self.sam.with_mask_decoder(decoder.path, decoder.sha256), self.coarse, self.options)
 
     def prepare(self, image: sitk.Image) -> PreparedVolume:
         normalised = normalised_array(image)
@@ -92,7 +96,7 @@ class ProstateSegmenter:
         labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
         volume.encoded.encode(boxes)
         for index, box in boxes.items():
-            labels[index][volume.encoded.segment(index, Prompt(box=box.as_tuple()))] = PROSTATE_LABEL
+            labels[index][volume.encoded.segment(index, Prompt(box=box.as_tuple()), self.sam)] = PROSTATE_LABEL
         return labels
 
     def segment(self, image: sitk.Image, boxes: dict[int, Box] | None = None) -> tuple[np.ndarray, dict[int, Box]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -130,6 +131,17 @@ class SamEngine:
         self.batch_size = batch_size
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
 
+    def with_mask_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> "SamEngine":
+        """An engine sharing this one's image and prompt encoders, with fine-tuned mask decoder weights."""
+        sam = Sam(
+            image_encoder=self.sam.image_encoder,
+            prompt_encoder=self.sam.prompt_encoder,
+            mask_decoder=copy.deepcopy(self.sam.mask_decoder),
+            pixel_mean=self.sam.pixel_mean.flatten().tolist(),
+            pixel_std=self.sam.pixel_std.flatten().tolist(),
+        )
+        return SamEngine(load_mask_decoder(sam, checkpoint, sha256), self.device, self.batch_size)
+
     def input_size(self, slice_shape: tuple[int, int]) -> tuple[int, int]:
         """The slice's size once its longer side is scaled to the encoder's input size."""
         return self.transform.get_preprocess_shape(*slice_shape, self.transform.target_length)
@@ -187,6 +199,7 @@ class EncodedVolume:
         if missing:
             self.embeddings.update(zip(missing, self.engine.encode(self.slices[missing])))
 
-    def segment(self, index: int, prompt: Prompt) -> np.ndarray:
+    def segment(self, index: int, prompt: Prompt, decoder: SamEngine | None = None) -> np.ndarray:
+        """The slice's mask; ``decoder`` may be another engine that shares this one's image encoder."""
         self.encode([index])
-        return self.engine.decode(self.embeddings[index], prompt, self.slices.shape[1:])
+        return (decoder or self.engine).decode(self.embeddings[index], prompt, self.slices.shape[1:])
