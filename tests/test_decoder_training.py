@@ -57,3 +57,23 @@ def test_sammed_trains_only_the_mask_decoder_and_resumes(cached, tmp_path):
     resumed = train_mask_decoder(engine, training, validation, options, {"data": "fixture"}, log=lambda message: None)
     assert [entry["epoch"] for entry in resumed["history"]] == [0, 1, 2]
     assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
+
+
+def test_shipped_sammed_decoder_shares_the_encoder_and_segments_an_unseen_case(segmenter):
+    from conftest import dice, read_mask
+    from SAMProstateSDGLib.model_catalog import catalog_entry
+    from SAMProstateSDGLib.volume_io import read_volume
+
+    entry = catalog_entry("sammed-litemedsam-runmc", "decoder")
+    assert entry.path.stat().st_size < 30 * 2**20
+    sammed = segmenter.with_method("sammed")
+    assert sammed.sam.sam.image_encoder is segmenter.sam.sam.image_encoder
+    assert sammed.sam.sam.mask_decoder is not segmenter.sam.sam.mask_decoder
+    volume = segmenter.prepare(read_volume(FIXTURES / "P158-020.nii.gz"))
+    boxes = segmenter.propose_boxes(volume)
+    zero_shot = segmenter.segment_with_boxes(volume, boxes)
+    encoded = dict(volume.encoded.embeddings)
+    fine_tuned = sammed.segment_with_boxes(volume, boxes)
+    assert volume.encoded.embeddings.keys() == encoded.keys()  # no slice encoded again
+    assert (fine_tuned != zero_shot).any()
+    assert dice(fine_tuned, read_mask(FIXTURES / "P158-020_seg.nii.gz")) > 0.8
