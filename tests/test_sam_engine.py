@@ -92,5 +92,5 @@ def test_wrong_checksum_and_wrong_keys_are_refused(tmp_path):
         load_sam("vit_b", entry.path)
     not_a_checkpoint = tmp_path / "notes.pth"
     not_a_checkpoint.write_text("hello")
-    with pytest.raises(InputError, match="not a readable"):
+    with pytest.raises(InputError, match="not a readable SAM checkpoint"):
         load_sam("vit_b", not_a_checkpoint)

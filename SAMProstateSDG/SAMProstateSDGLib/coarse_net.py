@@ -12,7 +12,7 @@ import torch
 from monai.networks.nets import FlexibleUNet
 
 from .canvas import Canvas
-from .checksums import verify_sha256
+from .checksums import full_precision, half_precision, load_weights
 from .errors import InputError
 
 
@@ -78,25 +78,18 @@ class CoarseSegmenter:
 
 def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: CoarseNetConfig) -> None:
     """Weights in half precision (they are small and the net is evaluated in float32)."""
-    state = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in network.state_dict().items()}
-    torch.save({"config": json.dumps(config.to_json()), "state_dict": state}, path)
+    torch.save({"config": json.dumps(config.to_json()), "state_dict": half_precision(network.state_dict())}, path)
 
 
 def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[FlexibleUNet, CoarseNetConfig]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"coarse model not found: {path}")
-    if sha256 is not None:
-        verify_sha256(path, sha256)
+    checkpoint = load_weights(path, "coarse-model checkpoint", sha256)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         config = CoarseNetConfig.from_json(json.loads(checkpoint["config"]))
-    except (RuntimeError, KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError, ValueError) as error:
         raise InputError(f"{path} is not a coarse-model checkpoint ({type(error).__name__})") from None
     network = build_coarse_net(config)
-    state = {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in checkpoint["state_dict"].items()}
     try:
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(full_precision(checkpoint["state_dict"]), strict=True)
     except RuntimeError:
         raise InputError(f"{path} does not match the coarse network ({config.backbone}): wrong keys or shapes") from None
     return network, config

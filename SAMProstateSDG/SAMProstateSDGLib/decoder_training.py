@@ -21,7 +21,7 @@ from monai.losses import DiceCELoss
 from tqdm import tqdm
 
 from .boxes import Box, ProposalOptions, propose_boxes
-from .checksums import sha256_of
+from .checksums import half_precision, sha256_of
 from .embedding_cache import CachedCase
 from .sam_engine import Prompt, SamEngine
 
@@ -198,4 +198,4 @@ def train_mask_decoder(
 
 
 def _save_decoder(path: Path, decoder: torch.nn.Module) -> None:
-    torch.save({name: tensor.half() for name, tensor in decoder.state_dict().items()}, path)
+    torch.save(half_precision(decoder.state_dict()), path)

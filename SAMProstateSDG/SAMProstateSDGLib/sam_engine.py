@@ -14,7 +14,7 @@ from segment_anything.build_sam import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .checksums import verify_sha256
+from .checksums import full_precision, load_weights
 from .errors import InputError
 from .model_catalog import tiny_vit_module
 
@@ -73,15 +73,7 @@ def load_sam(model_type: str, checkpoint: str | Path, sha256: str | None = None)
     """Build a SAM of ``model_type`` and load ``checkpoint`` with strict keys (weights only)."""
     if model_type not in SAM_BUILDERS:
         raise InputError(f"unknown SAM type {model_type!r}; choose one of {', '.join(SAM_TYPES)}")
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise InputError(f"SAM checkpoint not found: {checkpoint}")
-    if sha256 is not None:
-        verify_sha256(checkpoint, sha256)
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise InputError(f"{checkpoint} is not a readable PyTorch checkpoint ({type(error).__name__})") from None
+    state = load_weights(checkpoint, "SAM checkpoint", sha256)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     sam = SAM_BUILDERS[model_type]()
@@ -94,15 +86,10 @@ def load_sam(model_type: str, checkpoint: str | Path, sha256: str | None = None)
 
 def load_mask_decoder(sam: Sam, checkpoint: str | Path, sha256: str | None = None) -> Sam:
     """Replace SAM's mask decoder weights with fine-tuned ones (strict keys)."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise InputError(f"decoder checkpoint not found: {checkpoint}")
-    if sha256 is not None:
-        verify_sha256(checkpoint, sha256)
+    state = load_weights(checkpoint, "decoder checkpoint", sha256)
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        sam.mask_decoder.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
-    except Exception as error:  # unreadable file, wrong keys or shapes
+        sam.mask_decoder.load_state_dict(full_precision(state), strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
         raise InputError(f"{checkpoint} does not fit this SAM's mask decoder ({type(error).__name__})") from None
     return sam
 
