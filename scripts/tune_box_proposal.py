@@ -34,7 +34,8 @@ def main() -> None:
     settings = [(margin, component_filter) for component_filter in (ComponentFilter.SLICE, ComponentFilter.VOLUME) for margin in MARGINS_MM]
     dices = {setting: [] for setting in settings}
     for case in tqdm(cases, desc="cases"):
-        image, reference = case.read()
+        image, labels = case.read()
+        reference = labels > 0
         volume = segmenter.prepare(image)
         spacing_zyx = tuple(reversed(image.GetSpacing()))
         for margin, component_filter in settings:

@@ -68,12 +68,12 @@ def split_cases(cases: list[Case], validation_fraction: float, seed: int) -> tup
 
 
 def to_canvas_case(case: Case, config: CoarseNetConfig) -> CanvasCase:
-    image, mask = case.read()
+    image, labels = case.read()
     canvas = config.canvas
     return CanvasCase(
         case.name,
         canvas.to_canvas(normalised_array(image), image),
-        canvas.to_canvas(mask.astype(np.float32), image, nearest=True),
+        canvas.to_canvas((labels > 0).astype(np.float32), image, nearest=True),
     )
 
 

@@ -24,15 +24,12 @@ class Case:
     mask: Path
 
     def read(self) -> tuple[sitk.Image, np.ndarray]:
-        """The image and its whole-gland mask (label > 0) as a [slices, rows, columns] bool array."""
+        """The image and its labels as a [slices, rows, columns] uint8 array (gland: labels > 0)."""
         image = read_volume(self.image)
         mask = sitk.ReadImage(str(self.mask))
         if mask.GetSize() != image.GetSize():
             raise InputError(f"mask {self.mask} is {mask.GetSize()}, image is {image.GetSize()}")
-        return image, sitk.GetArrayFromImage(mask) > 0
-
-    def read_labels(self) -> np.ndarray:
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(self.mask)))
+        return image, sitk.GetArrayFromImage(mask).astype(np.uint8)
 
 
 def find_cases(data: str | Path, site: str | None = None, split: str | None = None) -> list[Case]:

@@ -51,13 +51,13 @@ def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path) -
         paths.append(path)
         if path.is_file():
             continue
-        image, _ = case.read()
+        image, labels = case.read()
         normalised = normalised_array(image)
         temporary = path.with_suffix(".tmp")
         torch.save(
             {
                 "embeddings": segmenter.sam.encode(normalised).half().cpu(),
-                "labels": torch.from_numpy(case.read_labels().astype(np.uint8)),
+                "labels": torch.from_numpy(labels),
                 "coarse": torch.from_numpy(segmenter.coarse.probabilities(normalised, image).astype(np.float16)),
                 "spacing_xy": list(image.GetSpacing()[:2]),
             },

@@ -76,7 +76,8 @@ def evaluate(
     results: dict[str, dict[str, Score]] = {}
     rows = _rows(segmenter.options) | _fine_tuned_rows(variants or {})
     for case in tqdm(cases, desc="cases"):
-        image, reference = case.read()
+        image, labels = case.read()
+        reference = labels > 0
         volume = segmenter.prepare(image)
         spacing_zyx = tuple(reversed(image.GetSpacing()))
         for row, predict in rows.items():
