@@ -9,7 +9,7 @@ from pathlib import Path
 from .boxes import ComponentFilter, ProposalOptions
 from .devices import DEVICE_CHOICES
 from .errors import InputError
-from .sam_engine import SAM_TYPES
+from .model_catalog import SAM_TYPES
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:

