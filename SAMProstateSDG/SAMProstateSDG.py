@@ -1,7 +1,10 @@
 """SAM Prostate SDG: prostate segmentation on T2 MRI with SAM prompted by boxes from a coarse network.
 
 The widget only binds the .ui to the parameter node and forwards button clicks to the logic; the
-logic turns MRML nodes into backend calls through SAMProstateSDGMRML. The backend (torch, SAM)
+logic turns MRML nodes into backend calls through SAMProstateSDGMRML. Training runs in a child
+process (SAMProstateSDGLib.training_process) that the widget polls with a timer; finished runs are
+registered in trained_models.json in the module's user folder (next to Slicer's settings file),
+with their outputs in runs/METHOD-SITE there, and offered in the Segment tab's trained model selector. The backend (torch, SAM)
 is imported lazily, after the Python requirements are checked, so the module loads without it.
 No ``from __future__ import annotations`` here: the parameter node wrapper reads its annotations.
 """
@@ -11,16 +14,19 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
+import qt
 import slicer
 import vtk
 from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -30,6 +36,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SAMProstateSDGLib.model_catalog import catalog
+from SAMProstateSDGLib.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
 
 # Box methods: how the coarse mask is filtered before boxes are taken (SAMProstateSDGLib.boxes.ComponentFilter).
 BOX_METHODS = {
@@ -39,6 +46,8 @@ BOX_METHODS = {
 }
 DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.devices.DEVICE_CHOICES
 SAM_MODELS = [entry.id for entry in catalog().values() if entry.kind == "sam"]
+TRAINING_METHODS = {"Coarse network (ResNet U-Net)": "coarse", "SAMMed mask decoder": "sammed"}  # title -> training_process method
+TRAINING_POLL_MS = 500
 
 
 class SAMProstateSDG(ScriptedLoadableModule):
@@ -72,6 +81,11 @@ class SAMProstateSDGParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     clicks: vtkMRMLMarkupsFiducialNode
     outputSegmentation: vtkMRMLSegmentationNode
+    trainingData: Path
+    trainingSite: str = "RUNMC"
+    trainingMethod: Annotated[str, Choice(list(TRAINING_METHODS))] = next(iter(TRAINING_METHODS))
+    trainingEpochs: Annotated[int, WithinRange(1, 1000)] = 24
+    resumeTraining: bool = False
 
 
 class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -95,9 +109,17 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.proposeBoxesButton.connect("clicked(bool)", self.onProposeBoxes)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
+        self.ui.startTrainingButton.connect("clicked(bool)", self.onStartTraining)
+        self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
+        self.trainingTimer = qt.QTimer()
+        self.trainingTimer.setInterval(TRAINING_POLL_MS)
+        self.trainingTimer.connect("timeout()", self.onTrainingTimer)
+        self.updateTrainedModelSelector()
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self.trainingTimer.stop()
+        self.logic.stopTraining()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -134,19 +156,36 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.proposeBoxesButton.enabled = hasVolume
         self.ui.segmentButton.enabled = hasVolume
         self.ui.refineButton.enabled = hasVolume and bool(self._parameterNode.clicks)
+        training = self.logic.isTraining()
+        self.ui.startTrainingButton.enabled = bool(self._parameterNode) and not training
+        self.ui.stopTrainingButton.enabled = training
+
+    def selectedModel(self) -> str:
+        """The trained model chosen in the Segment tab, else the shipped SAM model."""
+        selector = self.ui.trainedModelComboBox
+        return selector.itemData(selector.currentIndex) or self._parameterNode.model
+
+    def updateTrainedModelSelector(self) -> None:
+        selector = self.ui.trainedModelComboBox
+        selected = selector.itemData(selector.currentIndex)
+        selector.clear()
+        selector.addItem(_("None (shipped models)"), "")
+        for modelId, title in self.logic.trainedModelTitles().items():
+            selector.addItem(title, modelId)
+        selector.setCurrentIndex(max(selector.findData(selected), 0))
 
     def onProposeBoxes(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Proposing boxes failed."), waitCursor=True):
             if ensureRequirements():
                 parameters = self._parameterNode
-                self.logic.proposeBoxes(parameters.inputVolume, parameters.method, model=parameters.model, device=parameters.device)
+                self.logic.proposeBoxes(parameters.inputVolume, parameters.method, model=self.selectedModel(), device=parameters.device)
 
     def onSegment(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
             if ensureRequirements():
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.segment(
-                    parameters.inputVolume, None, parameters.outputSegmentation, model=parameters.model, device=parameters.device
+                    parameters.inputVolume, None, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device
                 )
 
     def onRefine(self) -> None:
@@ -154,23 +193,105 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if ensureRequirements():
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.refineWithPoints(
-                    parameters.inputVolume, parameters.clicks, parameters.outputSegmentation, model=parameters.model, device=parameters.device
+                    parameters.inputVolume, parameters.clicks, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device
                 )
+
+    def onStartTraining(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Training could not start.")):
+            if ensureRequirements():
+                parameters = self._parameterNode
+                self.logic.startTraining(
+                    parameters.trainingData, parameters.trainingSite, TRAINING_METHODS[parameters.trainingMethod],
+                    parameters.trainingEpochs, parameters.device, parameters.resumeTraining,
+                )
+                self.ui.trainingLog.clear()
+                self.ui.trainingProgressBar.value = 0
+                self.trainingTimer.start()
+        self.updateButtons()
+
+    def onStopTraining(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Stopping the training failed."), waitCursor=True):
+            self.logic.stopTraining()
+
+    def onTrainingTimer(self) -> None:
+        update = self.logic.pollTraining()
+        for line in update.lines:
+            self.ui.trainingLog.appendPlainText(line)
+        if update.progress:
+            self.ui.trainingProgressBar.maximum = update.progress.epochs
+            self.ui.trainingProgressBar.value = update.progress.epoch
+        if update.finished:
+            self.trainingTimer.stop()
+            self.updateTrainedModelSelector()
+            self.updateButtons()
+            if self.logic.trainingError:
+                slicer.util.errorDisplay(_("Training failed: {message}").format(message=self.logic.trainingError))
 
 
 class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
-    """Boxes, segmentation and click refinement on MRML nodes; no GUI.
+    """Boxes, segmentation and click refinement on MRML nodes, and background training; no GUI.
 
     Loaded models are kept per (model, device); each volume node keeps its prepared volume (SAM
     embeddings computed once per slice) and its last boxes and labels while its voxels and geometry
-    are unchanged, so an edit of one box re-segments only that slice.
+    are unchanged, so an edit of one box re-segments only that slice. Training runs in a child
+    process; its outputs, resume states, embedding cache and the list of trained models
+    (trained_models.json) live in ``userFolder`` (default: SAMProstateSDG beside Slicer's settings file).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, userFolder: Optional[Path] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._segmenters = {}  # (model, device) -> ProstateSegmenter
         self._sessions = {}  # (volume node ID, model, device) -> (volume fingerprint, BoxSegmentation)
         self._written = {}  # (volume node ID, segmentation node ID) -> {label: segment ID}
+        self.userFolder = userFolder or Path(slicer.app.slicerUserSettingsFilePath).parent / "SAMProstateSDG"
+        self._training: Optional[TrainingProcess] = None
+        self._trainingStopped = False
+        self.trainingError: Optional[str] = None
+
+    @property
+    def trainedModelsFile(self) -> Path:
+        return self.userFolder / "trained_models.json"
+
+    def trainedModelTitles(self) -> dict[str, str]:
+        """Registered trained models: id -> title."""
+        return {modelId: entry.title for modelId, entry in trained_models(self.trainedModelsFile).items()}
+
+    def startTraining(self, data: Path, site: str, method: str, epochs: int, device: str = "auto", resume: bool = False) -> TrainingProcess:
+        """Start ``samprostate`` training in a child process, writing to runs/METHOD-SITE in the user folder."""
+        if self.isTraining():
+            raise RuntimeError(_("A training run is already in progress."))
+        output = self.userFolder / "runs" / f"{method}-{site}"
+        request = TrainingRequest(method, Path(data), site, output, epochs, device, resume, cache=self.userFolder / "embeddings")
+        # inside Slicer sys.executable is the application; PythonSlicer (on Slicer's PATH) is its Python
+        python = shutil.which("PythonSlicer") or sys.executable
+        self._training, self._trainingStopped, self.trainingError = TrainingProcess(request, python), False, None
+        self._training.start()
+        return self._training
+
+    def isTraining(self) -> bool:
+        return self._training is not None and not self._training.finished
+
+    def stopTraining(self) -> None:
+        """Interrupt the run; its last completed epoch stays in the resume state."""
+        if self.isTraining():
+            self._trainingStopped = True
+            self._training.stop()
+
+    def pollTraining(self) -> TrainingUpdate:
+        """New log lines and progress; once the run has succeeded, its model is registered (and reported in the lines)."""
+        if self._training is None:
+            return TrainingUpdate(finished=True)
+        update = self._training.poll()
+        if update.finished and self._training.returncode == 0:
+            entry = register_trained_model(self.trainedModelsFile, self._training.request.method, self._training.request.manifest_path)
+            self._segmenters = {key: value for key, value in self._segmenters.items() if key[0] != entry.id}
+            self._sessions = {key: value for key, value in self._sessions.items() if key[1] != entry.id}
+            update.lines.append(_("Registered the trained model: {title}").format(title=entry.title))
+        elif update.finished and not self._trainingStopped:
+            self.trainingError = self._training.error_message
+        if update.finished:
+            self._training = None
+        return update
 
     def getParameterNode(self) -> SAMProstateSDGParameterNode:
         return SAMProstateSDGParameterNode(super().getParameterNode())
@@ -181,17 +302,29 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
         self._written.clear()
 
     def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto"):
-        """The loaded coarse network and SAM for ``model`` on ``device`` (loaded once)."""
+        """The loaded coarse network and SAM for ``model`` on ``device`` (loaded once).
+
+        ``model`` is a shipped SAM model or a registered trained model: a trained coarse network
+        proposes the boxes for the shipped SAM, a trained decoder replaces the shipped SAM's.
+        """
         from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
         from SAMProstateSDGLib.pipeline import ProstateSegmenter
 
-        if (model, device) not in self._segmenters:
+        if (model, device) in self._segmenters:
+            return self._segmenters[model, device]
+        trained = trained_models(self.trainedModelsFile).get(model)
+        if trained and trained.kind == "coarse":
+            segmenter = ProstateSegmenter.load(device, coarse_checkpoint=trained.path)
+        elif trained:
+            shipped = ProstateSegmenter.load(device)
+            segmenter = ProstateSegmenter(shipped.sam.with_mask_decoder(trained.path, trained.sha256), shipped.coarse, shipped.options)
+        elif catalog_entry(model, "sam") == default_entry("sam"):
+            segmenter = ProstateSegmenter.load(device)
+        else:
             entry = catalog_entry(model, "sam")
-            if entry == default_entry("sam"):
-                self._segmenters[model, device] = ProstateSegmenter.load(device)
-            else:
-                self._segmenters[model, device] = ProstateSegmenter.load(device, entry.model_type, entry.path)
-        return self._segmenters[model, device]
+            segmenter = ProstateSegmenter.load(device, entry.model_type, entry.path)
+        self._segmenters[model, device] = segmenter
+        return segmenter
 
     def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto"):
         """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed."""

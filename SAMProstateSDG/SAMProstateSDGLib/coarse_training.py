@@ -35,7 +35,7 @@ from .boxes import COARSE_THRESHOLD
 from .checksums import sha256_of
 from .coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, save_coarse_checkpoint
 from .dataset import Case, find_cases
-from .volume_io import normalised_array
+from .volume_io import normalised_array, write_atomically
 
 
 @dataclass
@@ -108,6 +108,11 @@ def augmentations(size: int) -> Compose:
     )
 
 
+def epoch_summary(epoch: int, epochs: int, loss: float, dice: float) -> str:
+    """The line logged after each epoch's state is saved; ``training_process`` parses it."""
+    return f"epoch {epoch}/{epochs} loss {loss:.4f} val_dice {dice:.4f}"
+
+
 def volume_dice(segmenter: CoarseSegmenter, cases: list[CanvasCase]) -> float:
     metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
     for case in cases:
@@ -177,17 +182,16 @@ def train_coarse_net(
         if dice > best_dice:
             best_dice = dice
             save_coarse_checkpoint(best_path, network, config)
-        torch.save(
-            {
-                "network": network.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "best_dice": best_dice,
-                "history": history,
-            },
-            state_path,
-        )
+        state = {
+            "network": network.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "best_dice": best_dice,
+            "history": history,
+        }
+        write_atomically(state_path, lambda temporary: torch.save(state, temporary))  # a stop never leaves half a state
+        log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))
 
     manifest = {
         "model": "coarse",

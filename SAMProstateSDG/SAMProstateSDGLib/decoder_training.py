@@ -22,8 +22,10 @@ from tqdm import tqdm
 
 from .boxes import Box, ProposalOptions, propose_boxes
 from .checksums import half_precision, sha256_of
+from .coarse_training import epoch_summary
 from .embedding_cache import CachedCase
 from .sam_engine import Prompt, SamEngine
+from .volume_io import write_atomically
 
 JITTER_FRACTION = 0.1
 
@@ -170,17 +172,16 @@ def train_mask_decoder(
         if dice > best_dice:
             best_dice = dice
             _save_decoder(best_path, decoder)
-        torch.save(
-            {
-                "decoder": decoder.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "epoch": epoch + 1,
-                "best_dice": best_dice,
-                "history": history,
-                "generator": generator.getstate(),
-            },
-            state_path,
-        )
+        state = {
+            "decoder": decoder.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "epoch": epoch + 1,
+            "best_dice": best_dice,
+            "history": history,
+            "generator": generator.getstate(),
+        }
+        write_atomically(state_path, lambda temporary: torch.save(state, temporary))  # a stop never leaves half a state
+        log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))
     manifest = dict(
         manifest,
         method="sammed",

@@ -1,0 +1,235 @@
+"""Training in a background process that a GUI polls without blocking; imports neither slicer nor Qt.
+
+The child runs ``PYTHON -m SAMProstateSDGLib.cli train-coarse`` or ``... train --method sammed``
+(PYTHON: this interpreter unless told otherwise; inside Slicer, PythonSlicer). Its stdout and stderr are read line by line by a thread; the
+line the training loops log after each epoch (``epoch 3/24 loss 0.4123 val_dice 0.8512``, see
+``coarse_training.epoch_summary``) becomes ``TrainingProgress``. tqdm's bars are switched off in
+the child (``TQDM_DISABLE``), so the log holds only complete lines.
+
+Trained models are registered in a JSON list (``register_trained_model``) so the Slicer module
+can offer them next to the shipped ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .model_catalog import CatalogEntry, default_entry
+
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) loss (\S+) val_dice (\S+)$")
+
+
+@dataclass(frozen=True)
+class TrainingMethod:
+    """How to run one training method and what it writes: OUTPUT/STEM.pt and OUTPUT/STEM.json."""
+
+    command: tuple[str, ...]
+    output_stem: str
+    model_kind: str  # as in the model catalog
+
+
+TRAINING_METHODS = {
+    "coarse": TrainingMethod(("train-coarse",), "coarse", "coarse"),
+    "sammed": TrainingMethod(("train", "--method", "sammed"), "sammed", "decoder"),
+}
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """One completed epoch, as the training loop logged it."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    validation_dice: float
+
+
+def parse_progress(line: str) -> TrainingProgress | None:
+    """The progress in an ``epoch k/n loss L val_dice D`` line; None for any other line."""
+    match = EPOCH_LINE.match(line.strip())
+    if match is None:
+        return None
+    return TrainingProgress(int(match[1]), int(match[2]), float(match[3]), float(match[4]))
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """What to train; ``cache`` (sammed only) defaults to OUTPUT/../embeddings."""
+
+    method: str
+    data: Path
+    site: str
+    output: Path
+    epochs: int
+    device: str = "auto"
+    resume: bool = False
+    max_cases: int | None = None
+    batch_size: int | None = None
+    cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in TRAINING_METHODS:
+            raise ValueError(f"unknown training method {self.method!r}; choose one of {', '.join(TRAINING_METHODS)}")
+
+    def command_line(self, python: str = sys.executable) -> list[str]:
+        """The child's command line: ``python`` running the ``samprostate`` CLI."""
+        arguments = [*TRAINING_METHODS[self.method].command, "--data", self.data, "--site", self.site, "--output", self.output,
+                     "--epochs", self.epochs, "--device", self.device]
+        if self.resume:
+            arguments.append("--resume")
+        if self.max_cases is not None:
+            arguments += ["--max-cases", self.max_cases]
+        if self.batch_size is not None:
+            arguments += ["--batch-size", self.batch_size]
+        if self.method == "sammed":
+            arguments += ["--cache", self.cache or Path(self.output).parent / "embeddings"]
+        return [python, "-m", "SAMProstateSDGLib.cli", *map(str, arguments)]
+
+    @property
+    def manifest_path(self) -> Path:
+        return Path(self.output) / f"{TRAINING_METHODS[self.method].output_stem}.json"
+
+    @property
+    def resume_state_path(self) -> Path:
+        return Path(self.output) / "last_state.pt"
+
+
+@dataclass
+class TrainingUpdate:
+    """What ``poll`` found: new output lines, the latest epoch so far, and whether the child has ended."""
+
+    lines: list[str] = field(default_factory=list)
+    progress: TrainingProgress | None = None
+    finished: bool = False
+
+
+class TrainingProcess:
+    """One training run in a child process: ``start``, then ``poll`` (non-blocking) until finished, or ``stop``."""
+
+    def __init__(self, request: TrainingRequest, python: str = sys.executable):
+        self.request = request
+        self.python = python
+        self.progress: TrainingProgress | None = None
+        self.last_line = ""
+        self._process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._lines: queue.Queue[str] = queue.Queue()
+
+    def start(self) -> None:
+        if self._process is not None:
+            raise RuntimeError("this training process was already started")
+        environment = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH")]))
+        self._process = subprocess.Popen(
+            self.request.command_line(self.python),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            env=environment,
+        )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+
+    def _read_output(self) -> None:
+        for line in self._process.stdout:
+            if line.strip():
+                self.last_line = line.rstrip()
+                self._lines.put(self.last_line)
+        self._process.stdout.close()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def finished(self) -> bool:
+        """The child has exited and all its output has been read (not necessarily polled yet)."""
+        return self._process is not None and self._process.poll() is not None and not self._reader.is_alive()
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self.finished else None
+
+    def poll(self) -> TrainingUpdate:
+        """The lines written since the last poll and the latest progress; never blocks."""
+        update = TrainingUpdate(finished=self.finished)
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            update.lines.append(line)
+            self.progress = parse_progress(line) or self.progress
+        update.progress = self.progress
+        return update
+
+    @property
+    def error_message(self) -> str | None:
+        """The child's last output line when it failed (``samprostate: error: …``); None otherwise."""
+        if self.returncode in (None, 0):
+            return None
+        return self.last_line or f"training ended with exit status {self.returncode}"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Interrupt the child and wait for it; the resume state of its last completed epoch stays (saved atomically)."""
+        if not self.running:
+            return
+        if os.name == "posix":
+            self._process.send_signal(signal.SIGINT)  # KeyboardInterrupt: the CLI exits with status 130
+        else:
+            self._process.terminate()
+        try:
+            self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._reader.join()
+
+    def manifest(self) -> dict:
+        """The manifest the finished run wrote (model file, checksum, history, best validation Dice)."""
+        if self.returncode != 0:
+            raise RuntimeError(self.error_message or "training has not finished")
+        return json.loads(self.request.manifest_path.read_text())
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.request.output) / self.manifest()["file"]
+
+
+def trained_models(registry: Path) -> dict[str, CatalogEntry]:
+    """The models registered in ``registry`` (a JSON list), by id; empty when it does not exist."""
+    if not registry.is_file():
+        return {}
+    entries = json.loads(registry.read_text())
+    return {entry["id"]: CatalogEntry(entry["id"], entry["kind"], entry["model_type"], entry["title"], Path(entry["file"]), entry["sha256"])
+            for entry in entries}
+
+
+def register_trained_model(registry: Path, method: str, manifest_path: Path) -> CatalogEntry:
+    """Add (or replace) the model a finished run wrote; its id is the model file's absolute path."""
+    manifest = json.loads(manifest_path.read_text())
+    path = (manifest_path.parent / manifest["file"]).resolve()
+    kind = TRAINING_METHODS[method].model_kind
+    title = f"{method} trained on {manifest['site']} (validation Dice {manifest['best_validation_dice']:.4f}), {path.parent}"
+    # training always builds the shipped architecture of its kind (the coarse U-Net, the LiteMedSAM decoder)
+    entry = CatalogEntry(str(path), kind, default_entry(kind).model_type, title, path, manifest["sha256"])
+    models = trained_models(registry)
+    models[entry.id] = entry
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    registry.write_text(json.dumps([
+        {"id": item.id, "kind": item.kind, "model_type": item.model_type, "title": item.title, "file": str(item.path), "sha256": item.sha256}
+        for item in models.values()
+    ], indent=2) + "\n")
+    return entry

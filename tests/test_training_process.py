@@ -1,0 +1,111 @@
+"""Training in a background process, as the Slicer Training tab drives it: real runs on real data, on the CPU."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from SAMProstateSDGLib.checksums import sha256_of
+from SAMProstateSDGLib.training_process import (
+    TrainingProcess,
+    TrainingProgress,
+    TrainingRequest,
+    parse_progress,
+    register_trained_model,
+    trained_models,
+)
+
+# stdout of `python -m SAMProstateSDGLib.cli train-coarse ... --epochs 1 --max-cases 2`, as TrainingProcess read it
+CAPTURED_OUTPUT = [
+    "1 training and 1 validation cases from RUNMC",
+    "epoch 1/1 loss 1.5557 val_dice 0.0000",
+    "best validation Dice 0.0000; wrote /tmp/tp/run2/coarse.pt",
+]
+RUN_LIMIT_S = 120
+
+
+def tiny_request(data: Path, output: Path, epochs: int, resume: bool = False) -> TrainingRequest:
+    return TrainingRequest("coarse", data, "RUNMC", output, epochs, device="cpu", resume=resume, max_cases=2, batch_size=8)
+
+
+def run_until(process: TrainingProcess, done) -> list[str]:
+    """Poll as the Slicer timer does until ``done(update)``; returns every line seen."""
+    lines, deadline = [], time.monotonic() + RUN_LIMIT_S
+    while time.monotonic() < deadline:
+        update = process.poll()
+        lines += update.lines
+        if done(update):
+            return lines
+        time.sleep(0.1)
+    process.stop()
+    raise AssertionError(f"training did not get there within {RUN_LIMIT_S} s; output: {lines}")
+
+
+def finish(process: TrainingProcess) -> list[str]:
+    return run_until(process, lambda update: update.finished)
+
+
+def test_parser_reads_the_epoch_line_of_captured_output():
+    parsed = [parse_progress(line) for line in CAPTURED_OUTPUT]
+    assert parsed == [None, TrainingProgress(1, 1, 1.5557, 0.0), None]
+
+
+def test_a_tiny_run_reports_progress_and_writes_a_checked_model(data, tmp_path):
+    process = TrainingProcess(tiny_request(data, tmp_path / "coarse", epochs=1))
+    process.start()
+    assert process.poll().finished is False  # start returns at once
+
+    lines = finish(process)
+
+    assert process.returncode == 0, lines
+    assert process.error_message is None
+    progress = process.progress
+    assert (progress.epoch, progress.epochs) == (1, 1)
+    assert 0.0 <= progress.validation_dice <= 1.0 and progress.loss > 0
+    manifest = process.manifest()
+    assert process.model_path == tmp_path / "coarse" / "coarse.pt"
+    assert manifest["sha256"] == sha256_of(process.model_path)
+    assert manifest["history"][-1]["validation_dice"] == progress.validation_dice
+    assert not any("\r" in line or "it/s" in line for line in lines), "tqdm bars leaked into the log"
+
+    registry = tmp_path / "trained_models.json"
+    entry = register_trained_model(registry, "coarse", process.request.manifest_path)
+    register_trained_model(registry, "coarse", process.request.manifest_path)  # registering again replaces it
+    assert trained_models(registry) == {entry.id: entry}
+    assert (entry.kind, entry.path, entry.sha256) == ("coarse", process.model_path, manifest["sha256"])
+
+
+def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoch(data, tmp_path):
+    output = tmp_path / "coarse"
+    process = TrainingProcess(tiny_request(data, output, epochs=3))
+    process.start()
+    run_until(process, lambda update: update.progress is not None)
+    stopped_at = time.monotonic()
+    process.stop()
+
+    assert time.monotonic() - stopped_at < 10
+    assert process.finished and process.returncode != 0
+    assert process.error_message == "samprostate: interrupted"
+    saved_epoch = torch.load(process.request.resume_state_path, weights_only=False)["epoch"]
+    assert 1 <= saved_epoch < 3
+
+    resumed = TrainingProcess(tiny_request(data, output, epochs=3, resume=True))
+    resumed.start()
+    lines = finish(resumed)
+
+    assert resumed.returncode == 0, lines
+    assert any(line.startswith(f"resuming after epoch {saved_epoch} ") for line in lines)
+    epochs = [progress.epoch for progress in map(parse_progress, lines) if progress]
+    assert epochs == list(range(saved_epoch + 1, 4))
+    assert [item["epoch"] for item in resumed.manifest()["history"]] == [1, 2, 3]
+
+
+def test_a_bad_data_folder_fails_with_one_line_message(tmp_path):
+    process = TrainingProcess(tiny_request(tmp_path / "missing", tmp_path / "coarse", epochs=1))
+    process.start()
+    finish(process)
+
+    assert process.returncode == 2
+    assert process.error_message == f"samprostate: error: data folder not found: {tmp_path / 'missing'}"
