@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
+from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
 COARSE_THRESHOLD = 0.75
@@ -55,16 +56,15 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def bounding_box(mask: np.ndarray, margin: tuple[float, float] = (0.0, 0.0)) -> Box | None:
     """Bounding box of a 2D mask widened by (x, y) margin pixels and kept inside the slice; None if empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    if not mask.any():
         return None
-    columns = np.flatnonzero(mask.any(axis=0))
+    (row_start, column_start), (row_end, column_end) = generate_spatial_bounding_box(mask[None])
     height, width = mask.shape
     return Box(
-        float(max(columns[0] - margin[0], 0)),
-        float(max(rows[0] - margin[1], 0)),
-        float(min(columns[-1] + margin[0], width - 1)),
-        float(min(rows[-1] + margin[1], height - 1)),
+        float(max(column_start - margin[0], 0)),
+        float(max(row_start - margin[1], 0)),
+        float(min(column_end - 1 + margin[0], width - 1)),
+        float(min(row_end - 1 + margin[1], height - 1)),
     )
 
 

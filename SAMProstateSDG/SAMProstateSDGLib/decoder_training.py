@@ -24,6 +24,7 @@ from .boxes import Box, ProposalOptions, propose_boxes
 from .checksums import half_precision, sha256_of
 from .coarse_training import epoch_summary
 from .embedding_cache import CachedCase
+from .evaluation import dice_score
 from .sam_engine import Prompt, SamEngine
 from .volume_io import write_atomically
 
@@ -109,11 +110,7 @@ def validation_dice(trainer: DecoderTrainer, cases: list[CachedCase], validation
     predictions = {number: np.zeros(cases[number].labels.shape, dtype=bool) for number in {s.case for s in validation_samples}}
     for sample in validation_samples:
         predictions[sample.case][sample.slice] = trainer.predict(cases[sample.case], sample)
-    dices = []
-    for number, prediction in predictions.items():
-        reference = cases[number].labels > 0
-        dices.append(2 * (prediction & reference).sum() / max(prediction.sum() + reference.sum(), 1))
-    return float(np.mean(dices))
+    return float(np.mean([dice_score(prediction, cases[number].labels) for number, prediction in predictions.items()]))
 
 
 def train_mask_decoder(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from monai.transforms import ScaleIntensityRangePercentiles
 
 from .errors import InputError
 
@@ -61,12 +62,9 @@ def validate_volume(image: sitk.Image, name: str) -> None:
 
 
 def normalised_array(image: sitk.Image, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Voxels as float32 [slices, rows, columns] scaled to 0..1 between two percentiles."""
-    values = sitk.GetArrayFromImage(image).astype(np.float32)
-    lower, upper = (float(value) for value in np.percentile(values, [low, high]))
-    if upper <= lower:
-        lower, upper = float(values.min()), float(values.max())
-    return np.clip((values - lower) / (upper - lower), 0.0, 1.0)
+    """Voxels as float32 [slices, rows, columns] scaled to 0..1 between two percentiles of the volume."""
+    scale = ScaleIntensityRangePercentiles(lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)
+    return np.asarray(scale(sitk.GetArrayFromImage(image).astype(np.float32)[None]))[0]
 
 
 def label_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
