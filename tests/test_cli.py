@@ -121,3 +121,14 @@ def test_evaluate_prints_the_table_rows_for_a_folder_of_pairs(tmp_path):
     assert table.read_text().strip() == result.stdout.strip()
     upper_bound = next(line for line in rows if "ground-truth boxes" in line)
     assert float(upper_bound.split("**")[1]) > 0.85
+
+
+def test_a_volume_without_a_gland_gives_an_empty_label_volume_and_a_warning(tmp_path):
+    halves = np.zeros((3, 64, 64), np.float32)
+    halves[:, :, :32] = 1.0  # two flat halves: nothing that looks like a prostate
+    image = sitk.GetImageFromArray(halves)
+    image.SetSpacing((0.5, 0.5, 3.0))
+    sitk.WriteImage(image, str(tmp_path / "halves.nii.gz"))
+    result = samprostate("segment", tmp_path / "halves.nii.gz", "-o", tmp_path / "labels.nii.gz")
+    assert "found no prostate" in result.stderr
+    assert not sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz"))).any()

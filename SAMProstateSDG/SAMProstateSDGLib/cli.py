@@ -111,6 +111,8 @@ def run_segment(arguments) -> None:
         write_overlay(arguments.overlay, volume.normalised, labels, boxes)
     print(f"{arguments.output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, "
           f"{len(boxes)} boxes")
+    if not boxes:
+        print("samprostate: warning: the coarse network found no prostate; the label volume is empty", file=sys.stderr)
 
 
 def _shipped_variants(segmenter, arguments) -> dict:
