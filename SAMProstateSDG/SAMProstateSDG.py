@@ -329,13 +329,14 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
     def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto"):
         """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed."""
         import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.pipeline import BoxSegmentation
 
         key = (volumeNode.GetID(), model, device)
         fingerprint = (volumeNode.GetImageData().GetMTime(), tuple(bridge.ijk_to_ras(volumeNode).ravel()))
         cached = self._sessions.get(key)
         if cached is None or cached[0] != fingerprint:
             prepared = self.segmenter(model, device).prepare(bridge.image_from_volume_node(volumeNode))
-            cached = self._sessions[key] = (fingerprint, bridge.BoxSegmentation(prepared))
+            cached = self._sessions[key] = (fingerprint, BoxSegmentation(prepared))
         return cached[1]
 
     def proposeBoxes(self, volumeNode, method: str = next(iter(BOX_METHODS)), model: str = SAM_MODELS[0], device: str = "auto") -> list:

@@ -28,7 +28,7 @@ from vtk.util import numpy_support
 
 from SAMProstateSDGLib.boxes import Box
 from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.pipeline import PROSTATE_LABEL, PreparedVolume
+from SAMProstateSDGLib.pipeline import PROSTATE_LABEL
 from SAMProstateSDGLib.sam_engine import Prompt
 
 BOX_VOLUME_ATTRIBUTE = "SAMProstateSDG.VolumeNodeID"
@@ -41,7 +41,6 @@ SEGMENT_COLORS = {
     "peripheral zone": (0.35, 0.65, 0.9),
 }
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
-BOX_TOLERANCE = 1e-3  # pixels: boxes closer than this are the same box
 
 
 # Geometry
@@ -282,50 +281,6 @@ def labels_from_segmentation(segmentation_node, segment_ids: dict[int, str], vol
     return labels
 
 
-# Incremental box segmentation
-
-
-class BoxSegmentation:
-    """The labels of one prepared volume, kept in step with its boxes.
-
-    ``update`` decodes only the slices whose box was added or moved and clears those whose box was
-    removed; each slice's SAM embedding is computed once and cached in the prepared volume.
-    """
-
-    def __init__(self, volume: PreparedVolume):
-        self.volume = volume
-        self.boxes: dict[int, Box] = {}
-        self.labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
-
-    def changed_slices(self, boxes: dict[int, Box]) -> list[int]:
-        """Slices whose box differs from the one last segmented (added, moved or removed)."""
-        return sorted(index for index in boxes.keys() | self.boxes.keys() if not _same_box(boxes.get(index), self.boxes.get(index)))
-
-    def update(self, boxes: dict[int, Box]) -> list[int]:
-        """Re-segment the changed slices; returns them."""
-        changed = self.changed_slices(boxes)
-        self.volume.encoded.encode([index for index in changed if index in boxes])
-        for index in changed:
-            self.labels[index] = 0
-            if index in boxes:
-                self.labels[index][self.volume.encoded.segment(index, Prompt(box=boxes[index].as_tuple()))] = PROSTATE_LABEL
-        self.boxes = dict(boxes)
-        return changed
-
-    def refine_slice(self, index: int, prompt: Prompt) -> None:
-        """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves."""
-        self.labels[index] = 0
-        self.labels[index][self.volume.encoded.segment(index, prompt)] = PROSTATE_LABEL
-        if prompt.box is not None:
-            self.boxes[index] = Box(*prompt.box)
-
-
 def with_box(prompt: Prompt, box: Box | None) -> Prompt:
     """The point prompt with ``box`` added (unchanged without one)."""
     return prompt if box is None else dataclasses.replace(prompt, box=box.as_tuple())
-
-
-def _same_box(first: Box | None, second: Box | None) -> bool:
-    if first is None or second is None:
-        return first is second
-    return bool(np.allclose(first.as_tuple(), second.as_tuple(), atol=BOX_TOLERANCE))

@@ -297,16 +297,16 @@ def test_scene_saved_as_mrb_keeps_boxes_and_segments(reference, tmp_path):
 
 
 def test_box_edit_resegments_only_its_slice(sam_engine, scene):
-    from SAMProstateSDGLib.pipeline import ProstateSegmenter
+    from SAMProstateSDGLib.pipeline import BoxSegmentation, ProstateSegmenter
 
     image = sitk.ReadImage(str(FIXTURES / "P158-020.nii.gz"))
     reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")
     node = bridge.volume_node_from_image(image, scene, "P158-020")
     rois = bridge.roi_nodes_from_boxes(node, boxes_from_labels(reference))
-    session = bridge.BoxSegmentation(ProstateSegmenter(sam_engine, coarse=None).prepare(bridge.image_from_volume_node(node)))
+    session = BoxSegmentation(ProstateSegmenter(sam_engine, coarse=None).prepare(bridge.image_from_volume_node(node)))
     decoded: list[int] = []
     segment_slice = session.volume.encoded.segment
-    session.volume.encoded.segment = lambda index, prompt: decoded.append(index) or segment_slice(index, prompt)
+    session.volume.encoded.segment = lambda index, prompt, decoder=None: decoded.append(index) or segment_slice(index, prompt, decoder)
 
     assert session.update(bridge.boxes_from_roi_nodes(node, rois)) == [0, 1, 2, 3]
     assert dice(session.labels, reference) > 0.8

@@ -17,6 +17,7 @@ from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 from .volume_io import normalised_array
 
 PROSTATE_LABEL = 1
+BOX_TOLERANCE = 1e-3  # pixels: boxes closer than this are the same box
 METHODS = {"zero-shot": None, "sammed": "sammed-litemedsam-runmc"}  # method -> shipped decoder
 METHOD_TITLES = {"zero-shot": "SAM zero-shot", "sammed": "SAMMed: decoder fine-tuned on RUNMC"}
 
@@ -93,14 +94,58 @@ class ProstateSegmenter:
 
     def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
         """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""
-        labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
-        volume.encoded.encode(boxes)
-        for index, box in boxes.items():
-            labels[index][volume.encoded.segment(index, Prompt(box=box.as_tuple()), self.sam)] = PROSTATE_LABEL
-        return labels
+        session = BoxSegmentation(volume, self.sam)
+        session.update(boxes)
+        return session.labels
 
     def segment(self, image: sitk.Image, boxes: dict[int, Box] | None = None) -> tuple[np.ndarray, dict[int, Box]]:
         """Labels and the boxes used: the given ones, or those proposed by the coarse network."""
         volume = self.prepare(image)
         boxes = self.propose_boxes(volume) if boxes is None else boxes
         return self.segment_with_boxes(volume, boxes), boxes
+
+
+class BoxSegmentation:
+    """The labels of one prepared volume, kept in step with its boxes (what a box editor needs).
+
+    ``update`` decodes only the slices whose box was added or moved and clears those whose box was
+    removed; each slice's SAM embedding is computed once and cached in the prepared volume.
+    ``decoder`` may be an engine with another mask decoder sharing the volume's image encoder.
+    """
+
+    def __init__(self, volume: PreparedVolume, decoder: SamEngine | None = None):
+        self.volume = volume
+        self.decoder = decoder
+        self.boxes: dict[int, Box] = {}
+        self.labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
+
+    def changed_slices(self, boxes: dict[int, Box]) -> list[int]:
+        """Slices whose box differs from the one last segmented (added, moved or removed)."""
+        return sorted(index for index in boxes.keys() | self.boxes.keys() if not _same_box(boxes.get(index), self.boxes.get(index)))
+
+    def update(self, boxes: dict[int, Box]) -> list[int]:
+        """Re-segment the changed slices (encoded together in batches); returns them."""
+        changed = self.changed_slices(boxes)
+        self.volume.encoded.encode([index for index in changed if index in boxes])
+        for index in changed:
+            self.labels[index] = 0
+            if index in boxes:
+                self._segment_slice(index, Prompt(box=boxes[index].as_tuple()))
+        self.boxes = dict(boxes)
+        return changed
+
+    def refine_slice(self, index: int, prompt: Prompt) -> None:
+        """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves."""
+        self.labels[index] = 0
+        self._segment_slice(index, prompt)
+        if prompt.box is not None:
+            self.boxes[index] = Box(*prompt.box)
+
+    def _segment_slice(self, index: int, prompt: Prompt) -> None:
+        self.labels[index][self.volume.encoded.segment(index, prompt, self.decoder)] = PROSTATE_LABEL
+
+
+def _same_box(first: Box | None, second: Box | None) -> bool:
+    if first is None or second is None:
+        return first is second
+    return bool(np.allclose(first.as_tuple(), second.as_tuple(), atol=BOX_TOLERANCE))
