@@ -314,10 +314,9 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
             return self._segmenters[model, device]
         trained = trained_models(self.trainedModelsFile).get(model)
         if trained and trained.kind == "coarse":
-            segmenter = ProstateSegmenter.load(device, coarse_checkpoint=trained.path)
+            segmenter = self.segmenter(default_entry("sam").id, device).with_coarse(trained.path, trained.sha256)
         elif trained:
-            shipped = ProstateSegmenter.load(device)
-            segmenter = ProstateSegmenter(shipped.sam.with_mask_decoder(trained.path, trained.sha256), shipped.coarse, shipped.options)
+            segmenter = self.segmenter(default_entry("sam").id, device).with_decoder(trained.path, trained.sha256)
         elif catalog_entry(model, "sam") == default_entry("sam"):
             segmenter = ProstateSegmenter.load(device)
         else:

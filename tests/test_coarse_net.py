@@ -77,3 +77,14 @@ def test_training_keeps_the_best_checkpoint_and_resumes(data, tmp_path):
     assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == first["history"][0]
     assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
+
+
+def test_another_coarse_network_reuses_the_loaded_sam(segmenter):
+    entry = default_entry("coarse")
+    swapped = segmenter.with_coarse(entry.path, entry.sha256)
+    assert swapped.sam is segmenter.sam and swapped.coarse is not segmenter.coarse
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    normalised = normalised_array(image)
+    assert np.allclose(swapped.coarse.probabilities(normalised, image), segmenter.coarse.probabilities(normalised, image))
+    with pytest.raises(InputError, match="checksum mismatch"):
+        segmenter.with_coarse(entry.path, "0" * 64)

@@ -78,7 +78,15 @@ class ProstateSegmenter:
     def with_method(self, method: str) -> "ProstateSegmenter":
         """The same models with a shipped fine-tuned decoder (sharing the encoder and its embeddings)."""
         decoder = catalog_entry(METHODS[method], "decoder")
-        return ProstateSegmenter(self.sam.with_mask_decoder(decoder.path, decoder.sha256), self.coarse, self.options)
+        return self.with_decoder(decoder.path, decoder.sha256)
+
+    def with_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> "ProstateSegmenter":
+        """The same models with fine-tuned mask decoder weights (the encoder is shared, not reloaded)."""
+        return ProstateSegmenter(self.sam.with_mask_decoder(checkpoint, sha256), self.coarse, self.options)
+
+    def with_coarse(self, checkpoint: str | Path, sha256: str | None = None) -> "ProstateSegmenter":
+        """The same SAM with another coarse network proposing the boxes."""
+        return ProstateSegmenter(self.sam, CoarseSegmenter.from_checkpoint(checkpoint, self.sam.device, sha256), self.options)
 
     def prepare(self, image: sitk.Image) -> PreparedVolume:
         normalised = normalised_array(image)
