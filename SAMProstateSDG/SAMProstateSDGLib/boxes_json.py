@@ -16,7 +16,7 @@ import SimpleITK as sitk
 
 from .boxes import Box
 from .errors import InputError
-from .volume_io import write_atomically
+from .files import write_text_atomically
 
 FORMAT = "samprostate-boxes"
 VERSION = 1
@@ -59,7 +59,7 @@ def boxes_to_json(boxes: dict[int, Box], image: sitk.Image) -> dict:
 
 def write_boxes(path: str | Path, boxes: dict[int, Box], image: sitk.Image) -> None:
     text = json.dumps(boxes_to_json(boxes, image), indent=1) + "\n"
-    write_atomically(path, lambda temporary: Path(temporary).write_text(text))
+    write_text_atomically(path, text)
 
 
 def read_boxes(path: str | Path, image: sitk.Image) -> dict[int, Box]:

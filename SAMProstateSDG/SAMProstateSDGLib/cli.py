@@ -128,7 +128,8 @@ def _shipped_variants(segmenter, arguments) -> dict:
 def run_evaluate(arguments) -> None:
     from .dataset import find_cases
     from .evaluation import evaluate, markdown_table
-    from .volume_io import check_output_path, write_atomically
+    from .files import write_text_atomically
+    from .volume_io import check_output_path
 
     if arguments.output:
         check_output_path(arguments.output, arguments.overwrite)
@@ -137,7 +138,7 @@ def run_evaluate(arguments) -> None:
     table = markdown_table(evaluate(segmenter, cases, _shipped_variants(segmenter, arguments)))
     print(table)
     if arguments.output:
-        write_atomically(arguments.output, lambda temporary: Path(temporary).write_text(table + "\n"))
+        write_text_atomically(arguments.output, table + "\n")
 
 
 def run_train_coarse(arguments) -> None:

@@ -35,7 +35,8 @@ from .boxes import COARSE_THRESHOLD
 from .checksums import sha256_of
 from .coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, save_coarse_checkpoint
 from .dataset import Case, find_cases
-from .volume_io import normalised_array, write_atomically
+from .files import write_atomically, write_text_atomically
+from .volume_io import normalised_array
 
 
 @dataclass
@@ -212,5 +213,5 @@ def train_coarse_net(
         "file": best_path.name,
         "sha256": sha256_of(best_path),
     }
-    (options.output / "coarse.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomically(options.output / "coarse.json", json.dumps(manifest, indent=2) + "\n")
     return manifest

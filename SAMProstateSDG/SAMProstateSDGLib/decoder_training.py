@@ -26,7 +26,7 @@ from .coarse_training import epoch_summary
 from .embedding_cache import CachedCase
 from .evaluation import dice_score
 from .sam_engine import Prompt, SamEngine
-from .volume_io import write_atomically
+from .files import write_atomically, write_text_atomically
 
 JITTER_FRACTION = 0.1
 
@@ -191,7 +191,7 @@ def train_mask_decoder(
         file=best_path.name,
         sha256=sha256_of(best_path),
     )
-    (options.output / "sammed.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_text_atomically(options.output / "sammed.json", json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

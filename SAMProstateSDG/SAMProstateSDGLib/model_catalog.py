@@ -40,7 +40,7 @@ class CatalogEntry:
 @lru_cache(maxsize=1)
 def catalog() -> dict[str, CatalogEntry]:
     entries = json.loads((MODELS_FOLDER / "catalog.json").read_text())
-    return {entry["id"]: _entry(entry) for entry in entries}
+    return {entry["id"]: entry_from_json(entry) for entry in entries}
 
 
 def catalog_entry(model_id: str, kind: str) -> CatalogEntry:
@@ -54,9 +54,14 @@ def default_entry(kind: str) -> CatalogEntry:
     return next(entry for entry in catalog().values() if entry.kind == kind)
 
 
-def _entry(data: dict) -> CatalogEntry:
+def entry_from_json(data: dict) -> CatalogEntry:
+    """A catalog entry; ``file`` is relative to the models folder unless absolute (a user's trained model)."""
     path = _package_file(*data["package_file"]) if "package_file" in data else MODELS_FOLDER / data["file"]
     return CatalogEntry(data["id"], data["kind"], data["model_type"], data["title"], path, data["sha256"])
+
+
+def entry_to_json(entry: CatalogEntry) -> dict:
+    return {"id": entry.id, "kind": entry.kind, "model_type": entry.model_type, "title": entry.title, "file": str(entry.path), "sha256": entry.sha256}
 
 
 def _package_file(distribution: str, relative_path: str) -> Path:

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .boxes import Box
-from .volume_io import write_atomically
+from .files import write_atomically
 
 OUTLINE = (255, 64, 64)
 BOX = (255, 220, 0)

@@ -23,7 +23,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model_catalog import CatalogEntry, default_entry
+from .files import write_text_atomically
+from .model_catalog import CatalogEntry, default_entry, entry_from_json, entry_to_json
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) loss (\S+) val_dice (\S+)$")
@@ -212,9 +213,7 @@ def trained_models(registry: Path) -> dict[str, CatalogEntry]:
     """The models registered in ``registry`` (a JSON list), by id; empty when it does not exist."""
     if not registry.is_file():
         return {}
-    entries = json.loads(registry.read_text())
-    return {entry["id"]: CatalogEntry(entry["id"], entry["kind"], entry["model_type"], entry["title"], Path(entry["file"]), entry["sha256"])
-            for entry in entries}
+    return {entry["id"]: entry_from_json(entry) for entry in json.loads(registry.read_text())}
 
 
 def register_trained_model(registry: Path, method: str, manifest_path: Path) -> CatalogEntry:
@@ -228,8 +227,5 @@ def register_trained_model(registry: Path, method: str, manifest_path: Path) -> 
     models = trained_models(registry)
     models[entry.id] = entry
     registry.parent.mkdir(parents=True, exist_ok=True)
-    registry.write_text(json.dumps([
-        {"id": item.id, "kind": item.kind, "model_type": item.model_type, "title": item.title, "file": str(item.path), "sha256": item.sha256}
-        for item in models.values()
-    ], indent=2) + "\n")
+    write_text_atomically(registry, json.dumps([entry_to_json(item) for item in models.values()], indent=2) + "\n")
     return entry

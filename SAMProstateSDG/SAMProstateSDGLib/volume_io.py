@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import SimpleITK as sitk
 from monai.transforms import ScaleIntensityRangePercentiles
 
 from .errors import InputError
+from .files import write_atomically
 
 MIN_SLICE_PIXELS = 16
 
@@ -82,27 +82,6 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
     if not path.parent.exists():
         raise InputError(f"output folder {path.parent} does not exist")
     return path
-
-
-def write_atomically(path: str | os.PathLike, write) -> None:
-    """Call ``write(temporary_path)`` and move the result into place, so no partial file is left."""
-    path = Path(path)
-    suffix = "".join(path.suffixes) or ".tmp"
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files private; outputs get the usual mode
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
