@@ -35,7 +35,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SAMProstateSDGLib.model_catalog import catalog
+from SAMProstateSDGLib.model_catalog import BOX_METHODS as BOX_PROMPTED_METHODS
+from SAMProstateSDGLib.model_catalog import METHOD_TITLES, METHODS, catalog
 from SAMProstateSDGLib.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
 
 # Box methods: how the coarse mask is filtered before boxes are taken (SAMProstateSDGLib.boxes.ComponentFilter).
@@ -46,7 +47,14 @@ BOX_METHODS = {
 }
 DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.devices.DEVICE_CHOICES
 SAM_MODELS = [entry.id for entry in catalog().values() if entry.kind == "sam"]
-TRAINING_METHODS = {"Coarse network (ResNet U-Net)": "coarse", "SAMMed mask decoder": "sammed"}  # title -> training_process method
+SEGMENTATION_METHODS = {METHOD_TITLES[method]: method for method in METHODS if method == "zero-shot" or METHODS[method] in catalog()}
+TRAINING_METHODS = {  # title -> training_process method
+    "Coarse network (ResNet U-Net)": "coarse",
+    "SAMMed mask decoder": "sammed",
+    "DeSAM, grid points": "desam-grid",
+    "DeSAM, whole-slice box": "desam-box",
+    "SAMed, LoRA (zonal)": "samed",
+}
 TRAINING_POLL_MS = 500
 
 
@@ -77,6 +85,7 @@ class SAMProstateSDG(ScriptedLoadableModule):
 class SAMProstateSDGParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     method: Annotated[str, Choice(list(BOX_METHODS))] = next(iter(BOX_METHODS))
+    segmentationMethod: Annotated[str, Choice(list(SEGMENTATION_METHODS))] = next(iter(SEGMENTATION_METHODS))
     model: Annotated[str, Choice(SAM_MODELS)] = SAM_MODELS[0]
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     clicks: vtkMRMLMarkupsFiducialNode
@@ -185,7 +194,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if ensureRequirements():
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.segment(
-                    parameters.inputVolume, None, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device
+                    parameters.inputVolume, None, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,
+                    method=SEGMENTATION_METHODS[parameters.segmentationMethod],
                 )
 
     def onRefine(self) -> None:
@@ -193,7 +203,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if ensureRequirements():
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.refineWithPoints(
-                    parameters.inputVolume, parameters.clicks, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device
+                    parameters.inputVolume, parameters.clicks, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,
+                    method=SEGMENTATION_METHODS[parameters.segmentationMethod],
                 )
 
     def onStartTraining(self) -> None:
@@ -301,41 +312,51 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
         self._sessions.clear()
         self._written.clear()
 
-    def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto"):
-        """The loaded coarse network and SAM for ``model`` on ``device`` (loaded once).
+    def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
+        """The loaded models for ``model`` and ``method`` on ``device`` (each loaded once).
 
-        ``model`` is a shipped SAM model or a registered trained model: a trained coarse network
-        proposes the boxes for the shipped SAM, a trained decoder replaces the shipped SAM's.
+        ``model`` is a shipped SAM model or a registered trained model; a trained model (a coarse
+        network, a SAMMed decoder, DeSAM or SAMed) is added to the shipped LiteMedSAM and takes the
+        place of ``method``'s shipped model.
         """
         from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
         from SAMProstateSDGLib.pipeline import ProstateSegmenter
 
-        if (model, device) in self._segmenters:
-            return self._segmenters[model, device]
+        key = (model, device, method)
+        if key in self._segmenters:
+            return self._segmenters[key]
         trained = trained_models(self.trainedModelsFile).get(model)
-        if trained and trained.kind == "coarse":
-            segmenter = self.segmenter(default_entry("sam").id, device).with_coarse(trained.path, trained.sha256)
-        elif trained:
-            segmenter = self.segmenter(default_entry("sam").id, device).with_decoder(trained.path, trained.sha256)
+        if trained:
+            segmenter = self.segmenter(default_entry("sam").id, device).with_model(trained)
+        elif method != "zero-shot":
+            segmenter = self.segmenter(model, device).with_method(method)
         elif catalog_entry(model, "sam") == default_entry("sam"):
             segmenter = ProstateSegmenter.load(device)
         else:
             entry = catalog_entry(model, "sam")
             segmenter = ProstateSegmenter.load(device, entry.model_type, entry.path)
-        self._segmenters[model, device] = segmenter
+        self._segmenters[key] = segmenter
         return segmenter
 
-    def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto"):
-        """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed."""
+    def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
+        """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed.
+
+        Sessions of one volume and model share its prepared volume, so each slice is encoded once.
+        """
         import SAMProstateSDGMRML as bridge
         from SAMProstateSDGLib.pipeline import BoxSegmentation
 
-        key = (volumeNode.GetID(), model, device)
+        key = (volumeNode.GetID(), model, device, method)
         fingerprint = (volumeNode.GetImageData().GetMTime(), tuple(bridge.ijk_to_ras(volumeNode).ravel()))
         cached = self._sessions.get(key)
         if cached is None or cached[0] != fingerprint:
-            prepared = self.segmenter(model, device).prepare(bridge.image_from_volume_node(volumeNode))
-            cached = self._sessions[key] = (fingerprint, BoxSegmentation(prepared))
+            base = self._sessions.get((volumeNode.GetID(), model, device, "zero-shot"))
+            if method != "zero-shot" and base is not None and base[0] == fingerprint:
+                prepared = base[1].volume
+            else:
+                prepared = self.segmenter(model, device).prepare(bridge.image_from_volume_node(volumeNode))
+            decoder = self.segmenter(model, device, method).sam
+            cached = self._sessions[key] = (fingerprint, BoxSegmentation(prepared, decoder))
         return cached[1]
 
     def proposeBoxes(self, volumeNode, method: str = next(iter(BOX_METHODS)), model: str = SAM_MODELS[0], device: str = "auto") -> list:
@@ -351,23 +372,40 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
                 volumeNode.GetScene().RemoveNode(roiNode)
         return bridge.roi_nodes_from_boxes(volumeNode, boxes)
 
-    def segment(self, volumeNode, roiNodes=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto"):
-        """Segment inside the boxes (default: the volume's box ROIs in the scene); returns the segmentation node."""
+    def segment(self, volumeNode, roiNodes=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
+        """Segment inside the boxes (default: the volume's box ROIs in the scene), or every slice for a
+        method that prompts itself (DeSAM, SAMed); returns the segmentation node."""
         import SAMProstateSDGMRML as bridge
 
+        session = self.session(volumeNode, model, device, method)
+        segmenter = self.segmenter(model, device, method)
+        if segmenter.automatic is not None:
+            session.labels = segmenter.segment_automatically(session.volume)
+            return self._write(session, volumeNode, segmentationNode, self.segmentNames(segmenter))
         roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
-        session = self.session(volumeNode, model, device)
         changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
         logging.info(f"SAMProstateSDG: re-segmented slices {changed}")
         return self._write(session, volumeNode, segmentationNode)
 
+    @staticmethod
+    def segmentNames(segmenter) -> dict:
+        """Label -> segment name: the zones for SAMed, else one prostate segment."""
+        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.pipeline import ZONE_NAMES
+        from SAMProstateSDGLib.samed import SAMedSegmenter
+
+        return ZONE_NAMES if isinstance(segmenter.automatic, SAMedSegmenter) else bridge.PROSTATE_SEGMENTS
+
     def segmentSliceWithPoints(
-        self, volumeNode, sliceIndex: int, pointListNode, roiNode=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto"
+        self, volumeNode, sliceIndex: int, pointListNode, roiNode=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto",
+        method: str = "zero-shot",
     ):
         """Segment one slice from the clicks on it (and the ROI's box, if given); returns the segmentation node."""
         import SAMProstateSDGMRML as bridge
         from SAMProstateSDGLib.errors import InputError
 
+        if self.segmentNames(self.segmenter(model, device, method)) != bridge.PROSTATE_SEGMENTS:
+            raise InputError("clicks refine the whole gland; segment with a method other than SAMed's zones first")
         prompts = bridge.point_prompts(volumeNode, pointListNode)
         if sliceIndex not in prompts:
             raise InputError(f"{pointListNode.GetName()} has no points on slice {sliceIndex}")
@@ -376,33 +414,36 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
             roiSlice, box = bridge.box_from_roi_node(volumeNode, roiNode)
             if roiSlice != sliceIndex:
                 raise InputError(f"{roiNode.GetName()} lies on slice {roiSlice}, not on slice {sliceIndex}")
-        session = self.session(volumeNode, model, device)
+        session = self.session(volumeNode, model, device, method)
         session.refine_slice(sliceIndex, bridge.with_box(prompts[sliceIndex], box))
         return self._write(session, volumeNode, segmentationNode)
 
-    def refineWithPoints(self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto"):
+    def refineWithPoints(
+        self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"
+    ):
         """Re-segment every slice that has clicks, with that slice's box ROI when it has one."""
         import SAMProstateSDGMRML as bridge
 
         roiBySlice = {bridge.box_from_roi_node(volumeNode, roi)[0]: roi for roi in bridge.box_roi_nodes(volumeNode)}
         for sliceIndex in sorted(bridge.point_prompts(volumeNode, pointListNode)):
             segmentationNode = self.segmentSliceWithPoints(
-                volumeNode, sliceIndex, pointListNode, roiBySlice.get(sliceIndex), segmentationNode, model=model, device=device
+                volumeNode, sliceIndex, pointListNode, roiBySlice.get(sliceIndex), segmentationNode, model=model, device=device, method=method
             )
         return segmentationNode
 
-    def _write(self, session, volumeNode, segmentationNode):
-        """Show the session's labels: update the segment written before, or add a new one."""
+    def _write(self, session, volumeNode, segmentationNode, names: Optional[dict] = None):
+        """Show the session's labels: update the segments written before, or add new ones."""
         import SAMProstateSDGMRML as bridge
 
         key = (volumeNode.GetID(), segmentationNode.GetID() if segmentationNode else None)
         written = self._written.get(key)
         segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
-        if written and all(segmentation.GetSegment(segmentId) for segmentId in written.values()):
+        names = names or bridge.PROSTATE_SEGMENTS
+        if written and written.keys() == names.keys() and all(segmentation.GetSegment(segmentId) for segmentId in written.values()):
             for label, segmentId in written.items():
                 bridge.set_segment_mask(segmentationNode, segmentId, session.labels == label, volumeNode)
             return segmentationNode
-        segmentationNode, written = bridge.add_label_segments(session.labels, volumeNode, segmentationNode)
+        segmentationNode, written = bridge.add_label_segments(session.labels, volumeNode, segmentationNode, names)
         self._written[volumeNode.GetID(), segmentationNode.GetID()] = written
         return segmentationNode
 

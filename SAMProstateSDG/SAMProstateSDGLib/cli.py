@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .boxes import ComponentFilter, ProposalOptions
 from .devices import DEVICE_CHOICES
 from .errors import InputError
-from .model_catalog import SAM_TYPES
+from .model_catalog import BOX_METHODS, DEFAULT_GRID_SIDE, METHODS, SAM_TYPES
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +21,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default=ProposalOptions().component_filter.value,
                         help="keep the largest component in the volume (3d), per slice (2d, as SAMMed), or all (none)")
     parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
-    parser.add_argument("--method", choices=("zero-shot", "sammed"), default="zero-shot",
-                        help="zero-shot SAM, or SAM with the mask decoder fine-tuned on RUNMC (SAMMed)")
+    parser.add_argument("--method", choices=tuple(METHODS), default="zero-shot",
+                        help="zero-shot SAM with coarse boxes; sammed: its decoder fine-tuned on RUNMC; desam-grid / desam-box: "
+                             "DeSAM prompted by a point grid or the whole slice; samed: LoRA SAM, zonal labels (1 TZ, 2 PZ)")
+    parser.add_argument("--grid-points", type=int, default=DEFAULT_GRID_SIDE, help="desam-grid: points per side of the grid (default 9)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,14 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_options(embed)
 
     tune = commands.add_parser("train", help="fine-tune SAM on one source site from the embedding cache")
-    tune.add_argument("--method", choices=("sammed",), default="sammed", help="sammed: the mask decoder, prompted with coarse boxes")
+    tune.add_argument("--method", choices=TRAINING_DEFAULTS, default="sammed",
+                      help="sammed: the mask decoder, prompted with coarse boxes; desam-grid / desam-box: DeSAM's decoupled "
+                           "decoder with point or whole-slice prompts; samed: LoRA encoder + decoder for zonal labels")
     _add_cache_options(tune)
-    tune.add_argument("--output", type=Path, default=Path("runs/sammed"), help="folder for sammed.pt, sammed.json and the resume state")
-    tune.add_argument("--epochs", type=int, default=8)
-    tune.add_argument("--learning-rate", type=float, default=1e-4)
+    tune.add_argument("--output", type=Path, help="folder for METHOD.pt, METHOD.json and the resume state (default runs/METHOD)")
+    tune.add_argument("--epochs", type=int, help="default per method: " + ", ".join(f"{m} {d.epochs}" for m, d in TRAINING_DEFAULTS.items()))
+    tune.add_argument("--learning-rate", type=float, help="default per method: " + ", ".join(f"{m} {d.learning_rate:g}" for m, d in TRAINING_DEFAULTS.items()))
+    tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.batch_size}" for m, d in TRAINING_DEFAULTS.items()))
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--resume", action="store_true")
     return parser
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    epochs: int
+    learning_rate: float
+    batch_size: int
+
+
+TRAINING_DEFAULTS = {
+    "sammed": TrainingDefaults(8, 1e-4, 8),
+    "desam-grid": TrainingDefaults(6, 3e-4, 8),
+    "desam-box": TrainingDefaults(6, 3e-4, 8),
+    "samed": TrainingDefaults(2, 1e-3, 4),
+}
 
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -84,9 +105,12 @@ def _segmenter(arguments):
 
     if arguments.margin_mm < 0:
         raise InputError("--margin-mm must not be negative")
+    if arguments.grid_points < 1:
+        raise InputError("--grid-points must be at least 1")
     options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
     return ProstateSegmenter.load(
-        arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method
+        arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method,
+        arguments.grid_points,
     )
 
 
@@ -98,12 +122,13 @@ def run_segment(arguments) -> None:
     outputs = [arguments.output, arguments.boxes_out, arguments.overlay]
     for path in filter(None, outputs):
         check_output_path(path, arguments.overwrite)
+    if arguments.method not in BOX_METHODS and arguments.boxes_in:
+        raise InputError(f"--method {arguments.method} prompts itself; --boxes-in works with {' and '.join(BOX_METHODS)}")
     image = read_volume(arguments.input)
     boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
     segmenter = _segmenter(arguments)
+    labels, boxes = segmenter.segment(image, boxes)
     volume = segmenter.prepare(image)
-    boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
-    labels = segmenter.segment_with_boxes(volume, boxes)
     write_image(label_image(labels, image), arguments.output)
     if arguments.boxes_out:
         write_boxes(arguments.boxes_out, boxes, image)
@@ -111,8 +136,8 @@ def run_segment(arguments) -> None:
         write_overlay(arguments.overlay, volume.normalised, labels, boxes)
     print(f"{arguments.output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, "
           f"{len(boxes)} boxes")
-    if not boxes:
-        print("samprostate: warning: the coarse network found no prostate; the label volume is empty", file=sys.stderr)
+    if not labels.any():
+        print("samprostate: warning: no prostate found; the label volume is empty", file=sys.stderr)
 
 
 def _shipped_variants(segmenter, arguments) -> dict:
@@ -180,14 +205,33 @@ def run_embed(arguments) -> None:
     print(f"{len(cases)} cases encoded in {folder}")
 
 
+def _fine_tuning_method(name: str, segmenter):
+    if name == "sammed":
+        from .sammed_training import SamMedMethod
+
+        return SamMedMethod(segmenter.sam, segmenter.options)
+    if name == "samed":
+        from .samed_training import SAMedMethod
+
+        return SAMedMethod(segmenter.sam)
+    from .desam_training import DeSAMMethod
+
+    return DeSAMMethod(segmenter.sam, name.removeprefix("desam-"))
+
+
 def run_train(arguments) -> None:
     from .coarse_training import split_cases
-    from .decoder_training import DecoderTrainingOptions, train_mask_decoder
     from .embedding_cache import load_cached_case
     from .model_catalog import default_entry
+    from .training_loop import TrainingOptions, train
 
-    if arguments.epochs < 1:
-        raise InputError("--epochs must be at least 1")
+    defaults = TRAINING_DEFAULTS[arguments.method]
+    epochs = arguments.epochs or defaults.epochs
+    learning_rate = arguments.learning_rate or defaults.learning_rate
+    batch_size = arguments.batch_size or defaults.batch_size
+    if epochs < 1 or batch_size < 1 or learning_rate <= 0:
+        raise InputError("--epochs and --batch-size must be at least 1 and --learning-rate positive")
+    output = arguments.output or Path("runs") / arguments.method
     segmenter, cases, folder, _ = _cached_cases(arguments)
     training, validation = split_cases(cases, 0.1, arguments.seed)
     base = default_entry("sam")
@@ -198,19 +242,19 @@ def run_train(arguments) -> None:
         "site": arguments.site,
         "training_cases": [case.name for case in training],
         "validation_cases": [case.name for case in validation],
+        "device": str(segmenter.sam.device),
         "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
-        f"--epochs {arguments.epochs} --learning-rate {arguments.learning_rate} --seed {arguments.seed}",
+        f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}",
     }
-    options = DecoderTrainingOptions(arguments.output, arguments.epochs, arguments.learning_rate, seed=arguments.seed, resume=arguments.resume)
-    manifest = train_mask_decoder(
-        segmenter.sam,
+    options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
+    manifest = train(
+        _fine_tuning_method(arguments.method, segmenter),
         [load_cached_case(folder / f"{case.name}.pt") for case in training],
         [load_cached_case(folder / f"{case.name}.pt") for case in validation],
         options,
         manifest,
-        segmenter.options,
     )
-    print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")
+    print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {output / manifest['file']}")
 
 
 COMMANDS = {

@@ -1,7 +1,8 @@
 """Encoded training slices on disk, so decoder training never loads or runs the image encoder.
 
-One file per case holds the fp16 image embeddings of every slice, the reference labels and
-the coarse network's probabilities, all in the slice's own pixel grid. The cache folder is
+One file per case holds the fp16 image embeddings of every slice, the intermediate encoder
+features DeSAM fuses (and SAMed's LoRA training starts from), the reference labels and the
+coarse network's probabilities, all in the slice's own pixel grid. The cache folder is
 named by a hash of the base SAM checkpoint, the coarse checkpoint and the preprocessing, so a
 change to any of them starts a new cache instead of reusing stale embeddings.
 """
@@ -22,13 +23,18 @@ from .dataset import Case
 from .pipeline import ProstateSegmenter
 from .volume_io import normalised_array
 
-PREPROCESSING = {"normalisation": "percentile 0.5-99.5 per volume to 0..1", "encoder_input": "longest side resized, padded"}
+PREPROCESSING = {
+    "normalisation": "percentile 0.5-99.5 per volume to 0..1",
+    "encoder_input": "longest side resized, padded",
+    "stored": "embedding and encoder_stages skips, fp16",
+}
 
 
 @dataclass
 class CachedCase:
     name: str
     embeddings: torch.Tensor  # [slices, 256, 64, 64] float16
+    skips: list[torch.Tensor]  # [slices, C, H, W] float16 per intermediate encoder stage
     labels: np.ndarray  # [slices, rows, columns] uint8 (0 background, 1 TZ, 2 PZ)
     coarse: np.ndarray  # [slices, rows, columns] float16 gland probabilities
     spacing_xy: tuple[float, float]
@@ -53,10 +59,12 @@ def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path) -
             continue
         image, labels = case.read()
         normalised = normalised_array(image)
+        features = segmenter.sam.encode_features(normalised)
         temporary = path.with_suffix(".tmp")
         torch.save(
             {
-                "embeddings": segmenter.sam.encode(normalised).half().cpu(),
+                "embeddings": features.embedding.half().cpu(),
+                "skips": [skip.half().cpu() for skip in features.skips],
                 "labels": torch.from_numpy(labels),
                 "coarse": torch.from_numpy(segmenter.coarse.probabilities(normalised, image).astype(np.float16)),
                 "spacing_xy": list(image.GetSpacing()[:2]),
@@ -69,4 +77,4 @@ def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path) -
 
 def load_cached_case(path: Path) -> CachedCase:
     data = torch.load(path, map_location="cpu", weights_only=True)
-    return CachedCase(path.stem, data["embeddings"], data["labels"].numpy(), data["coarse"].numpy(), tuple(data["spacing_xy"]))
+    return CachedCase(path.stem, data["embeddings"], data["skips"], data["labels"].numpy(), data["coarse"].numpy(), tuple(data["spacing_xy"]))

@@ -4,22 +4,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
-from .boxes import Box, ProposalOptions, propose_boxes
+from .boxes import Box, ProposalOptions, largest_component, propose_boxes
 from .coarse_net import CoarseSegmenter
+from .desam import DeSAMSegmenter, load_desam
 from .devices import pick_device
 from .errors import InputError
-from .model_catalog import catalog_entry, default_entry
+from .model_catalog import DEFAULT_GRID_SIDE, METHODS, CatalogEntry, catalog, default_entry
 from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
+from .samed import SAMedSegmenter, load_samed
 from .volume_io import normalised_array
 
 PROSTATE_LABEL = 1
 BOX_TOLERANCE = 1e-3  # pixels: boxes closer than this are the same box
-METHODS = {"zero-shot": None, "sammed": "sammed-litemedsam-runmc"}  # method -> shipped decoder
-METHOD_TITLES = {"zero-shot": "SAM zero-shot", "sammed": "SAMMed: decoder fine-tuned on RUNMC"}
+ZONE_NAMES = {1: "transition zone", 2: "peripheral zone"}  # SAMed's labels; the other methods give 1 = prostate
+
+
+class VolumeSegmenter(Protocol):
+    """A method that segments every slice without box prompts (DeSAM, SAMed)."""
+
+    def segment_volume(self, slices: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -39,10 +47,13 @@ class PreparedVolume:
 class ProstateSegmenter:
     """Coarse network + SAM, loaded once and reused for any number of volumes and prompts."""
 
-    def __init__(self, sam: SamEngine, coarse: CoarseSegmenter, options: ProposalOptions = ProposalOptions()):
+    def __init__(
+        self, sam: SamEngine, coarse: CoarseSegmenter, options: ProposalOptions = ProposalOptions(), automatic: VolumeSegmenter | None = None
+    ):
         self.sam = sam
         self.coarse = coarse
         self.options = options
+        self.automatic = automatic
 
     @classmethod
     def load(
@@ -53,15 +64,16 @@ class ProstateSegmenter:
         coarse_checkpoint: str | Path | None = None,
         options: ProposalOptions = ProposalOptions(),
         method: str = "zero-shot",
+        grid_side: int = DEFAULT_GRID_SIDE,
     ) -> "ProstateSegmenter":
         """The shipped models by default; a user's SAM or coarse checkpoint where given.
 
-        ``method`` "sammed" swaps in the mask decoder fine-tuned on RUNMC (LiteMedSAM only).
+        A ``method`` other than "zero-shot" adds the shipped model trained on RUNMC (LiteMedSAM only).
         """
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if METHODS[method] and sam_checkpoint is not None:
-            raise InputError(f"the shipped {method} decoder belongs to LiteMedSAM; it cannot be used with --sam-checkpoint")
+            raise InputError(f"the shipped {method} model belongs to LiteMedSAM; it cannot be used with --sam-checkpoint")
         torch_device = pick_device(device)
         sam_entry, coarse_entry = default_entry("sam"), default_entry("coarse")
         if sam_checkpoint is None:
@@ -73,12 +85,30 @@ class ProstateSegmenter:
         else:
             coarse = CoarseSegmenter.from_checkpoint(coarse_checkpoint, torch_device)
         segmenter = cls(SamEngine(sam, torch_device), coarse, options)
-        return segmenter.with_method(method) if METHODS[method] else segmenter
+        return segmenter.with_method(method, grid_side) if METHODS[method] else segmenter
 
-    def with_method(self, method: str) -> "ProstateSegmenter":
-        """The same models with a shipped fine-tuned decoder (sharing the encoder and its embeddings)."""
-        decoder = catalog_entry(METHODS[method], "decoder")
-        return self.with_decoder(decoder.path, decoder.sha256)
+    def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":
+        """The same base models with a method's shipped trained model (the encoder is shared, not reloaded)."""
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if METHODS[method] is None:
+            return ProstateSegmenter(self.sam, self.coarse, self.options)
+        return self.with_model(catalog()[METHODS[method]], grid_side)
+
+    def with_model(self, entry: CatalogEntry, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":
+        """The same base models with a shipped or trained model: a coarse network, a SAMMed decoder, DeSAM or SAMed."""
+        if entry.kind == "coarse":
+            return self.with_coarse(entry.path, entry.sha256)
+        if entry.kind == "decoder":
+            return self.with_decoder(entry.path, entry.sha256)
+        if entry.kind == "samed":
+            automatic = SAMedSegmenter(self.sam, load_samed(self.sam.sam, entry.path, entry.sha256))
+        elif entry.kind in ("desam-grid", "desam-box"):
+            model = load_desam(self.sam.sam, entry.path, entry.sha256)
+            automatic = DeSAMSegmenter(self.sam, model, entry.kind.removeprefix("desam-"), grid_side)
+        else:
+            raise InputError(f"{entry.id} is a {entry.kind} model, not one that segments with SAM")
+        return ProstateSegmenter(self.sam, self.coarse, self.options, automatic)
 
     def with_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> "ProstateSegmenter":
         """The same models with fine-tuned mask decoder weights (the encoder is shared, not reloaded)."""
@@ -106,9 +136,22 @@ class ProstateSegmenter:
         session.update(boxes)
         return session.labels
 
+    def segment_automatically(self, volume: PreparedVolume) -> np.ndarray:
+        """Labels of a prompt-free method on every slice, kept to their largest 3D component."""
+        labels = self.automatic.segment_volume(volume.normalised)
+        labels[~largest_component(labels > 0)] = 0
+        return labels
+
     def segment(self, image: sitk.Image, boxes: dict[int, Box] | None = None) -> tuple[np.ndarray, dict[int, Box]]:
-        """Labels and the boxes used: the given ones, or those proposed by the coarse network."""
+        """Labels and the boxes used: the given ones, or those proposed by the coarse network.
+
+        Methods that prompt themselves (DeSAM, SAMed) take no boxes and return none.
+        """
         volume = self.prepare(image)
+        if self.automatic is not None:
+            if boxes is not None:
+                raise InputError("this method prompts itself; boxes work with the zero-shot and sammed methods")
+            return self.segment_automatically(volume), {}
         boxes = self.propose_boxes(volume) if boxes is None else boxes
         return self.segment_with_boxes(volume, boxes), boxes
 

@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -14,6 +15,7 @@ from segment_anything.build_sam import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from .encoder_stages import EncoderFeatures, EncoderStages
 from .checksums import full_precision, load_weights
 from .errors import InputError
 from .model_catalog import SAM_TYPES, tiny_vit_module
@@ -132,18 +134,28 @@ class SamEngine:
         """The slice's size once its longer side is scaled to the encoder's input size."""
         return self.transform.get_preprocess_shape(*slice_shape, self.transform.target_length)
 
-    @torch.inference_mode()
-    def encode(self, slices: np.ndarray) -> torch.Tensor:
-        """Image embeddings [N, 256, 64, 64] of same-sized grey slices ([N, rows, columns], 0..1)."""
-        embeddings = []
+    def encoder_inputs(self, slices: np.ndarray) -> Iterator[torch.Tensor]:
+        """Batches of same-sized grey slices ([N, rows, columns], 0..1) resized and normalised for the encoder."""
         for start in range(0, len(slices), self.batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(slices[start : start + self.batch_size]))
             batch = (batch.to(self.device, torch.float32) * 255.0)[:, None].expand(-1, 3, -1, -1)
             # ResizeLongestSide.apply_image_torch reads the size from the wrong axes in
             # segment-anything 1.0, so the resize to the encoder's input size is done here.
             resized = F.interpolate(batch, self.input_size(slices.shape[1:]), mode="bilinear", antialias=True)
-            embeddings.append(self.sam.image_encoder(self.sam.preprocess(resized)))
-        return torch.cat(embeddings)
+            yield self.sam.preprocess(resized)
+
+    @torch.inference_mode()
+    def encode(self, slices: np.ndarray) -> torch.Tensor:
+        """Image embeddings [N, 256, 64, 64] of same-sized grey slices ([N, rows, columns], 0..1)."""
+        return torch.cat([self.sam.image_encoder(batch) for batch in self.encoder_inputs(slices)])
+
+    @torch.inference_mode()
+    def encode_features(self, slices: np.ndarray) -> EncoderFeatures:
+        """Image embeddings and the intermediate features DeSAM fuses, for every slice."""
+        stages = EncoderStages(self.sam)
+        batches = [stages.features(batch) for batch in self.encoder_inputs(slices)]
+        skips = [torch.cat([batch.skips[index] for batch in batches]) for index in range(len(batches[0].skips))]
+        return EncoderFeatures(torch.cat([batch.embedding for batch in batches]), skips)
 
     @torch.inference_mode()
     def decode(self, embedding: torch.Tensor, prompt: Prompt, slice_shape: tuple[int, int]) -> np.ndarray:

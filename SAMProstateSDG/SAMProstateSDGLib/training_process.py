@@ -1,6 +1,6 @@
 """Training in a background process that a GUI polls without blocking; imports neither slicer nor Qt.
 
-The child runs ``PYTHON -m SAMProstateSDGLib.cli train-coarse`` or ``... train --method sammed``
+The child runs ``PYTHON -m SAMProstateSDGLib.cli train-coarse`` or ``... train --method METHOD``
 (PYTHON: this interpreter unless told otherwise; inside Slicer, PythonSlicer). Its stdout and stderr are read line by line by a thread; the
 line the training loops log after each epoch (``epoch 3/24 loss 0.4123 val_dice 0.8512``, see
 ``coarse_training.epoch_summary``) becomes ``TrainingProgress``. tqdm's bars are switched off in
@@ -42,6 +42,9 @@ class TrainingMethod:
 TRAINING_METHODS = {
     "coarse": TrainingMethod(("train-coarse",), "coarse", "coarse"),
     "sammed": TrainingMethod(("train", "--method", "sammed"), "sammed", "decoder"),
+    "desam-grid": TrainingMethod(("train", "--method", "desam-grid"), "desam-grid", "desam-grid"),
+    "desam-box": TrainingMethod(("train", "--method", "desam-box"), "desam-box", "desam-box"),
+    "samed": TrainingMethod(("train", "--method", "samed"), "samed", "samed"),
 }
 
 
@@ -65,7 +68,7 @@ def parse_progress(line: str) -> TrainingProgress | None:
 
 @dataclass(frozen=True)
 class TrainingRequest:
-    """What to train; ``cache`` (sammed only) defaults to OUTPUT/../embeddings."""
+    """What to train; ``cache`` (all but coarse) defaults to OUTPUT/../embeddings."""
 
     method: str
     data: Path
@@ -92,7 +95,7 @@ class TrainingRequest:
             arguments += ["--max-cases", self.max_cases]
         if self.batch_size is not None:
             arguments += ["--batch-size", self.batch_size]
-        if self.method == "sammed":
+        if self.method != "coarse":
             arguments += ["--cache", self.cache or Path(self.output).parent / "embeddings"]
         return [python, "-m", "SAMProstateSDGLib.cli", *map(str, arguments)]
 
@@ -222,8 +225,9 @@ def register_trained_model(registry: Path, method: str, manifest_path: Path) -> 
     path = (manifest_path.parent / manifest["file"]).resolve()
     kind = TRAINING_METHODS[method].model_kind
     title = f"{method} trained on {manifest['site']} (validation Dice {manifest['best_validation_dice']:.4f}), {path.parent}"
-    # training always builds the shipped architecture of its kind (the coarse U-Net, the LiteMedSAM decoder)
-    entry = CatalogEntry(str(path), kind, default_entry(kind).model_type, title, path, manifest["sha256"])
+    # training always builds the shipped architecture of its kind (the coarse U-Net, or a LiteMedSAM-based method)
+    model_type = default_entry("coarse").model_type if kind == "coarse" else default_entry("sam").model_type
+    entry = CatalogEntry(str(path), kind, model_type, title, path, manifest["sha256"])
     models = trained_models(registry)
     models[entry.id] = entry
     registry.parent.mkdir(parents=True, exist_ok=True)

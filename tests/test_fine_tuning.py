@@ -1,0 +1,152 @@
+"""Embedding cache and the fine-tuning methods (SAMMed, DeSAM, SAMed) on real fixture slices."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURES, dice, read_mask
+from SAMProstateSDGLib.dataset import find_cases
+from SAMProstateSDGLib.desam import load_desam
+from SAMProstateSDGLib.desam_training import DeSAMMethod
+from SAMProstateSDGLib.embedding_cache import build_cache, cache_key, load_cached_case
+from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
+from SAMProstateSDGLib.samed import load_samed
+from SAMProstateSDGLib.samed_training import SAMedMethod
+from SAMProstateSDGLib.sam_engine import SamEngine, load_mask_decoder, load_sam
+from SAMProstateSDGLib.sammed_training import SamMedMethod
+from SAMProstateSDGLib.training_loop import TrainingOptions, train
+from SAMProstateSDGLib.volume_io import read_volume
+
+
+@pytest.fixture(scope="module")
+def cached(segmenter, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cache")
+    cases = find_cases(FIXTURES)
+    return cases, folder, build_cache(segmenter, cases, folder)
+
+
+@pytest.fixture(scope="module")
+def split(cached):
+    paths = cached[2]
+    return [load_cached_case(path) for path in paths[:2]], [load_cached_case(paths[2])]
+
+
+def fresh_engine() -> SamEngine:
+    entry = default_entry("sam")
+    return SamEngine(load_sam(entry.model_type, entry.path, entry.sha256), torch.device("cpu"))
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in module.state_dict().items()}
+
+
+def unchanged(module: torch.nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(value, before[name]) for name, value in module.state_dict().items())
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def test_cache_key_follows_the_models(tmp_path):
+    sam, coarse = default_entry("sam").path, default_entry("coarse").path
+    changed = tmp_path / "coarse.pt"
+    shutil.copy(coarse, changed)
+    assert cache_key(sam, coarse) == cache_key(sam, changed)
+    with open(changed, "ab") as handle:
+        handle.write(b"\0")
+    assert cache_key(sam, coarse) != cache_key(sam, changed)
+
+
+def test_cache_holds_fp16_embeddings_and_skips_and_is_not_rebuilt(cached, segmenter, monkeypatch):
+    cases, folder, paths = cached
+    case = load_cached_case(paths[0])
+    slices = len(case.labels)
+    assert case.embeddings.dtype == torch.float16 and case.embeddings.shape == (slices, 256, 64, 64)
+    assert [tuple(skip.shape) for skip in case.skips] == [(slices, 128, 128, 128), (slices, 160, 64, 64)]
+    assert all(skip.dtype == torch.float16 for skip in case.skips)
+    assert case.labels.shape == case.coarse.shape
+    assert set(case.labels.ravel().tolist()) <= {0, 1, 2}
+    monkeypatch.setattr(segmenter.sam, "encode_features", lambda slices: pytest.fail("cached case encoded again"))
+    assert build_cache(segmenter, cases, folder) == paths
+
+
+def test_sammed_trains_only_the_mask_decoder_and_resumes(split, tmp_path):
+    training, validation = split
+    engine = fresh_engine()
+    encoder_before, decoder_before = snapshot(engine.sam.image_encoder), snapshot(engine.sam.mask_decoder)
+    options = TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=2)
+    first = train(SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
+    assert [entry["epoch"] for entry in first["history"]] == [0, 1]
+    assert unchanged(engine.sam.image_encoder, encoder_before)
+    assert not unchanged(engine.sam.mask_decoder, decoder_before)
+    reloaded = load_mask_decoder(load_sam(default_entry("sam").model_type, default_entry("sam").path), tmp_path / "sammed.pt", first["sha256"])
+    assert reloaded.mask_decoder.state_dict().keys() == decoder_before.keys()
+    options.epochs, options.resume = 2, True
+    resumed = train(SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
+    assert [entry["epoch"] for entry in resumed["history"]] == [0, 1, 2]
+    assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
+
+
+@pytest.mark.parametrize("mode", ["grid", "box"])
+def test_desam_trains_prim_and_pimm_only_and_its_checkpoint_round_trips(split, tmp_path, mode):
+    training, validation = split
+    engine = fresh_engine()
+    sam_before = snapshot(engine.sam)
+    method = DeSAMMethod(engine, mode)
+    trained_before = snapshot(method.module)
+    manifest = train(method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=4), {}, log=quiet)
+    assert manifest["method"] == f"desam-{mode}" and manifest["file"] == f"desam-{mode}.pt"
+    assert unchanged(engine.sam, sam_before)
+    assert not unchanged(method.module, trained_before)
+    assert (tmp_path / f"desam-{mode}.pt").stat().st_size < 30 * 2**20
+    reloaded = load_desam(engine.sam, tmp_path / f"desam-{mode}.pt", manifest["sha256"])
+    assert reloaded.state_dict().keys() == method.module.state_dict().keys()
+
+
+def test_desam_grid_loss_includes_the_iou_term(split):
+    import random
+
+    training, _ = split
+    engine = fresh_engine()
+    grid, box = DeSAMMethod(engine, "grid"), DeSAMMethod(engine, "box")
+    box.module.load_state_dict(grid.module.state_dict())
+    batch = grid.samples(training)[:2]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        grid_loss = grid.loss(training, batch, random.Random(0))
+    assert torch.isfinite(grid_loss) and grid_loss > 0
+
+
+def test_samed_trains_lora_and_decoder_not_the_base_encoder(split, tmp_path):
+    training, validation = split
+    engine = fresh_engine()
+    sam_before = snapshot(engine.sam)
+    method = SAMedMethod(engine)
+    base_encoder = {name: value.clone() for name, value in method.module.image_encoder.state_dict().items() if ".qkv.qkv." in name}
+    manifest = train(method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=2), {}, log=quiet)
+    assert unchanged(engine.sam, sam_before)  # SAMed trains a copy
+    encoder_now = method.module.image_encoder.state_dict()
+    assert all(torch.equal(encoder_now[name], value) for name, value in base_encoder.items())
+    saved = torch.load(tmp_path / "samed.pt", weights_only=True)
+    assert not any(".qkv.qkv." in name for name in saved) and any(name.endswith("query_up.weight") for name in saved)
+    assert any(not torch.equal(method.module.state_dict()[name].float(), method.module.state_dict()[name].float() * 0) for name in saved if "_up." in name)
+    reloaded = load_samed(engine.sam, tmp_path / "samed.pt", manifest["sha256"])
+    assert reloaded.state_dict().keys() == method.module.state_dict().keys()
+
+
+@pytest.mark.parametrize("method", ["sammed", "desam-box", "desam-grid", "samed"])
+def test_shipped_methods_segment_an_unseen_case(segmenter, method):
+    entry = catalog_entry(*{"sammed": ("sammed-litemedsam-runmc", "decoder"), "desam-box": ("desam-box-litemedsam-runmc", "desam-box"),
+                            "desam-grid": ("desam-grid-litemedsam-runmc", "desam-grid"), "samed": ("samed-litemedsam-runmc", "samed")}[method])
+    assert entry.path.stat().st_size < 30 * 2**20
+    variant = segmenter.with_method(method, grid_side=3)
+    assert variant.sam.sam.image_encoder is segmenter.sam.sam.image_encoder  # the base encoder is loaded once
+    image = read_volume(FIXTURES / "P158-020.nii.gz")
+    labels, _ = variant.segment(image)
+    reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")
+    assert dice(labels, reference) > 0.75
+    if method == "samed":
+        assert set(np.unique(labels)) <= {0, 1, 2} and (labels == 1).any() and (labels == 2).any()
