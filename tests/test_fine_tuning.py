@@ -1,5 +1,6 @@
 """Embedding cache and the fine-tuning methods (SAMMed, DeSAM, SAMed) on real fixture slices."""
 
+import random
 import shutil
 
 import numpy as np
@@ -9,9 +10,9 @@ import torch
 from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib.dataset import find_cases
 from SAMProstateSDGLib.desam import load_desam
-from SAMProstateSDGLib.desam_training import DeSAMMethod
+from SAMProstateSDGLib.desam_training import DeSAMMethod, mask_iou
 from SAMProstateSDGLib.embedding_cache import build_cache, cache_key, load_cached_case
-from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
+from SAMProstateSDGLib.model_catalog import METHODS, catalog, default_entry
 from SAMProstateSDGLib.samed import load_samed
 from SAMProstateSDGLib.samed_training import SAMedMethod
 from SAMProstateSDGLib.sam_engine import SamEngine, load_mask_decoder, load_sam
@@ -106,18 +107,23 @@ def test_desam_trains_prim_and_pimm_only_and_its_checkpoint_round_trips(split, t
     assert reloaded.state_dict().keys() == method.module.state_dict().keys()
 
 
-def test_desam_grid_loss_includes_the_iou_term(split):
-    import random
-
+def test_only_the_grid_mode_loss_trains_the_iou_head(split):
     training, _ = split
-    engine = fresh_engine()
-    grid, box = DeSAMMethod(engine, "grid"), DeSAMMethod(engine, "box")
-    box.module.load_state_dict(grid.module.state_dict())
-    batch = grid.samples(training)[:2]
-    torch.manual_seed(0)
-    with torch.no_grad():
-        grid_loss = grid.loss(training, batch, random.Random(0))
-    assert torch.isfinite(grid_loss) and grid_loss > 0
+    for mode, expects_gradient in (("grid", True), ("box", False)):
+        method = DeSAMMethod(fresh_engine(), mode)
+        method.module.train()
+        method.loss(training, method.samples(training)[:2], random.Random(0)).backward()
+        gradients = [parameter.grad for parameter in method.module.prim.iou_prediction_head.parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in gradients) == expects_gradient
+
+
+def test_mask_iou_counts_empty_against_empty_as_perfect():
+    target = torch.zeros(3, 1, 4, 4)
+    target[1, 0, :2] = 1
+    target[2, 0, :2] = 1
+    logits = torch.full((3, 1, 4, 4), -1.0)
+    logits[2, 0, :1] = 1.0
+    assert mask_iou(logits, target).flatten().tolist() == [1.0, 0.0, 0.5]
 
 
 def test_samed_trains_lora_and_decoder_not_the_base_encoder(split, tmp_path):
@@ -139,8 +145,7 @@ def test_samed_trains_lora_and_decoder_not_the_base_encoder(split, tmp_path):
 
 @pytest.mark.parametrize("method", ["sammed", "desam-box", "desam-grid", "samed"])
 def test_shipped_methods_segment_an_unseen_case(segmenter, method):
-    entry = catalog_entry(*{"sammed": ("sammed-litemedsam-runmc", "decoder"), "desam-box": ("desam-box-litemedsam-runmc", "desam-box"),
-                            "desam-grid": ("desam-grid-litemedsam-runmc", "desam-grid"), "samed": ("samed-litemedsam-runmc", "samed")}[method])
+    entry = catalog()[METHODS[method]]
     assert entry.path.stat().st_size < 30 * 2**20
     variant = segmenter.with_method(method, grid_side=3)
     assert variant.sam.sam.image_encoder is segmenter.sam.sam.image_encoder  # the base encoder is loaded once

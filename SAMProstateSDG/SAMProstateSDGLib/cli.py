@@ -137,17 +137,7 @@ def run_segment(arguments) -> None:
     print(f"{arguments.output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, "
           f"{len(boxes)} boxes")
     if not labels.any():
-        print("samprostate: warning: no prostate found; the label volume is empty", file=sys.stderr)
-
-
-def _shipped_variants(segmenter, arguments) -> dict:
-    """Segmenters with each shipped fine-tuned decoder, when the base is the shipped zero-shot SAM."""
-    from .model_catalog import catalog
-    from .pipeline import METHODS, METHOD_TITLES
-
-    if arguments.sam_checkpoint is not None or arguments.method != "zero-shot":
-        return {}
-    return {METHOD_TITLES[method]: segmenter.with_method(method) for method, decoder in METHODS.items() if decoder in catalog()}
+        print("samprostate: warning: found no prostate; the label volume is empty", file=sys.stderr)
 
 
 def run_evaluate(arguments) -> None:
@@ -160,7 +150,8 @@ def run_evaluate(arguments) -> None:
         check_output_path(arguments.output, arguments.overwrite)
     cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)
     segmenter = _segmenter(arguments)
-    table = markdown_table(evaluate(segmenter, cases, _shipped_variants(segmenter, arguments)))
+    trained_rows = arguments.sam_checkpoint is None and arguments.method == "zero-shot"  # trained methods build on LiteMedSAM
+    table = markdown_table(evaluate(segmenter, cases, trained_rows))
     print(table)
     if arguments.output:
         write_text_atomically(arguments.output, table + "\n")
@@ -247,10 +238,11 @@ def run_train(arguments) -> None:
         f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}",
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
+    method = _fine_tuning_method(arguments.method, segmenter)
     manifest = train(
-        _fine_tuning_method(arguments.method, segmenter),
-        [load_cached_case(folder / f"{case.name}.pt") for case in training],
-        [load_cached_case(folder / f"{case.name}.pt") for case in validation],
+        method,
+        [load_cached_case(folder / f"{case.name}.pt", method.cached_features) for case in training],
+        [load_cached_case(folder / f"{case.name}.pt", method.cached_features) for case in validation],
         options,
         manifest,
     )

@@ -99,6 +99,7 @@ class DeSAM(nn.Module):
         self.pimm = PromptInvariantMaskModule(
             sam.prompt_encoder.embed_dim, self.prim.mask_embedding_channels, stages.skip_channels(), stages.skip_scales()
         )
+        self.requires_grad_(True)  # PRIM's parts are copies of SAM's, which may be frozen
 
     def forward(self, features: EncoderFeatures, image_pe, sparse, dense) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution mask logits [B, 1, 4h, 4w] and predicted IoU [B, 1] for B prompts on one or B images."""
@@ -138,9 +139,8 @@ class DeSAMSegmenter:
         if points is None:
             boxes = torch.cat([transform.apply_boxes_torch(torch.tensor([[0, 0, s[1] - 1, s[0] - 1]], dtype=torch.float32, device=device), s) for s in shapes])
             return self.engine.sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-        coordinates = torch.cat(
-            [transform.apply_coords_torch(torch.tensor([[p]], dtype=torch.float32, device=device), s) for p, s in zip(points, shapes)]
-        )
+        points = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=device)[:, None]
+        coordinates = torch.cat([transform.apply_coords_torch(point[None], shape) for point, shape in zip(points, shapes)])
         labels = torch.ones(len(points), 1, dtype=torch.int, device=device)
         return self.engine.sam.prompt_encoder(points=(coordinates, labels), boxes=None, masks=None)
 
@@ -149,11 +149,12 @@ class DeSAMSegmenter:
         sparse, dense = self.prompt_embeddings(points, shapes)
         return self.model(features, self.engine.sam.prompt_encoder.get_dense_pe(), sparse, dense)
 
-    def segment_volume(self, slices: np.ndarray) -> np.ndarray:
-        """Gland labels (uint8 0/1) of grey slices [N, rows, columns] scaled to 0..1."""
-        features = self.engine.encode_features(slices)
+    def segment_volume(self, volume) -> np.ndarray:
+        """Gland labels (uint8 0/1) of every slice of a pipeline.PreparedVolume."""
+        features = volume.encoder_features()
+        shape = volume.normalised.shape[1:]
         return np.stack(
-            [self.segment_slice(EncoderFeatures(features.embedding[i : i + 1], [s[i : i + 1] for s in features.skips]), slices.shape[1:]) for i in range(len(slices))]
+            [self.segment_slice(EncoderFeatures(features.embedding[i : i + 1], [s[i : i + 1] for s in features.skips]), shape) for i in range(len(volume.normalised))]
         ).astype(np.uint8)
 
     @torch.no_grad()

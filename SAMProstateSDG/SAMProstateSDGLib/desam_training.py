@@ -25,7 +25,7 @@ IOU_LOSS_WEIGHT = 10.0
 VALIDATION_GRID_SIDE = 3  # a 3 × 3 grid keeps per-epoch validation to about a minute on a CPU
 
 
-def cached_features(case: CachedCase, indices: list[int], device: torch.device) -> EncoderFeatures:
+def slice_features(case: CachedCase, indices: list[int], device: torch.device) -> EncoderFeatures:
     return EncoderFeatures(
         case.embeddings[indices].to(device).float(), [skip[indices].to(device).float() for skip in case.skips]
     )
@@ -50,6 +50,8 @@ def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class DeSAMMethod(FineTuningMethod):
     """PRIM + PIMM learn from every slice of the source site."""
 
+    cached_features = ("embeddings", "skips")
+
     def __init__(self, engine: SamEngine, mode: str):
         self.engine = engine
         for parameter in engine.sam.parameters():
@@ -65,7 +67,7 @@ class DeSAMMethod(FineTuningMethod):
 
     def loss(self, cases: list[CachedCase], batch: list[SliceSample], generator: random.Random) -> torch.Tensor:
         device = self.engine.device
-        per_slice = [cached_features(cases[s.case], [s.slice], device) for s in batch]
+        per_slice = [slice_features(cases[s.case], [s.slice], device) for s in batch]
         features = EncoderFeatures(
             torch.cat([f.embedding for f in per_slice]), [torch.cat(skips) for skips in zip(*(f.skips for f in per_slice))]
         )
@@ -87,5 +89,5 @@ class DeSAMMethod(FineTuningMethod):
     def segment_case(self, case: CachedCase) -> np.ndarray:
         shape = case.labels.shape[1:]
         return np.stack(
-            [self.segmenter.segment_slice(cached_features(case, [index], self.engine.device), shape) for index in range(len(case.labels))]
+            [self.segmenter.segment_slice(slice_features(case, [index], self.engine.device), shape) for index in range(len(case.labels))]
         ).astype(np.uint8)

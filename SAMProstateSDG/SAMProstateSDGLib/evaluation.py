@@ -1,4 +1,4 @@
-"""Whole-gland Dice and HD95 per case for each way of prompting SAM (SAMMed's Table 3 on our data)."""
+"""Dice and HD95 per case for each way of prompting SAM (SAMMed's Table 3 on our data) and each trained method."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from .boxes import COARSE_THRESHOLD, ComponentFilter, ProposalOptions, boxes_from_labels, whole_slice_boxes
 from .dataset import Case
-from .pipeline import PreparedVolume, ProstateSegmenter
+from .model_catalog import DEFAULT_GRID_SIDE, METHOD_TITLES, METHODS, catalog
+from .pipeline import ZONE_NAMES, PreparedVolume, ProstateSegmenter
 
 
 @dataclass(frozen=True)
@@ -43,53 +44,81 @@ def score(prediction: np.ndarray, reference: np.ndarray, spacing_zyx: tuple[floa
     return Score(dice, hd95.item())
 
 
-def _rows(options: ProposalOptions) -> dict[str, Callable[[ProstateSegmenter, PreparedVolume, np.ndarray], np.ndarray]]:
-    def with_filter(component_filter: ComponentFilter):
+Predictor = Callable[[PreparedVolume, np.ndarray], np.ndarray]  # (volume, reference labels) -> predicted labels
+DESAM_GRID_SIDES = (1, 3, 5, DEFAULT_GRID_SIDE)  # 1, 9, 25 and 81 points
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a prediction scored on the whole gland (label > 0) or on one zone label."""
+
+    title: str
+    prediction: str
+    zone: int | None = None
+
+
+def _zero_shot_predictors(segmenter: ProstateSegmenter) -> dict[str, Predictor]:
+    options = segmenter.options
+
+    def with_filter(component_filter: ComponentFilter) -> Predictor:
         variant = ProposalOptions(options.threshold, component_filter, options.margin_mm)
-        return lambda segmenter, volume, _: segmenter.segment_with_boxes(volume, segmenter.propose_boxes(volume, variant))
+        return lambda volume, _: segmenter.segment_with_boxes(volume, segmenter.propose_boxes(volume, variant))
 
     return {
-        f"Coarse net alone (p > {COARSE_THRESHOLD})": lambda segmenter, volume, _: (
-            segmenter.coarse_probabilities(volume) > options.threshold
-        ).astype(np.uint8),
+        f"Coarse net alone (p > {COARSE_THRESHOLD})": lambda volume, _: (segmenter.coarse_probabilities(volume) > options.threshold).astype(np.uint8),
         "SAM + coarse boxes, unfiltered": with_filter(ComponentFilter.NONE),
         "SAM + filtered boxes, largest component per slice (SAMMed)": with_filter(ComponentFilter.SLICE),
         "SAM + filtered boxes, largest 3D component (ours, default)": with_filter(ComponentFilter.VOLUME),
-        "SAM + ground-truth boxes (upper bound)": lambda segmenter, volume, reference: segmenter.segment_with_boxes(
-            volume, boxes_from_labels(reference)
-        ),
-        "SAM + whole-image box, every slice": lambda segmenter, volume, _: segmenter.segment_with_boxes(
-            volume, whole_slice_boxes(volume.normalised.shape)
-        ),
+        "SAM + ground-truth boxes (upper bound)": lambda volume, labels: segmenter.segment_with_boxes(volume, boxes_from_labels(labels > 0)),
+        "SAM + whole-image box, every slice": lambda volume, _: segmenter.segment_with_boxes(volume, whole_slice_boxes(volume.normalised.shape)),
     }
 
 
-def _fine_tuned_rows(variants: dict[str, ProstateSegmenter]):
-    """One row per fine-tuned decoder, prompted with the default proposed boxes."""
-    return {
-        f"{name} + filtered boxes, largest 3D component": lambda segmenter, volume, _, variant=variant: variant.segment_with_boxes(
-            volume, segmenter.propose_boxes(volume)
-        )
-        for name, variant in variants.items()
-    }
+def _trained_predictors(segmenter: ProstateSegmenter) -> dict[str, Predictor]:
+    """One prediction per shipped trained method (DeSAM grid at several grid sizes); none that is not shipped."""
+    shipped = {method for method, model in METHODS.items() if model in catalog()}
+    predictors: dict[str, Predictor] = {}
+    if "sammed" in shipped:
+        sammed = segmenter.with_method("sammed")
+        predictors[f"{METHOD_TITLES['sammed']} + filtered boxes"] = lambda volume, _: sammed.segment_with_boxes(volume, segmenter.propose_boxes(volume))
+    if "desam-grid" in shipped:
+        for side in DESAM_GRID_SIDES:
+            variant = segmenter.with_method("desam-grid", side)
+            predictors[f"{METHOD_TITLES['desam-grid']}: {side * side} point{'s' * (side > 1)}"] = lambda volume, _, v=variant: v.segment_automatically(volume)
+    for method in ("desam-box", "samed"):
+        if method in shipped:
+            variant = segmenter.with_method(method)
+            predictors[METHOD_TITLES[method]] = lambda volume, _, v=variant: v.segment_automatically(volume)
+    return predictors
 
 
-def evaluate(
-    segmenter: ProstateSegmenter, cases: list[Case], variants: dict[str, ProstateSegmenter] | None = None
-) -> dict[str, dict[str, Score]]:
+def _rows(predictions: dict[str, Predictor]) -> list[Row]:
+    rows = [Row(name, name) for name in predictions]
+    samed = METHOD_TITLES["samed"]
+    if samed in predictions:
+        rows += [Row(f"{samed}: {name} (label {label})", samed, label) for label, name in ZONE_NAMES.items()]
+    return rows
+
+
+def evaluate(segmenter: ProstateSegmenter, cases: list[Case], trained: bool = True) -> dict[str, dict[str, Score]]:
     """Scores by row, then by case; each slice is encoded once and shared by all rows.
 
-    ``variants`` are segmenters with fine-tuned decoders that share ``segmenter``'s encoder.
+    ``trained`` adds rows for the shipped trained methods (they build on the shipped LiteMedSAM).
     """
+    predictors = _zero_shot_predictors(segmenter) | (_trained_predictors(segmenter) if trained else {})
+    rows = _rows(predictors)
     results: dict[str, dict[str, Score]] = {}
-    rows = _rows(segmenter.options) | _fine_tuned_rows(variants or {})
     for case in tqdm(cases, desc="cases"):
         image, labels = case.read()
-        reference = labels > 0
         volume = segmenter.prepare(image)
         spacing_zyx = tuple(reversed(image.GetSpacing()))
-        for row, predict in rows.items():
-            results.setdefault(row, {})[case.name] = score(predict(segmenter, volume, reference), reference, spacing_zyx)
+        predictions = {name: predict(volume, labels) for name, predict in predictors.items()}
+        for row in rows:
+            prediction = predictions[row.prediction]
+            if row.zone is None:
+                results.setdefault(row.title, {})[case.name] = score(prediction > 0, labels > 0, spacing_zyx)
+            else:
+                results.setdefault(row.title, {})[case.name] = score(prediction == row.zone, labels == row.zone, spacing_zyx)
     return results
 
 

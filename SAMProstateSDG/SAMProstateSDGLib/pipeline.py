@@ -13,6 +13,7 @@ from .boxes import Box, ProposalOptions, largest_component, propose_boxes
 from .coarse_net import CoarseSegmenter
 from .desam import DeSAMSegmenter, load_desam
 from .devices import pick_device
+from .encoder_stages import EncoderFeatures
 from .errors import InputError
 from .model_catalog import DEFAULT_GRID_SIDE, METHODS, CatalogEntry, catalog, default_entry
 from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
@@ -25,9 +26,9 @@ ZONE_NAMES = {1: "transition zone", 2: "peripheral zone"}  # SAMed's labels; the
 
 
 class VolumeSegmenter(Protocol):
-    """A method that segments every slice without box prompts (DeSAM, SAMed)."""
+    """A method that segments every slice of a prepared volume without box prompts (DeSAM, SAMed)."""
 
-    def segment_volume(self, slices: np.ndarray) -> np.ndarray: ...
+    def segment_volume(self, volume: "PreparedVolume") -> np.ndarray: ...
 
 
 @dataclass
@@ -38,10 +39,18 @@ class PreparedVolume:
     normalised: np.ndarray
     encoded: EncodedVolume
     coarse: np.ndarray | None = field(default=None, repr=False)
+    features: EncoderFeatures | None = field(default=None, repr=False)
 
     @property
     def spacing_xy(self) -> tuple[float, float]:
         return self.image.GetSpacing()[:2]
+
+    def encoder_features(self) -> EncoderFeatures:
+        """Embeddings and intermediate encoder features of every slice, computed once (DeSAM needs them)."""
+        if self.features is None:
+            self.features = self.encoded.engine.encode_features(self.normalised)
+            self.encoded.embeddings.update(enumerate(self.features.embedding))
+        return self.features
 
 
 class ProstateSegmenter:
@@ -138,7 +147,7 @@ class ProstateSegmenter:
 
     def segment_automatically(self, volume: PreparedVolume) -> np.ndarray:
         """Labels of a prompt-free method on every slice, kept to their largest 3D component."""
-        labels = self.automatic.segment_volume(volume.normalised)
+        labels = self.automatic.segment_volume(volume)
         labels[~largest_component(labels > 0)] = 0
         return labels
 

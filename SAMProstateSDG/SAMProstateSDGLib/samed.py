@@ -120,8 +120,9 @@ class SAMedSegmenter:
         resized = self.engine.sam.postprocess_masks(logits, self.engine.input_size(shape), shape)
         return resized.argmax(1).to(torch.uint8).cpu().numpy()
 
-    def segment_volume(self, slices: np.ndarray) -> np.ndarray:
-        """Labels [N, rows, columns] (0, 1 TZ, 2 PZ) of slices [N, rows, columns] scaled to 0..1."""
+    def segment_volume(self, volume) -> np.ndarray:
+        """Zonal labels (0, 1 TZ, 2 PZ) of every slice of a pipeline.PreparedVolume."""
+        slices = volume.normalised
         with torch.no_grad():
             stems = [self.model.stages.stem(batch) for batch in self.engine.encoder_inputs(slices)]
         return np.concatenate([self.labels_from_stems(stem, slices.shape[1:]) for stem in stems])

@@ -52,6 +52,7 @@ class SamMedMethod(FineTuningMethod):
     """The mask decoder learns; each sample is one slice with its coarse-network box."""
 
     name = "sammed"
+    cached_features = ("embeddings", "coarse")
 
     def __init__(self, engine: SamEngine, proposal: ProposalOptions = ProposalOptions()):
         self.engine = engine

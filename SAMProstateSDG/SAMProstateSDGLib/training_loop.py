@@ -50,6 +50,7 @@ class FineTuningMethod(ABC):
 
     name: str
     module: torch.nn.Module
+    cached_features: tuple[str, ...]  # what it reads from the embedding cache
 
     @abstractmethod
     def samples(self, cases: list[CachedCase]) -> list:

@@ -1,0 +1,99 @@
+"""The building blocks of DeSAM and SAMed on the real LiteMedSAM weights (and a ViT-B's layout)."""
+
+import numpy as np
+import pytest
+import torch
+
+from SAMProstateSDGLib.desam import DeSAM, combine_by_iou, grid_points
+from SAMProstateSDGLib.encoder_stages import EncoderFeatures, EncoderStages
+from SAMProstateSDGLib.samed import SAMed, add_lora
+from SAMProstateSDGLib.sam_engine import SAM_BUILDERS
+
+
+@pytest.fixture(scope="module")
+def litemedsam(sam_engine):
+    return sam_engine.sam
+
+
+def test_tiny_vit_stages_reproduce_the_encoder_and_report_their_skips(litemedsam):
+    images = litemedsam.preprocess(torch.rand(2, 3, 256, 256) * 255)
+    stages = EncoderStages(litemedsam)
+    with torch.no_grad():
+        features = stages.trunk(stages.stem(images))
+        torch.testing.assert_close(features.embedding, litemedsam.image_encoder(images))
+        torch.testing.assert_close(stages.stem_from_skips(features.skips), stages.stem(images))
+    assert [tuple(skip.shape[1:]) for skip in features.skips] == [(128, 128, 128), (160, 64, 64)]
+    assert stages.skip_channels() == [128, 160] and stages.skip_scales() == [2, 1]
+
+
+def test_vit_stages_skip_the_global_attention_blocks_before_the_last():
+    torch.manual_seed(0)
+    sam = SAM_BUILDERS["vit_b"]().eval()
+    stages = EncoderStages(sam)
+    assert stages.skip_channels() == [768, 768, 768] and stages.skip_scales() == [1, 1, 1]
+    images = torch.randn(1, 3, 1024, 1024)
+    with torch.no_grad():
+        features = stages.features(images)
+        torch.testing.assert_close(features.embedding, sam.image_encoder(images))
+    assert [tuple(skip.shape[1:]) for skip in features.skips] == [(768, 64, 64)] * 3
+
+
+@pytest.mark.parametrize("builder", ["litemedsam", "vit_b"])
+def test_lora_changes_only_query_and_value_outputs(builder):
+    torch.manual_seed(0)
+    encoder = SAM_BUILDERS[builder]().image_encoder
+    layers = add_lora(encoder)
+    expected_blocks = 12 if builder == "vit_b" else 2 + 6 + 2  # ViT-B blocks; TinyViT's attention stages
+    assert len(layers) == expected_blocks
+    layer = layers[0]
+    tokens = torch.randn(2, 5, layer.qkv.in_features)
+    with torch.no_grad():
+        before = layer(tokens)
+        torch.testing.assert_close(before, layer.qkv(tokens))  # zero-initialised: the base model exactly
+        for adapter in (layer.query_up, layer.value_up):
+            adapter.weight.normal_()
+        after = layer(tokens)
+    changed = (after != before).any(0).any(0)
+    queries_and_values = torch.zeros(layer.qkv.out_features, dtype=torch.bool)
+    queries_and_values[layer.query_outputs] = queries_and_values[layer.value_outputs] = True
+    assert changed.equal(queries_and_values)  # keys untouched
+    assert len(layer.query_outputs) + len(layer.value_outputs) < layer.qkv.out_features
+
+
+def test_samed_checkpoint_state_is_lora_prompt_encoder_and_decoder(litemedsam):
+    samed = SAMed(litemedsam)
+    names = samed.state_dict().keys()
+    assert not any(name.startswith("image_encoder.") and "_down." not in name and "_up." not in name for name in names)
+    assert {name.split(".")[0] for name in names} == {"image_encoder", "prompt_encoder", "mask_decoder"}
+    trainable = {name for name, parameter in samed.named_parameters() if parameter.requires_grad}
+    assert trainable <= set(names)
+    assert samed.image_encoder is not litemedsam.image_encoder  # the base model is never modified
+    with torch.no_grad():
+        logits = samed.zone_logits(torch.randn(2, 256, 64, 64))
+    assert logits.shape == (2, 3, 256, 256)
+
+
+def test_desam_gives_one_mask_and_iou_per_prompt(litemedsam, sam_engine):
+    torch.manual_seed(0)
+    model = DeSAM(litemedsam).eval()
+    features = EncoderFeatures(torch.randn(1, 256, 64, 64), [torch.randn(1, 128, 128, 128), torch.randn(1, 160, 64, 64)])
+    coordinates = torch.rand(5, 1, 2) * 256
+    sparse, dense = litemedsam.prompt_encoder(points=(coordinates, torch.ones(5, 1, dtype=torch.int)), boxes=None, masks=None)
+    with torch.no_grad():
+        logits, iou = model(features, litemedsam.prompt_encoder.get_dense_pe(), sparse, dense)
+    assert logits.shape == (5, 1, 256, 256) and iou.shape == (5, 1)
+    assert not torch.allclose(logits[0], logits[1])  # the prompt reaches the mask through PRIM's mask embeddings
+
+
+def test_grid_points_sit_at_cell_centres():
+    points = grid_points(3, (30, 60))
+    assert points.shape == (9, 2)
+    assert sorted(set(points[:, 0])) == [10.0, 30.0, 50.0] and sorted(set(points[:, 1])) == [5.0, 15.0, 25.0]
+    assert np.array_equal(grid_points(1, (30, 60)), [[30.0, 15.0]])
+
+
+def test_masks_combine_with_their_predicted_iou_as_weights():
+    logits = torch.stack([torch.full((1, 2, 2), 10.0), torch.full((1, 2, 2), -10.0)])
+    confident_first = combine_by_iou(logits, torch.tensor([[0.9], [0.1]]))
+    confident_second = combine_by_iou(logits, torch.tensor([[0.1], [0.9]]))
+    assert (confident_first > 0.5).all() and (confident_second < 0.5).all()
