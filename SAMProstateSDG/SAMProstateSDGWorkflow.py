@@ -1,0 +1,236 @@
+"""What the SAM Prostate SDG module's Logic does, without Qt, so that CI tests it against slicer-core.
+
+Boxes are markups ROI nodes, clicks a markups point list, results a segmentation node; each
+volume node keeps its prepared volume (SAM embeddings computed once per slice) and its last boxes
+and labels while its voxels and geometry are unchanged. Training runs in a child process.
+"""
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from SAMProstateSDGLib.model_catalog import catalog
+from SAMProstateSDGLib.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
+
+BOX_FILTERS = {  # title -> SAMProstateSDGLib.boxes.ComponentFilter value: how the coarse mask becomes boxes
+    "Largest 3D component": "3d",
+    "Largest component per slice (SAMMed)": "2d",
+    "Unfiltered coarse mask": "none",
+}
+SAM_MODELS = [entry.id for entry in catalog().values() if entry.kind == "sam"]
+
+
+class ProstateWorkflow:
+    """Boxes, segmentation and click refinement on MRML nodes, and background training; no Qt.
+
+    Loaded models are kept per (model, device); each volume node keeps its prepared volume (SAM
+    embeddings computed once per slice) and its last boxes and labels while its voxels and geometry
+    are unchanged, so an edit of one box re-segments only that slice. Training runs in a child
+    process; its outputs, resume states, embedding cache and the list of trained models
+    (trained_models.json) live in ``userFolder``.
+    """
+
+    def __init__(self, userFolder: Path, python: str = sys.executable) -> None:
+        self._segmenters = {}  # (model, device, method) -> ProstateSegmenter
+        self._sessions = {}  # (volume node ID, model, device, method) -> (volume fingerprint, BoxSegmentation)
+        self._written = {}  # (volume node ID, segmentation node ID) -> {label: segment ID}
+        self.userFolder = Path(userFolder)
+        self.python = python  # the Python that runs the training child process
+        self._training: Optional[TrainingProcess] = None
+        self._trainingStopped = False
+        self.trainingError: Optional[str] = None
+
+    @property
+    def trainedModelsFile(self) -> Path:
+        return self.userFolder / "trained_models.json"
+
+    def trainedModelTitles(self) -> dict[str, str]:
+        """Registered trained models: id -> title."""
+        return {modelId: entry.title for modelId, entry in trained_models(self.trainedModelsFile).items()}
+
+    def startTraining(
+        self, data: Path, site: str, method: str, epochs: int, device: str = "auto", resume: bool = False, maxCases: Optional[int] = None
+    ) -> TrainingProcess:
+        """Start ``samprostate`` training in a child process, writing to runs/METHOD-SITE in the user folder.
+
+        ``maxCases`` trains on the site's first cases only (a quick trial).
+        """
+        if self.isTraining():
+            raise RuntimeError("A training run is already in progress.")
+        output = self.userFolder / "runs" / f"{method}-{site}"
+        request = TrainingRequest(method, Path(data), site, output, epochs, device, resume, maxCases, cache=self.userFolder / "embeddings")
+        self._training, self._trainingStopped, self.trainingError = TrainingProcess(request, self.python), False, None
+        self._training.start()
+        return self._training
+
+    def isTraining(self) -> bool:
+        return self._training is not None and not self._training.finished
+
+    def stopTraining(self) -> None:
+        """Interrupt the run; its last completed epoch stays in the resume state."""
+        if self.isTraining():
+            self._trainingStopped = True
+            self._training.stop()
+
+    def pollTraining(self) -> TrainingUpdate:
+        """New log lines and progress; once the run has succeeded, its model is registered (and reported in the lines)."""
+        if self._training is None:
+            return TrainingUpdate(finished=True)
+        update = self._training.poll()
+        if update.finished and self._training.returncode == 0:
+            entry = register_trained_model(self.trainedModelsFile, self._training.request.method, self._training.request.manifest_path)
+            self._segmenters = {key: value for key, value in self._segmenters.items() if key[0] != entry.id}
+            self._sessions = {key: value for key, value in self._sessions.items() if key[1] != entry.id}
+            update.lines.append(f"Registered the trained model: {entry.title}")
+        elif update.finished and not self._trainingStopped:
+            self.trainingError = self._training.error_message
+        if update.finished:
+            self._training = None
+        return update
+
+    def forgetVolumes(self) -> None:
+        """Drop the per-volume caches (the scene is closing)."""
+        self._sessions.clear()
+        self._written.clear()
+
+    def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
+        """The loaded models for ``model`` and ``method`` on ``device`` (each loaded once).
+
+        ``model`` is a shipped SAM model or a registered trained model; a trained model (a coarse
+        network, a SAMMed decoder, DeSAM or SAMed) is added to the shipped LiteMedSAM and takes the
+        place of ``method``'s shipped model.
+        """
+        from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
+        from SAMProstateSDGLib.pipeline import ProstateSegmenter
+
+        key = (model, device, method)
+        if key in self._segmenters:
+            return self._segmenters[key]
+        trained = trained_models(self.trainedModelsFile).get(model)
+        if trained:
+            segmenter = self.segmenter(default_entry("sam").id, device).with_model(trained)
+        elif method != "zero-shot":
+            segmenter = self.segmenter(model, device).with_method(method)
+        elif catalog_entry(model, "sam") == default_entry("sam"):
+            segmenter = ProstateSegmenter.load(device)
+        else:
+            entry = catalog_entry(model, "sam")
+            segmenter = ProstateSegmenter.load(device, entry.model_type, entry.path)
+        self._segmenters[key] = segmenter
+        return segmenter
+
+    def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
+        """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed.
+
+        Sessions of one volume and model share its prepared volume, so each slice is encoded once.
+        """
+        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.pipeline import BoxSegmentation
+
+        key = (volumeNode.GetID(), model, device, method)
+        fingerprint = (volumeNode.GetImageData().GetMTime(), tuple(bridge.ijk_to_ras(volumeNode).ravel()))
+        cached = self._sessions.get(key)
+        if cached is None or cached[0] != fingerprint:
+            base = self._sessions.get((volumeNode.GetID(), model, device, "zero-shot"))
+            if method != "zero-shot" and base is not None and base[0] == fingerprint:
+                prepared = base[1].volume
+            else:
+                prepared = self.segmenter(model, device).prepare(bridge.image_from_volume_node(volumeNode))
+            decoder = self.segmenter(model, device, method).sam
+            cached = self._sessions[key] = (fingerprint, BoxSegmentation(prepared, decoder))
+        return cached[1]
+
+    def proposeBoxes(self, volumeNode, method: str = next(iter(BOX_FILTERS)), model: str = SAM_MODELS[0], device: str = "auto") -> list:
+        """Replace the volume's box ROIs with boxes proposed by the coarse network; returns the new ROIs."""
+        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.boxes import ComponentFilter
+
+        segmenter = self.segmenter(model, device)
+        options = dataclasses.replace(segmenter.options, component_filter=ComponentFilter(BOX_FILTERS[method]))
+        boxes = segmenter.propose_boxes(self.session(volumeNode, model, device).volume, options)
+        for roiNode in bridge.box_roi_nodes(volumeNode):
+            if roiNode.GetAttribute(bridge.BOX_VOLUME_ATTRIBUTE) == volumeNode.GetID():
+                volumeNode.GetScene().RemoveNode(roiNode)
+        return bridge.roi_nodes_from_boxes(volumeNode, boxes)
+
+    def segment(self, volumeNode, roiNodes=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
+        """Segment inside the boxes (default: the volume's box ROIs in the scene), or every slice for a
+        method that prompts itself (DeSAM, SAMed); returns the segmentation node."""
+        import SAMProstateSDGMRML as bridge
+
+        session = self.session(volumeNode, model, device, method)
+        segmenter = self.segmenter(model, device, method)
+        if segmenter.automatic is not None:
+            session.labels = segmenter.segment_automatically(session.volume)
+            return self._write(session, volumeNode, segmentationNode, self.segmentNames(segmenter))
+        roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
+        changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
+        logging.info(f"SAMProstateSDG: re-segmented slices {changed}")
+        return self._write(session, volumeNode, segmentationNode)
+
+    @staticmethod
+    def segmentNames(segmenter) -> dict:
+        """Label -> segment name: the zones for SAMed, else one prostate segment."""
+        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.pipeline import ZONE_NAMES
+        from SAMProstateSDGLib.samed import SAMedSegmenter
+
+        return ZONE_NAMES if isinstance(segmenter.automatic, SAMedSegmenter) else bridge.PROSTATE_SEGMENTS
+
+    def segmentSliceWithPoints(
+        self, volumeNode, sliceIndex: int, pointListNode, roiNode=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto",
+        method: str = "zero-shot",
+    ):
+        """Segment one slice from the clicks on it (and the ROI's box, if given); returns the segmentation node."""
+        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.errors import InputError
+
+        if self.segmentNames(self.segmenter(model, device, method)) != bridge.PROSTATE_SEGMENTS:
+            raise InputError("clicks refine the whole gland; segment with a method other than SAMed's zones first")
+        prompts = bridge.point_prompts(volumeNode, pointListNode)
+        if sliceIndex not in prompts:
+            raise InputError(f"{pointListNode.GetName()} has no points on slice {sliceIndex}")
+        box = None
+        if roiNode is not None:
+            roiSlice, box = bridge.box_from_roi_node(volumeNode, roiNode)
+            if roiSlice != sliceIndex:
+                raise InputError(f"{roiNode.GetName()} lies on slice {roiSlice}, not on slice {sliceIndex}")
+        session = self.session(volumeNode, model, device, method)
+        used = session.refine_slice(sliceIndex, bridge.with_box(prompts[sliceIndex], box))
+        if used is not None and used != box:  # clicks edited the box (LiteMedSAM): show it, so a later Segment keeps it
+            if roiNode is None:
+                bridge.roi_nodes_from_boxes(volumeNode, {sliceIndex: used})
+            else:
+                bridge.set_roi_box(volumeNode, roiNode, sliceIndex, used)
+        return self._write(session, volumeNode, segmentationNode)
+
+    def refineWithPoints(
+        self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"
+    ):
+        """Re-segment every slice that has clicks, with that slice's box ROI when it has one."""
+        import SAMProstateSDGMRML as bridge
+
+        roiBySlice = {bridge.box_from_roi_node(volumeNode, roi)[0]: roi for roi in bridge.box_roi_nodes(volumeNode)}
+        for sliceIndex in sorted(bridge.point_prompts(volumeNode, pointListNode)):
+            segmentationNode = self.segmentSliceWithPoints(
+                volumeNode, sliceIndex, pointListNode, roiBySlice.get(sliceIndex), segmentationNode, model=model, device=device, method=method
+            )
+        return segmentationNode
+
+    def _write(self, session, volumeNode, segmentationNode, names: Optional[dict] = None):
+        """Show the session's labels: update the segments written before, or add new ones."""
+        import SAMProstateSDGMRML as bridge
+
+        key = (volumeNode.GetID(), segmentationNode.GetID() if segmentationNode else None)
+        written = self._written.get(key)
+        segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
+        names = names or bridge.PROSTATE_SEGMENTS
+        if written and written.keys() == names.keys() and all(segmentation.GetSegment(segmentId) for segmentId in written.values()):
+            for label, segmentId in written.items():
+                bridge.set_segment_mask(segmentationNode, segmentId, session.labels == label, volumeNode)
+            return segmentationNode
+        segmentationNode, written = bridge.add_label_segments(session.labels, volumeNode, segmentationNode, names)
+        self._written[volumeNode.GetID(), segmentationNode.GetID()] = written
+        return segmentationNode

@@ -1,0 +1,114 @@
+"""The module's logic (ProstateWorkflow) as the Slicer widget drives it, against real MRML (slicer-core)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMProstateSDG"))
+
+slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for the logic tests")
+
+import SAMProstateSDGMRML as bridge  # noqa: E402
+from conftest import FIXTURES, dice, read_mask  # noqa: E402
+from SAMProstateSDGLib.errors import InputError  # noqa: E402
+from SAMProstateSDGWorkflow import SAM_MODELS, ProstateWorkflow  # noqa: E402
+
+TRAINING_LIMIT_S = 600
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory) -> ProstateWorkflow:
+    return ProstateWorkflow(tmp_path_factory.mktemp("user"))
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture
+def volume_node(scene):
+    """P158-020 (an unseen site) read by Slicer's own reader into a fresh scene."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "P158-020")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(FIXTURES / "P158-020.nii.gz"))
+    assert storage.ReadData(node)
+    return node
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return read_mask(FIXTURES / "P158-020_seg.nii.gz")
+
+
+def segment_labels(segmentation_node, volume_node, name: str) -> np.ndarray:
+    segment_id = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    assert segment_id, f"no segment named {name!r}"
+    return bridge.labels_from_segmentation(segmentation_node, {1: segment_id}, volume_node)
+
+
+def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, reference):
+    rois = workflow.proposeBoxes(volume_node, device="cpu")
+    assert rois and all(roi.GetAttribute(bridge.BOX_VOLUME_ATTRIBUTE) == volume_node.GetID() for roi in rois)
+    segmentation = workflow.segment(volume_node, device="cpu")
+    first = segment_labels(segmentation, volume_node, "prostate")
+    assert dice(first, reference) > 0.8
+
+    moved_slice, _ = bridge.box_from_roi_node(volume_node, rois[0])
+    rois[0].SetCenter((np.array(rois[0].GetCenter()) + 8 * bridge.ijk_to_ras(volume_node)[:3, 0]).tolist())
+    assert workflow.segment(volume_node, segmentationNode=segmentation, device="cpu") is segmentation
+    second = segment_labels(segmentation, volume_node, "prostate")
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1  # updated in place, not added again
+    assert (second[moved_slice] != first[moved_slice]).any()
+    np.testing.assert_array_equal(np.delete(second, moved_slice, 0), np.delete(first, moved_slice, 0))
+
+
+def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, reference):
+    index = int(np.argmax(reference.reshape(len(reference), -1).sum(1)))
+    rows, columns = np.nonzero(reference[index])
+    points = volume_node.GetScene().AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
+    points.AddControlPoint((bridge.ijk_to_ras(volume_node) @ [columns.mean(), rows.mean(), index, 1.0])[:3].tolist())
+    with pytest.raises(InputError, match=f"add a box on slice {index}"):
+        workflow.refineWithPoints(volume_node, points, device="cpu")  # LiteMedSAM ignores clicks without a box
+    workflow.proposeBoxes(volume_node, device="cpu")
+    segmentation = workflow.refineWithPoints(volume_node, points, device="cpu")
+    labels = segment_labels(segmentation, volume_node, "prostate")
+    assert dice(labels[index], reference[index]) > 0.8 and not np.delete(labels, index, 0).any()
+
+
+@pytest.mark.parametrize("method", ["desam-box", "samed"])
+def test_methods_that_prompt_themselves_need_no_boxes(workflow, volume_node, reference, method):
+    segmentation = workflow.segment(volume_node, device="cpu", method=method)
+    assert not bridge.box_roi_nodes(volume_node)
+    if method == "samed":
+        zones = {name: segment_labels(segmentation, volume_node, name) for name in ("transition zone", "peripheral zone")}
+        assert dice(zones["transition zone"] | zones["peripheral zone"], reference) > 0.7
+        points = volume_node.GetScene().AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
+        points.AddControlPoint(list(volume_node.GetOrigin()))
+        with pytest.raises(InputError, match="zones"):
+            workflow.refineWithPoints(volume_node, points, segmentation, device="cpu", method=method)
+    else:
+        assert dice(segment_labels(segmentation, volume_node, "prostate"), reference) > 0.7
+
+
+def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, data, volume_node):
+    workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
+    with pytest.raises(RuntimeError, match="already in progress"):
+        workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
+    lines, deadline = [], time.monotonic() + TRAINING_LIMIT_S
+    while workflow.isTraining() and time.monotonic() < deadline:
+        lines += workflow.pollTraining().lines
+        time.sleep(0.2)
+    lines += workflow.pollTraining().lines
+    assert workflow.trainingError is None, lines
+    assert any(line.startswith("Registered the trained model") for line in lines)
+    (model_id, title), = workflow.trainedModelTitles().items()
+    assert "coarse trained on RUNMC" in title
+    assert workflow.segmenter(model_id, "cpu").coarse is not workflow.segmenter(SAM_MODELS[0], "cpu").coarse
+    assert workflow.proposeBoxes(volume_node, model=model_id, device="cpu") is not None
