@@ -97,3 +97,32 @@ def test_ui_parameter_names_match_the_parameter_node():
     parameter_class = next(node for node in source.body if isinstance(node, ast.ClassDef) and node.name == f"{MODULE_NAME}ParameterNode")
     fields = {statement.target.id for statement in parameter_class.body if isinstance(statement, ast.AnnAssign)}
     assert bound == fields
+
+
+def cmake_string(variable: str) -> str:
+    match = re.search(rf'set\({variable} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text())
+    assert match, f"set({variable} ...) is missing from the top-level CMakeLists.txt"
+    return match.group(1)
+
+
+def test_extensions_index_entry_agrees_with_the_cmake_metadata():
+    import json
+
+    entry = json.loads((ROOT / f"{MODULE_NAME}.json").read_text())
+    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled", "scm_revision", "scm_type", "scm_url", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed  # the schema has additionalProperties: false
+    assert entry["category"] == cmake_string("EXTENSION_CATEGORY")
+    assert entry["build_dependencies"] == cmake_string("EXTENSION_DEPENDS").split()
+    assert entry["scm_url"].removesuffix(".git") == cmake_string("EXTENSION_HOMEPAGE")
+
+
+def test_screenshots_named_in_cmake_are_in_the_repository():
+    for url in cmake_string("EXTENSION_SCREENSHOTURLS").split():
+        assert (ROOT / "Screenshots" / url.rsplit("/", 1)[1]).is_file(), url
+
+
+def test_sample_data_is_fetched_by_its_checksum():
+    source = (MODULE / f"{MODULE_NAME}.py").read_text()
+    digest = re.search(r'SAMPLE_SHA256 = "([0-9a-f]{64})"', source).group(1)
+    assert '"uris": f"https://github.com/Slicer/SlicerTestingData/releases/download/SHA256/{SAMPLE_SHA256}"' in source
+    assert '"checksums": f"SHA256:{SAMPLE_SHA256}"' in source and len(digest) == 64
