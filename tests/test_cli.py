@@ -132,3 +132,16 @@ def test_a_volume_without_a_gland_gives_an_empty_label_volume_and_a_warning(tmp_
     result = samprostate("segment", tmp_path / "halves.nii.gz", "-o", tmp_path / "labels.nii.gz")
     assert "found no prostate" in result.stderr
     assert not sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz"))).any()
+
+
+def test_a_batch_reuses_the_models_and_reports_a_bad_volume_without_losing_the_rest(tmp_path):
+    bad = _write(tmp_path / "flat.nii.gz", np.ones((64, 64), np.float32))
+    inputs = [FIXTURES / "Case29.nii.gz", bad, FIXTURES / "P158-020.nii.gz"]
+    result = samprostate("segment", *inputs, "-o", tmp_path / "labels", check=False)
+    assert result.returncode == 2
+    assert "flat.nii.gz" in result.stderr.strip().splitlines()[-1] and "1 of 3 volumes failed" in result.stderr
+    written = sorted(path.name for path in (tmp_path / "labels").iterdir())
+    assert written == ["Case29.nii.gz", "P158-020.nii.gz"]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels" / "P158-020.nii.gz")))
+    assert dice(labels, read_mask(FIXTURES / "P158-020_seg.nii.gz")) > 0.8
+    _assert_refused(samprostate("segment", FIXTURES / "Case29.nii.gz", FIXTURES / "P158-020.nii.gz", "-o", tmp_path / "labels", check=False), "--overwrite")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .boxes import Box
 from .sam_engine import Prompt, SamEngine
 
 GRID = 2
@@ -65,3 +66,30 @@ class TiledEncodedVolume:
         height, width = self.slices.shape[1:]
         merged = self.engine.decode(self.embeddings[group], shift_prompt(prompt, tile, height, width), (GRID * height, GRID * width))
         return tile_of(merged, tile, height, width)
+
+
+def gland_crop(boxes: dict[int, Box], shape: tuple[int, int], margin: float) -> tuple[slice, slice]:
+    """Rows and columns of the union of the boxes, widened by ``margin`` pixels, inside the slice."""
+    x0 = int(max(min(box.x0 for box in boxes.values()) - margin, 0))
+    y0 = int(max(min(box.y0 for box in boxes.values()) - margin, 0))
+    x1 = int(min(max(box.x1 for box in boxes.values()) + margin, shape[1] - 1)) + 1
+    y1 = int(min(max(box.y1 for box in boxes.values()) + margin, shape[0] - 1)) + 1
+    return slice(y0, y1), slice(x0, x1)
+
+
+def segment_merged(engine: SamEngine, slices: np.ndarray, boxes: dict[int, Box], margin: float = 16.0) -> np.ndarray:
+    """Box masks with four gland crops per encoder input: about four times fewer encoder passes.
+
+    Each slice is cropped to the union of the boxes (plus ``margin`` pixels), so a tile of the
+    merged input keeps about the pixel size the whole slice would have had alone.
+    """
+    labels = np.zeros(slices.shape, dtype=np.uint8)
+    if not boxes:
+        return labels
+    rows, columns = gland_crop(boxes, slices.shape[1:], margin)
+    tiled = TiledEncodedVolume(engine, np.ascontiguousarray(slices[:, rows, columns]))
+    tiled.encode(boxes)
+    for index, box in boxes.items():
+        cropped = Box(box.x0 - columns.start, box.y0 - rows.start, box.x1 - columns.start, box.y1 - rows.start)
+        labels[index, rows, columns] = tiled.segment(index, Prompt(box=cropped.as_tuple()))
+    return labels

@@ -1,0 +1,204 @@
+"""``samprostate bench``: where the time goes, and how much faster than the naive path we are.
+
+Each volume runs three ways in the same process, on the same loaded models:
+
+- naive: every slice encoded alone at full size (batch 1, no cache), then one decode per box;
+- default: only slices with a box are encoded, in batches, and cached for later edits;
+- merged: SAMMed's four-slice merge on gland crops (``--merge-slices``): a quarter of the encoder passes.
+
+Per stage it reports the median time per volume and per slice, the Dice of each path, the time to
+re-segment one slice after a box edit, box proposal against a pure-Python BFS mask filter, peak
+memory and throughput. Ratios compare paths measured in this run, so they hold on any machine.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .boxes import Box, propose_boxes
+from .dataset import Case
+from .evaluation import dice_score
+from .pipeline import ProstateSegmenter
+from .sam_engine import Prompt
+from .tiling import segment_merged
+from .volume_io import label_image, normalised_array, read_volume, write_image
+
+PATHS = ("naive", "default", "merged")
+STAGES = ("read", "normalise", "coarse net", "component + box", "encoder", "decoder", "write")
+RESEGMENT_REPEATS = 10
+
+
+@dataclass
+class VolumeTiming:
+    slices: int
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds for the volume
+    dice: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+
+class Stopwatch:
+    def __init__(self, timing: VolumeTiming, stage: str):
+        self.timing, self.stage = timing, stage
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exception):
+        self.timing.seconds[self.stage] = self.timing.seconds.get(self.stage, 0.0) + time.perf_counter() - self.started
+
+
+def run_path(segmenter: ProstateSegmenter, case: Case, path: str, folder: Path) -> tuple[VolumeTiming, np.ndarray]:
+    """One volume through one path, stage by stage; returns its timing and labels."""
+    engine = segmenter.sam
+    _, reference = case.read()
+    timing = VolumeTiming(len(reference))
+    with Stopwatch(timing, "read"):
+        image = read_volume(case.image)
+    with Stopwatch(timing, "normalise"):
+        slices = normalised_array(image)
+    with Stopwatch(timing, "coarse net"):
+        probabilities = segmenter.coarse.probabilities(slices, image)
+    with Stopwatch(timing, "component + box"):
+        boxes = propose_boxes(probabilities, image.GetSpacing()[:2], segmenter.options)
+    labels = np.zeros(slices.shape, dtype=np.uint8)
+    if path == "merged":
+        with Stopwatch(timing, "encoder"):  # encoder and decoder together: tiles are decoded in the merged frame
+            labels = segment_merged(engine, slices, boxes)
+        timing.seconds["decoder"] = 0.0
+    else:
+        with Stopwatch(timing, "encoder"):
+            if path == "naive":
+                embeddings = dict(enumerate(torch.cat([engine.encode(slices[index : index + 1]) for index in range(len(slices))])))
+            else:
+                indices = sorted(boxes)
+                embeddings = dict(zip(indices, engine.encode(slices[indices]))) if indices else {}
+        with Stopwatch(timing, "decoder"):
+            for index, box in boxes.items():
+                labels[index] = engine.decode(embeddings[index], Prompt(box=box.as_tuple()), slices.shape[1:])
+    with Stopwatch(timing, "write"):
+        write_image(label_image(labels, image), folder / f"{case.name}_{path}.nii.gz")
+    timing.dice = dice_score(labels, reference)
+    return timing, labels
+
+
+def resegment_milliseconds(segmenter: ProstateSegmenter, case: Case) -> float:
+    """Median time to re-segment one slice after its box moved (embedding cached, decoder only)."""
+    image, _ = case.read()
+    volume = segmenter.prepare(image)
+    boxes = segmenter.propose_boxes(volume)
+    index, box = sorted(boxes.items())[len(boxes) // 2]
+    volume.encoded.encode([index])
+    times = []
+    for shift in range(1, RESEGMENT_REPEATS + 1):
+        moved = Box(box.x0 + shift, box.y0, box.x1 + shift, box.y1)
+        started = time.perf_counter()
+        volume.encoded.segment(index, Prompt(box=moved.as_tuple()))
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def python_bfs_boxes(mask: np.ndarray) -> dict[int, Box]:
+    """The papers' mask filter in pure Python: per slice, the largest 4-connected component by BFS, then its box."""
+    boxes = {}
+    for index, plane in enumerate(mask.tolist()):
+        height, width = len(plane), len(plane[0])
+        seen = [[False] * width for _ in range(height)]
+        best: list[tuple[int, int]] = []
+        for row in range(height):
+            for column in range(width):
+                if plane[row][column] and not seen[row][column]:
+                    component, queue = [], deque([(row, column)])
+                    seen[row][column] = True
+                    while queue:
+                        y, x = queue.popleft()
+                        component.append((y, x))
+                        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                            if 0 <= ny < height and 0 <= nx < width and plane[ny][nx] and not seen[ny][nx]:
+                                seen[ny][nx] = True
+                                queue.append((ny, nx))
+                    if len(component) > len(best):
+                        best = component
+        if best:
+            rows, columns = zip(*best)
+            boxes[index] = Box(float(min(columns)), float(min(rows)), float(max(columns)), float(max(rows)))
+    return boxes
+
+
+def box_proposal_speedup(segmenter: ProstateSegmenter, case: Case) -> tuple[float, float, bool]:
+    """(ours ms, Python BFS ms, same boxes) for the per-slice largest-component filter on one volume."""
+    from .boxes import ComponentFilter, ProposalOptions
+
+    image, _ = case.read()
+    probabilities = segmenter.coarse.probabilities(normalised_array(image), image)
+    options = ProposalOptions(component_filter=ComponentFilter.SLICE, margin_mm=0.0)
+    started = time.perf_counter()
+    ours = propose_boxes(probabilities, image.GetSpacing()[:2], options)
+    ours_ms = 1000 * (time.perf_counter() - started)
+    started = time.perf_counter()
+    reference = python_bfs_boxes(probabilities > options.threshold)
+    python_ms = 1000 * (time.perf_counter() - started)
+    same = ours.keys() == reference.keys() and all(np.allclose(ours[i].as_tuple(), reference[i].as_tuple()) for i in ours)
+    return ours_ms, python_ms, same
+
+
+def machine() -> str:
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()}, {threads} torch threads, Python {sys.version.split()[0]}, torch {torch.__version__}"
+
+
+def benchmark(segmenter: ProstateSegmenter, cases: list[Case], log=print) -> str:
+    """Run every path on every case (a warm-up first) and return the report as Markdown."""
+    timings: dict[str, list[VolumeTiming]] = {path: [] for path in PATHS}
+    with tempfile.TemporaryDirectory() as folder:
+        run_path(segmenter, cases[0], "default", Path(folder))  # warm-up: first-call allocations are not timed
+        for case in cases:
+            for path in PATHS:
+                timing, _ = run_path(segmenter, case, path, Path(folder))
+                timings[path].append(timing)
+                log(f"{case.name} {path}: {timing.total:.1f} s, Dice {timing.dice:.4f}")
+    resegment = resegment_milliseconds(segmenter, cases[0])
+    ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _report(timings, resegment, ours_ms, python_ms, same_boxes, peak_mb, str(segmenter.sam.device))
+
+
+def _report(timings, resegment_ms, ours_ms, python_ms, same_boxes, peak_mb, device) -> str:
+    def median(path: str, stage: str | None = None, per_slice: bool = False) -> float:
+        values = [(t.seconds[stage] if stage else t.total) / (t.slices if per_slice else 1) for t in timings[path]]
+        return statistics.median(values)
+
+    lines = [
+        f"Machine: {machine()}, device {device}; {len(timings['naive'])} volumes, median per volume (per slice).",
+        "",
+        "| Stage | " + " | ".join(PATHS) + " |",
+        "|---" * (len(PATHS) + 1) + "|",
+    ]
+    for stage in STAGES:
+        cells = [f"{median(path, stage):.2f} s ({1000 * median(path, stage, True):.0f} ms)" for path in PATHS]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{median(path):.2f} s**" for path in PATHS) + " |")
+    lines.append("| mean Dice | " + " | ".join(f"{np.mean([t.dice for t in timings[path]]):.4f}" for path in PATHS) + " |")
+    lines.append("| speed-up vs naive | " + " | ".join(f"{median('naive') / median(path):.2f}×" for path in PATHS) + " |")
+    lines.append("| volumes per minute | " + " | ".join(f"{60 / median(path):.2f}" for path in PATHS) + " |")
+    lines += [
+        "",
+        f"- Re-segment one slice after a box edit (cached embedding, decoder only): median {resegment_ms:.0f} ms",
+        f"- Box proposal, per-slice largest component + box: {ours_ms:.1f} ms vs pure-Python BFS {python_ms:.0f} ms "
+        f"({python_ms / max(ours_ms, 1e-6):.0f}×), same boxes: {'yes' if same_boxes else 'NO'}",
+        f"- Peak memory (resident, whole run): {peak_mb:.0f} MB",
+    ]
+    return "\n".join(lines)
