@@ -102,7 +102,7 @@ TRAINING_DEFAULTS = {
     "sammed": TrainingDefaults(8, 1e-4, 8),
     "desam-grid": TrainingDefaults(6, 3e-4, 8),
     "desam-box": TrainingDefaults(6, 3e-4, 8),
-    "samed": TrainingDefaults(2, 1e-3, 4),
+    "samed": TrainingDefaults(2, 1e-3, 2),
 }
 
 

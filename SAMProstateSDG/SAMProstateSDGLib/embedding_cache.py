@@ -79,12 +79,15 @@ CACHED_FEATURES = ("embeddings", "skips", "coarse")
 
 
 def load_cached_case(path: Path, features: tuple[str, ...] = CACHED_FEATURES) -> CachedCase:
-    """A cached case with the labels and those of its ``features`` a method reads (the rest left empty, to save memory)."""
+    """A cached case with the labels and those of its ``features`` a method reads (the rest left empty, to save memory).
+
+    "stem" keeps only the first skip feature (TinyViT's stem output, all SAMed reads).
+    """
     data = torch.load(path, map_location="cpu", weights_only=True)
     return CachedCase(
         path.stem,
         data["embeddings"] if "embeddings" in features else torch.empty(0),
-        data["skips"] if "skips" in features else [],
+        data["skips"] if "skips" in features else data["skips"][:1] if "stem" in features else [],
         data["labels"].numpy(),
         data["coarse"].numpy() if "coarse" in features else np.empty(0, np.float16),
         tuple(data["spacing_xy"]),

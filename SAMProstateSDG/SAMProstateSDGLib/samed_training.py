@@ -34,7 +34,7 @@ def training_slices(labels: np.ndarray) -> list[int]:
 
 class SAMedMethod(FineTuningMethod):
     name = "samed"
-    cached_features = ("skips",)
+    cached_features = ("stem",)
 
     def __init__(self, engine: SamEngine):
         self.engine = engine
