@@ -11,6 +11,7 @@ No ``from __future__ import annotations`` here: the parameter node wrapper reads
 
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import shutil
 import sys
@@ -194,15 +195,25 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.addItem(title, modelId)
         selector.setCurrentIndex(max(selector.findData(selected), 0))
 
+    def showDeviceNote(self) -> None:
+        """Say once per session when the networks fall back to the CPU."""
+        note = self.logic.deviceNote(self._parameterNode.device)
+        if note and not getattr(self, "_deviceNoteShown", False):
+            self._deviceNoteShown = True
+            slicer.util.showStatusMessage(_("SAM Prostate SDG: {note}").format(note=note), 10000)
+            logging.info(f"SAM Prostate SDG: {note}")
+
     def onProposeBoxes(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Proposing boxes failed."), waitCursor=True):
             if ensureRequirements():
+                self.showDeviceNote()
                 parameters = self._parameterNode
                 self.logic.proposeBoxes(parameters.inputVolume, parameters.method, model=self.selectedModel(), device=parameters.device)
 
     def onSegment(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
             if ensureRequirements():
+                self.showDeviceNote()
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.segment(
                     parameters.inputVolume, None, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,

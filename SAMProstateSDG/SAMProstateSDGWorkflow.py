@@ -121,6 +121,12 @@ class ProstateWorkflow:
         self._segmenters[key] = segmenter
         return segmenter
 
+    def deviceNote(self, device: str = "auto") -> Optional[str]:
+        """What to tell the user about where the networks run (None on a GPU; a note when ``auto`` falls back to the CPU)."""
+        from SAMProstateSDGLib.devices import device_note, pick_device
+
+        return device_note(pick_device(device)) if device == "auto" else None
+
     def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
         """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed.
 

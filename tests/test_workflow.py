@@ -112,3 +112,12 @@ def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, dat
     assert "coarse trained on RUNMC" in title
     assert workflow.segmenter(model_id, "cpu").coarse is not workflow.segmenter(SAM_MODELS[0], "cpu").coarse
     assert workflow.proposeBoxes(volume_node, model=model_id, device="cpu") is not None
+
+
+def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow):
+    import torch
+
+    note = workflow.deviceNote("auto")
+    assert (note is None) == (torch.cuda.is_available() or torch.backends.mps.is_available())
+    assert note is None or "CPU" in note
+    assert workflow.deviceNote("cpu") is None  # chosen on purpose: nothing to tell

@@ -23,3 +23,10 @@ def pick_device(name: str = "auto") -> "torch.device":
     if not available[name]:
         raise InputError(f"device {name} is not available on this machine")
     return torch.device(name)
+
+
+def device_note(device: "torch.device") -> str | None:
+    """A line for the user when the networks will run on the CPU although they asked for any device."""
+    if device.type != "cpu":
+        return None
+    return "no CUDA or Apple MPS GPU found: running on the CPU (about 1-2 s per slice for LiteMedSAM)"
