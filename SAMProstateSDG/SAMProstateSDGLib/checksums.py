@@ -44,3 +44,13 @@ def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def full_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+
+
+def load_trained_weights(module: "torch.nn.Module", checkpoint: str | Path, description: str, sha256: str | None = None) -> "torch.nn.Module":
+    """Load a checkpoint of trained weights (fp16 or fp32) into ``module`` with strict keys; returns it in eval mode."""
+    state = load_weights(checkpoint, f"{description} checkpoint", sha256)
+    try:
+        module.load_state_dict(full_precision(state), strict=True)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise InputError(f"{checkpoint} does not fit this SAM's {description} ({type(error).__name__})") from None
+    return module.eval()

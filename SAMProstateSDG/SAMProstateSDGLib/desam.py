@@ -23,9 +23,8 @@ from monai.networks.blocks import SEBlock
 from segment_anything.modeling import MaskDecoder, Sam
 from torch import nn
 
-from .checksums import full_precision, load_weights
+from .checksums import load_trained_weights
 from .encoder_stages import EncoderFeatures, EncoderStages
-from .errors import InputError
 from .model_catalog import DEFAULT_GRID_SIDE
 from .sam_engine import SamEngine
 
@@ -175,10 +174,4 @@ class DeSAMSegmenter:
 
 def load_desam(sam: Sam, checkpoint, sha256: str | None = None) -> DeSAM:
     """A DeSAM for this SAM with trained PRIM and PIMM weights (strict keys)."""
-    model = DeSAM(sam)
-    state = load_weights(checkpoint, "DeSAM checkpoint", sha256)
-    try:
-        model.load_state_dict(full_precision(state), strict=True)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise InputError(f"{checkpoint} does not fit DeSAM on this SAM ({type(error).__name__})") from None
-    return model.eval()
+    return load_trained_weights(DeSAM(sam), checkpoint, "DeSAM", sha256)

@@ -16,7 +16,7 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTra
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from .encoder_stages import EncoderFeatures, EncoderStages
-from .checksums import full_precision, load_weights
+from .checksums import load_trained_weights, load_weights
 from .errors import InputError
 from .model_catalog import SAM_TYPES, tiny_vit_module
 
@@ -87,11 +87,7 @@ def load_sam(model_type: str, checkpoint: str | Path, sha256: str | None = None)
 
 def load_mask_decoder(sam: Sam, checkpoint: str | Path, sha256: str | None = None) -> Sam:
     """Replace SAM's mask decoder weights with fine-tuned ones (strict keys)."""
-    state = load_weights(checkpoint, "decoder checkpoint", sha256)
-    try:
-        sam.mask_decoder.load_state_dict(full_precision(state), strict=True)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise InputError(f"{checkpoint} does not fit this SAM's mask decoder ({type(error).__name__})") from None
+    load_trained_weights(sam.mask_decoder, checkpoint, "mask decoder", sha256)
     return sam
 
 

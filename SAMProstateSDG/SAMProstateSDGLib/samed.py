@@ -16,9 +16,8 @@ from segment_anything.modeling import Sam
 from segment_anything.modeling.image_encoder import Attention as VitAttention
 from torch import nn
 
-from .checksums import full_precision, load_weights
+from .checksums import load_trained_weights
 from .encoder_stages import EncoderStages
-from .errors import InputError
 from .sam_engine import SamEngine
 
 LORA_RANK = 4
@@ -129,10 +128,5 @@ class SAMedSegmenter:
 
 
 def load_samed(sam: Sam, checkpoint, sha256: str | None = None) -> SAMed:
-    model = SAMed(sam)
-    state = load_weights(checkpoint, "SAMed checkpoint", sha256)
-    try:
-        model.load_state_dict(full_precision(state), strict=True)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise InputError(f"{checkpoint} does not fit SAMed on this SAM ({type(error).__name__})") from None
-    return model.eval()
+    """A SAMed copy of this SAM with trained LoRA, prompt encoder and decoder weights (strict keys)."""
+    return load_trained_weights(SAMed(sam), checkpoint, "SAMed", sha256)
