@@ -34,8 +34,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SAMProstateSDGLib.model_catalog import METHOD_TITLES, METHODS, catalog
-from SAMProstateSDGWorkflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow
+from SAMProstateSDGLib.model_catalog import METHOD_TITLES, METHODS, SAM_TYPES, catalog
+from SAMProstateSDGWorkflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow, checkpointModel
 
 DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.devices.DEVICE_CHOICES
 SEGMENTATION_METHODS = {METHOD_TITLES[method]: method for method in METHODS if method == "zero-shot" or METHODS[method] in catalog()}
@@ -99,6 +99,8 @@ class SAMProstateSDGParameterNode:
     method: Annotated[str, Choice(list(BOX_FILTERS))] = next(iter(BOX_FILTERS))
     segmentationMethod: Annotated[str, Choice(list(SEGMENTATION_METHODS))] = next(iter(SEGMENTATION_METHODS))
     model: Annotated[str, Choice(SAM_MODELS)] = SAM_MODELS[0]
+    samCheckpoint: Path
+    samType: Annotated[str, Choice(list(SAM_TYPES))] = "vit_b"
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     clicks: vtkMRMLMarkupsFiducialNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -182,9 +184,14 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stopTrainingButton.enabled = training
 
     def selectedModel(self) -> str:
-        """The trained model chosen in the Segment tab, else the shipped SAM model."""
+        """The trained model chosen in the Segment tab, else the user's own SAM checkpoint, else the shipped SAM model."""
         selector = self.ui.trainedModelComboBox
-        return selector.itemData(selector.currentIndex) or self._parameterNode.model
+        parameters = self._parameterNode
+        if selector.itemData(selector.currentIndex):
+            return selector.itemData(selector.currentIndex)
+        if parameters.samCheckpoint and str(parameters.samCheckpoint) not in ("", "."):
+            return checkpointModel(parameters.samCheckpoint, parameters.samType)
+        return parameters.model
 
     def updateTrainedModelSelector(self) -> None:
         selector = self.ui.trainedModelComboBox

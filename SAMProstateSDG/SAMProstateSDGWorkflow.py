@@ -20,6 +20,12 @@ BOX_FILTERS = {  # title -> SAMProstateSDGLib.boxes.ComponentFilter value: how t
     "Unfiltered coarse mask": "none",
 }
 SAM_MODELS = [entry.id for entry in catalog().values() if entry.kind == "sam"]
+CHECKPOINT_PREFIX = "checkpoint:"
+
+
+def checkpointModel(path, samType: str) -> str:
+    """The model id of a user's own SAM checkpoint file of architecture ``samType``."""
+    return f"{CHECKPOINT_PREFIX}{samType}:{Path(path).resolve()}"
 
 
 class ProstateWorkflow:
@@ -98,10 +104,11 @@ class ProstateWorkflow:
     def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
         """The loaded models for ``model`` and ``method`` on ``device`` (each loaded once).
 
-        ``model`` is a shipped SAM model or a registered trained model; a trained model (a coarse
-        network, a SAMMed decoder, DeSAM or SAMed) is added to the shipped LiteMedSAM and takes the
-        place of ``method``'s shipped model.
+        ``model`` is a shipped SAM model, a user's checkpoint (``checkpointModel``) or a registered
+        trained model; a trained model (a coarse network, a SAMMed decoder, DeSAM or SAMed) is
+        added to the shipped LiteMedSAM and takes the place of ``method``'s shipped model.
         """
+        from SAMProstateSDGLib.errors import InputError
         from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
         from SAMProstateSDGLib.pipeline import ProstateSegmenter
 
@@ -109,7 +116,12 @@ class ProstateWorkflow:
         if key in self._segmenters:
             return self._segmenters[key]
         trained = trained_models(self.trainedModelsFile).get(model)
-        if trained:
+        if model.startswith(CHECKPOINT_PREFIX):
+            samType, path = model.removeprefix(CHECKPOINT_PREFIX).split(":", 1)
+            if method != "zero-shot":
+                raise InputError(f"the shipped {method} model builds on LiteMedSAM; use it without your own SAM checkpoint")
+            segmenter = ProstateSegmenter.load(device, samType, path)
+        elif trained:
             segmenter = self.segmenter(default_entry("sam").id, device).with_model(trained)
         elif method != "zero-shot":
             segmenter = self.segmenter(model, device).with_method(method)

@@ -116,8 +116,12 @@ def test_evaluate_prints_the_table_rows_for_a_folder_of_pairs(tmp_path):
     table = tmp_path / "table.md"
     result = samprostate("evaluate", "--data", FIXTURES, "--output", table)
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    fine_tuned = sum(entry.kind == "decoder" for entry in catalog().values())
-    assert len(rows) == 1 + 6 + fine_tuned
+    titles = [line.split(" | ")[0].removeprefix("| ") for line in rows[1:]]
+    trained = [title for title in titles if "trained on RUNMC" in title or "fine-tuned on RUNMC" in title]
+    assert len(titles) == 6 + len(trained)
+    assert {"sammed", "desam-grid", "desam-box", "samed"} <= {entry.id.removesuffix("-litemedsam-runmc") for entry in catalog().values()}
+    assert [title.rsplit(": ", 1)[1] for title in trained if "grid points" in title] == ["1 point", "9 points", "25 points", "81 points"]
+    assert sum("zone (label" in title for title in trained) == 2
     assert table.read_text().strip() == result.stdout.strip()
     upper_bound = next(line for line in rows if "ground-truth boxes" in line)
     assert float(upper_bound.split("**")[1]) > 0.85

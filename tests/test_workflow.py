@@ -121,3 +121,14 @@ def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow):
     assert (note is None) == (torch.cuda.is_available() or torch.backends.mps.is_available())
     assert note is None or "CPU" in note
     assert workflow.deviceNote("cpu") is None  # chosen on purpose: nothing to tell
+
+
+def test_a_users_own_sam_checkpoint_is_used_and_a_wrong_type_refused(workflow, volume_node):
+    from SAMProstateSDGLib.model_catalog import default_entry
+    from SAMProstateSDGWorkflow import checkpointModel
+
+    own = checkpointModel(default_entry("sam").path, "litemedsam")  # any file the user picks, here the LiteMedSAM weights
+    assert workflow.proposeBoxes(volume_node, model=own, device="cpu")
+    assert workflow.segmenter(own, "cpu") is not workflow.segmenter(SAM_MODELS[0], "cpu")
+    with pytest.raises(InputError, match="wrong keys"):
+        workflow.segmenter(checkpointModel(default_entry("sam").path, "vit_b"), "cpu")
