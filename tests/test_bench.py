@@ -32,3 +32,12 @@ def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter
     assert abs(results["merged"][0].dice - results["default"][0].dice) < 0.03
     report = _report({path: [timing] for path, (timing, _) in results.items()}, 50.0, 1.0, 200.0, True, 900.0, "cpu")
     assert "| **total** |" in report and "speed-up vs naive" in report and "200×" in report
+
+
+def test_encoder_levers_are_compared_with_the_naive_encoder(segmenter):
+    from SAMProstateSDGLib.bench import encoder_levers
+
+    rows = encoder_levers(segmenter, find_cases(FIXTURES)[0], count=2)
+    assert [name.split(",")[0] for name, _, _ in rows] == ["fp32", "fp32", "bf16 autocast"]
+    assert rows[0][2] == 0.0 and rows[1][2] < 1e-3  # batching does not change the embeddings
+    assert all(ms > 0 for _, ms, _ in rows) and segmenter.sam.batch_size == 4
