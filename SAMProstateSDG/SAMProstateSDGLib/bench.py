@@ -171,8 +171,8 @@ def encoder_levers(segmenter: ProstateSegmenter, case: Case, count: int = 8) -> 
 
     try:
         baseline_ms, baseline = timed(1)
-        rows = [("fp32, batch 1 (naive)", baseline_ms, 0.0)]
-        for name, batch_size, autocast in (("fp32, batch 4 (default)", 4, False), ("bf16 autocast, batch 4", 4, True)):
+        rows = [("fp32, batch 1 (naive; default on a CPU)", baseline_ms, 0.0)]
+        for name, batch_size, autocast in (("fp32, batch 4 (default on a GPU)", 4, False), ("bf16 autocast, batch 4", 4, True)):
             ms, embeddings = timed(batch_size, autocast)
             rows.append((name, ms, (embeddings - baseline).abs().max().item()))
     finally:

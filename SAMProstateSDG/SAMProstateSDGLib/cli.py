@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=Path, required=True, help="folder with cases.csv, or NAME + NAME_seg files")
     evaluate.add_argument("--split", help="cases.csv split to evaluate, e.g. unseen")
     evaluate.add_argument("--site", help="site to evaluate")
+    evaluate.add_argument("--cases", type=int, help="evaluate only the first N cases")
     evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file")
     evaluate.add_argument("--overwrite", action="store_true")
     _add_model_options(evaluate)
@@ -218,7 +219,9 @@ def run_evaluate(arguments) -> None:
 
     if arguments.output:
         check_output_path(arguments.output, arguments.overwrite)
-    cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)
+    if arguments.cases is not None and arguments.cases < 1:
+        raise InputError("--cases must be at least 1")
+    cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
     segmenter = _segmenter(arguments)
     trained_rows = arguments.sam_checkpoint is None and arguments.method == "zero-shot"  # trained methods build on LiteMedSAM
     table = markdown_table(evaluate(segmenter, cases, trained_rows))

@@ -94,7 +94,9 @@ class ProstateSegmenter:
         else:
             coarse = CoarseSegmenter.from_checkpoint(coarse_checkpoint, torch_device)
         box_only = sam_checkpoint is None or sam_type == "litemedsam"
-        segmenter = cls(SamEngine(sam, torch_device, box_only=box_only), coarse, options)
+        # on a CPU, batches of slices encode slower per slice than one at a time (samprostate bench)
+        batch_size = 1 if torch_device.type == "cpu" else 4
+        segmenter = cls(SamEngine(sam, torch_device, batch_size, box_only), coarse, options)
         return segmenter.with_method(method, grid_side) if METHODS[method] else segmenter
 
     def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":
