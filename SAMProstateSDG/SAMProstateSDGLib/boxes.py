@@ -73,13 +73,22 @@ def filtered_mask(
     threshold: float = COARSE_THRESHOLD,
     component_filter: ComponentFilter = ComponentFilter.SLICE,
 ) -> np.ndarray:
-    """The coarse mask ([slices, rows, columns]) after thresholding and component filtering."""
+    """The coarse mask ([slices, rows, columns]) after thresholding and component filtering.
+
+    Components are labelled only inside the foreground's bounding box (the gland is a small part
+    of the slice), which gives the same result several times faster.
+    """
     mask = probabilities > threshold
+    if component_filter is ComponentFilter.NONE or not mask.any():
+        return mask
+    rows, columns = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    window = (slice(None), slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    filtered = np.zeros_like(mask)
     if component_filter is ComponentFilter.VOLUME:
-        return largest_component(mask)
-    if component_filter is ComponentFilter.SLICE:
-        return np.stack([largest_component(plane) for plane in mask])
-    return mask
+        filtered[window] = largest_component(mask[window])
+    else:
+        filtered[window] = np.stack([largest_component(plane) for plane in mask[window]])
+    return filtered
 
 
 def propose_boxes(probabilities: np.ndarray, spacing_xy: tuple[float, float], options: ProposalOptions = ProposalOptions()) -> dict[int, Box]:
