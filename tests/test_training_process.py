@@ -79,7 +79,7 @@ def test_a_tiny_run_reports_progress_and_writes_a_checked_model(data, tmp_path):
 
 def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoch(data, tmp_path):
     output = tmp_path / "coarse"
-    process = TrainingProcess(tiny_request(data, output, epochs=3))
+    process = TrainingProcess(tiny_request(data, output, epochs=20))  # far more than it gets to run: the stop must end it
     process.start()
     run_until(process, lambda update: update.progress is not None)
     stopped_at = time.monotonic()
@@ -91,7 +91,7 @@ def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoc
     saved_epoch = torch.load(process.request.resume_state_path, weights_only=False)["epoch"]
     assert 1 <= saved_epoch < 3
 
-    resumed = TrainingProcess(tiny_request(data, output, epochs=3, resume=True))
+    resumed = TrainingProcess(tiny_request(data, output, epochs=3, resume=True))  # resumed to a shorter run
     resumed.start()
     lines = finish(resumed)
 
