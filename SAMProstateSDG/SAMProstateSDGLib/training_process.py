@@ -27,6 +27,7 @@ from .files import write_text_atomically
 from .model_catalog import CatalogEntry, default_entry, entry_from_json, entry_to_json
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+INTERRUPTED = "samprostate: interrupted"  # what the CLI prints when stopped
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) loss (\S+) val_dice (\S+)$")
 
 
@@ -125,6 +126,7 @@ class TrainingProcess:
         self.python = python
         self.progress: TrainingProgress | None = None
         self.last_line = ""
+        self._stopped = False
         self._process: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._lines: queue.Queue[str] = queue.Queue()
@@ -184,18 +186,24 @@ class TrainingProcess:
         """The child's last output line when it failed (``samprostate: error: …``); None otherwise."""
         if self.returncode in (None, 0):
             return None
+        if self._stopped:
+            return INTERRUPTED
         return self.last_line or f"training ended with exit status {self.returncode}"
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Interrupt the child and wait for it; the resume state of its last completed epoch stays (saved atomically)."""
+    def stop(self, grace: float = 5.0) -> None:
+        """Interrupt the child, and end it if it has not exited within ``grace`` seconds (the GUI waits for this).
+
+        Either way the resume state of its last completed epoch stays: it is saved atomically.
+        """
         if not self.running:
             return
+        self._stopped = True
         if os.name == "posix":
             self._process.send_signal(signal.SIGINT)  # KeyboardInterrupt: the CLI exits with status 130
         else:
             self._process.terminate()
         try:
-            self._process.wait(timeout)
+            self._process.wait(grace)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
