@@ -89,17 +89,18 @@ def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoc
     assert process.finished and process.returncode != 0
     assert process.error_message == "samprostate: interrupted"
     saved_epoch = torch.load(process.request.resume_state_path, weights_only=False)["epoch"]
-    assert 1 <= saved_epoch < 3
+    assert 1 <= saved_epoch < 20  # how many epochs a tiny run completes before it stops depends on the machine
 
-    resumed = TrainingProcess(tiny_request(data, output, epochs=3, resume=True))  # resumed to a shorter run
+    total = saved_epoch + 2  # resumed to a shorter run than the stopped one
+    resumed = TrainingProcess(tiny_request(data, output, epochs=total, resume=True))
     resumed.start()
     lines = finish(resumed)
 
     assert resumed.returncode == 0, lines
     assert any(line.startswith(f"resuming after epoch {saved_epoch} ") for line in lines)
     epochs = [progress.epoch for progress in map(parse_progress, lines) if progress]
-    assert epochs == list(range(saved_epoch + 1, 4))
-    assert [item["epoch"] for item in resumed.manifest()["history"]] == [1, 2, 3]
+    assert epochs == list(range(saved_epoch + 1, total + 1))
+    assert [item["epoch"] for item in resumed.manifest()["history"]] == list(range(1, total + 1))
 
 
 def test_a_bad_data_folder_fails_with_one_line_message(tmp_path):
