@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .boxes import ComponentFilter, ProposalOptions
 from .devices import DEVICE_CHOICES
-from .errors import InputError
+from .errors import INTERRUPTED, InputError
 from .model_catalog import BOX_METHODS, DEFAULT_GRID_SIDE, METHODS, SAM_TYPES
 
 
@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"samprostate: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("samprostate: interrupted", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     return 0
 

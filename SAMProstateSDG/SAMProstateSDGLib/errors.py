@@ -3,3 +3,6 @@
 
 class InputError(Exception):
     """A user mistake: reported as one line, without a traceback, and nothing is written."""
+
+
+INTERRUPTED = "samprostate: interrupted"  # the CLI's last line when stopped (Ctrl-C, or Stop in the training tab)

@@ -23,11 +23,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import INTERRUPTED
 from .files import write_text_atomically
 from .model_catalog import CatalogEntry, default_entry, entry_from_json, entry_to_json
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
-INTERRUPTED = "samprostate: interrupted"  # what the CLI prints when stopped
+
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) loss (\S+) val_dice (\S+)$")
 
 
