@@ -5,11 +5,12 @@ from SAMProstateSDGLib.boxes import (
     Box,
     ComponentFilter,
     ProposalOptions,
-    bounding_box,
     boxes_from_labels,
     filtered_mask,
     largest_component,
+    largest_component_per_slice,
     propose_boxes,
+    slice_boxes,
 )
 
 
@@ -22,16 +23,27 @@ def _with_distractors(mask: np.ndarray) -> np.ndarray:
 
 def test_largest_component_drops_the_false_positive_blob_on_real_masks():
     mask = read_mask(FIXTURES / "Case00_seg.nii.gz")
-    kept = np.stack([largest_component(plane) for plane in _with_distractors(mask)])
-    assert (kept == mask).all()
+    noisy = _with_distractors(mask)
+    assert (np.stack([largest_component(plane) for plane in noisy]) == mask).all()
+    assert (largest_component_per_slice(noisy) == mask).all()
 
 
-def test_bounding_box_is_tight_then_widened_and_clamped():
-    mask = np.zeros((50, 60), dtype=bool)
-    mask[10:21, 3:31] = True
-    assert bounding_box(mask) == Box(3, 10, 30, 20)
-    assert bounding_box(mask, margin=(5, 2)) == Box(0, 8, 35, 22)
-    assert bounding_box(np.zeros((5, 5), dtype=bool)) is None
+def test_per_slice_components_never_join_across_slices_and_ties_keep_the_first():
+    mask = np.zeros((2, 9, 9), dtype=bool)
+    mask[0, 0:2, 0:2] = True  # 4 pixels, first in raster order
+    mask[0, 6:8, 6:8] = True  # 4 pixels, a tie
+    mask[1, 0:3, 0:3] = True  # 9 pixels on the next slice, right under the first blob
+    mask[1, 5, 5] = True
+    kept = largest_component_per_slice(mask)
+    assert kept[0].sum() == 4 and kept[0, 0, 0] and (kept[1] == np.pad(np.ones((3, 3), bool), ((0, 6), (0, 6)))).all()
+
+
+def test_slice_boxes_are_tight_then_widened_and_clamped():
+    mask = np.zeros((3, 50, 60), dtype=bool)
+    mask[1, 10:21, 3:31] = True
+    assert slice_boxes(mask) == {1: Box(3, 10, 30, 20)}
+    assert slice_boxes(mask, margin=(5, 2)) == {1: Box(0, 8, 35, 22)}
+    assert slice_boxes(np.zeros((2, 5, 5), dtype=bool)) == {}
 
 
 def test_slices_without_a_component_get_no_box():

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
-from monai.transforms.utils import generate_spatial_bounding_box
 from scipy import ndimage
 
 COARSE_THRESHOLD = 0.75
+IN_PLANE = np.stack([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3))]).astype(bool)  # 4-connected, never across slices
 
 
 class ComponentFilter(str, Enum):
@@ -54,18 +54,39 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == sizes.argmax()
 
 
-def bounding_box(mask: np.ndarray, margin: tuple[float, float] = (0.0, 0.0)) -> Box | None:
-    """Bounding box of a 2D mask widened by (x, y) margin pixels and kept inside the slice; None if empty."""
-    if not mask.any():
-        return None
-    (row_start, column_start), (row_end, column_end) = generate_spatial_bounding_box(mask[None])
-    height, width = mask.shape
-    return Box(
-        float(max(column_start - margin[0], 0)),
-        float(max(row_start - margin[1], 0)),
-        float(min(column_end - 1 + margin[0], width - 1)),
-        float(min(row_end - 1 + margin[1], height - 1)),
-    )
+def largest_component_per_slice(mask: np.ndarray) -> np.ndarray:
+    """Each slice's largest 4-connected component of a [slices, rows, columns] mask (ties: the first in raster order).
+
+    All slices are labelled in one pass: components never cross slices, so each belongs to one.
+    """
+    labels, count = ndimage.label(mask, structure=IN_PLANE)
+    if count == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    slice_of = np.array([found[0].start for found in ndimage.find_objects(labels)])
+    order = np.lexsort((-np.arange(count), sizes, slice_of))  # by slice, then size, the first-labelled last
+    largest = order[np.r_[slice_of[order][1:] != slice_of[order][:-1], True]]
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[largest + 1] = True
+    return np.take(keep, labels)
+
+
+def slice_boxes(mask: np.ndarray, margin: tuple[float, float] = (0.0, 0.0)) -> dict[int, Box]:
+    """Each slice's bounding box of a [slices, rows, columns] mask, widened by (x, y) margin pixels and
+    kept inside the slice; slices without foreground get none."""
+    rows, columns = mask.any(axis=2), mask.any(axis=1)
+    height, width = mask.shape[1:]
+    y0, y1 = rows.argmax(1), height - 1 - rows[:, ::-1].argmax(1)
+    x0, x1 = columns.argmax(1), width - 1 - columns[:, ::-1].argmax(1)
+    return {
+        int(index): Box(
+            float(max(x0[index] - margin[0], 0)),
+            float(max(y0[index] - margin[1], 0)),
+            float(min(x1[index] + margin[0], width - 1)),
+            float(min(y1[index] + margin[1], height - 1)),
+        )
+        for index in np.flatnonzero(rows.any(axis=1))
+    }
 
 
 def filtered_mask(
@@ -87,22 +108,19 @@ def filtered_mask(
     if component_filter is ComponentFilter.VOLUME:
         filtered[window] = largest_component(mask[window])
     else:
-        filtered[window] = np.stack([largest_component(plane) for plane in mask[window]])
+        filtered[window] = largest_component_per_slice(mask[window])
     return filtered
 
 
 def propose_boxes(probabilities: np.ndarray, spacing_xy: tuple[float, float], options: ProposalOptions = ProposalOptions()) -> dict[int, Box]:
     """One box per slice that has a component; slices without one get none."""
     mask = filtered_mask(probabilities, options.threshold, options.component_filter)
-    margin = (options.margin_mm / spacing_xy[0], options.margin_mm / spacing_xy[1])
-    boxes = {index: bounding_box(plane, margin) for index, plane in enumerate(mask)}
-    return {index: box for index, box in boxes.items() if box is not None}
+    return slice_boxes(mask, (options.margin_mm / spacing_xy[0], options.margin_mm / spacing_xy[1]))
 
 
 def boxes_from_labels(labels: np.ndarray) -> dict[int, Box]:
     """Tight boxes around a reference mask (the upper bound of box prompting)."""
-    boxes = {index: bounding_box(plane > 0) for index, plane in enumerate(labels)}
-    return {index: box for index, box in boxes.items() if box is not None}
+    return slice_boxes(labels > 0)
 
 
 def whole_slice_boxes(shape: tuple[int, int, int]) -> dict[int, Box]:
