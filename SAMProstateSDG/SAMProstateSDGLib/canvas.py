@@ -1,7 +1,9 @@
-"""The coarse network's input grid: every slice resampled to a fixed pixel spacing and size.
+"""Fixed-field-of-view input grids: every slice resampled to a fixed pixel spacing and size.
 
 The grid keeps the volume's slices and orientation and is centred on the middle of each
-slice, so sites with different fields of view and resolutions look alike to the network.
+slice, so sites with different fields of view and resolutions look alike to a network. The
+coarse network reads a 1 mm, 160 pixel canvas; the self-prompting SAM methods (DeSAM, SAMed)
+read a 128 mm canvas at the encoder's input size.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class Canvas:
-    """In-plane spacing (mm) and size (pixels) of the coarse network's input."""
+    """In-plane spacing (mm) and size (pixels) of a network's input (the coarse network's by default)."""
 
     spacing_mm: float = 1.0
     size: int = 160
@@ -39,6 +41,14 @@ class Canvas:
     def from_canvas(self, array: np.ndarray, image: sitk.Image) -> np.ndarray:
         """Resample a canvas array (e.g. probabilities) back onto ``image``'s grid (linear)."""
         return _resample(array, self.grid_for(image), image, nearest=False)
+
+
+ENCODER_FIELD_OF_VIEW_MM = 128.0  # every gland edge of the 41 training and test cases lies within 50 mm of the slice centre
+
+
+def encoder_canvas(image_size: int) -> Canvas:
+    """The SAM encoder's input for self-prompting methods: the gland is as large in encoder pixels at every site."""
+    return Canvas(ENCODER_FIELD_OF_VIEW_MM / image_size, image_size)
 
 
 def _resample(array: np.ndarray, source: sitk.Image, target: sitk.Image, nearest: bool) -> np.ndarray:

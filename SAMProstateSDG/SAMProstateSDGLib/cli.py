@@ -251,22 +251,30 @@ def run_train_coarse(arguments) -> None:
     print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")
 
 
-def _cached_cases(arguments):
-    """The base models, the site's cases, and the cache folder for them (encoded if missing)."""
+def _source_cases(arguments):
+    """The base models and the site's cases."""
     from .dataset import find_cases
-    from .embedding_cache import build_cache, cache_key
-    from .model_catalog import default_entry
     from .pipeline import ProstateSegmenter
 
-    segmenter = ProstateSegmenter.load(arguments.device)
-    cases = find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
-    folder = arguments.cache / cache_key(default_entry("sam").path, default_entry("coarse").path)
-    return segmenter, cases, folder, build_cache(segmenter, cases, folder)
+    return ProstateSegmenter.load(arguments.device), find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
+
+
+def _cache_folder(segmenter, cases, arguments, grid: str) -> Path:
+    """The cache folder of the base models on ``grid``, with every case encoded (those missing are encoded now)."""
+    from .embedding_cache import build_cache, cache_key
+    from .model_catalog import default_entry
+
+    folder = arguments.cache / cache_key(default_entry("sam").path, default_entry("coarse").path, grid)
+    build_cache(segmenter, cases, folder, grid)
+    return folder
 
 
 def run_embed(arguments) -> None:
-    _, cases, folder, _ = _cached_cases(arguments)
-    print(f"{len(cases)} cases encoded in {folder}")
+    from .embedding_cache import ENCODER_GRIDS
+
+    segmenter, cases = _source_cases(arguments)
+    for grid in ENCODER_GRIDS:
+        print(f"{len(cases)} cases encoded on the {grid} grid in {_cache_folder(segmenter, cases, arguments, grid)}")
 
 
 def _fine_tuning_method(name: str, segmenter):
@@ -285,7 +293,7 @@ def _fine_tuning_method(name: str, segmenter):
 
 def run_train(arguments) -> None:
     from .coarse_training import split_cases
-    from .embedding_cache import load_cached_case
+    from .embedding_cache import load_cached_case, preprocessing
     from .model_catalog import default_entry
     from .training_loop import TrainingOptions, train
 
@@ -296,7 +304,9 @@ def run_train(arguments) -> None:
     if epochs < 1 or batch_size < 1 or learning_rate <= 0:
         raise InputError("--epochs and --batch-size must be at least 1 and --learning-rate positive")
     output = arguments.output or Path("runs") / arguments.method
-    segmenter, cases, folder, _ = _cached_cases(arguments)
+    segmenter, cases = _source_cases(arguments)
+    method = _fine_tuning_method(arguments.method, segmenter)
+    folder = _cache_folder(segmenter, cases, arguments, method.encoder_grid)
     training, validation = split_cases(cases, 0.1, arguments.seed)
     base = default_entry("sam")
     manifest = {
@@ -307,11 +317,11 @@ def run_train(arguments) -> None:
         "training_cases": [case.name for case in training],
         "validation_cases": [case.name for case in validation],
         "device": str(segmenter.sam.device),
+        "encoder_input": preprocessing(method.encoder_grid)["encoder_input"],
         "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
         f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}",
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
-    method = _fine_tuning_method(arguments.method, segmenter)
     manifest = train(
         method,
         [load_cached_case(folder / f"{case.name}.pt", method.cached_features) for case in training],

@@ -149,16 +149,19 @@ class DeSAMSegmenter:
         return self.model(features, self.engine.sam.prompt_encoder.get_dense_pe(), sparse, dense)
 
     def segment_volume(self, volume) -> np.ndarray:
-        """Gland labels (uint8 0/1) of every slice of a pipeline.PreparedVolume."""
+        """Gland labels (uint8 0/1) of every slice of a pipeline.PreparedVolume, on its own grid."""
         features = volume.encoder_features()
-        shape = volume.normalised.shape[1:]
-        return np.stack(
-            [self.segment_slice(EncoderFeatures(features.embedding[i : i + 1], [s[i : i + 1] for s in features.skips]), shape) for i in range(len(volume.normalised))]
-        ).astype(np.uint8)
+        shape = volume.on_canvas().shape[1:]
+        probabilities = np.stack([self.slice_probability(features.slices([index]), shape) for index in range(len(features.embedding))])
+        return (volume.from_canvas(probabilities) > 0.5).astype(np.uint8)
 
-    @torch.no_grad()
     def segment_slice(self, features: EncoderFeatures, shape: tuple[int, int]) -> np.ndarray:
         """The gland mask (bool [rows, columns]) of one encoded slice."""
+        return self.slice_probability(features, shape) > 0.5
+
+    @torch.no_grad()
+    def slice_probability(self, features: EncoderFeatures, shape: tuple[int, int]) -> np.ndarray:
+        """Gland probabilities (float32 [rows, columns]) of one encoded slice of ``shape``."""
         if self.mode == "box":
             probability = torch.sigmoid(self(features, None, [shape])[0])
         else:
@@ -169,7 +172,7 @@ class DeSAMSegmenter:
             best = iou[:, 0].topk(min(COMBINED_MASKS, len(points))).indices
             probability = combine_by_iou(self.model.pimm(features, mask_embeddings[best]), iou[best])
         resized = self.engine.sam.postprocess_masks(probability, self.engine.input_size(shape), shape)
-        return (resized[0, 0] > 0.5).cpu().numpy()
+        return resized[0, 0].float().cpu().numpy()
 
 
 def load_desam(sam: Sam, checkpoint, sha256: str | None = None) -> DeSAM:

@@ -26,9 +26,8 @@ VALIDATION_GRID_SIDE = 3  # a 3 × 3 grid keeps per-epoch validation to about a 
 
 
 def slice_features(case: CachedCase, indices: list[int], device: torch.device) -> EncoderFeatures:
-    return EncoderFeatures(
-        case.embeddings[indices].to(device).float(), [skip[indices].to(device).float() for skip in case.skips]
-    )
+    features = EncoderFeatures(case.embeddings, case.skips).slices(indices)
+    return EncoderFeatures(features.embedding.to(device).float(), [skip.to(device).float() for skip in features.skips])
 
 
 def random_point(mask: np.ndarray, inside: bool, generator: random.Random) -> tuple[float, float]:
@@ -51,6 +50,7 @@ class DeSAMMethod(FineTuningMethod):
     """PRIM + PIMM learn from every slice of the source site."""
 
     cached_features = ("embeddings", "skips")
+    encoder_grid = "canvas"
 
     def __init__(self, engine: SamEngine, mode: str):
         self.engine = engine

@@ -2,9 +2,11 @@
 
 One file per case holds the fp16 image embeddings of every slice, the intermediate encoder
 features DeSAM fuses (and SAMed's LoRA training starts from), the reference labels and the
-coarse network's probabilities, all in the slice's own pixel grid. The cache folder is
-named by a hash of the base SAM checkpoint, the coarse checkpoint and the preprocessing, so a
-change to any of them starts a new cache instead of reusing stale embeddings.
+coarse network's probabilities, all on one grid: the slice's own pixels ("native", what box
+prompts live in) or the fixed-field-of-view encoder canvas ("canvas", what the self-prompting
+methods read). The cache folder is named by a hash of the base SAM checkpoint, the coarse
+checkpoint and the preprocessing, so a change to any of them starts a new cache instead of
+reusing stale embeddings.
 """
 
 from __future__ import annotations
@@ -18,16 +20,25 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .canvas import ENCODER_FIELD_OF_VIEW_MM
 from .checksums import sha256_of
 from .dataset import Case
 from .pipeline import ProstateSegmenter
-from .volume_io import normalised_array
 
 PREPROCESSING = {
     "normalisation": "percentile 0.5-99.5 per volume to 0..1",
     "encoder_input": "longest side resized, padded",
     "stored": "embedding and encoder_stages skips, fp16",
 }
+ENCODER_GRIDS = ("native", "canvas")
+
+
+def preprocessing(grid: str) -> dict[str, str]:
+    if grid not in ENCODER_GRIDS:
+        raise ValueError(f"unknown encoder grid {grid!r}")
+    if grid == "native":
+        return PREPROCESSING
+    return dict(PREPROCESSING, encoder_input=f"{ENCODER_FIELD_OF_VIEW_MM:g} mm canvas centred on each slice, at the encoder's input size")
 
 
 @dataclass
@@ -40,34 +51,41 @@ class CachedCase:
     spacing_xy: tuple[float, float]
 
 
-def cache_key(sam_checkpoint: Path, coarse_checkpoint: Path) -> str:
+def cache_key(sam_checkpoint: Path, coarse_checkpoint: Path, grid: str = "native") -> str:
     signature = json.dumps(
-        {"sam": sha256_of(sam_checkpoint), "coarse": sha256_of(coarse_checkpoint), "preprocessing": PREPROCESSING},
+        {"sam": sha256_of(sam_checkpoint), "coarse": sha256_of(coarse_checkpoint), "preprocessing": preprocessing(grid)},
         sort_keys=True,
     )
     return hashlib.sha256(signature.encode()).hexdigest()[:16]
 
 
-def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path) -> list[Path]:
-    """Encode every slice of every case once; cases already cached are skipped."""
+def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path, grid: str = "native") -> list[Path]:
+    """Encode every slice of every case once, on the ``grid``; cases already cached are skipped."""
+    preprocessing(grid)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for case in tqdm(cases, desc="encoding cases"):
+    for case in tqdm(cases, desc=f"encoding cases ({grid} grid)"):
         path = folder / f"{case.name}.pt"
         paths.append(path)
         if path.is_file():
             continue
         image, labels = case.read()
-        normalised = normalised_array(image)
-        features = segmenter.sam.encode_features(normalised)
+        volume = segmenter.prepare(image)
+        coarse, spacing_xy = segmenter.coarse_probabilities(volume), volume.spacing_xy
+        if grid == "canvas":
+            features = volume.encoder_features()
+            labels = volume.canvas.to_canvas(labels, image, nearest=True).astype(np.uint8)
+            coarse, spacing_xy = volume.canvas.to_canvas(coarse, image), (volume.canvas.spacing_mm,) * 2
+        else:
+            features = segmenter.sam.encode_features(volume.normalised)
         temporary = path.with_suffix(".tmp")
         torch.save(
             {
                 "embeddings": features.embedding.half().cpu(),
                 "skips": [skip.half().cpu() for skip in features.skips],
                 "labels": torch.from_numpy(labels),
-                "coarse": torch.from_numpy(segmenter.coarse.probabilities(normalised, image).astype(np.float16)),
-                "spacing_xy": list(image.GetSpacing()[:2]),
+                "coarse": torch.from_numpy(coarse.astype(np.float16)),
+                "spacing_xy": list(spacing_xy),
             },
             temporary,
         )

@@ -26,6 +26,10 @@ class EncoderFeatures:
     embedding: torch.Tensor
     skips: list[torch.Tensor]
 
+    def slices(self, indices: list[int]) -> "EncoderFeatures":
+        """The features of some of the slices."""
+        return EncoderFeatures(self.embedding[indices], [skip[indices] for skip in self.skips])
+
 
 class EncoderStages:
     """``features(images) == trunk(stem(images))``; the stem holds no attention block."""

@@ -10,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .boxes import Box, ProposalOptions, box_from_clicks, largest_component, propose_boxes
+from .canvas import Canvas, encoder_canvas
 from .coarse_net import CoarseSegmenter
 from .desam import DeSAMSegmenter, load_desam
 from .devices import pick_device
@@ -26,7 +27,10 @@ ZONE_NAMES = {1: "transition zone", 2: "peripheral zone"}  # SAMed's labels; the
 
 
 class VolumeSegmenter(Protocol):
-    """A method that segments every slice of a prepared volume without box prompts (DeSAM, SAMed)."""
+    """A method that segments every slice of a prepared volume without box prompts (DeSAM, SAMed).
+
+    It reads the volume on the encoder canvas and returns labels on the volume's own grid.
+    """
 
     def segment_volume(self, volume: "PreparedVolume") -> np.ndarray: ...
 
@@ -39,17 +43,31 @@ class PreparedVolume:
     normalised: np.ndarray
     encoded: EncodedVolume
     coarse: np.ndarray | None = field(default=None, repr=False)
+    canvas_slices: np.ndarray | None = field(default=None, repr=False)
     features: EncoderFeatures | None = field(default=None, repr=False)
 
     @property
     def spacing_xy(self) -> tuple[float, float]:
         return self.image.GetSpacing()[:2]
 
+    @property
+    def canvas(self) -> Canvas:
+        return encoder_canvas(self.encoded.engine.sam.image_encoder.img_size)
+
+    def on_canvas(self) -> np.ndarray:
+        """The normalised slices on the encoder canvas, resampled once."""
+        if self.canvas_slices is None:
+            self.canvas_slices = self.canvas.to_canvas(self.normalised, self.image)
+        return self.canvas_slices
+
+    def from_canvas(self, probabilities: np.ndarray) -> np.ndarray:
+        """Probabilities [slices, side, side] on the encoder canvas, resampled onto the volume's grid."""
+        return self.canvas.from_canvas(probabilities, self.image)
+
     def encoder_features(self) -> EncoderFeatures:
-        """Embeddings and intermediate encoder features of every slice, computed once (DeSAM needs them)."""
+        """Embeddings and intermediate encoder features of every canvas slice, computed once (DeSAM needs them)."""
         if self.features is None:
-            self.features = self.encoded.engine.encode_features(self.normalised)
-            self.encoded.embeddings.update(enumerate(self.features.embedding))
+            self.features = self.encoded.engine.encode_features(self.on_canvas())
         return self.features
 
 

@@ -114,17 +114,23 @@ class SAMedSegmenter:
         self.engine, self.model = engine, model.to(engine.device)
 
     @torch.no_grad()
-    def labels_from_stems(self, stems: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    def probabilities_from_stems(self, stems: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Class probabilities [B, 3, rows, columns] of slices of ``shape`` from their stem outputs."""
         logits = self.model.zone_logits(self.model.stages.trunk(stems).embedding)
-        resized = self.engine.sam.postprocess_masks(logits, self.engine.input_size(shape), shape)
-        return resized.argmax(1).to(torch.uint8).cpu().numpy()
+        return self.engine.sam.postprocess_masks(logits, self.engine.input_size(shape), shape).softmax(1)
+
+    def labels_from_stems(self, stems: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+        return self.probabilities_from_stems(stems, shape).argmax(1).to(torch.uint8).cpu().numpy()
 
     def segment_volume(self, volume) -> np.ndarray:
-        """Zonal labels (0, 1 TZ, 2 PZ) of every slice of a pipeline.PreparedVolume."""
-        slices = volume.normalised
+        """Zonal labels (0, 1 TZ, 2 PZ) of every slice of a pipeline.PreparedVolume, on its own grid."""
+        slices = volume.on_canvas()
         with torch.no_grad():
-            stems = [self.model.stages.stem(batch) for batch in self.engine.encoder_inputs(slices)]
-        return np.concatenate([self.labels_from_stems(stem, slices.shape[1:]) for stem in stems])
+            probabilities = torch.cat(
+                [self.probabilities_from_stems(self.model.stages.stem(batch), slices.shape[1:]) for batch in self.engine.encoder_inputs(slices)]
+            ).cpu().numpy()
+        on_volume_grid = np.stack([volume.from_canvas(probabilities[:, label]) for label in range(probabilities.shape[1])], axis=1)
+        return on_volume_grid.argmax(1).astype(np.uint8)
 
 
 def load_samed(sam: Sam, checkpoint, sha256: str | None = None) -> SAMed:

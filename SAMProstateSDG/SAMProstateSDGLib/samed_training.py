@@ -35,6 +35,7 @@ def training_slices(labels: np.ndarray) -> list[int]:
 class SAMedMethod(FineTuningMethod):
     name = "samed"
     cached_features = ("stem",)
+    encoder_grid = "canvas"
 
     def __init__(self, engine: SamEngine):
         self.engine = engine

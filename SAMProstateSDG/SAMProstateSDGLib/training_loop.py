@@ -51,6 +51,7 @@ class FineTuningMethod(ABC):
     name: str
     module: torch.nn.Module
     cached_features: tuple[str, ...]  # what it reads from the embedding cache
+    encoder_grid: str = "native"  # the cache's grid: slice pixels, or the encoder canvas of self-prompting methods
 
     @abstractmethod
     def samples(self, cases: list[CachedCase]) -> list:
