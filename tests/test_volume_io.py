@@ -91,3 +91,20 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     assert check_output_path(existing, overwrite=True) == existing
     with pytest.raises(InputError, match="does not exist"):
         check_output_path(tmp_path / "no" / "out.nii.gz", overwrite=False)
+
+
+@pytest.mark.parametrize("name, swapped", [("Case00", True), ("Case29", True), ("P158-020", False)])
+def test_zones_read_as_one_convention_whatever_the_site(data, name, swapped):
+    """RUNMC / NCI-ISBI number the peripheral zone 1, Prostate158 numbers it 2; we read both as 1 TZ, 2 PZ."""
+    from scipy import ndimage
+
+    from SAMProstateSDGLib.dataset import PERIPHERAL_ZONE, TRANSITION_ZONE, find_cases
+
+    case = next(case for case in find_cases(FIXTURES) if case.name == name)
+    stored = sitk.GetArrayFromImage(sitk.ReadImage(str(case.mask)))
+    _, labels = case.read()
+    assert np.array_equal(labels == PERIPHERAL_ZONE, stored == (1 if swapped else 2))
+    gland = labels > 0
+    rim = gland & ~ndimage.binary_erosion(gland, structure=np.ones((1, 3, 3), dtype=bool))
+    on_rim = {zone: (rim & (labels == zone)).sum() / (labels == zone).sum() for zone in (TRANSITION_ZONE, PERIPHERAL_ZONE)}
+    assert on_rim[PERIPHERAL_ZONE] > on_rim[TRANSITION_ZONE]

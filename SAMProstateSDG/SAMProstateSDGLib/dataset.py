@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from .errors import InputError
 from .volume_io import read_volume
@@ -29,7 +30,27 @@ class Case:
         mask = sitk.ReadImage(str(self.mask))
         if mask.GetSize() != image.GetSize():
             raise InputError(f"mask {self.mask} is {mask.GetSize()}, image is {image.GetSize()}")
-        return image, sitk.GetArrayFromImage(mask).astype(np.uint8)
+        return image, canonical_zones(sitk.GetArrayFromImage(mask).astype(np.uint8))
+
+
+TRANSITION_ZONE, PERIPHERAL_ZONE = 1, 2
+
+
+def canonical_zones(labels: np.ndarray) -> np.ndarray:
+    """Zonal labels with 1 = transition zone, 2 = peripheral zone, whichever way a site numbered them.
+
+    Sites disagree (NCI-ISBI's RUNMC cases give the peripheral zone label 1, Prostate158 label 2).
+    The peripheral zone wraps the gland, so the zone with the larger share of its voxels on the
+    gland's in-plane boundary is taken as peripheral. Labels other than 1 and 2 are left alone.
+    """
+    gland = (labels == 1) | (labels == 2)
+    boundary = gland & ~ndimage.binary_erosion(gland, structure=np.ones((1, 3, 3), dtype=bool))
+    shares = [(boundary & (labels == zone)).sum() / max((labels == zone).sum(), 1) for zone in (1, 2)]
+    if shares[0] <= shares[1]:
+        return labels
+    swapped = labels.copy()
+    swapped[labels == 1], swapped[labels == 2] = PERIPHERAL_ZONE, TRANSITION_ZONE
+    return swapped
 
 
 def find_cases(data: str | Path, site: str | None = None, split: str | None = None) -> list[Case]:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .canvas import ENCODER_FIELD_OF_VIEW_MM
 from .checksums import sha256_of
-from .dataset import Case
+from .dataset import Case, canonical_zones
 from .pipeline import ProstateSegmenter
 
 PREPROCESSING = {
@@ -106,7 +106,7 @@ def load_cached_case(path: Path, features: tuple[str, ...] = CACHED_FEATURES) ->
         path.stem,
         data["embeddings"] if "embeddings" in features else torch.empty(0),
         data["skips"] if "skips" in features else data["skips"][:1] if "stem" in features else [],
-        data["labels"].numpy(),
+        canonical_zones(data["labels"].numpy()),  # also for caches written before zones were made canonical
         data["coarse"].numpy() if "coarse" in features else np.empty(0, np.float16),
         tuple(data["spacing_xy"]),
     )
