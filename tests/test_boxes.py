@@ -65,6 +65,15 @@ def test_unfiltered_boxes_span_the_distractor_and_filtered_ones_do_not():
     assert all(unfiltered[index].x0 == 5 for index in reference)
 
 
+def test_boxes_found_in_the_foreground_window_are_placed_and_clamped_in_the_whole_slice():
+    probabilities = _with_distractors(read_mask(FIXTURES / "P158-020_seg.nii.gz")).astype(np.float32)
+    probabilities[0, -4:, 100:140] = 1.0  # touches the bottom edge: its margin must stop at the slice
+    for component_filter in ComponentFilter:
+        options = ProposalOptions(component_filter=component_filter, margin_mm=3.0)
+        whole_slice = slice_boxes(filtered_mask(probabilities, options.threshold, component_filter), (7.5, 7.5))
+        assert propose_boxes(probabilities, (0.4, 0.4), options) == whole_slice
+
+
 def test_3d_filter_keeps_only_the_largest_volume_component():
     probabilities = np.zeros((4, 30, 30), dtype=np.float32)
     probabilities[0:3, 5:15, 5:15] = 1.0  # the gland, across three slices
