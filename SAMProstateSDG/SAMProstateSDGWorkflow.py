@@ -98,6 +98,8 @@ class ProstateWorkflow:
 
     def forgetVolumes(self) -> None:
         """Drop the per-volume caches (the scene is closing)."""
+        for _, session in self._sessions.values():
+            session.volume.encoded.stop_background()
         self._sessions.clear()
         self._written.clear()
 
@@ -151,6 +153,8 @@ class ProstateWorkflow:
         fingerprint = (volumeNode.GetImageData().GetMTime(), tuple(bridge.ijk_to_ras(volumeNode).ravel()))
         cached = self._sessions.get(key)
         if cached is None or cached[0] != fingerprint:
+            if cached is not None:
+                cached[1].volume.encoded.stop_background()
             base = self._sessions.get((volumeNode.GetID(), model, device, "zero-shot"))
             if method != "zero-shot" and base is not None and base[0] == fingerprint:
                 prepared = base[1].volume
@@ -161,13 +165,18 @@ class ProstateWorkflow:
         return cached[1]
 
     def proposeBoxes(self, volumeNode, method: str = next(iter(BOX_FILTERS)), model: str = SAM_MODELS[0], device: str = "auto") -> list:
-        """Replace the volume's box ROIs with boxes proposed by the coarse network; returns the new ROIs."""
+        """Replace the volume's box ROIs with boxes proposed by the coarse network; returns the new ROIs.
+
+        The boxed slices start encoding in the background while the user checks the boxes.
+        """
         import SAMProstateSDGMRML as bridge
         from SAMProstateSDGLib.boxes import ComponentFilter
 
         segmenter = self.segmenter(model, device)
         options = dataclasses.replace(segmenter.options, component_filter=ComponentFilter(BOX_FILTERS[method]))
-        boxes = segmenter.propose_boxes(self.session(volumeNode, model, device).volume, options)
+        volume = self.session(volumeNode, model, device).volume
+        boxes = segmenter.propose_boxes(volume, options)
+        volume.encoded.encode_in_background(sorted(boxes))
         for roiNode in bridge.box_roi_nodes(volumeNode):
             if roiNode.GetAttribute(bridge.BOX_VOLUME_ATTRIBUTE) == volumeNode.GetID():
                 volumeNode.GetScene().RemoveNode(roiNode)

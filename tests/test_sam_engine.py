@@ -78,6 +78,21 @@ def test_batched_encoding_equals_one_slice_at_a_time(sam_engine, p158):
     assert torch.allclose(together, alone, atol=1e-4)
 
 
+def test_background_encoding_gives_the_same_masks_and_stops_when_told(sam_engine, p158):
+    encoded, reference = p158
+    boxes = boxes_from_labels(reference)
+    background = EncodedVolume(sam_engine, encoded.slices)
+    background.encode_in_background(sorted(boxes))
+    background.wait_background()
+    assert sorted(background.embeddings) == sorted(boxes)
+    for index, box in boxes.items():
+        np.testing.assert_array_equal(background.segment(index, Prompt(box=box.as_tuple())), encoded.segment(index, Prompt(box=box.as_tuple())))
+    stopped = EncodedVolume(sam_engine, encoded.slices)
+    stopped.encode_in_background(range(len(encoded.slices)))
+    stopped.stop_background()
+    assert len(stopped.embeddings) <= 1  # at most the slice it was encoding when told to stop
+
+
 def test_wrong_checksum_and_wrong_keys_are_refused(tmp_path):
     entry = default_entry("sam")
     with pytest.raises(InputError, match="checksum mismatch"):

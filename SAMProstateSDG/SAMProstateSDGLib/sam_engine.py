@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -181,18 +182,51 @@ class SamEngine:
 
 
 class EncodedVolume:
-    """The slices of one volume, each encoded at most once, on demand; prompts cost only the decoder."""
+    """The slices of one volume, each encoded at most once, on demand; prompts cost only the decoder.
+
+    Slices can also be encoded in a background thread (while the user checks the proposed boxes);
+    a request for a slice the thread has not reached encodes it at once, after at most one slice.
+    """
 
     def __init__(self, engine: SamEngine, slices: np.ndarray):
         self.engine = engine
         self.slices = slices
         self.embeddings: dict[int, torch.Tensor] = {}
+        self._lock = threading.Lock()  # one encoder call at a time; the embeddings change only under it
+        self._background: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def encode(self, indices) -> None:
         """Encode, in batches, whichever of ``indices`` are not cached yet."""
-        missing = sorted(set(int(index) for index in indices) - self.embeddings.keys())
-        if missing:
-            self.embeddings.update(zip(missing, self.engine.encode(self.slices[missing])))
+        with self._lock:
+            missing = sorted(set(int(index) for index in indices) - self.embeddings.keys())
+            if missing:
+                self.embeddings.update(zip(missing, self.engine.encode(self.slices[missing])))
+
+    def encode_in_background(self, indices) -> None:
+        """Start encoding ``indices`` slice by slice in a daemon thread (a running one is stopped first)."""
+        self.stop_background()
+        self._stop = stop = threading.Event()
+        order = [int(index) for index in indices]
+
+        def run() -> None:
+            for index in order:
+                if stop.is_set():
+                    return
+                self.encode([index])
+
+        self._background = threading.Thread(target=run, name="SAMProstateSDG encoder", daemon=True)
+        self._background.start()
+
+    def wait_background(self) -> None:
+        """Wait until background encoding has finished."""
+        if self._background is not None:
+            self._background.join()
+
+    def stop_background(self) -> None:
+        """Stop background encoding after the slice in progress; what it encoded is kept."""
+        self._stop.set()
+        self.wait_background()
 
     def segment(self, index: int, prompt: Prompt, decoder: SamEngine | None = None) -> np.ndarray:
         """The slice's mask; ``decoder`` may be another engine that shares this one's image encoder."""
