@@ -93,6 +93,17 @@ def test_background_encoding_gives_the_same_masks_and_stops_when_told(sam_engine
     assert len(stopped.embeddings) <= 1  # at most the slice it was encoding when told to stop
 
 
+def test_a_process_exits_cleanly_while_slices_encode_in_the_background():
+    code = (
+        "import numpy as np; from SAMProstateSDGLib.model_catalog import default_entry; "
+        "from SAMProstateSDGLib.sam_engine import EncodedVolume, SamEngine, load_sam; import torch; "
+        "e = default_entry('sam'); engine = SamEngine(load_sam(e.model_type, e.path), torch.device('cpu'), 1); "
+        "EncodedVolume(engine, np.random.rand(8, 64, 64).astype(np.float32)).encode_in_background(range(8)); print('leaving')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "leaving" in result.stdout, result.stderr[-500:]
+
+
 def test_wrong_checksum_and_wrong_keys_are_refused(tmp_path):
     entry = default_entry("sam")
     with pytest.raises(InputError, match="checksum mismatch"):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import threading
+import weakref
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -181,6 +183,16 @@ class SamEngine:
         return (logits[0, 0] > self.sam.mask_threshold).cpu().numpy()
 
 
+_ENCODING_IN_BACKGROUND: "weakref.WeakSet[EncodedVolume]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_background_encoding() -> None:
+    """No encoder thread may run into interpreter shutdown: torch would abort the process."""
+    for volume in list(_ENCODING_IN_BACKGROUND):
+        volume.stop_background()
+
+
 class EncodedVolume:
     """The slices of one volume, each encoded at most once, on demand; prompts cost only the decoder.
 
@@ -217,6 +229,7 @@ class EncodedVolume:
 
         self._background = threading.Thread(target=run, name="SAMProstateSDG encoder", daemon=True)
         self._background.start()
+        _ENCODING_IN_BACKGROUND.add(self)
 
     def wait_background(self) -> None:
         """Wait until background encoding has finished."""
