@@ -1,9 +1,10 @@
 """The benchmark's paths and baselines on a real fixture volume (timings are printed, never asserted)."""
 
 import numpy as np
+import pytest
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.bench import PATHS, STAGES, _report, box_proposal_speedup, python_bfs_boxes, run_path
+from SAMProstateSDGLib.bench import PATHS, STAGES, _report, box_proposal_speedup, plain_engine, python_bfs_boxes, run_path
 from SAMProstateSDGLib.boxes import ComponentFilter, filtered_mask
 from SAMProstateSDGLib.dataset import find_cases
 
@@ -21,24 +22,30 @@ def test_python_bfs_baseline_finds_the_same_largest_components(segmenter):
     assert filtered_mask(mask.astype(float), 0.5, ComponentFilter.SLICE).sum() == 12
 
 
-def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter, tmp_path):
+@pytest.fixture(scope="module")
+def plain(segmenter):
+    return plain_engine(segmenter)
+
+
+def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter, plain, tmp_path):
     case = next(case for case in find_cases(FIXTURES) if case.name == "P158-020")
-    results = {path: run_path(segmenter, case, path, tmp_path) for path in PATHS}
+    results = {path: run_path(segmenter, case, path, tmp_path, plain) for path in PATHS}
     for path, (timing, labels) in results.items():
         assert set(timing.seconds) == set(STAGES) and timing.slices == len(labels)
         assert (tmp_path / f"P158-020_{path}.nii.gz").is_file()
     naive, default = results["naive"][1], results["default"][1]
-    assert np.array_equal(naive, default)  # encoding only boxed slices, batched, changes nothing
+    assert np.array_equal(naive, default)  # the fast encoder, on boxed slices only, changes nothing
     assert abs(results["merged"][0].dice - results["default"][0].dice) < 0.03
     assert abs(results["bf16"][0].dice - results["default"][0].dice) < 0.03 and not np.array_equal(results["bf16"][1], default)
     report = _report({path: [timing] for path, (timing, _) in results.items()}, 50.0, {False: 9.0, True: 3.0}, 1.0, 200.0, True, 900.0, "cpu")
     assert "| **total** |" in report and "speed-up vs naive" in report and "200×" in report and "(3.0×)" in report
 
 
-def test_encoder_levers_are_compared_with_the_naive_encoder(segmenter):
+def test_encoder_levers_are_compared_with_the_naive_encoder(segmenter, plain):
     from SAMProstateSDGLib.bench import encoder_levers
 
-    rows = encoder_levers(segmenter, find_cases(FIXTURES)[0], count=2)
-    assert [name.split(",")[0] for name, _, _ in rows] == ["fp32", "fp32", "bf16 autocast"]
-    assert rows[0][2] == 0.0 and rows[1][2] < 1e-3  # batching does not change the embeddings
+    rows = encoder_levers(segmenter, find_cases(FIXTURES)[0], plain, count=2)
+    assert [name.split(",")[0] for name, _, _ in rows] == ["plain fp32", "fast fp32", "fast fp32", "fast"]
+    assert rows[0][2] == 0.0 and rows[1][2] < 1e-3 and rows[2][2] < 1e-3  # folding, layout and batching keep the embeddings
+    assert rows[3][2] > rows[1][2]  # bf16 rounds
     assert all(ms > 0 for _, ms, _ in rows) and segmenter.sam.batch_size == 4

@@ -10,7 +10,7 @@ from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib.boxes import boxes_from_labels
 from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.model_catalog import default_entry
-from SAMProstateSDGLib.sam_engine import EncodedVolume, Prompt, load_sam
+from SAMProstateSDGLib.sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 from SAMProstateSDGLib.volume_io import normalised_array, read_volume
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
@@ -69,6 +69,15 @@ def test_point_prompts_reach_the_decoder_in_the_box_coordinate_frame(p158, sam_e
         Prompt()
     with pytest.raises(ValueError):
         Prompt(points=((1, 2),), point_labels=())
+
+
+def test_the_fast_encoder_folds_its_batch_norms_and_keeps_the_embeddings(sam_engine, p158):
+    entry = default_entry("sam")
+    plain = SamEngine(load_sam(entry.model_type, entry.path), sam_engine.device, 1, fast_encoder=False)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.sam.image_encoder.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in sam_engine.sam.image_encoder.modules())
+    slices = p158[0].slices[:2]
+    assert torch.allclose(sam_engine.encode(slices), plain.encode(slices), atol=1e-4)
 
 
 def test_batched_encoding_equals_one_slice_at_a_time(sam_engine, p158):

@@ -2,8 +2,10 @@
 
 Each volume runs three ways in the same process, on the same loaded models:
 
-- naive: every slice encoded alone at full size (batch 1, no cache), then one decode per box;
-- default: only slices with a box are encoded, in batches, and cached for later edits;
+- naive: every slice encoded alone at full size by the plain encoder (batch 1, no cache), then one
+  decode per box;
+- default: only slices with a box are encoded, by the fast encoder (batch norms folded into the
+  convolutions, channels-last), in batches, and cached for later edits;
 - bf16: the default path with the encoder under bfloat16 autocast (reduced precision, Dice reported);
 - merged: SAMMed's four-slice merge on gland crops (``--merge-slices``): a quarter of the encoder passes.
 
@@ -30,8 +32,9 @@ import torch
 from .boxes import Box, propose_boxes
 from .dataset import Case
 from .evaluation import dice_score
+from .model_catalog import default_entry
 from .pipeline import ProstateSegmenter
-from .sam_engine import Prompt
+from .sam_engine import Prompt, SamEngine, load_sam
 from .tiling import segment_merged
 from .volume_io import label_image, normalised_array, read_volume, write_image
 
@@ -64,9 +67,16 @@ class Stopwatch:
         self.timing.seconds[self.stage] = self.timing.seconds.get(self.stage, 0.0) + time.perf_counter() - self.started
 
 
-def run_path(segmenter: ProstateSegmenter, case: Case, path: str, folder: Path) -> tuple[VolumeTiming, np.ndarray]:
-    """One volume through one path, stage by stage; returns its timing and labels."""
-    engine = segmenter.sam
+def plain_engine(segmenter: ProstateSegmenter) -> SamEngine:
+    """The default SAM as loaded, without the fast encoder's folding and memory layout (the naive path's)."""
+    entry = default_entry("sam")
+    sam = load_sam(entry.model_type, entry.path, entry.sha256)
+    return SamEngine(sam, segmenter.sam.device, 1, segmenter.sam.box_only, fast_encoder=False)
+
+
+def run_path(segmenter: ProstateSegmenter, case: Case, path: str, folder: Path, plain: SamEngine) -> tuple[VolumeTiming, np.ndarray]:
+    """One volume through one path, stage by stage; returns its timing and labels (``plain``: the naive path's engine)."""
+    engine = plain if path == "naive" else segmenter.sam
     _, reference = case.read()
     timing = VolumeTiming(len(reference))
     with Stopwatch(timing, "read"):
@@ -180,14 +190,14 @@ def box_proposal_speedup(segmenter: ProstateSegmenter, case: Case) -> tuple[floa
     return ours_ms, python_ms, same
 
 
-def encoder_levers(segmenter: ProstateSegmenter, case: Case, count: int = 8) -> list[tuple[str, float, float]]:
-    """(variant, ms per slice, max |embedding - batch-1 fp32 embedding|) for ways of running the encoder."""
-    engine = segmenter.sam
+def encoder_levers(segmenter: ProstateSegmenter, case: Case, plain: SamEngine, count: int = 8) -> list[tuple[str, float, float]]:
+    """(variant, ms per slice, max |embedding - plain batch-1 fp32 embedding|) for ways of running the encoder."""
+    fast = segmenter.sam
     image, _ = case.read()
     slices = normalised_array(image)[:count]
-    original_batch = engine.batch_size
+    original_batch = fast.batch_size
 
-    def timed(batch_size: int, autocast: bool = False) -> tuple[float, torch.Tensor]:
+    def timed(engine: SamEngine, batch_size: int, autocast: bool = False) -> tuple[float, torch.Tensor]:
         engine.batch_size = batch_size
         started = time.perf_counter()
         with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -195,13 +205,17 @@ def encoder_levers(segmenter: ProstateSegmenter, case: Case, count: int = 8) -> 
         return 1000 * (time.perf_counter() - started) / len(slices), embeddings
 
     try:
-        baseline_ms, baseline = timed(1)
-        rows = [("fp32, batch 1 (naive; default on a CPU)", baseline_ms, 0.0)]
-        for name, batch_size, autocast in (("fp32, batch 4 (default on a GPU)", 4, False), ("bf16 autocast, batch 4", 4, True)):
-            ms, embeddings = timed(batch_size, autocast)
+        baseline_ms, baseline = timed(plain, 1)
+        rows = [("plain fp32, batch 1 (naive)", baseline_ms, 0.0)]
+        for name, batch_size, autocast in (
+            ("fast fp32, batch 1 (default on a CPU)", 1, False),
+            ("fast fp32, batch 4 (default on a GPU)", 4, False),
+            ("fast, bf16 autocast, batch 1", 1, True),
+        ):
+            ms, embeddings = timed(fast, batch_size, autocast)
             rows.append((name, ms, (embeddings - baseline).abs().max().item()))
     finally:
-        engine.batch_size = original_batch
+        fast.batch_size = original_batch
     return rows
 
 
@@ -213,17 +227,19 @@ def machine() -> str:
 def benchmark(segmenter: ProstateSegmenter, cases: list[Case], log=print) -> str:
     """Run every path on every case (a warm-up first) and return the report as Markdown."""
     timings: dict[str, list[VolumeTiming]] = {path: [] for path in PATHS}
+    plain = plain_engine(segmenter)
     with tempfile.TemporaryDirectory() as folder:
-        run_path(segmenter, cases[0], "default", Path(folder))  # warm-up: first-call allocations are not timed
+        for path in ("naive", "default"):  # warm-up: first-call allocations are not timed
+            run_path(segmenter, cases[0], path, Path(folder), plain)
         for case in cases:
             for path in PATHS:
-                timing, _ = run_path(segmenter, case, path, Path(folder))
+                timing, _ = run_path(segmenter, case, path, Path(folder), plain)
                 timings[path].append(timing)
                 log(f"{case.name} {path}: {timing.total:.1f} s, Dice {timing.dice:.4f}")
     resegment = resegment_milliseconds(segmenter, cases[0])
     waits = {background: wait_after_review(segmenter, cases[0], background) for background in (False, True)}
     ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
-    levers = encoder_levers(segmenter, cases[0])
+    levers = encoder_levers(segmenter, cases[0], plain)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = _report(timings, resegment, waits, ours_ms, python_ms, same_boxes, peak_mb, str(segmenter.sam.device))
     lever_lines = ["", "| Encoder variant | ms per slice | max abs. embedding difference |", "|---|---|---|"]

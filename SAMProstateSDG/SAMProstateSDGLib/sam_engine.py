@@ -14,6 +14,8 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from segment_anything.build_sam import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
@@ -94,6 +96,17 @@ def load_mask_decoder(sam: Sam, checkpoint: str | Path, sha256: str | None = Non
     return sam
 
 
+def fold_batch_norms(encoder: nn.Module) -> nn.Module:
+    """Fold each batch norm that follows a convolution (TinyViT's Conv2d_BN) into it, for inference only."""
+    for module in encoder.modules():
+        children = list(module.named_children())
+        for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+                setattr(module, norm_name, nn.Identity())
+    return encoder
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A box (x0, y0, x1, y1) and/or points (x, y) with labels 1 (inside) / 0 (outside), in slice pixels."""
@@ -112,8 +125,12 @@ class Prompt:
 class SamEngine:
     """A SAM model on a device, with the resize and normalisation its encoder expects."""
 
-    def __init__(self, sam: Sam, device: torch.device, batch_size: int = 4, box_only: bool = False):
+    def __init__(self, sam: Sam, device: torch.device, batch_size: int = 4, box_only: bool = False, fast_encoder: bool = True):
+        """``fast_encoder``: fold batch norms into convolutions and keep the encoder channels-last,
+        which gives the same embeddings (to about 1e-5) faster on a CPU (samprostate bench)."""
         self.sam = sam.to(device).eval()
+        if fast_encoder:
+            fold_batch_norms(self.sam.image_encoder).to(memory_format=torch.channels_last)
         self.device = device
         self.batch_size = batch_size
         self.box_only = box_only  # trained with box prompts only (LiteMedSAM): clicks must become box edits
@@ -142,7 +159,7 @@ class SamEngine:
             # ResizeLongestSide.apply_image_torch reads the size from the wrong axes in
             # segment-anything 1.0, so the resize to the encoder's input size is done here.
             resized = F.interpolate(batch, self.input_size(slices.shape[1:]), mode="bilinear", antialias=True)
-            yield self.sam.preprocess(resized)
+            yield self.sam.preprocess(resized).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def encode(self, slices: np.ndarray) -> torch.Tensor:
