@@ -14,7 +14,7 @@ from SAMProstateSDGLib.desam_training import DeSAMMethod, mask_iou
 from SAMProstateSDGLib.embedding_cache import build_cache, cache_key, load_cached_case
 from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.model_catalog import METHODS, catalog, default_entry
-from SAMProstateSDGLib.samed import load_samed
+from SAMProstateSDGLib.samed import SAMed, load_samed
 from SAMProstateSDGLib.samed_training import SAMedMethod
 from SAMProstateSDGLib.sam_engine import SamEngine, load_mask_decoder, load_sam
 from SAMProstateSDGLib.sammed_training import SamMedMethod
@@ -183,6 +183,13 @@ def test_samed_trains_lora_and_decoder_not_the_base_encoder(canvas_split, tmp_pa
     assert any(trained[name].abs().sum() > 0 for name in saved if "_up." in name)  # the zero-initialised LoRA has learnt
     reloaded = load_samed(engine.sam, tmp_path / "samed.pt", manifest["sha256"])
     assert reloaded.state_dict().keys() == method.module.state_dict().keys()
+
+
+def test_samed_in_training_mode_keeps_the_frozen_encoder_s_batch_norms_in_inference_mode():
+    entry = default_entry("sam")
+    model = SAMed(load_sam(entry.model_type, entry.path, entry.sha256)).train()
+    norms = [m for m in model.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(norm.training for norm in norms) and model.mask_decoder.training
 
 
 @pytest.mark.parametrize("method", ["sammed", "desam-box", "desam-grid", "samed"])

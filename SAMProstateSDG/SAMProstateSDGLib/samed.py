@@ -81,6 +81,12 @@ class SAMed(nn.Module):
         self.mask_decoder.requires_grad_(True)
         self.stages = EncoderStages(sam)
 
+    def train(self, mode: bool = True) -> "SAMed":
+        """Training mode for what learns; the frozen encoder's batch norms keep their stored statistics."""
+        super().train(mode)
+        self.image_encoder.eval()
+        return self
+
     def state_dict(self, *args, **kwargs):
         """The LoRA adapters, prompt encoder and mask decoder; never the frozen encoder weights."""
         return {name: value for name, value in super().state_dict(*args, **kwargs).items() if _is_trained(name)}
