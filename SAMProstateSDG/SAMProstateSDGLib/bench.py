@@ -4,10 +4,11 @@ Each volume runs three ways in the same process, on the same loaded models:
 
 - naive: every slice encoded alone at full size by the plain encoder (batch 1, no cache), then one
   decode per box;
-- default: only slices with a box are encoded, by the fast encoder (batch norms folded into the
-  convolutions, channels-last), in batches, and cached for later edits;
-- bf16: the default path with the encoder under bfloat16 autocast (reduced precision, Dice reported);
-- merged: SAMMed's four-slice merge on gland crops (``--merge-slices``): a quarter of the encoder passes.
+- fp32 and bf16: our pipeline at each encoder precision (``--precision``; "auto" picks bf16 on CPUs
+  with native bfloat16): only slices with a box are encoded, by the fast encoder (batch norms
+  folded into the convolutions, channels-last), in batches, and cached for later edits;
+- merged: SAMMed's four-slice merge on gland crops (``--merge-slices``, fp32): a quarter of the
+  encoder passes.
 
 Per stage it reports the median time per volume and per slice, the Dice of each path, the time to
 re-segment one slice after a box edit, the wait after a box review while the boxed slices encode
@@ -38,7 +39,7 @@ from .sam_engine import Prompt, SamEngine, load_sam
 from .tiling import segment_merged
 from .volume_io import label_image, normalised_array, read_volume, write_image
 
-PATHS = ("naive", "default", "bf16", "merged")
+PATHS = ("naive", "fp32", "bf16", "merged")
 STAGES = ("read", "normalise", "coarse net", "component + box", "encoder", "decoder", "write")
 RESEGMENT_REPEATS = 10
 REVIEW_SECONDS = 10.0  # how long the user looks at the proposed boxes before pressing Segment
@@ -77,6 +78,14 @@ def plain_engine(segmenter: ProstateSegmenter) -> SamEngine:
 def run_path(segmenter: ProstateSegmenter, case: Case, path: str, folder: Path, plain: SamEngine) -> tuple[VolumeTiming, np.ndarray]:
     """One volume through one path, stage by stage; returns its timing and labels (``plain``: the naive path's engine)."""
     engine = plain if path == "naive" else segmenter.sam
+    default_bf16, engine.bf16 = engine.bf16, path == "bf16"
+    try:
+        return _run_path(segmenter, engine, case, path, folder)
+    finally:
+        engine.bf16 = default_bf16
+
+
+def _run_path(segmenter: ProstateSegmenter, engine: SamEngine, case: Case, path: str, folder: Path) -> tuple[VolumeTiming, np.ndarray]:
     _, reference = case.read()
     timing = VolumeTiming(len(reference))
     with Stopwatch(timing, "read"):
@@ -93,12 +102,12 @@ def run_path(segmenter: ProstateSegmenter, case: Case, path: str, folder: Path, 
             labels = segment_merged(engine, slices, boxes)
         timing.seconds["decoder"] = 0.0
     else:
-        with Stopwatch(timing, "encoder"), torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=path == "bf16"):
+        with Stopwatch(timing, "encoder"):
             if path == "naive":
                 embeddings = dict(enumerate(torch.cat([engine.encode(slices[index : index + 1]) for index in range(len(slices))])))
             else:
                 indices = sorted(boxes)
-                embeddings = dict(zip(indices, engine.encode(slices[indices]).float())) if indices else {}
+                embeddings = dict(zip(indices, engine.encode(slices[indices]))) if indices else {}
         with Stopwatch(timing, "decoder"):
             for index, box in boxes.items():
                 labels[index] = engine.decode(embeddings[index], Prompt(box=box.as_tuple()), slices.shape[1:])
@@ -195,27 +204,26 @@ def encoder_levers(segmenter: ProstateSegmenter, case: Case, plain: SamEngine, c
     fast = segmenter.sam
     image, _ = case.read()
     slices = normalised_array(image)[:count]
-    original_batch = fast.batch_size
+    original_batch, original_bf16 = fast.batch_size, fast.bf16
 
-    def timed(engine: SamEngine, batch_size: int, autocast: bool = False) -> tuple[float, torch.Tensor]:
-        engine.batch_size = batch_size
+    def timed(engine: SamEngine, batch_size: int, bf16: bool = False) -> tuple[float, torch.Tensor]:
+        engine.batch_size, engine.bf16 = batch_size, bf16
         started = time.perf_counter()
-        with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=autocast):
-            embeddings = engine.encode(slices).float()
+        embeddings = engine.encode(slices)
         return 1000 * (time.perf_counter() - started) / len(slices), embeddings
 
     try:
         baseline_ms, baseline = timed(plain, 1)
         rows = [("plain fp32, batch 1 (naive)", baseline_ms, 0.0)]
-        for name, batch_size, autocast in (
-            ("fast fp32, batch 1 (default on a CPU)", 1, False),
-            ("fast fp32, batch 4 (default on a GPU)", 4, False),
-            ("fast, bf16 autocast, batch 1", 1, True),
+        for name, batch_size, bf16 in (
+            ("fast fp32, batch 1 (CPU)", 1, False),
+            ("fast fp32, batch 4 (GPU)", 4, False),
+            ("fast, bf16 autocast, batch 1 (CPU with native bfloat16)", 1, True),
         ):
-            ms, embeddings = timed(fast, batch_size, autocast)
+            ms, embeddings = timed(fast, batch_size, bf16)
             rows.append((name, ms, (embeddings - baseline).abs().max().item()))
     finally:
-        fast.batch_size = original_batch
+        fast.batch_size, fast.bf16 = original_batch, original_bf16
     return rows
 
 
@@ -229,7 +237,7 @@ def benchmark(segmenter: ProstateSegmenter, cases: list[Case], log=print) -> str
     timings: dict[str, list[VolumeTiming]] = {path: [] for path in PATHS}
     plain = plain_engine(segmenter)
     with tempfile.TemporaryDirectory() as folder:
-        for path in ("naive", "default"):  # warm-up: first-call allocations are not timed
+        for path in ("naive", "fp32", "bf16"):  # warm-up: first-call allocations are not timed
             run_path(segmenter, cases[0], path, Path(folder), plain)
         for case in cases:
             for path in PATHS:
@@ -241,7 +249,8 @@ def benchmark(segmenter: ProstateSegmenter, cases: list[Case], log=print) -> str
     ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
     levers = encoder_levers(segmenter, cases[0], plain)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = _report(timings, resegment, waits, ours_ms, python_ms, same_boxes, peak_mb, str(segmenter.sam.device))
+    device = f"{segmenter.sam.device}, default precision here {'bf16' if segmenter.sam.bf16 else 'fp32'}"
+    report = _report(timings, resegment, waits, ours_ms, python_ms, same_boxes, peak_mb, device)
     lever_lines = ["", "| Encoder variant | ms per slice | max abs. embedding difference |", "|---|---|---|"]
     lever_lines += [f"| {name} | {ms:.0f} | {difference:.2g} |" for name, ms, difference in levers]
     return report + "\n".join(lever_lines)

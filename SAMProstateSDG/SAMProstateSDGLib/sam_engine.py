@@ -125,10 +125,15 @@ class Prompt:
 class SamEngine:
     """A SAM model on a device, with the resize and normalisation its encoder expects."""
 
-    def __init__(self, sam: Sam, device: torch.device, batch_size: int = 4, box_only: bool = False, fast_encoder: bool = True):
+    def __init__(
+        self, sam: Sam, device: torch.device, batch_size: int = 4, box_only: bool = False, fast_encoder: bool = True, bf16: bool = False
+    ):
         """``fast_encoder``: fold batch norms into convolutions and keep the encoder channels-last,
-        which gives the same embeddings (to about 1e-5) faster on a CPU (samprostate bench)."""
+        which gives the same embeddings (to about 1e-5) faster on a CPU (samprostate bench).
+        ``bf16``: ``encode`` runs the encoder under bfloat16 autocast (the box-prompted path only;
+        ``encode_features``, which DeSAM, SAMed and the training caches read, stays fp32)."""
         self.sam = sam.to(device).eval()
+        self.bf16 = bf16
         if fast_encoder:
             fold_batch_norms(self.sam.image_encoder).to(memory_format=torch.channels_last)
         self.device = device
@@ -145,7 +150,7 @@ class SamEngine:
             pixel_mean=self.sam.pixel_mean.flatten().tolist(),
             pixel_std=self.sam.pixel_std.flatten().tolist(),
         )
-        return SamEngine(load_mask_decoder(sam, checkpoint, sha256), self.device, self.batch_size, self.box_only)
+        return SamEngine(load_mask_decoder(sam, checkpoint, sha256), self.device, self.batch_size, self.box_only, bf16=self.bf16)
 
     def input_size(self, slice_shape: tuple[int, int]) -> tuple[int, int]:
         """The slice's size once its longer side is scaled to the encoder's input size."""
@@ -163,8 +168,9 @@ class SamEngine:
 
     @torch.inference_mode()
     def encode(self, slices: np.ndarray) -> torch.Tensor:
-        """Image embeddings [N, 256, 64, 64] of same-sized grey slices ([N, rows, columns], 0..1)."""
-        return torch.cat([self.sam.image_encoder(batch) for batch in self.encoder_inputs(slices)])
+        """Image embeddings [N, 256, 64, 64] (float32) of same-sized grey slices ([N, rows, columns], 0..1)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return torch.cat([self.sam.image_encoder(batch).float() for batch in self.encoder_inputs(slices)])
 
     @torch.inference_mode()
     def encode_features(self, slices: np.ndarray) -> EncoderFeatures:
