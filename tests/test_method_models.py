@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from SAMProstateSDGLib.desam import DeSAM, combine_by_iou, grid_points
+from SAMProstateSDGLib.desam import DeSAM, central_point, grid_points
 from SAMProstateSDGLib.encoder_stages import EncoderFeatures, EncoderStages
 from SAMProstateSDGLib.samed import SAMed, add_lora
 from SAMProstateSDGLib.sam_engine import SAM_BUILDERS
@@ -92,8 +92,7 @@ def test_grid_points_sit_at_cell_centres():
     assert np.array_equal(grid_points(1, (30, 60)), [[30.0, 15.0]])
 
 
-def test_masks_combine_with_their_predicted_iou_as_weights():
-    logits = torch.stack([torch.full((1, 2, 2), 10.0), torch.full((1, 2, 2), -10.0)])
-    confident_first = combine_by_iou(logits, torch.tensor([[0.9], [0.1]]))
-    confident_second = combine_by_iou(logits, torch.tensor([[0.1], [0.9]]))
-    assert (confident_first > 0.5).all() and (confident_second < 0.5).all()
+def test_the_grid_point_nearest_the_slice_centre_anchors_the_combination():
+    assert central_point(grid_points(3, (30, 60)), (30, 60)) == 4
+    assert central_point(grid_points(1, (30, 60)), (30, 60)) == 0
+    assert tuple(grid_points(4, (40, 40))[central_point(grid_points(4, (40, 40)), (40, 40))]) == (15.0, 15.0)  # even: the first of the middle four

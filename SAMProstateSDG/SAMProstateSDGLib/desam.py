@@ -8,8 +8,10 @@
   then upsample with skip connections from the encoder's higher-resolution stages to SAM's
   low-resolution mask frame (4 × the embedding size).
 
-Grid mode prompts each slice with an N × N grid of points and combines the masks of the points
-with the highest predicted IoU, weighted by it; box mode prompts it with the whole slice.
+Grid mode prompts each slice with an N × N grid of points. The point nearest the slice centre (the
+encoder canvas is centred on the slice, and so, in pelvic MRI, nearly always on the gland) gives an
+anchor mask; the masks of all points inside it are averaged with their predicted IoU as weights.
+Box mode prompts each slice with the whole slice.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .model_catalog import DEFAULT_GRID_SIDE
 from .sam_engine import SamEngine
 
 DESAM_MODES = ("grid", "box")
-COMBINED_MASKS = 3  # the masks of this many best-scored grid points are combined
+PIMM_CHUNK = 8  # prompts decoded by PIMM at once: its upsampled features take ~16 MB per prompt
 
 
 class PromptRelevantIoUModule(nn.Module):
@@ -113,10 +115,9 @@ def grid_points(side: int, shape: tuple[int, int]) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
-def combine_by_iou(logits: torch.Tensor, iou: torch.Tensor) -> torch.Tensor:
-    """Foreground probability [1, 1, H, W]: masks [K, 1, H, W] averaged with their predicted IoU as weights."""
-    weights = iou.clamp(min=1e-3).view(-1, 1, 1, 1)
-    return (torch.sigmoid(logits) * weights).sum(0, keepdim=True) / weights.sum()
+def central_point(points: np.ndarray, shape: tuple[int, int]) -> int:
+    """The index of the (x, y) point nearest the centre of a ``shape`` slice."""
+    return int(np.argmin(((points - [shape[1] / 2, shape[0] / 2]) ** 2).sum(axis=1)))
 
 
 def _se_block(channels: int) -> SEBlock:
@@ -165,14 +166,28 @@ class DeSAMSegmenter:
         if self.mode == "box":
             probability = torch.sigmoid(self(features, None, [shape])[0])
         else:
-            points = grid_points(self.grid_side, shape)
-            sparse, dense = self.prompt_embeddings(points, [shape] * len(points))
-            image_pe = self.engine.sam.prompt_encoder.get_dense_pe()
-            mask_embeddings, iou = self.model.prim(features.embedding.expand(len(points), -1, -1, -1), image_pe, sparse, dense)
-            best = iou[:, 0].topk(min(COMBINED_MASKS, len(points))).indices
-            probability = combine_by_iou(self.model.pimm(features, mask_embeddings[best]), iou[best])
+            probability = self._grid_probability(features, shape)
         resized = self.engine.sam.postprocess_masks(probability, self.engine.input_size(shape), shape)
         return resized[0, 0].float().cpu().numpy()
+
+    def _grid_probability(self, features: EncoderFeatures, shape: tuple[int, int]) -> torch.Tensor:
+        """Low-resolution probability [1, 1, h, w]: the centre point's mask anchors which grid points count."""
+        points = grid_points(self.grid_side, shape)
+        sparse, dense = self.prompt_embeddings(points, [shape] * len(points))
+        image_pe = self.engine.sam.prompt_encoder.get_dense_pe()
+        mask_embeddings, iou = self.model.prim(features.embedding.expand(len(points), -1, -1, -1), image_pe, sparse, dense)
+        centre = central_point(points, shape)
+        anchor = torch.sigmoid(self.model.pimm(features, mask_embeddings[centre : centre + 1]))[0, 0]
+        scale = anchor.shape[-1] / self.engine.sam.image_encoder.img_size
+        columns, rows = (self.engine.transform.apply_coords(points, shape) * scale).astype(int).clip(0, anchor.shape[-1] - 1).T
+        chosen = sorted(set(np.flatnonzero(anchor[rows, columns].cpu().numpy() > 0.5)) | {centre})
+        weights = iou[chosen, 0].clamp(min=1e-3)
+        total = torch.zeros_like(anchor)
+        for start in range(0, len(chosen), PIMM_CHUNK):
+            part = chosen[start : start + PIMM_CHUNK]
+            probabilities = torch.sigmoid(self.model.pimm(features, mask_embeddings[part]))[:, 0]
+            total += (probabilities * weights[start : start + len(part), None, None]).sum(0)
+        return (total / weights.sum())[None, None]
 
 
 def load_desam(sam: Sam, checkpoint, sha256: str | None = None) -> DeSAM:
