@@ -12,7 +12,8 @@ Each volume runs three ways in the same process, on the same loaded models:
 
 Per stage it reports the median time per volume and per slice, the Dice of each path, the time to
 re-segment one slice after a box edit, the wait after a box review while the boxed slices encode
-in the background, box proposal against a pure-Python BFS mask filter, peak memory and throughput. Ratios compare paths measured in this run, so they hold on any machine.
+in the background, box proposal against a pure-Python BFS mask filter, peak memory and throughput.
+Ratios compare paths measured in this run, so they hold on any machine.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +80,21 @@ def plain_engine(segmenter: ProstateSegmenter) -> SamEngine:
 def run_path(segmenter: ProstateSegmenter, case: Case, path: str, folder: Path, plain: SamEngine) -> tuple[VolumeTiming, np.ndarray]:
     """One volume through one path, stage by stage; returns its timing and labels (``plain``: the naive path's engine)."""
     engine = plain if path == "naive" else segmenter.sam
-    default_bf16, engine.bf16 = engine.bf16, path == "bf16"
-    try:
+    with _settings(engine, bf16=path == "bf16"):
         return _run_path(segmenter, engine, case, path, folder)
+
+
+@contextmanager
+def _settings(engine: SamEngine, **settings):
+    """The engine with some attributes (batch_size, bf16) changed for a measurement, then restored."""
+    saved = {name: getattr(engine, name) for name in settings}
+    for name, value in settings.items():
+        setattr(engine, name, value)
+    try:
+        yield engine
     finally:
-        engine.bf16 = default_bf16
+        for name, value in saved.items():
+            setattr(engine, name, value)
 
 
 def _run_path(segmenter: ProstateSegmenter, engine: SamEngine, case: Case, path: str, folder: Path) -> tuple[VolumeTiming, np.ndarray]:
@@ -206,26 +218,22 @@ def encoder_levers(segmenter: ProstateSegmenter, case: Case, plain: SamEngine, c
     fast = segmenter.sam
     image, _ = case.read()
     slices = normalised_array(image)[:count]
-    original_batch, original_bf16 = fast.batch_size, fast.bf16
 
     def timed(engine: SamEngine, batch_size: int, bf16: bool = False) -> tuple[float, torch.Tensor]:
-        engine.batch_size, engine.bf16 = batch_size, bf16
-        started = time.perf_counter()
-        embeddings = engine.encode(slices)
-        return 1000 * (time.perf_counter() - started) / len(slices), embeddings
+        with _settings(engine, batch_size=batch_size, bf16=bf16):
+            started = time.perf_counter()
+            embeddings = engine.encode(slices)
+            return 1000 * (time.perf_counter() - started) / len(slices), embeddings
 
-    try:
-        baseline_ms, baseline = timed(plain, 1)
-        rows = [("plain fp32, batch 1 (naive)", baseline_ms, 0.0)]
-        for name, batch_size, bf16 in (
-            ("fast fp32, batch 1 (CPU)", 1, False),
-            ("fast fp32, batch 4 (GPU)", 4, False),
-            ("fast, bf16 autocast, batch 1 (CPU with native bfloat16)", 1, True),
-        ):
-            ms, embeddings = timed(fast, batch_size, bf16)
-            rows.append((name, ms, (embeddings - baseline).abs().max().item()))
-    finally:
-        fast.batch_size, fast.bf16 = original_batch, original_bf16
+    baseline_ms, baseline = timed(plain, 1)
+    rows = [("plain fp32, batch 1 (naive)", baseline_ms, 0.0)]
+    for name, batch_size, bf16 in (
+        ("fast fp32, batch 1 (CPU)", 1, False),
+        ("fast fp32, batch 4 (GPU)", 4, False),
+        ("fast, bf16 autocast, batch 1 (CPU with native bfloat16)", 1, True),
+    ):
+        ms, embeddings = timed(fast, batch_size, bf16)
+        rows.append((name, ms, (embeddings - baseline).abs().max().item()))
     return rows
 
 

@@ -180,14 +180,14 @@ class DeSAMSegmenter:
         anchor = torch.sigmoid(self.model.pimm(features, mask_embeddings[centre : centre + 1]))[0, 0]
         scale = anchor.shape[-1] / self.engine.sam.image_encoder.img_size
         columns, rows = (self.engine.transform.apply_coords(points, shape) * scale).astype(int).clip(0, anchor.shape[-1] - 1).T
-        chosen = sorted(set(np.flatnonzero(anchor[rows, columns].cpu().numpy() > 0.5)) | {centre})
-        weights = iou[chosen, 0].clamp(min=1e-3)
-        total = torch.zeros_like(anchor)
-        for start in range(0, len(chosen), PIMM_CHUNK):
-            part = chosen[start : start + PIMM_CHUNK]
+        others = [int(index) for index in np.flatnonzero(anchor[rows, columns].cpu().numpy() > 0.5) if index != centre]
+        weights = iou[:, 0].clamp(min=1e-3)
+        total = anchor * weights[centre]
+        for start in range(0, len(others), PIMM_CHUNK):
+            part = others[start : start + PIMM_CHUNK]
             probabilities = torch.sigmoid(self.model.pimm(features, mask_embeddings[part]))[:, 0]
-            total += (probabilities * weights[start : start + len(part), None, None]).sum(0)
-        return (total / weights.sum())[None, None]
+            total += (probabilities * weights[part, None, None]).sum(0)
+        return (total / weights[[centre, *others]].sum())[None, None]
 
 
 def load_desam(sam: Sam, checkpoint, sha256: str | None = None) -> DeSAM:
