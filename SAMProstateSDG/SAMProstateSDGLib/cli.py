@@ -105,7 +105,7 @@ class TrainingDefaults:
 
 TRAINING_DEFAULTS = {
     "sammed": TrainingDefaults(8, 1e-4, 8),
-    "desam-grid": TrainingDefaults(6, 3e-4, 8),
+    "desam-grid": TrainingDefaults(6, 3e-4, 4),  # two prompts per slice: 8 prompts a step
     "desam-box": TrainingDefaults(6, 3e-4, 8),
     "samed": TrainingDefaults(2, 1e-3, 2),
 }

@@ -1,9 +1,10 @@
 """DeSAM training on cached encoder features: PRIM and PIMM learn, the SAM encoders stay frozen.
 
-Grid mode: each slice is prompted with one positive point, drawn inside or outside the gland
+Grid mode: each slice is prompted with two positive points, each drawn inside or outside the gland
 1:1 (always outside on slices without gland); the target is the whole gland whatever the point,
-and the loss is Dice + CE + 10 × MSE between predicted and actual IoU. Box mode: the prompt is
-the whole slice and the loss Dice + CE.
+and the loss is Dice + CE + 10 × MSE between predicted and actual IoU + 10 × the variance of the
+two points' mask probabilities, so that PIMM learns to give every point of a grid the same mask.
+Box mode: the prompt is the whole slice and the loss Dice + CE.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from .sammed_training import low_resolution_target
 from .training_loop import FineTuningMethod, SliceSample, TrainingOptions
 
 IOU_LOSS_WEIGHT = 10.0
+POINTS_PER_SLICE = 2  # grid mode: prompts drawn per slice, whose masks the consistency term makes agree
+CONSISTENCY_WEIGHT = 10.0
 VALIDATION_GRID_SIDE = 3  # a 3 × 3 grid keeps per-epoch validation to about a minute on a CPU
 
 
@@ -72,16 +75,19 @@ class DeSAMMethod(FineTuningMethod):
             torch.cat([f.embedding for f in per_slice]), [torch.cat(skips) for skips in zip(*(f.skips for f in per_slice))]
         )
         masks = [cases[s.case].labels[s.slice] > 0 for s in batch]
-        shapes = [mask.shape for mask in masks]
-        points = None
-        if self.mode == "grid":
-            points = np.array([random_point(mask, mask.any() and generator.random() < 0.5, generator) for mask in masks])
-        logits, iou = self.segmenter(features, points, shapes)
-        target = torch.cat([low_resolution_target(self.engine, mask, logits.shape[-1]) for mask in masks])
-        loss = self.loss_function(logits, target)
-        if self.mode == "grid":
-            loss = loss + IOU_LOSS_WEIGHT * torch.nn.functional.mse_loss(iou, mask_iou(logits.detach(), target))
-        return loss
+        if self.mode == "box":
+            logits, _ = self.segmenter(features, None, [mask.shape for mask in masks])
+            return self.loss_function(logits, self._targets(masks, logits.shape[-1]))
+        repeated = [number for number in range(len(masks)) for _ in range(POINTS_PER_SLICE)]
+        points = np.array([random_point(masks[n], masks[n].any() and generator.random() < 0.5, generator) for n in repeated])
+        logits, iou = self.segmenter(features.slices(repeated), points, [masks[n].shape for n in repeated])
+        target = self._targets(masks, logits.shape[-1])[repeated]
+        consistency = torch.sigmoid(logits).unflatten(0, (len(masks), POINTS_PER_SLICE)).var(dim=1, unbiased=False).mean()
+        iou_error = torch.nn.functional.mse_loss(iou, mask_iou(logits.detach(), target))
+        return self.loss_function(logits, target) + IOU_LOSS_WEIGHT * iou_error + CONSISTENCY_WEIGHT * consistency
+
+    def _targets(self, masks: list[np.ndarray], side: int) -> torch.Tensor:
+        return torch.cat([low_resolution_target(self.engine, mask, side) for mask in masks])
 
     def optimiser(self, options: TrainingOptions, steps: int):
         return torch.optim.AdamW(self.trainable_parameters(), lr=options.learning_rate, weight_decay=1e-4), None
