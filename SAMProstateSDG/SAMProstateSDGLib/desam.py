@@ -31,7 +31,7 @@ from .model_catalog import DEFAULT_GRID_SIDE
 from .sam_engine import SamEngine
 
 DESAM_MODES = ("grid", "box")
-PIMM_CHUNK = 8  # prompts decoded by PIMM at once: its upsampled features take ~16 MB per prompt
+PIMM_CHUNK = 8  # grid points decoded at once: PIMM's upsampled features take ~16 MB per prompt
 
 
 class PromptRelevantIoUModule(nn.Module):
@@ -171,23 +171,31 @@ class DeSAMSegmenter:
         return resized[0, 0].float().cpu().numpy()
 
     def _grid_probability(self, features: EncoderFeatures, shape: tuple[int, int]) -> torch.Tensor:
-        """Low-resolution probability [1, 1, h, w]: the centre point's mask anchors which grid points count."""
+        """Low-resolution probability [1, 1, h, w]: the centre point's mask anchors which grid points count.
+
+        Points outside the anchor are never decoded: PRIM and PIMM run only for the points inside it."""
         points = grid_points(self.grid_side, shape)
+        centre = central_point(points, shape)
+        anchor, centre_iou = self._point_masks(features, points[[centre]], shape)
+        anchor = anchor[0]
+        scale = anchor.shape[-1] / self.engine.sam.image_encoder.img_size
+        columns, rows = (self.engine.transform.apply_coords(points, shape) * scale).astype(int).clip(0, anchor.shape[-1] - 1).T
+        inside = [int(index) for index in np.flatnonzero(anchor[rows, columns].cpu().numpy() > 0.5) if index != centre]
+        weight = centre_iou[0].clamp(min=1e-3)
+        total, weights = anchor * weight, weight
+        for start in range(0, len(inside), PIMM_CHUNK):
+            probabilities, iou = self._point_masks(features, points[inside[start : start + PIMM_CHUNK]], shape)
+            part_weights = iou.clamp(min=1e-3)
+            total = total + (probabilities * part_weights[:, None, None]).sum(0)
+            weights = weights + part_weights.sum()
+        return (total / weights)[None, None]
+
+    def _point_masks(self, features: EncoderFeatures, points: np.ndarray, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-resolution probabilities [K, h, w] and predicted IoU [K] of K single-point prompts on one slice."""
         sparse, dense = self.prompt_embeddings(points, [shape] * len(points))
         image_pe = self.engine.sam.prompt_encoder.get_dense_pe()
         mask_embeddings, iou = self.model.prim(features.embedding.expand(len(points), -1, -1, -1), image_pe, sparse, dense)
-        centre = central_point(points, shape)
-        anchor = torch.sigmoid(self.model.pimm(features, mask_embeddings[centre : centre + 1]))[0, 0]
-        scale = anchor.shape[-1] / self.engine.sam.image_encoder.img_size
-        columns, rows = (self.engine.transform.apply_coords(points, shape) * scale).astype(int).clip(0, anchor.shape[-1] - 1).T
-        others = [int(index) for index in np.flatnonzero(anchor[rows, columns].cpu().numpy() > 0.5) if index != centre]
-        weights = iou[:, 0].clamp(min=1e-3)
-        total = anchor * weights[centre]
-        for start in range(0, len(others), PIMM_CHUNK):
-            part = others[start : start + PIMM_CHUNK]
-            probabilities = torch.sigmoid(self.model.pimm(features, mask_embeddings[part]))[:, 0]
-            total += (probabilities * weights[part, None, None]).sum(0)
-        return (total / weights[[centre, *others]].sum())[None, None]
+        return torch.sigmoid(self.model.pimm(features, mask_embeddings))[:, 0], iou[:, 0]
 
 
 def load_desam(sam: Sam, checkpoint, sha256: str | None = None) -> DeSAM:
