@@ -176,8 +176,8 @@ class DeSAMSegmenter:
         Points outside the anchor are never decoded: PRIM and PIMM run only for the points inside it."""
         points = grid_points(self.grid_side, shape)
         centre = central_point(points, shape)
-        anchor, centre_iou = self._point_masks(features, points[[centre]], shape)
-        anchor = anchor[0]
+        anchors, centre_iou = self._point_masks(features, points[[centre]], shape)
+        anchor = anchors[0]
         scale = anchor.shape[-1] / self.engine.sam.image_encoder.img_size
         columns, rows = (self.engine.transform.apply_coords(points, shape) * scale).astype(int).clip(0, anchor.shape[-1] - 1).T
         inside = [int(index) for index in np.flatnonzero(anchor[rows, columns].cpu().numpy() > 0.5) if index != centre]
@@ -192,10 +192,8 @@ class DeSAMSegmenter:
 
     def _point_masks(self, features: EncoderFeatures, points: np.ndarray, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution probabilities [K, h, w] and predicted IoU [K] of K single-point prompts on one slice."""
-        sparse, dense = self.prompt_embeddings(points, [shape] * len(points))
-        image_pe = self.engine.sam.prompt_encoder.get_dense_pe()
-        mask_embeddings, iou = self.model.prim(features.embedding.expand(len(points), -1, -1, -1), image_pe, sparse, dense)
-        return torch.sigmoid(self.model.pimm(features, mask_embeddings))[:, 0], iou[:, 0]
+        logits, iou = self(features, points, [shape] * len(points))
+        return torch.sigmoid(logits)[:, 0], iou[:, 0]
 
 
 def load_desam(sam: Sam, checkpoint, sha256: str | None = None) -> DeSAM:
