@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMProstateSDG"))
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for the logic tests")
 
-import SAMProstateSDGMRML as bridge  # noqa: E402
+from SAMProstateSDGLib.slicerapp import mrml as bridge  # noqa: E402
 from conftest import FIXTURES, dice, read_mask  # noqa: E402
 from SAMProstateSDGLib.errors import InputError  # noqa: E402
-from SAMProstateSDGWorkflow import SAM_MODELS, ProstateWorkflow  # noqa: E402
+from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow  # noqa: E402
 
 TRAINING_LIMIT_S = 600
 
@@ -133,7 +133,7 @@ def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow):
 
 def test_a_users_own_sam_checkpoint_is_used_and_a_wrong_type_refused(workflow, volume_node):
     from SAMProstateSDGLib.model_catalog import default_entry
-    from SAMProstateSDGWorkflow import checkpointModel
+    from SAMProstateSDGLib.slicerapp.workflow import checkpointModel
 
     own = checkpointModel(default_entry("sam").path, "litemedsam")  # any file the user picks, here the LiteMedSAM weights
     assert workflow.proposeBoxes(volume_node, model=own, device="cpu")
