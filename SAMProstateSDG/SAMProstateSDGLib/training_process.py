@@ -162,7 +162,7 @@ class TrainingProcess:
         """Move the complete lines the child has written since the last read to ``_unread``."""
         if self._log is None:
             return
-        exited = self._process.poll() is not None
+        exited = self._process.poll() is not None and not self._group_alive()
         text = self._partial + self._log.read()
         lines = text.splitlines(keepends=True)
         self._partial = lines.pop() if lines and not lines[-1].endswith(("\n", "\r")) and not exited else ""
@@ -180,10 +180,20 @@ class TrainingProcess:
 
     @property
     def finished(self) -> bool:
-        """The child has exited and all its output has been read (not necessarily polled yet)."""
-        if self._process is None or self._process.poll() is None:
+        """The child and everything it started have exited, and all output has been read (not necessarily polled yet)."""
+        if self._process is None or self._process.poll() is None or self._group_alive():
             return False
         self._read_log()
+        return True
+
+    def _group_alive(self) -> bool:
+        """Whether a process of the child's group is still running (POSIX; on Windows the launcher waits for its child)."""
+        if os.name != "posix":
+            return False
+        try:
+            os.killpg(self._process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
         return True
 
     @property
