@@ -132,6 +132,8 @@ class ProstateWorkflow:
             self._observedScenes[scene] = scene.AddObserver(scene.NodeRemovedEvent, self._onNodeRemoved)
 
     def _onNodeRemoved(self, scene, event) -> None:
+        if "_sessions" not in vars(self):  # the interpreter is tearing this object down while the scene clears
+            return
         self.forgetVolumes({volumeID for volumeID in self.cachedVolumeIDs() if scene.GetNodeByID(volumeID) is None})
 
     def encodeNextSlice(self) -> bool:
