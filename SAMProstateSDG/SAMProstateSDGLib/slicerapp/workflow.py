@@ -141,7 +141,7 @@ class ProstateWorkflow:
 
         The module calls this from a Qt timer on the main thread, one slice per tick, while the user
         checks the boxes: inside Slicer the main thread holds the GIL while Qt idles, so a worker
-        thread would not progress. One slice costs one encoder call (about a tenth of a second on a CPU).
+        thread would not progress. Each call costs one encoder call (0.4-1.2 s per slice on a CPU, README).
         """
         while self._pendingEncoding:
             _, encoded, index = self._pendingEncoding.pop(0)
