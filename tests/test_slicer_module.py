@@ -44,6 +44,24 @@ def test_the_module_folder_registers_one_module_and_builds_its_panel_without_the
     assert report["appConnections"] == ["startupCompleted()"]
 
 
+def test_the_user_data_folder_chosen_in_the_training_tab_is_used_and_remembered(tmp_path):
+    report = run_scenario("load", chooseUserFolder=str(tmp_path / "runs"))
+
+    assert report["chosen"] == {
+        "workflow": str(tmp_path / "runs"),
+        "trainedModelsFile": str(tmp_path / "runs" / "trained_models.json"),
+        "nextSession": str(tmp_path / "runs"),
+    }
+
+
+def test_the_self_test_skips_naming_the_missing_requirements_and_needs_no_data_folder():
+    report = run_scenario("selftest")
+
+    assert report["failures"] == []
+    (reason,) = report["skipped"]
+    assert reason.startswith("the Python requirements are not installed: torch>=2.8") and "monai>=1.6.1,<2" in reason
+
+
 def test_an_older_slicer_is_told_which_version_it_needs():
     report = run_scenario("requirements", version=[5, 8])
 
