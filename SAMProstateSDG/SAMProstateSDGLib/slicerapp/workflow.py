@@ -2,7 +2,9 @@
 
 Boxes are markups ROI nodes, clicks a markups point list, results a segmentation node; each
 volume node keeps its prepared volume (SAM embeddings computed once per slice) and its last boxes
-and labels while its voxels and geometry are unchanged. Training runs in a child process.
+and labels while its voxels and geometry are unchanged, and until it is removed from the scene.
+Training runs in a child process. Importing this module loads neither torch nor SAM: they are
+imported by the first computation, after the module has checked its requirements.
 """
 
 import dataclasses
@@ -11,13 +13,14 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.model_catalog import catalog
 from SAMProstateSDGLib.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
 
-BOX_FILTERS = {  # title -> SAMProstateSDGLib.boxes.ComponentFilter value: how the coarse mask becomes boxes
-    "Largest 3D component": "3d",
-    "Largest component per slice (SAMMed)": "2d",
-    "Unfiltered coarse mask": "none",
+BOX_FILTERS = {  # SAMProstateSDGLib.boxes.ComponentFilter value (stored in scenes) -> title: how the coarse mask becomes boxes
+    "3d": "Largest 3D component",
+    "2d": "Largest component per slice (SAMMed)",
+    "none": "Unfiltered coarse mask",
 }
 SAM_MODELS = [entry.id for entry in catalog().values() if entry.kind == "sam"]
 CHECKPOINT_PREFIX = "checkpoint:"
@@ -47,6 +50,8 @@ class ProstateWorkflow:
         self._training: Optional[TrainingProcess] = None
         self._trainingStopped = False
         self.trainingError: Optional[str] = None
+        self._pendingEncoding = []  # (volume node ID, EncodedVolume, slice index) still to encode, in order
+        self._observedScenes = {}  # scene -> observer tag of its NodeRemovedEvent
 
     @property
     def trainedModelsFile(self) -> Path:
@@ -65,6 +70,10 @@ class ProstateWorkflow:
         """
         if self.isTraining():
             raise RuntimeError("A training run is already in progress.")
+        if data is None or str(data) in ("", ".") or not Path(data).is_dir():
+            raise InputError("choose the folder of training data (with its cases.csv) in the Training tab")
+        if not (Path(data) / "cases.csv").is_file():
+            raise InputError(f"{data} has no cases.csv; choose the folder of training data")
         output = self.userFolder / "runs" / f"{method}-{site}"
         request = TrainingRequest(method, Path(data), site, output, epochs, device, resume, maxCases, cache=self.userFolder / "embeddings")
         self._training, self._trainingStopped, self.trainingError = TrainingProcess(request, self.python), False, None
@@ -75,10 +84,20 @@ class ProstateWorkflow:
         return self._training is not None and not self._training.finished
 
     def stopTraining(self) -> None:
-        """Interrupt the run; its last completed epoch stays in the resume state."""
+        """Ask the run to stop and return at once (``pollTraining`` reports the end); its last completed
+        epoch stays in the resume state."""
         if self.isTraining():
             self._trainingStopped = True
             self._training.stop()
+
+    def shutdown(self) -> None:
+        """End a training run now (the module is closing) and stop observing scenes."""
+        if self.isTraining():
+            self._trainingStopped = True
+            self._training.kill()
+        for scene, tag in self._observedScenes.items():
+            scene.RemoveObserver(tag)
+        self._observedScenes.clear()
 
     def pollTraining(self) -> TrainingUpdate:
         """New log lines and progress; once the run has succeeded, its model is registered (and reported in the lines)."""
@@ -96,12 +115,40 @@ class ProstateWorkflow:
             self._training = None
         return update
 
-    def forgetVolumes(self) -> None:
-        """Drop the per-volume caches (the scene is closing)."""
-        for _, session in self._sessions.values():
-            session.volume.encoded.stop_background()
-        self._sessions.clear()
-        self._written.clear()
+    def forgetVolumes(self, volumeIDs=None) -> None:
+        """Drop the caches of these volume node IDs (default: all of them, the scene is closing)."""
+        forget = (lambda volumeID: True) if volumeIDs is None else (lambda volumeID: volumeID in volumeIDs)
+        self._sessions = {key: value for key, value in self._sessions.items() if not forget(key[0])}
+        self._written = {key: value for key, value in self._written.items() if not forget(key[0])}
+        self._pendingEncoding = [item for item in self._pendingEncoding if not forget(item[0])]
+
+    def cachedVolumeIDs(self) -> set:
+        """The volume node IDs whose prepared volumes are cached."""
+        return {key[0] for key in self._sessions}
+
+    def _observeScene(self, scene) -> None:
+        """Drop a volume's caches as soon as its node leaves ``scene`` (not only when the scene closes)."""
+        if scene not in self._observedScenes:
+            self._observedScenes[scene] = scene.AddObserver(scene.NodeRemovedEvent, self._onNodeRemoved)
+
+    def _onNodeRemoved(self, scene, event) -> None:
+        if "_sessions" not in vars(self):  # the interpreter is tearing this object down while the scene clears
+            return
+        self.forgetVolumes({volumeID for volumeID in self.cachedVolumeIDs() if scene.GetNodeByID(volumeID) is None})
+
+    def encodeNextSlice(self) -> bool:
+        """Encode the next slice queued by ``proposeBoxes``; False once nothing is left.
+
+        The module calls this from a Qt timer on the main thread, one slice per tick, while the user
+        checks the boxes: inside Slicer the main thread holds the GIL while Qt idles, so a worker
+        thread would not progress. Each call costs one encoder call (0.4-1.2 s per slice on a CPU, README).
+        """
+        while self._pendingEncoding:
+            _, encoded, index = self._pendingEncoding.pop(0)
+            if index not in encoded.embeddings:
+                encoded.encode([index])
+                return bool(self._pendingEncoding)
+        return False
 
     def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
         """The loaded models for ``model`` and ``method`` on ``device`` (each loaded once).
@@ -110,7 +157,6 @@ class ProstateWorkflow:
         trained model; a trained model (a coarse network, a SAMMed decoder, DeSAM or SAMed) is
         added to the shipped LiteMedSAM and takes the place of ``method``'s shipped model.
         """
-        from SAMProstateSDGLib.errors import InputError
         from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
         from SAMProstateSDGLib.pipeline import ProstateSegmenter
 
@@ -146,15 +192,14 @@ class ProstateWorkflow:
 
         Sessions of one volume and model share its prepared volume, so each slice is encoded once.
         """
-        import SAMProstateSDGMRML as bridge
         from SAMProstateSDGLib.pipeline import BoxSegmentation
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         key = (volumeNode.GetID(), model, device, method)
         fingerprint = (volumeNode.GetImageData().GetMTime(), tuple(bridge.ijk_to_ras(volumeNode).ravel()))
         cached = self._sessions.get(key)
         if cached is None or cached[0] != fingerprint:
-            if cached is not None:
-                cached[1].volume.encoded.stop_background()
+            self._observeScene(volumeNode.GetScene())
             base = self._sessions.get((volumeNode.GetID(), model, device, "zero-shot"))
             if method != "zero-shot" and base is not None and base[0] == fingerprint:
                 prepared = base[1].volume
@@ -167,25 +212,32 @@ class ProstateWorkflow:
     def proposeBoxes(self, volumeNode, method: str = next(iter(BOX_FILTERS)), model: str = SAM_MODELS[0], device: str = "auto") -> list:
         """Replace the volume's box ROIs with boxes proposed by the coarse network; returns the new ROIs.
 
-        The boxed slices start encoding in the background while the user checks the boxes.
+        ``method`` is a ``BOX_FILTERS`` id. The boxed slices are queued for ``encodeNextSlice``, which
+        encodes them while the user checks the boxes.
         """
-        import SAMProstateSDGMRML as bridge
         from SAMProstateSDGLib.boxes import ComponentFilter
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         segmenter = self.segmenter(model, device)
-        options = dataclasses.replace(segmenter.options, component_filter=ComponentFilter(BOX_FILTERS[method]))
+        options = dataclasses.replace(segmenter.options, component_filter=ComponentFilter(method))
         volume = self.session(volumeNode, model, device).volume
         boxes = segmenter.propose_boxes(volume, options)
-        volume.encoded.encode_in_background(sorted(boxes))
+        self._pendingEncoding = [item for item in self._pendingEncoding if item[0] != volumeNode.GetID()]
+        self._pendingEncoding += [(volumeNode.GetID(), volume.encoded, index) for index in sorted(boxes)]
         for roiNode in bridge.box_roi_nodes(volumeNode):
-            if roiNode.GetAttribute(bridge.BOX_VOLUME_ATTRIBUTE) == volumeNode.GetID():
-                volumeNode.GetScene().RemoveNode(roiNode)
+            volumeNode.GetScene().RemoveNode(roiNode)
         return bridge.roi_nodes_from_boxes(volumeNode, boxes)
+
+    def addBox(self, volumeNode, pointRAS):
+        """A new box ROI on the volume's slice through ``pointRAS`` (the user then moves and resizes it)."""
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        return bridge.add_box_roi_node(volumeNode, pointRAS)
 
     def segment(self, volumeNode, roiNodes=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
         """Segment inside the boxes (default: the volume's box ROIs in the scene), or every slice for a
         method that prompts itself (DeSAM, SAMed); returns the segmentation node."""
-        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         session = self.session(volumeNode, model, device, method)
         segmenter = self.segmenter(model, device, method)
@@ -200,7 +252,7 @@ class ProstateWorkflow:
     @staticmethod
     def segmentNames(segmenter) -> dict:
         """Label -> segment name: the zones for SAMed, else one prostate segment."""
-        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
         from SAMProstateSDGLib.pipeline import ZONE_NAMES
         from SAMProstateSDGLib.samed import SAMedSegmenter
 
@@ -211,8 +263,7 @@ class ProstateWorkflow:
         method: str = "zero-shot",
     ):
         """Segment one slice from the clicks on it (and the ROI's box, if given); returns the segmentation node."""
-        import SAMProstateSDGMRML as bridge
-        from SAMProstateSDGLib.errors import InputError
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         if self.segmentNames(self.segmenter(model, device, method)) != bridge.PROSTATE_SEGMENTS:
             raise InputError("clicks refine the whole gland; segment with a method other than SAMed's zones first")
@@ -237,7 +288,7 @@ class ProstateWorkflow:
         self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"
     ):
         """Re-segment every slice that has clicks, with that slice's box ROI when it has one."""
-        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         roiBySlice = {bridge.box_from_roi_node(volumeNode, roi)[0]: roi for roi in bridge.box_roi_nodes(volumeNode)}
         for sliceIndex in sorted(bridge.point_prompts(volumeNode, pointListNode)):
@@ -248,7 +299,7 @@ class ProstateWorkflow:
 
     def _write(self, session, volumeNode, segmentationNode, names: Optional[dict] = None):
         """Show the session's labels: update the segments written before, or add new ones."""
-        import SAMProstateSDGMRML as bridge
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         key = (volumeNode.GetID(), segmentationNode.GetID() if segmentationNode else None)
         written = self._written.get(key)

