@@ -10,22 +10,17 @@ right-handed, so that volume node is made from the array by the bridge and check
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMProstateSDG"))
-
-slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for the MRML bridge tests")
-
-from SAMProstateSDGLib.slicerapp import mrml as bridge  # noqa: E402
-from conftest import FIXTURES, dice, read_mask  # noqa: E402
-from SAMProstateSDGLib.boxes import Box, boxes_from_labels  # noqa: E402
-from SAMProstateSDGLib.boxes_json import LPS_TO_RAS, boxes_to_json  # noqa: E402
-from SAMProstateSDGLib.errors import InputError  # noqa: E402
+import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
+from conftest import FIXTURES, dice, read_mask
+from SAMProstateSDGLib.boxes import Box, boxes_from_labels
+from SAMProstateSDGLib.boxes_json import LPS_TO_RAS, boxes_to_json
+from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.slicerapp import mrml as bridge
 
 AXIS_SIGNS = {"oblique": (1.0, 1.0, 1.0), "flipped": (-1.0, -1.0, 1.0), "left-handed": (-1.0, 1.0, 1.0)}
 

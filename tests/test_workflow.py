@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SAMProstateSDG"))
-
-slicer = pytest.importorskip("slicer", reason="the slicer-core package is needed for the logic tests")
-
-from SAMProstateSDGLib.slicerapp import mrml as bridge  # noqa: E402
-from conftest import FIXTURES, dice, read_mask  # noqa: E402
-from SAMProstateSDGLib.errors import InputError  # noqa: E402
-from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow  # noqa: E402
+import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
+from conftest import FIXTURES, dice, read_mask
+from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.slicerapp import mrml as bridge
+from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow
 
 TRAINING_LIMIT_S = 600
 
