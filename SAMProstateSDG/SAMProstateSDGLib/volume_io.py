@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,23 +17,66 @@ from .errors import InputError
 from .files import write_atomically
 
 MIN_SLICE_PIXELS = 16
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # one-file formats: written atomically, never half a pair
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+FLOAT32_LIMIT = float(np.finfo(np.float32).max)
+ORTHOGONALITY_TOLERANCE = 1e-4  # NIfTI stores a rotation; ITK coerces matrices further from one than this
 
 
 def read_volume(path: str | os.PathLike) -> sitk.Image:
     """Read a 3D scalar volume (any SimpleITK format, or a DICOM series folder) and validate it."""
+    image = read_image(path)
+    validate_volume(image, str(path))
+    return image
+
+
+def read_image(path: str | os.PathLike, what: str = "input") -> sitk.Image:
+    """Read an image file or DICOM series folder, refusing missing, truncated and unreadable ones."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"input not found: {path}")
+        raise InputError(f"{what} not found: {path}")
     try:
         if path.is_dir():
-            image = _read_dicom_folder(path)
-        else:
-            image = sitk.ReadImage(str(path))
+            return _read_dicom_folder(path)
+        _check_complete(path)
+        return sitk.ReadImage(str(path))
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise InputError(f"cannot read {path}: {reason}") from None
-    validate_volume(image, str(path))
-    return image
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a gzip stream that is cut short or damaged, and NIfTI voxel data shorter than its header says
+    (ITK would fill the missing voxels with zeros)."""
+    try:
+        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as stream:
+            header = stream.read(540)
+            size = len(header) + sum(len(block) for block in iter(lambda: stream.read(1 << 20), b""))
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise InputError(f"{path} is truncated or corrupt ({error})") from None
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+    needed = _nifti_data_end(header) if path.name.endswith(NIFTI_SUFFIXES) else None
+    if needed is not None and size < needed:
+        raise InputError(f"{path} is truncated: {size} bytes of image data, its header needs {needed}")
+
+
+def _nifti_data_end(header: bytes) -> int | None:
+    """Where a single-file NIfTI-1 or NIfTI-2 image's voxel data ends, from its header; None if not NIfTI."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims, bitpix = struct.unpack(order + "8h", header[40:56]), struct.unpack(order + "h", header[72:74])[0]
+            offset = struct.unpack(order + "f", header[108:112])[0]
+            break
+        if len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            bitpix, dims = struct.unpack(order + "h", header[14:16])[0], struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7:
+        return None
+    return int(offset) + math.prod(max(dim, 1) for dim in dims[1 : 1 + dims[0]]) * bitpix // 8
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
@@ -57,6 +104,9 @@ def validate_volume(image: sitk.Image, name: str) -> None:
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all():
         raise InputError(f"{name} contains NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if max(abs(low), abs(high), high - low) > FLOAT32_LIMIT:
+        raise InputError(f"{name} has values from {low:.3g} to {high:.3g}, beyond 32-bit floating point (±{FLOAT32_LIMIT:.3g}); rescale it")
     if values.min() == values.max():
         raise InputError(f"{name} is constant (every voxel is {values.min()}); nothing to segment")
 
@@ -74,15 +124,24 @@ def label_image(labels: np.ndarray, reference: sitk.Image) -> sitk.Image:
     return image
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to replace an existing file unless asked, and to write into a missing folder."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"output {path} exists; use --overwrite to replace it")
-    if not path.parent.exists():
-        raise InputError(f"output folder {path.parent} does not exist")
-    return path
+def check_label_suffix(path: Path) -> None:
+    if not path.name.endswith(LABEL_SUFFIXES):
+        raise InputError(f"cannot write a label volume as {path.name}: name it .nii.gz, .nii, .nrrd or .mha")
+
+
+def check_label_geometry(image: sitk.Image, name: str, output: Path) -> None:
+    """Refuse a direction matrix the output format would change (NIfTI stores only rotations)."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    error = float(np.abs(direction.T @ direction - np.eye(3)).max())
+    if output.name.endswith(NIFTI_SUFFIXES) and error > ORTHOGONALITY_TOLERANCE:
+        raise InputError(f"{name} has a non-orthogonal direction matrix (off by {error:.2g}), which NIfTI cannot keep; "
+                         f"write the label volume as .nrrd or .mha")
+
+
+def image_writer(image: sitk.Image):
+    """``write(path)`` of a compressed image, for the atomic writers of ``files``."""
+    return lambda temporary: sitk.WriteImage(image, temporary, useCompression=True)
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
-    write_atomically(path, lambda temporary: sitk.WriteImage(image, temporary, useCompression=True))
+    write_atomically(path, image_writer(image))
