@@ -190,8 +190,8 @@ def run_segment(arguments) -> None:
         _run_batch(batch, arguments)
         return
     path, output = arguments.input[0], arguments.output
-    check_label_suffix(output)
     check_outputs(filter(None, [output, arguments.boxes_out, arguments.overlay]), [path, arguments.boxes_in, *_model_files(arguments)], arguments.overwrite)
+    check_label_suffix(output)
     image = read_volume(path)
     check_label_geometry(image, str(path), output)
     boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from monai.transforms import ScaleIntensityRangePercentiles
 
 from .errors import InputError
 from .files import write_atomically
@@ -53,7 +52,7 @@ def _check_complete(path: Path) -> None:
             header = stream.read(540)
             size = len(header) + sum(len(block) for block in iter(lambda: stream.read(1 << 20), b""))
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise InputError(f"{path} is truncated or corrupt ({error})") from None
+        raise InputError(f"cannot read {path}: truncated or corrupt ({error})") from None
     except OSError as error:
         raise InputError(f"cannot read {path}: {error.strerror or error}") from None
     needed = _nifti_data_end(header) if path.name.endswith(NIFTI_SUFFIXES) else None
@@ -113,6 +112,8 @@ def validate_volume(image: sitk.Image, name: str) -> None:
 
 def normalised_array(image: sitk.Image, low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Voxels as float32 [slices, rows, columns] scaled to 0..1 between two percentiles of the volume."""
+    from monai.transforms import ScaleIntensityRangePercentiles  # imported here: refusals need no MONAI (seconds to import)
+
     scale = ScaleIntensityRangePercentiles(lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)
     return np.asarray(scale(sitk.GetArrayFromImage(image).astype(np.float32)[None]))[0]
 
