@@ -184,6 +184,19 @@ def test_truncated_or_corrupt_volumes_are_refused(capsys, tmp_path, no_model_loa
     assert_refused(capsys, tmp_path, ["segment", make_input(tmp_path), "-o", tmp_path / "out.nii.gz"], message)
 
 
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_a_truncated_metaimage_or_nrrd_is_one_line_from_the_command(tmp_path, suffix):
+    """ITK's MetaImage reader prints its own lines to the process's stderr: they are held back on a refusal."""
+    whole = tmp_path / f"whole{suffix}"
+    sitk.WriteImage(sitk.ReadImage(str(CASE)), str(whole))
+    truncated = tmp_path / f"t{suffix}"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    result = subprocess.run([str(SAMPROSTATE), "segment", truncated, "-o", tmp_path / "out.nii.gz"], capture_output=True, text=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"samprostate: error: cannot read {truncated}"), lines
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
 def test_a_whole_uncompressed_volume_still_reads(tmp_path):
     from SAMProstateSDGLib.volume_io import read_volume
 

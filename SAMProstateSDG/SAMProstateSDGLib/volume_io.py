@@ -5,9 +5,14 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import re
 import struct
+import sys
+import tempfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,19 +43,50 @@ def read_image(path: str | os.PathLike, what: str = "input") -> sitk.Image:
         if path.is_dir():
             return _read_dicom_folder(path)
         _check_complete(path)
-        return sitk.ReadImage(str(path))
+        with _native_messages_kept_if_read():
+            return sitk.ReadImage(str(path))
     except RuntimeError as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise InputError(f"cannot read {path}: {reason}") from None
+        raise InputError(f"cannot read {path}: {_itk_reason(error)}") from None
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """The telling line of an ITK exception: its last, unless that is a stale errno ("Reason: ...")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[-1].startswith("Reason:"):
+        return re.sub(r"^ITK ERROR: \w+\(0x[0-9a-f]+\): ", "", lines[-2])
+    return lines[-1] if lines else "unknown reason"
+
+
+@contextmanager
+def _native_messages_kept_if_read() -> Iterator[None]:
+    """Hold what ITK's readers print to the process's stderr (MetaIO prints its own lines on a short file):
+    shown after a successful read, dropped when the read fails and the one-line refusal says why."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        held.seek(0)
+        sys.stderr.write(held.read().decode(errors="replace"))
 
 
 def _check_complete(path: Path) -> None:
     """Refuse a gzip stream that is cut short or damaged, and NIfTI voxel data shorter than its header says
     (ITK would fill the missing voxels with zeros)."""
+    compressed = path.name.endswith(".gz")
+    if not compressed and not path.name.endswith(NIFTI_SUFFIXES):
+        return  # ITK itself refuses short MetaImage and NRRD data
     try:
-        with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as stream:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
             header = stream.read(540)
-            size = len(header) + sum(len(block) for block in iter(lambda: stream.read(1 << 20), b""))
+            if compressed:  # read to the end: gzip checks the stream's end marker, length and CRC there
+                size = len(header) + sum(len(block) for block in iter(lambda: stream.read(1 << 20), b""))
+            else:
+                size = path.stat().st_size
     except (EOFError, gzip.BadGzipFile, zlib.error) as error:
         raise InputError(f"cannot read {path}: truncated or corrupt ({error})") from None
     except OSError as error:
