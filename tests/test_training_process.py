@@ -94,7 +94,7 @@ def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoc
     assert time.monotonic() - stopped_at < 10
     assert process.returncode != 0
     assert process.error_message == "samprostate: interrupted"
-    saved_epoch = torch.load(process.request.resume_state_path, weights_only=False)["epoch"]
+    saved_epoch = torch.load(process.request.resume_state_path, weights_only=True)["epoch"]
     assert 1 <= saved_epoch < 20  # how many epochs a tiny run completes before it stops depends on the machine
 
     total = saved_epoch + 2  # resumed to a shorter run than the stopped one

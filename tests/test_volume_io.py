@@ -4,7 +4,8 @@ import SimpleITK as sitk
 
 from conftest import FIXTURES
 from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.volume_io import check_output_path, label_image, normalised_array, read_volume, write_image
+from SAMProstateSDGLib.files import check_outputs
+from SAMProstateSDGLib.volume_io import label_image, normalised_array, read_volume, write_image
 
 
 def test_reads_real_volume_and_normalises_to_unit_range():
@@ -87,10 +88,10 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     existing = tmp_path / "out.nii.gz"
     existing.write_bytes(b"user data")
     with pytest.raises(InputError, match="--overwrite"):
-        check_output_path(existing, overwrite=False)
-    assert check_output_path(existing, overwrite=True) == existing
+        check_outputs([existing], [], overwrite=False)
+    check_outputs([existing], [], overwrite=True)
     with pytest.raises(InputError, match="does not exist"):
-        check_output_path(tmp_path / "no" / "out.nii.gz", overwrite=False)
+        check_outputs([tmp_path / "no" / "out.nii.gz"], [], overwrite=False)
 
 
 @pytest.mark.parametrize("name, swapped", [("Case00", True), ("Case29", True), ("P158-020", False)])

@@ -9,18 +9,22 @@ oblique and flipped volumes are handled exactly.
 from __future__ import annotations
 
 import json
+import math
+from functools import lru_cache
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import SimpleITK as sitk
 
 from .boxes import Box
 from .errors import InputError
-from .files import write_text_atomically
+from .files import json_text, write_text_atomically
 
 FORMAT = "samprostate-boxes"
 VERSION = 1
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+SCHEMA_FILE = Path(__file__).with_name("boxes.schema.json")
 
 
 def geometry(image: sitk.Image) -> dict:
@@ -57,22 +61,51 @@ def boxes_to_json(boxes: dict[int, Box], image: sitk.Image) -> dict:
     }
 
 
+def boxes_text(boxes: dict[int, Box], image: sitk.Image) -> str:
+    return json_text(boxes_to_json(boxes, image), indent=1)
+
+
 def write_boxes(path: str | Path, boxes: dict[int, Box], image: sitk.Image) -> None:
-    text = json.dumps(boxes_to_json(boxes, image), indent=1) + "\n"
-    write_text_atomically(path, text)
+    write_text_atomically(path, boxes_text(boxes, image))
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def validate_boxes_json(data, path: Path) -> None:
+    """Check a parsed boxes file against ``boxes.schema.json``; the message names the field."""
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        message = error.message if len(error.message) <= 120 else error.message[:117] + "..."
+        raise InputError(f"{path}: {error.json_path}: {message} (see the README, Box JSON)")
 
 
 def read_boxes(path: str | Path, image: sitk.Image) -> dict[int, Box]:
     """Boxes for ``image`` from a boxes file; refuses a file made for another volume size."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), parse_float=_finite, parse_constant=_no_constant)
     except FileNotFoundError:
         raise InputError(f"boxes file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except IsADirectoryError:
+        raise InputError(f"boxes file {path} is a folder") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
         raise InputError(f"cannot read boxes file {path}: {error}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise InputError(f"{path} is not a {FORMAT} version {VERSION} file")
+    validate_boxes_json(data, path)
     size = data.get("image", {}).get("size")
     if size is not None and list(size) != list(image.GetSize()):
         raise InputError(f"{path} was made for a volume of size {size}, the input is {list(image.GetSize())}")
@@ -80,8 +113,8 @@ def read_boxes(path: str | Path, image: sitk.Image) -> dict[int, Box]:
     for number, entry in enumerate(data.get("boxes", [])):
         try:
             index, box = _entry_box(entry, image)
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise InputError(f"{path}: box {number} needs 'slice' and 'pixel', or 'ras'/'lps' corners") from None
+        except (ValueError, OverflowError) as error:
+            raise InputError(f"{path}: $.boxes[{number}]: {error}") from None
         _check_inside(box, index, image, path)
         boxes[index] = box
     return boxes
@@ -95,7 +128,7 @@ def _entry_box(entry: dict, image: sitk.Image) -> tuple[int, Box]:
     indices = np.array([image.TransformPhysicalPointToContinuousIndex(corner.tolist()) for corner in corners[:2]])
     index = int(round(indices[:, 2].mean()))
     if "slice" in entry and int(entry["slice"]) != index:
-        raise ValueError("slice does not match the physical corners")
+        raise ValueError(f"slice {entry['slice']} does not match the physical corners (slice {index})")
     (xa, ya, _), (xb, yb, _) = indices
     return index, Box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
 

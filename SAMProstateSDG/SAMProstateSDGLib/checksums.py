@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -34,7 +35,48 @@ def load_weights(path: str | Path, description: str, sha256: str | None = None):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a checkpoint
-        raise InputError(f"{path} is not a readable {description} ({type(error).__name__})") from None
+        raise InputError(f"{path} is not a readable {description}: {_cause(error)}") from None
+
+
+def require_resume_state(path: Path) -> None:
+    if not path.is_file():
+        raise InputError(f"nothing to resume: {path} does not exist (run without --resume to start afresh)")
+
+
+def load_resume_state(path: Path, keys: tuple[str, ...]) -> dict:
+    """A training run's resume state (read as weights only: it holds tensors, numbers, lists and dictionaries)."""
+    require_resume_state(path)
+    state = load_weights(path, "resume state")
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise InputError(f"{path} is not a resume state of this training: no {', '.join(missing)}")
+    return state
+
+
+def _cause(error: Exception) -> str:
+    """The informative line of a load error (for a pickle that is not weights only: the global it names)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(error).__name__)
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _listed(names: list[str], shown: int = 3) -> str:
+    more = f" (+{len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def load_state_strictly(module: torch.nn.Module, state, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)``; a mismatch names the first missing, unexpected or misshapen keys."""
+    if not isinstance(state, Mapping) or not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()):
+        raise InputError(f"{what}: wrong keys or shapes (not a dictionary of named tensors)")
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshapen = [f"{key} {tuple(state[key].shape)} for {tuple(expected[key].shape)}" for key in expected if key in state and state[key].shape != expected[key].shape]
+    problems = [f"{label} {_listed(names)}" for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", misshapen)) if names]
+    if problems:
+        raise InputError(f"{what}: wrong keys or shapes: " + "; ".join(problems))
+    module.load_state_dict(state, strict=True)
 
 
 def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -42,15 +84,14 @@ def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
 
-def full_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {name: tensor.float() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
+def full_precision(state: Mapping) -> dict:
+    """Floating-point tensors in fp32; anything else unchanged (a strict load refuses what is not a tensor)."""
+    return {name: value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value for name, value in state.items()}
 
 
 def load_trained_weights(module: "torch.nn.Module", checkpoint: str | Path, description: str, sha256: str | None = None) -> "torch.nn.Module":
     """Load a checkpoint of trained weights (fp16 or fp32) into ``module`` with strict keys; returns it in eval mode."""
     state = load_weights(checkpoint, f"{description} checkpoint", sha256)
-    try:
-        module.load_state_dict(full_precision(state), strict=True)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        raise InputError(f"{checkpoint} does not fit this SAM's {description} ({type(error).__name__})") from None
+    state = full_precision(state) if isinstance(state, Mapping) else state
+    load_state_strictly(module, state, f"{checkpoint} does not fit this SAM's {description}")
     return module.eval()

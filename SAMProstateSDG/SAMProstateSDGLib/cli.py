@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from .boxes import ComponentFilter, ProposalOptions
 from .devices import DEVICE_CHOICES, PRECISION_CHOICES
@@ -30,8 +32,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                              "else fp32 (same Dice within 0.005, README)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other refusal; the usage itself is on --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"samprostate: error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="samprostate", description="Prostate segmentation on T2 MRI: coarse network boxes prompt SAM.")
+    parser = OneLineParser(prog="samprostate", description="Prostate segmentation on T2 MRI: coarse network boxes prompt SAM.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser("segment", help="segment a volume and write a label volume")
@@ -39,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a volume SimpleITK reads (nii, nii.gz, nrrd, mha) or a DICOM folder; several volumes, or a folder "
                               "of volume files, are segmented as a batch with the models loaded once")
     segment.add_argument("-o", "--output", type=Path, required=True,
-                         help="label volume to write (1 = prostate; SAMed: 1 TZ, 2 PZ); for a batch, the folder for NAME.nii.gz")
+                         help="label volume to write: .nii.gz, .nii, .nrrd or .mha (1 = prostate; SAMed: 1 TZ, 2 PZ); "
+                              "for a batch, the folder for NAME.nii.gz")
     segment.add_argument("--boxes-out", type=Path, help="write the boxes used to this JSON file")
     segment.add_argument("--boxes-in", type=Path, help="segment with these (possibly edited) boxes instead of proposing them")
     segment.add_argument("--overlay", type=Path, help="write a PNG of several slices with outline and boxes")
@@ -76,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
-    train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch")
+    train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
     embed = commands.add_parser("embed", help="encode every source-site slice once into the embedding cache")
@@ -92,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--learning-rate", type=float, help="default per method: " + ", ".join(f"{m} {d.learning_rate:g}" for m, d in TRAINING_DEFAULTS.items()))
     tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.batch_size}" for m, d in TRAINING_DEFAULTS.items()))
     tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--resume", action="store_true")
+    tune.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
     return parser
 
 
@@ -119,13 +129,31 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
 
+def _check_model_options(arguments) -> None:
+    """The model options' values and files, before any volume is read or model loaded."""
+    if not math.isfinite(arguments.margin_mm) or arguments.margin_mm < 0:
+        raise InputError("--margin-mm must be a number of millimetres, not negative")
+    if arguments.grid_points < 1:
+        raise InputError("--grid-points must be at least 1")
+    for option, path in (("--sam-checkpoint", arguments.sam_checkpoint), ("--coarse-checkpoint", arguments.coarse_checkpoint)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{option} {path} not found" if not path.exists() else f"{option} {path} is not a file")
+
+
+def _model_files(arguments) -> list[Path | None]:
+    return [arguments.sam_checkpoint, arguments.coarse_checkpoint]
+
+
+def _positive(**values: float | None) -> None:
+    """Refuse a given option value that is not a positive number (``None``: not given)."""
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"--{name.replace('_', '-')} must be positive, not {value:g}")
+
+
 def _segmenter(arguments):
     from .pipeline import ProstateSegmenter
 
-    if arguments.margin_mm < 0:
-        raise InputError("--margin-mm must not be negative")
-    if arguments.grid_points < 1:
-        raise InputError("--grid-points must be at least 1")
     options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
     return ProstateSegmenter.load(
         arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method,
@@ -149,51 +177,76 @@ def _batch_inputs(inputs: list[Path]) -> list[Path] | None:
 
 
 def run_segment(arguments) -> None:
-    from .volume_io import check_output_path
+    """Every path and volume is checked before any model loads; a refusal writes nothing."""
+    from .boxes_json import read_boxes
+    from .files import check_outputs
+    from .volume_io import check_label_geometry, check_label_suffix, read_volume
 
     if arguments.method not in BOX_METHODS and arguments.boxes_in:
         raise InputError(f"--method {arguments.method} prompts itself; --boxes-in works with {' and '.join(BOX_METHODS)}")
+    _check_model_options(arguments)
     batch = _batch_inputs(arguments.input)
-    if batch is None:
-        for path in filter(None, [arguments.output, arguments.boxes_out, arguments.overlay]):
-            check_output_path(path, arguments.overwrite)
-        _segment_volume(_segmenter(arguments), arguments.input[0], arguments.output, arguments)
+    if batch is not None:
+        _run_batch(batch, arguments)
         return
-    if arguments.boxes_in or arguments.boxes_out or arguments.overlay:
-        raise InputError("--boxes-in, --boxes-out and --overlay take one volume, not a batch")
-    if arguments.output.exists() and not arguments.output.is_dir():
-        raise InputError(f"{arguments.output} is a file; for a batch, -o is a folder")
-    outputs = {path: arguments.output / f"{_volume_name(path)}.nii.gz" for path in batch}
-    if len(set(outputs.values())) < len(outputs):
-        raise InputError("two inputs have the same name; their outputs would overwrite each other")
-    arguments.output.mkdir(parents=True, exist_ok=True)
-    for output in outputs.values():
-        check_output_path(output, arguments.overwrite)
-    _segment_batch(_segmenter(arguments), outputs, arguments)
+    path, output = arguments.input[0], arguments.output
+    check_outputs(filter(None, [output, arguments.boxes_out, arguments.overlay]), [path, arguments.boxes_in, *_model_files(arguments)], arguments.overwrite)
+    check_label_suffix(output)
+    image = read_volume(path)
+    check_label_geometry(image, str(path), output)
+    boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
+    _segment_volume(_segmenter(arguments), path, image, boxes, output, arguments)
 
 
-def _segment_batch(segmenter, outputs: dict[Path, Path], arguments) -> None:
-    """Every volume with the loaded models; a volume that fails is reported and the rest go on."""
+def _run_batch(batch: list[Path], arguments) -> None:
+    """Paths checked and volumes read before the models load; a volume that fails is reported and the rest go on."""
     from tqdm import tqdm
 
+    from .files import check_output_folder, check_outputs
+    from .volume_io import check_label_geometry, read_volume
+
+    if arguments.boxes_in or arguments.boxes_out or arguments.overlay:
+        raise InputError("--boxes-in, --boxes-out and --overlay take one volume, not a batch")
+    folder = arguments.output
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file; for a batch, -o is a folder")
+    outputs = {path: folder / f"{_volume_name(path)}.nii.gz" for path in batch}
+    if len(set(outputs.values())) < len(outputs):
+        raise InputError("two inputs have the same name; their outputs would overwrite each other")
+    if folder.exists():
+        check_outputs(outputs.values(), [*batch, *_model_files(arguments)], arguments.overwrite)
+    else:
+        check_output_folder(next(parent for parent in folder.absolute().parents if parent.exists()))
     failed = []
-    for path, output in tqdm(outputs.items(), desc="volumes", file=sys.stderr):
+    for path, output in list(outputs.items()):
         try:
-            _segment_volume(segmenter, path, output, arguments)
+            check_label_geometry(read_volume(path), str(path), output)
         except InputError as error:
             print(f"samprostate: error: {error}", file=sys.stderr)
             failed.append(path.name)
+            del outputs[path]
+    if outputs:
+        segmenter = _segmenter(arguments)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, output in tqdm(outputs.items(), desc="volumes", file=sys.stderr):
+            try:
+                _segment_volume(segmenter, path, read_volume(path), None, output, arguments)
+            except InputError as error:
+                tqdm.write(f"samprostate: error: {error}", file=sys.stderr)
+                failed.append(path.name)
     if failed:
-        raise InputError(f"{len(failed)} of {len(outputs)} volumes failed: {', '.join(failed)}")
+        raise InputError(f"{len(failed)} of {len(batch)} volumes failed: {', '.join(failed)}")
 
 
-def _segment_volume(segmenter, path: Path, output: Path, arguments) -> None:
-    from .boxes_json import read_boxes, write_boxes
-    from .overlay import write_overlay
-    from .volume_io import label_image, read_volume, write_image
+def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments) -> None:
+    """Segment one read volume and write the label volume, boxes and overlay together (all or nothing)."""
+    from tqdm import tqdm
 
-    image = read_volume(path)
-    boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
+    from .boxes_json import boxes_text
+    from .files import write_files_atomically
+    from .overlay import overlay_sheet
+    from .volume_io import image_writer, label_image
+
     volume = segmenter.prepare(image)
     if arguments.merge_slices and segmenter.automatic is None:
         from .tiling import segment_merged
@@ -205,27 +258,31 @@ def _segment_volume(segmenter, path: Path, output: Path, arguments) -> None:
         labels = segmenter.segment_with_boxes(volume, boxes)
     else:
         labels, boxes = segmenter.segment_automatically(volume), {}
-    write_image(label_image(labels, image), output)
+    writers = {output: image_writer(label_image(labels, image))}
     if arguments.boxes_out:
-        write_boxes(arguments.boxes_out, boxes, image)
+        text = boxes_text(boxes, image)
+        writers[arguments.boxes_out] = lambda temporary: Path(temporary).write_text(text)
     if arguments.overlay:
-        write_overlay(arguments.overlay, volume.normalised, labels, boxes)
-    print(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
+        sheet = overlay_sheet(volume.normalised, labels, boxes)
+        writers[arguments.overlay] = lambda temporary: sheet.save(temporary, format="PNG")
+    write_files_atomically(writers)
+    tqdm.write(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
     if not labels.any():
-        print(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
+        tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
 
 
 def run_evaluate(arguments) -> None:
     from .dataset import find_cases
     from .evaluation import evaluate, markdown_table
-    from .files import write_text_atomically
-    from .volume_io import check_output_path
+    from .files import check_outputs, write_text_atomically
 
-    if arguments.output:
-        check_output_path(arguments.output, arguments.overwrite)
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
+    _check_model_options(arguments)
     cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+    if arguments.output:
+        inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
+        check_outputs([arguments.output], inputs, arguments.overwrite)
     segmenter = _segmenter(arguments)
     trained_rows = arguments.sam_checkpoint is None and arguments.method == "zero-shot"  # trained methods build on LiteMedSAM
     table = markdown_table(evaluate(segmenter, cases, trained_rows))
@@ -234,12 +291,21 @@ def run_evaluate(arguments) -> None:
         write_text_atomically(arguments.output, table + "\n")
 
 
+def _check_training_output(folder: Path) -> None:
+    """A training output folder: a folder (or not yet there) that can be written in; it is created only once training starts."""
+    from .files import check_output_folder
+
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output {folder} is a file; training writes into a folder")
+    check_output_folder(folder if folder.exists() else next(parent for parent in folder.absolute().parents if parent.exists()))
+
+
 def run_train_coarse(arguments) -> None:
     from .coarse_training import CoarseTrainingOptions, train_coarse_net
     from .devices import pick_device
 
-    if arguments.epochs < 1 or arguments.batch_size < 1:
-        raise InputError("--epochs and --batch-size must be at least 1")
+    _positive(epochs=arguments.epochs, batch_size=arguments.batch_size, learning_rate=arguments.learning_rate, max_cases=arguments.max_cases)
+    _check_training_output(arguments.output)
     options = CoarseTrainingOptions(
         data=arguments.data,
         site=arguments.site,
@@ -256,11 +322,17 @@ def run_train_coarse(arguments) -> None:
 
 
 def _source_cases(arguments):
-    """The base models and the site's cases."""
+    """The site's cases (the first --max-cases)."""
     from .dataset import find_cases
+
+    _positive(max_cases=arguments.max_cases)
+    return find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
+
+
+def _base_models(arguments):
     from .pipeline import ProstateSegmenter
 
-    return ProstateSegmenter.load(arguments.device), find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
+    return ProstateSegmenter.load(arguments.device)
 
 
 def _cache_folder(segmenter, cases, arguments, grid: str) -> Path:
@@ -276,7 +348,8 @@ def _cache_folder(segmenter, cases, arguments, grid: str) -> Path:
 def run_embed(arguments) -> None:
     from .embedding_cache import ENCODER_GRIDS
 
-    segmenter, cases = _source_cases(arguments)
+    cases = _source_cases(arguments)
+    segmenter = _base_models(arguments)
     for grid in ENCODER_GRIDS:
         print(f"{len(cases)} cases encoded on the {grid} grid in {_cache_folder(segmenter, cases, arguments, grid)}")
 
@@ -296,22 +369,27 @@ def _fine_tuning_method(name: str, segmenter):
 
 
 def run_train(arguments) -> None:
-    from .coarse_training import split_cases
+    from .checksums import require_resume_state
+    from .coarse_training import require_validation, split_cases
     from .embedding_cache import load_cached_case, preprocessing
     from .model_catalog import default_entry
     from .training_loop import TrainingOptions, train
 
+    _positive(epochs=arguments.epochs, learning_rate=arguments.learning_rate, batch_size=arguments.batch_size)
     defaults = TRAINING_DEFAULTS[arguments.method]
-    epochs = arguments.epochs or defaults.epochs
-    learning_rate = arguments.learning_rate or defaults.learning_rate
-    batch_size = arguments.batch_size or defaults.batch_size
-    if epochs < 1 or batch_size < 1 or learning_rate <= 0:
-        raise InputError("--epochs and --batch-size must be at least 1 and --learning-rate positive")
+    epochs = defaults.epochs if arguments.epochs is None else arguments.epochs
+    learning_rate = defaults.learning_rate if arguments.learning_rate is None else arguments.learning_rate
+    batch_size = defaults.batch_size if arguments.batch_size is None else arguments.batch_size
     output = arguments.output or Path("runs") / arguments.method
-    segmenter, cases = _source_cases(arguments)
+    _check_training_output(output)
+    if arguments.resume:
+        require_resume_state(output / "last_state.pt")
+    cases = _source_cases(arguments)
+    training, validation = split_cases(cases, 0.1, arguments.seed)
+    require_validation(training, validation, arguments.site)
+    segmenter = _base_models(arguments)
     method = _fine_tuning_method(arguments.method, segmenter)
     folder = _cache_folder(segmenter, cases, arguments, method.encoder_grid)
-    training, validation = split_cases(cases, 0.1, arguments.seed)
     base = default_entry("sam")
     manifest = {
         "base_model": base.id,
@@ -339,15 +417,14 @@ def run_train(arguments) -> None:
 def run_bench(arguments) -> None:
     from .bench import benchmark
     from .dataset import find_cases
-    from .files import write_text_atomically
+    from .files import check_outputs, write_text_atomically
     from .pipeline import ProstateSegmenter
-    from .volume_io import check_output_path
 
-    if arguments.output:
-        check_output_path(arguments.output, arguments.overwrite)
     if arguments.cases < 1:
         raise InputError("--cases must be at least 1")
     cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+    if arguments.output:
+        check_outputs([arguments.output], [arguments.data / "cases.csv", *(path for case in cases for path in (case.image, case.mask))], arguments.overwrite)
     report = benchmark(ProstateSegmenter.load(arguments.device), cases, log=lambda line: print(line, file=sys.stderr))
     print(report)
     if arguments.output:

@@ -12,8 +12,9 @@ import torch
 from monai.networks.nets import FlexibleUNet
 
 from .canvas import Canvas
-from .checksums import full_precision, half_precision, load_weights
+from .checksums import full_precision, half_precision, load_state_strictly, load_weights
 from .errors import InputError
+from .files import write_atomically
 
 
 @dataclass(frozen=True)
@@ -77,19 +78,22 @@ class CoarseSegmenter:
 
 
 def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: CoarseNetConfig) -> None:
-    """Weights in half precision (they are small and the net is evaluated in float32)."""
-    torch.save({"config": json.dumps(config.to_json()), "state_dict": half_precision(network.state_dict())}, path)
+    """Weights in half precision (they are small and the net is evaluated in float32), written atomically."""
+    checkpoint = {"config": json.dumps(config.to_json()), "state_dict": half_precision(network.state_dict())}
+    write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
 
 
 def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[FlexibleUNet, CoarseNetConfig]:
     checkpoint = load_weights(path, "coarse-model checkpoint", sha256)
     try:
         config = CoarseNetConfig.from_json(json.loads(checkpoint["config"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise InputError(f"{path} is not a coarse-model checkpoint ({type(error).__name__})") from None
-    network = build_coarse_net(config)
+        state = full_precision(checkpoint["state_dict"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        reason = f"no {error} entry" if isinstance(error, KeyError) else str(error)
+        raise InputError(f"{path} is not a coarse-model checkpoint: {reason}") from None
     try:
-        network.load_state_dict(full_precision(checkpoint["state_dict"]), strict=True)
-    except RuntimeError:
-        raise InputError(f"{path} does not match the coarse network ({config.backbone}): wrong keys or shapes") from None
+        network = build_coarse_net(config)
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path} describes a coarse network this version cannot build (backbone {config.backbone!r}): {error}") from None
+    load_state_strictly(network, state, f"{path} does not match the coarse network ({config.backbone})")
     return network, config

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -32,10 +31,11 @@ from monai.utils import set_determinism
 from tqdm import tqdm
 
 from .boxes import COARSE_THRESHOLD
-from .checksums import sha256_of
+from .checksums import load_resume_state, load_state_strictly, sha256_of
 from .coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, save_coarse_checkpoint
 from .dataset import Case, find_cases
-from .files import write_atomically, write_text_atomically
+from .errors import InputError
+from .files import write_atomically, write_json
 from .volume_io import normalised_array
 
 
@@ -53,6 +53,9 @@ class CoarseTrainingOptions:
     max_cases: int | None = None
 
 
+RESUME_KEYS = ("network", "optimiser", "scheduler", "epoch", "best_dice", "history")
+
+
 @dataclass
 class CanvasCase:
     name: str
@@ -66,6 +69,19 @@ def split_cases(cases: list[Case], validation_fraction: float, seed: int) -> tup
     random.Random(seed).shuffle(shuffled)
     count = max(1, round(len(shuffled) * validation_fraction)) if len(shuffled) > 1 else 0
     return shuffled[count:], shuffled[:count]
+
+
+def require_validation(training: list, validation: list, site: str) -> None:
+    """Refuse a split without a validation case: the best checkpoint would be chosen on nothing."""
+    if not training or not validation:
+        count = len(training) + len(validation)
+        raise InputError(f"{count} case{'s' * (count != 1)} of site {site}: training needs at least 2, one of them for validation")
+
+
+def require_finite_loss(losses: list[float], epoch: int) -> None:
+    loss = float(np.mean(losses))
+    if not np.isfinite(loss):
+        raise InputError(f"training diverged: loss {loss} in epoch {epoch}; try a lower --learning-rate")
 
 
 def to_canvas_case(case: Case, config: CoarseNetConfig) -> CanvasCase:
@@ -130,13 +146,16 @@ def train_coarse_net(
 ) -> dict:
     """Train, keep the best checkpoint by validation Dice, and write its manifest; returns the manifest."""
     config = config or CoarseNetConfig()
-    options.output.mkdir(parents=True, exist_ok=True)
+    state_path, best_path = options.output / "last_state.pt", options.output / "coarse.pt"
+    state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     set_determinism(seed=options.seed)
     cases = find_cases(options.data, site=options.site)[: options.max_cases]
     training_cases, validation_cases = split_cases(cases, options.validation_fraction, options.seed)
+    require_validation(training_cases, validation_cases, options.site)
     log(f"{len(training_cases)} training and {len(validation_cases)} validation cases from {options.site}")
     training = [to_canvas_case(case, config) for case in tqdm(training_cases, desc="reading", leave=False)]
-    validation = [to_canvas_case(case, config) for case in validation_cases] or training[:1]
+    validation = [to_canvas_case(case, config) for case in validation_cases]
+    options.output.mkdir(parents=True, exist_ok=True)
     slices = [
         {"image": case.image[index][None], "label": case.mask[index][None]}
         for case in training
@@ -153,11 +172,9 @@ def train_coarse_net(
     optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs)
     loss_function = DiceCELoss(sigmoid=True)
-    state_path, best_path = options.output / "last_state.pt", options.output / "coarse.pt"
     start_epoch, best_dice, history = 0, -1.0, []
-    if options.resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        network.load_state_dict(state["network"])
+    if state is not None:
+        load_state_strictly(network, state["network"], f"{state_path} does not match the coarse network")
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
@@ -176,6 +193,7 @@ def train_coarse_net(
             optimiser.step()
             losses.append(loss.item())
         scheduler.step()
+        require_finite_loss(losses, epoch + 1)
         network.eval()
         dice = volume_dice(segmenter, validation)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "validation_dice": dice})
@@ -213,5 +231,5 @@ def train_coarse_net(
         "file": best_path.name,
         "sha256": sha256_of(best_path),
     }
-    write_text_atomically(options.output / "coarse.json", json.dumps(manifest, indent=2) + "\n")
+    write_json(options.output / "coarse.json", manifest)
     return manifest

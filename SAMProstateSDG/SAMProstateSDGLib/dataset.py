@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InputError
-from .volume_io import read_volume
+from .volume_io import read_image, read_volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -27,7 +27,7 @@ class Case:
     def read(self) -> tuple[sitk.Image, np.ndarray]:
         """The image and its labels as a [slices, rows, columns] uint8 array (gland: labels > 0)."""
         image = read_volume(self.image)
-        mask = sitk.ReadImage(str(self.mask))
+        mask = read_image(self.mask, "mask")
         if mask.GetSize() != image.GetSize():
             raise InputError(f"mask {self.mask} is {mask.GetSize()}, image is {image.GetSize()}")
         return image, canonical_zones(sitk.GetArrayFromImage(mask).astype(np.uint8))
@@ -68,6 +68,10 @@ def find_cases(data: str | Path, site: str | None = None, split: str | None = No
     if not selected:
         wanted = ", ".join(f"{key} {value}" for key, value in (("site", site), ("split", split)) if value)
         raise InputError(f"no cases in {data}" + (f" with {wanted}" if wanted else ""))
+    for case in selected:  # before any model loads or any case is read
+        for what, path in (("image", case.image), ("mask", case.mask)):
+            if not path.exists():
+                raise InputError(f"case {case.name}: {what} {path} not found")
     return selected
 
 

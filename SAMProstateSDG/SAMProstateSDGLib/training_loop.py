@@ -8,7 +8,6 @@ must beat it), an atomic resume state after every epoch, and the JSON manifest.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from abc import ABC, abstractmethod
@@ -20,11 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checksums import half_precision, sha256_of
-from .coarse_training import epoch_summary
+from .checksums import half_precision, load_resume_state, sha256_of
+from .coarse_training import epoch_summary, require_finite_loss, require_validation
 from .embedding_cache import CachedCase
 from .evaluation import dice_score
-from .files import write_atomically, write_text_atomically
+from .files import write_atomically, write_json
+
+
+RESUME_KEYS = ("trained", "optimiser", "scheduler", "epoch", "best_dice", "history", "generator")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ def train(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train; keep the best by validation Dice as OUTPUT/NAME.pt; describe it in OUTPUT/NAME.json."""
+    state_path, best_path = options.output / "last_state.pt", options.output / f"{method.name}.pt"
+    state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
+    require_validation(training, validation, manifest.get("site", "?"))
     options.output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
     generator = random.Random(options.seed)
@@ -100,9 +105,7 @@ def train(
     batches_per_epoch = -(-len(training_samples) // options.batch_size)
     optimiser, scheduler = method.optimiser(options, options.epochs * batches_per_epoch)
     log(f"{len(training_samples)} training samples, {len(validation)} validation cases")
-    state_path, best_path = options.output / "last_state.pt", options.output / f"{method.name}.pt"
-    if options.resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    if state is not None:
         method.load_checkpoint_state(state["trained"])
         optimiser.load_state_dict(state["optimiser"])
         if scheduler is not None:
@@ -129,6 +132,7 @@ def train(
             if scheduler is not None:
                 scheduler.step()
             losses.append(loss.item())
+        require_finite_loss(losses, epoch + 1)
         method.module.eval()
         dice = validation_dice(method, validation)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "validation_dice": dice})
@@ -159,7 +163,7 @@ def train(
         file=best_path.name,
         sha256=sha256_of(best_path),
     )
-    write_text_atomically(options.output / f"{method.name}.json", json.dumps(manifest, indent=2) + "\n")
+    write_json(options.output / f"{method.name}.json", manifest)
     return manifest
 
 
