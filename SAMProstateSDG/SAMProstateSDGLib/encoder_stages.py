@@ -3,7 +3,7 @@
 DeSAM's mask module fuses intermediate encoder features with the decoder's mask embeddings, and
 SAMed adapts every attention block with LoRA. Both need the encoder in stages:
 
-- TinyViT (LiteMedSAM, MobileSAM): the stem is the patch embedding and the convolutional first
+- TinyViT (LiteMedSAM): the stem is the patch embedding and the convolutional first
   stage (no attention); the skips are that stage's output (128 px) and the second stage's (64 px).
 - ViT (SAM vit_b/l/h): the stem is the patch embedding; the skips are the outputs of the
   global-attention blocks before the last, all at the embedding's 64 px.

