@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
     train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch")
-    train.add_argument("--augmentation", choices=("standard", "dg"), default="dg",
-                       help="dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution; default); standard: the milder set")
+    train.add_argument("--augmentation", choices=("standard", "dg"), default="standard",
+                       help="standard: the milder set (default); dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution, flips)")
     train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 

@@ -55,7 +55,7 @@ class CoarseTrainingOptions:
     seed: int = 0
     resume: bool = False
     max_cases: int | None = None
-    augmentation: str = "dg"
+    augmentation: str = "standard"
     initial_weights: Path | None = None
 
 
@@ -267,6 +267,9 @@ def train_coarse_net(
             + (f" --initial-weights {options.initial_weights}" if options.initial_weights else "")
         ),
         "augmentation": options.augmentation,
+        "initial_weights": (
+            {"file": str(options.initial_weights), "sha256": sha256_of(options.initial_weights)} if options.initial_weights else None
+        ),
         "epochs": options.epochs,
         "best_validation_dice": round(best_dice, 4),
         "history": history,
