@@ -88,3 +88,15 @@ def test_another_coarse_network_reuses_the_loaded_sam(segmenter):
     assert np.allclose(swapped.coarse.probabilities(normalised, image), segmenter.coarse.probabilities(normalised, image))
     with pytest.raises(InputError, match="checksum mismatch"):
         segmenter.with_coarse(entry.path, "0" * 64)
+
+
+def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp_path):
+    entry = default_entry("coarse")
+    options = CoarseTrainingOptions(
+        data=data, site="RUNMC", output=tmp_path, epochs=1, batch_size=8, learning_rate=1e-6, max_cases=2,
+        augmentation="dg", initial_weights=entry.path,
+    )
+    manifest = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
+    assert manifest["augmentation"] == "dg" and "--augmentation dg --initial-weights" in manifest["command"]
+    assert manifest["initial_weights"]["sha256"] == entry.sha256
+    assert manifest["best_validation_dice"] > 0.7  # the shipped net's skill, barely moved by a tiny learning rate

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
     train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
+    train.add_argument("--augmentation", choices=("standard", "dg"), default="standard",
+                       help="standard: the milder set (default); dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution, flips)")
+    train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
     embed = commands.add_parser("embed", help="encode every source-site slice once into the embedding cache")
@@ -316,6 +319,8 @@ def run_train_coarse(arguments) -> None:
         seed=arguments.seed,
         resume=arguments.resume,
         max_cases=arguments.max_cases,
+        augmentation=arguments.augmentation,
+        initial_weights=arguments.initial_weights,
     )
     manifest = train_coarse_net(options, pick_device(arguments.device))
     print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")

@@ -22,18 +22,21 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    RandHistogramShiftd,
     RandScaleIntensityd,
     RandSpatialCropd,
     ResizeWithPadOrCropd,
     Identityd,
+    ScaleIntensityRangePercentilesd,
 )
 from monai.utils import set_determinism
 from tqdm import tqdm
 
 from .boxes import COARSE_THRESHOLD
 from .checksums import load_resume_state, load_state_strictly, sha256_of
-from .coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, save_coarse_checkpoint
+from .coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, load_coarse_checkpoint, save_coarse_checkpoint
 from .dataset import Case, find_cases
+from .dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard
 from .errors import InputError
 from .files import write_atomically, write_json
 from .volume_io import normalised_array
@@ -51,6 +54,8 @@ class CoarseTrainingOptions:
     seed: int = 0
     resume: bool = False
     max_cases: int | None = None
+    augmentation: str = "standard"
+    initial_weights: Path | None = None
 
 
 RESUME_KEYS = ("network", "optimiser", "scheduler", "epoch", "best_dice", "history")
@@ -94,18 +99,26 @@ def to_canvas_case(case: Case, config: CoarseNetConfig) -> CanvasCase:
     )
 
 
-def augmentations(size: int) -> Compose:
-    """Geometry, field-of-view, contrast, noise, blur and bias-field changes a new scanner brings."""
+def smaller_field_of_view(size: int) -> Compose:
+    """A random centred-or-not crop of 5/8 to all of the canvas, padded back: a smaller field of view."""
     keys = ("image", "label")
-    smaller_field_of_view = Compose(
+    return Compose(
         [
             RandSpatialCropd(keys, roi_size=(size * 5 // 8,) * 2, max_roi_size=(size,) * 2, random_size=True),
             ResizeWithPadOrCropd(keys, spatial_size=(size, size)),
         ]
     )
+
+
+def augmentations(size: int, kind: str = "standard") -> Compose:
+    """``standard``: the geometry, field-of-view, contrast, noise, blur and bias-field changes a new
+    scanner brings. ``dg``: generic domain-generalisation families, stronger and wider (see README)."""
+    if kind == "dg":
+        return dg_augmentations(size)
+    keys = ("image", "label")
     return Compose(
         [
-            OneOf([Identityd(keys), smaller_field_of_view], weights=(0.7, 0.3)),
+            OneOf([Identityd(keys), smaller_field_of_view(size)], weights=(0.7, 0.3)),
             RandAffined(
                 keys,
                 prob=0.7,
@@ -121,6 +134,45 @@ def augmentations(size: int) -> Compose:
             RandScaleIntensityd("image", prob=0.3, factors=0.2),
             RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
             RandGaussianNoised("image", prob=0.3, std=0.04),
+        ]
+    )
+
+
+def dg_augmentations(size: int) -> Compose:
+    """Single-source DG: field of view and zoom, flips along both in-plane axes, anisotropic loss of
+    resolution (1-2 mm pixels), strong smooth bias fields of random shape and both polarities,
+    random monotone curves and gamma, and GIN random convolutions; the image ends in 0..1."""
+    keys = ("image", "label")
+    renormalise = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+    return Compose(
+        [
+            OneOf([Identityd(keys), smaller_field_of_view(size)], weights=(0.6, 0.4)),
+            RandAffined(
+                keys,
+                prob=0.8,
+                rotate_range=0.35,
+                scale_range=(0.3, 0.3),
+                translate_range=(16, 16),
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandFlipd(keys, prob=0.3, spatial_axis=0),
+            RandAnisotropicLowResolutiond("image", prob=0.35, spacing_range=(1.0, 2.0)),
+            OneOf(
+                [
+                    RandBiasFieldd("image", prob=0.6, degree=2, coeff_range=(-0.8, 0.8)),
+                    RandBiasFieldd("image", prob=0.6, degree=3, coeff_range=(-0.6, 0.6)),
+                    RandBiasFieldd("image", prob=0.6, degree=4, coeff_range=(-0.5, 0.5)),
+                ]
+            ),
+            renormalise,
+            RandHistogramShiftd("image", prob=0.3, num_control_points=(4, 10)),
+            RandAdjustContrastd("image", prob=0.4, gamma=(0.4, 2.5)),
+            RandGlobalIntensityNonlineard("image", prob=0.5, layers=4, channels=2),
+            RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
+            RandGaussianNoised("image", prob=0.3, std=0.04),
+            renormalise,
         ]
     )
 
@@ -162,13 +214,19 @@ def train_coarse_net(
         for index in range(len(case.image))
     ]
     loader = DataLoader(
-        Dataset(slices, transform=augmentations(config.canvas.size)),
+        Dataset(slices, transform=augmentations(config.canvas.size, options.augmentation)),
         batch_size=options.batch_size,
         shuffle=True,
         drop_last=len(slices) > options.batch_size,
     )
 
     network = build_coarse_net(config).to(device)
+    if options.initial_weights is not None and not (options.resume and (options.output / "last_state.pt").is_file()):
+        initial, initial_config = load_coarse_checkpoint(options.initial_weights)
+        if initial_config != config:
+            raise InputError(f"{options.initial_weights} has another architecture than the one being trained")
+        network.load_state_dict(initial.state_dict())
+        log(f"starting from the weights of {options.initial_weights}")
     optimiser = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs)
     loss_function = DiceCELoss(sigmoid=True)
@@ -221,7 +279,13 @@ def train_coarse_net(
         "validation_cases": [case.name for case in validation_cases],
         "command": (
             f"samprostate train-coarse --data {options.data} --site {options.site} --epochs {options.epochs} "
-            f"--batch-size {options.batch_size} --learning-rate {options.learning_rate} --seed {options.seed}"
+            f"--batch-size {options.batch_size} --learning-rate {options.learning_rate} --seed {options.seed} "
+            f"--augmentation {options.augmentation}"
+            + (f" --initial-weights {options.initial_weights}" if options.initial_weights else "")
+        ),
+        "augmentation": options.augmentation,
+        "initial_weights": (
+            {"file": str(options.initial_weights), "sha256": sha256_of(options.initial_weights)} if options.initial_weights else None
         ),
         "epochs": options.epochs,
         "best_validation_dice": round(best_dice, 4),

@@ -1,0 +1,75 @@
+"""The coarse network's domain-generalisation augmentations on a real fixture slice."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import FIXTURES
+from SAMProstateSDGLib.coarse_net import CoarseNetConfig
+from SAMProstateSDGLib.coarse_training import augmentations
+from SAMProstateSDGLib.dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard
+from SAMProstateSDGLib.volume_io import normalised_array, read_volume
+
+
+@pytest.fixture(scope="module")
+def fixture_slice() -> dict[str, torch.Tensor]:
+    """The gland's middle slice of the RUNMC fixture on the coarse network's canvas."""
+    image, mask = read_volume(FIXTURES / "Case00.nii.gz"), read_volume(FIXTURES / "Case00_seg.nii.gz")
+    canvas = CoarseNetConfig().canvas
+    images = canvas.to_canvas(normalised_array(image), image)
+    masks = canvas.to_canvas((sitk.GetArrayFromImage(mask) > 0).astype(np.float32), image, nearest=True)
+    index = int(masks.sum(axis=(1, 2)).argmax())
+    return {"image": torch.from_numpy(images[index][None]), "label": torch.from_numpy(masks[index][None])}
+
+
+def run(transform, sample: dict, seed: int) -> dict:
+    transform.set_random_state(seed)
+    return transform({key: value.clone() for key, value in sample.items()})
+
+
+def test_gin_changes_intensities_but_not_geometry(fixture_slice):
+    gin = RandGlobalIntensityNonlineard("image", prob=1.0)
+    original = fixture_slice["image"]
+    for seed in range(3):
+        remapped = run(gin, fixture_slice, seed)["image"]
+        assert np.isfinite(remapped.numpy()).all() and remapped.min() >= 0.0 and remapped.max() <= 1.0
+        assert (remapped - original).abs().mean() > 0.01  # the draw remaps the intensities
+        # the same draw on the slice moved by 7 pixels gives the remapped slice moved by 7 pixels: the net
+        # is a stack of centred convolutions, so anatomy stays where it was (compared away from the edges)
+        moved = run(gin, {"image": torch.roll(original, (7, 7), dims=(1, 2)), "label": fixture_slice["label"]}, seed)["image"]
+        inside = (slice(None), slice(20, -20), slice(20, -20))
+        expected = torch.roll(remapped, (7, 7), dims=(1, 2))[inside].ravel()
+        assert np.corrcoef(moved[inside].ravel(), expected)[0, 1] > 0.99
+        assert np.corrcoef(remapped[inside].ravel(), expected)[0, 1] < 0.9
+
+
+def test_low_resolution_blurs_the_image_only(fixture_slice):
+    coarser = run(RandAnisotropicLowResolutiond("image", prob=1.0, spacing_range=(2.0, 2.0)), fixture_slice, 0)
+    assert coarser["image"].shape == fixture_slice["image"].shape
+    assert torch.equal(coarser["label"], fixture_slice["label"])
+    detail = lambda image: np.abs(np.diff(image.numpy(), axis=-1)).mean()  # noqa: E731
+    assert detail(coarser["image"]) < 0.8 * detail(fixture_slice["image"])
+
+
+def test_dg_augmentations_are_seeded_in_range_and_keep_the_label_on_the_gland(fixture_slice):
+    transform = augmentations(CoarseNetConfig().canvas.size, "dg")
+    first = [run(transform, fixture_slice, seed) for seed in range(5)]
+    again = run(transform, fixture_slice, 3)
+    assert torch.equal(first[3]["image"], again["image"]) and torch.equal(first[3]["label"], again["label"])
+    assert len({float(sample["image"].sum()) for sample in first}) == len(first)  # each seed draws another slice
+    for sample in first:
+        image, label = np.asarray(sample["image"]), np.asarray(sample["label"])
+        assert image.shape == label.shape == (1, 160, 160)
+        assert np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
+        assert set(np.unique(label)) <= {0.0, 1.0}
+    # spatial transforms move the label with the image: with intensity changes off, the augmented image
+    # under the augmented label is the gland's own texture (its mean differs from the background's)
+    spatial_only = augmentations(CoarseNetConfig().canvas.size, "dg")
+    spatial_only.transforms = spatial_only.transforms[:4]
+    gland_mean = float(fixture_slice["image"][fixture_slice["label"] > 0].mean())
+    for seed in range(5):
+        moved = run(spatial_only, fixture_slice, seed)
+        inside = moved["image"][moved["label"] > 0]
+        if len(inside) > 50:
+            assert abs(float(inside.mean()) - gland_mean) < 0.05
