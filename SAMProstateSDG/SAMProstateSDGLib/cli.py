@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--merge-slices", action="store_true",
                          help="encode four gland crops per encoder pass (SAMMed's merge): about twice as fast, but Dice lower "
                               "(by 0.028 on average on NCI-ISBI cases, README)")
+    _add_clinical_options(segment)
     _add_model_options(segment)
 
     bench = commands.add_parser("bench", help="time each stage against the naive path on real volumes (Markdown)")
@@ -111,6 +112,15 @@ TRAINING_DEFAULTS = {
 }
 
 
+def _add_clinical_options(parser: argparse.ArgumentParser) -> None:
+    """Volume, PSA density, DICOM series choice and SEG, report files (one volume, not a batch)."""
+    parser.add_argument("--psa", type=float, metavar="NG_ML", help="serum PSA in ng/mL: also print and report the PSA density")
+    parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write the volume, diameters, PSA density and the method to this JSON file")
+    parser.add_argument("--report-page", type=Path, metavar="REPORT.png|pdf", help="write a one-page report: slices with the contour, measurements, method and models")
+    parser.add_argument("--dicom-seg", type=Path, metavar="SEG.dcm", help="DICOM input: write a DICOM Segmentation referencing the source series")
+    parser.add_argument("--series-uid", help="DICOM input: segment this series (default: the axial T2 series, chosen by its DICOM attributes)")
+
+
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--site", required=True, help="the source site, as in cases.csv's site column")
@@ -155,12 +165,17 @@ def run_segment(arguments) -> None:
         raise InputError(f"--method {arguments.method} prompts itself; --boxes-in works with {' and '.join(BOX_METHODS)}")
     batch = _batch_inputs(arguments.input)
     if batch is None:
+        from .clinical_outputs import check_clinical_options
+
+        check_clinical_options(arguments)
         for path in filter(None, [arguments.output, arguments.boxes_out, arguments.overlay]):
             check_output_path(path, arguments.overwrite)
         _segment_volume(_segmenter(arguments), arguments.input[0], arguments.output, arguments)
         return
     if arguments.boxes_in or arguments.boxes_out or arguments.overlay:
         raise InputError("--boxes-in, --boxes-out and --overlay take one volume, not a batch")
+    if any(value is not None for value in (arguments.psa, arguments.report, arguments.report_page, arguments.dicom_seg, arguments.series_uid)):
+        raise InputError("--psa, --report, --report-page, --dicom-seg and --series-uid take one volume, not a batch")
     if arguments.output.exists() and not arguments.output.is_dir():
         raise InputError(f"{arguments.output} is a file; for a batch, -o is a folder")
     outputs = {path: arguments.output / f"{_volume_name(path)}.nii.gz" for path in batch}
@@ -192,7 +207,14 @@ def _segment_volume(segmenter, path: Path, output: Path, arguments) -> None:
     from .overlay import write_overlay
     from .volume_io import label_image, read_volume, write_image
 
-    image = read_volume(path)
+    dicom = None
+    if path.is_dir():  # a DICOM folder: the axial T2 series, or --series-uid
+        from .clinical_outputs import read_dicom_input
+
+        dicom = read_dicom_input(path, arguments.series_uid)
+        image = dicom.image
+    else:
+        image = read_volume(path)
     boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
     volume = segmenter.prepare(image)
     if arguments.merge_slices and segmenter.automatic is None:
@@ -213,6 +235,9 @@ def _segment_volume(segmenter, path: Path, output: Path, arguments) -> None:
     print(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
     if not labels.any():
         print(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
+    from .clinical_outputs import write_clinical_outputs
+
+    write_clinical_outputs(arguments, path, output, volume, labels, dicom)
 
 
 def run_evaluate(arguments) -> None:
