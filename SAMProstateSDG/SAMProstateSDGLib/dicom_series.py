@@ -108,6 +108,8 @@ def choose_series(series: list[DicomSeries], uid: str | None = None) -> DicomSer
 def read_dicom_volume(folder: Path, uid: str | None = None) -> DicomVolume:
     """Pick a series in ``folder`` and read it (slices in the order of ``series.headers``)."""
     series = find_series(folder)
+    if not series:
+        raise InputError(f"no DICOM image series (with position and orientation) in {folder}")
     chosen = choose_series(series, uid)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for path in chosen.files])

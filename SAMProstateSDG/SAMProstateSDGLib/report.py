@@ -26,6 +26,7 @@ MARGIN = 70
 TILE = 340
 GAP = 16
 COLUMNS = 3
+VALUE_COLUMN = 470  # x of the value column of the tables, from the margin
 ZONE_OUTLINES = {1: (0, 200, 255), 2: OUTLINE}  # transition zone cyan, peripheral zone red
 TEXT, GREY, RULE = (20, 20, 20), (95, 95, 95), (190, 190, 190)
 REPORT_SUFFIXES = (".png", ".pdf")
@@ -96,7 +97,7 @@ def _slices(page: Image.Image, draw: ImageDraw.ImageDraw, y: int, image: sitk.Im
     crop = _gland_crop(shown_labels[indices])
     for number, index in enumerate(indices):
         tile = _tile(grey[index], shown_labels[index], zonal, crop)
-        x = MARGIN + (number % COLUMNS) * (TILE + GAP)
+        x = (PAGE_SIZE[0] - COLUMNS * TILE - (COLUMNS - 1) * GAP) // 2 + (number % COLUMNS) * (TILE + GAP)
         top = y + (number // COLUMNS) * (TILE + GAP + 30)
         page.paste(tile, (x, top))
         draw.text((x, top + TILE + 2), f"slice {index + 1} of {len(grey)}", font=_font(20), fill=GREY)
@@ -143,9 +144,13 @@ def _tile(grey: np.ndarray, labels: np.ndarray, zonal: bool, crop: tuple[slice, 
 def _table(draw: ImageDraw.ImageDraw, y: int, title: str, rows: list[tuple[str, str]]) -> int:
     draw.text((MARGIN, y), title, font=_font(30), fill=TEXT)
     y += 44
+    value_x = MARGIN + VALUE_COLUMN
     for name, value in rows:
         draw.text((MARGIN + 10, y), name, font=_font(24), fill=TEXT)
-        draw.text((MARGIN + 520, y), value, font=_font(24), fill=TEXT)
+        size = 24  # a long value (a method's title) is set smaller to stay on the page
+        while size > 14 and draw.textlength(value, font=_font(size)) > PAGE_SIZE[0] - MARGIN - value_x:
+            size -= 1
+        draw.text((value_x, y + (24 - size) // 2), value, font=_font(size), fill=TEXT)
         y += 33
     return y + 4
 
