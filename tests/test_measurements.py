@@ -9,7 +9,8 @@ import SimpleITK as sitk
 
 from conftest import FIXTURES
 from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.measurements import ellipsoid_volume_ml, measure, measure_image, voxel_to_patient
+from SAMProstateSDGLib.dataset import canonical_zones
+from SAMProstateSDGLib.measurements import ellipsoid_volume_ml, measure, measure_image, measure_segments, voxel_to_patient
 from SAMProstateSDGLib.volume_agreement import agreement
 
 
@@ -67,6 +68,15 @@ def test_slicer_ras_matrix_gives_the_same_numbers_as_lps():
     lps = voxel_to_patient(mask)
     ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
     assert measure(labels, ras, zonal=True) == measure(labels, lps, zonal=True)
+
+
+def test_segments_as_slicer_holds_them_measure_like_the_label_volume():
+    mask, labels = _reference("Case29")
+    zones = canonical_zones(labels)
+    matrix = voxel_to_patient(mask)
+    by_name = {"transition zone": zones == 1, "peripheral zone": zones == 2}
+    assert measure_segments(by_name, matrix, 3.0) == measure(zones, matrix, zonal=True, psa_ng_ml=3.0)
+    assert measure_segments({"prostate": zones > 0}, matrix) == measure(zones > 0, matrix)
 
 
 def test_empty_mask_reports_zero_volume_and_null_values_never_nan():

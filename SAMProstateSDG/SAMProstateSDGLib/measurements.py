@@ -121,6 +121,24 @@ def measure(labels: np.ndarray, ijk_to_patient: np.ndarray, zonal: bool = False,
     return GlandMeasurements(float(gland.sum() * voxel_ml), transverse, anteroposterior, craniocaudal, zones, psa_ng_ml)
 
 
+def measure_segments(masks: dict[str, np.ndarray], ijk_to_patient: np.ndarray, psa_ng_ml: float | None = None) -> GlandMeasurements:
+    """Measure a segmentation given as segment name → mask ([slices, rows, columns]), as Slicer holds it.
+
+    The gland is the union of the masks; segments named "transition zone" and "peripheral zone"
+    (SAMed's) also give the zone volumes.
+    """
+    if not masks:
+        raise InputError("the segmentation has no segments to measure")
+    zonal = set(ZONE_NAMES.values()) <= set(masks)
+    labels = np.zeros(next(iter(masks.values())).shape, dtype=np.uint8)
+    for mask in masks.values():
+        labels[mask > 0] = 1
+    if zonal:
+        for label, name in ZONE_NAMES.items():
+            labels[masks[name] > 0] = label
+    return measure(labels, ijk_to_patient, zonal, psa_ng_ml)
+
+
 def measure_image(labels: np.ndarray, image: sitk.Image, zonal: bool = False, psa_ng_ml: float | None = None) -> GlandMeasurements:
     return measure(labels, voxel_to_patient(image), zonal, psa_ng_ml)
 
