@@ -71,13 +71,25 @@ def _rows(pairs: list[Pair], zonal: bool) -> dict[str, Agreement]:
 
 
 def _per_case_table(pairs: list[Pair]) -> str:
-    lines = ["| Case | Reference (mL) | Ours (mL) | Ellipsoid, ours (mL) | Ellipsoid, reference (mL) | Reference TR / AP / CC (mm) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| Case | Reference (mL) | Ours (mL) | Ellipsoid, reference (mL) | Ellipsoid, ours (mL) | Reference TR / AP / CC (mm) | Ours TR / AP / CC (mm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, ours, reference in pairs:
-        diameters = " / ".join(f"{value:.0f}" for value in (reference.transverse_mm, reference.anteroposterior_mm, reference.craniocaudal_mm))
-        volume = "n/a" if ours is None else f"{ours.volume_ml:.1f}"
-        ellipsoid = "n/a" if ours is None or ours.ellipsoid_volume_ml is None else f"{ours.ellipsoid_volume_ml:.1f}"
-        lines.append(f"| {name} | {reference.volume_ml:.1f} | {volume} | {ellipsoid} | {reference.ellipsoid_volume_ml:.1f} | {diameters} |")
+        cells = [_millilitres(reference.volume_ml), _millilitres(ours and ours.volume_ml), _millilitres(reference.ellipsoid_volume_ml),
+                 _millilitres(ours and ours.ellipsoid_volume_ml), _diameters(reference), _diameters(ours)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _millilitres(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _diameters(measured: GlandMeasurements | None) -> str:
+    if measured is None or measured.transverse_mm is None:
+        return "n/a"
+    return " / ".join(f"{value:.0f}" for value in (measured.transverse_mm, measured.anteroposterior_mm, measured.craniocaudal_mm))
 
 
 if __name__ == "__main__":
