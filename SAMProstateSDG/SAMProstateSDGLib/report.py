@@ -75,9 +75,10 @@ def render_report(
     notes = (
         "Volume: voxels inside the contour x voxel volume. Diameters: largest extents along the patient's left-right and "
         "anterior-posterior axes on the axial section of largest area, and along the cranio-caudal axis over the gland. "
+        "The ellipsoid volume is for comparison with hand measurements; the volume from the contour is the better estimate. "
         "Research software, not a certified medical device: check the contour on the images before using these numbers."
     )
-    _paragraph(draw, (MARGIN, max(y + 10, PAGE_SIZE[1] - MARGIN - 3 * 26)), notes, _font(19), GREY, PAGE_SIZE[0] - 2 * MARGIN)
+    _paragraph(draw, (MARGIN, max(y + 10, PAGE_SIZE[1] - MARGIN - 4 * 26)), notes, _font(19), GREY, PAGE_SIZE[0] - 2 * MARGIN)
     return page
 
 
