@@ -34,6 +34,10 @@ def check_clinical_options(arguments) -> None:
         raise InputError("--dicom-seg and --series-uid need a DICOM folder as input (the SEG references its images)")
     if arguments.report_page and arguments.report_page.suffix.lower() not in REPORT_SUFFIXES:
         raise InputError(f"--report-page writes {' or '.join(REPORT_SUFFIXES)}, not {arguments.report_page.name}")
+    outputs = [path.resolve() for path in filter(None, [arguments.output, arguments.boxes_out, arguments.overlay, arguments.report,
+                                                         arguments.report_page, arguments.dicom_seg])]
+    if len(set(outputs)) < len(outputs):
+        raise InputError("two outputs name the same file; one would overwrite the other")
     for path in filter(None, [arguments.report, arguments.report_page, arguments.dicom_seg]):
         check_output_path(path, arguments.overwrite)
         if source.is_dir() and path.resolve().is_relative_to(source.resolve()):
