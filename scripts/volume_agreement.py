@@ -1,7 +1,7 @@
 """Gland volume agreement with the reference masks: our segmentation and the ellipsoid formula.
 
 Usage (the README's table):
-    samprostate segment ../shared/data/prostate/*/Case*.nii.gz ../shared/data/prostate/Prostate158/P158-0*.nii.gz \
+    samprostate segment $(awk -F, 'NR > 1 {print "../shared/data/prostate/" $4}' ../shared/data/prostate/cases.csv) \
         -o runs/volume-eval/zero-shot          # a batch: one NAME.nii.gz per case
     python scripts/volume_agreement.py --data ../shared/data/prostate --predictions runs/volume-eval/zero-shot
 
