@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--merge-slices", action="store_true",
                          help="encode four gland crops per encoder pass (SAMMed's merge): about twice as fast, but Dice lower "
                               "(by 0.028 on average on NCI-ISBI cases, README)")
+    _add_clinical_options(segment)
     _add_model_options(segment)
 
     bench = commands.add_parser("bench", help="time each stage against the naive path on real volumes (Markdown)")
@@ -122,6 +123,15 @@ TRAINING_DEFAULTS = {
     "desam-box": TrainingDefaults(6, 3e-4, 8),
     "samed": TrainingDefaults(2, 1e-3, 2),
 }
+
+
+def _add_clinical_options(parser: argparse.ArgumentParser) -> None:
+    """Volume, PSA density, DICOM series choice and SEG, report files (one volume, not a batch)."""
+    parser.add_argument("--psa", type=float, metavar="NG_ML", help="serum PSA in ng/mL: also print and report the PSA density")
+    parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write the volume, diameters, PSA density and the method to this JSON file")
+    parser.add_argument("--report-page", type=Path, metavar="REPORT.png|pdf", help="write a one-page report: slices with the contour, measurements, method and models")
+    parser.add_argument("--dicom-seg", type=Path, metavar="SEG.dcm", help="DICOM input: write a DICOM Segmentation referencing the source series")
+    parser.add_argument("--series-uid", help="DICOM input: segment this series (default: the axial T2 series, chosen by its DICOM attributes)")
 
 
 def _add_cache_options(parser: argparse.ArgumentParser) -> None:
@@ -192,13 +202,18 @@ def run_segment(arguments) -> None:
     if batch is not None:
         _run_batch(batch, arguments)
         return
+    from .clinical_outputs import check_clinical_options, read_dicom_input
+
     path, output = arguments.input[0], arguments.output
-    check_outputs(filter(None, [output, arguments.boxes_out, arguments.overlay]), [path, arguments.boxes_in, *_model_files(arguments)], arguments.overwrite)
+    outputs = [output, arguments.boxes_out, arguments.overlay, arguments.report, arguments.report_page, arguments.dicom_seg]
+    check_outputs(filter(None, outputs), [path, arguments.boxes_in, *_model_files(arguments)], arguments.overwrite)
+    check_clinical_options(arguments)
     check_label_suffix(output)
-    image = read_volume(path)
+    dicom = read_dicom_input(path, arguments.series_uid) if path.is_dir() else None  # the axial T2 series, or --series-uid
+    image = dicom.image if dicom is not None else read_volume(path)
     check_label_geometry(image, str(path), output)
     boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
-    _segment_volume(_segmenter(arguments), path, image, boxes, output, arguments)
+    _segment_volume(_segmenter(arguments), path, image, boxes, output, arguments, dicom)
 
 
 def _run_batch(batch: list[Path], arguments) -> None:
@@ -210,6 +225,8 @@ def _run_batch(batch: list[Path], arguments) -> None:
 
     if arguments.boxes_in or arguments.boxes_out or arguments.overlay:
         raise InputError("--boxes-in, --boxes-out and --overlay take one volume, not a batch")
+    if any(value is not None for value in (arguments.psa, arguments.report, arguments.report_page, arguments.dicom_seg, arguments.series_uid)):
+        raise InputError("--psa, --report, --report-page, --dicom-seg and --series-uid take one volume, not a batch")
     folder = arguments.output
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} is a file; for a batch, -o is a folder")
@@ -241,8 +258,8 @@ def _run_batch(batch: list[Path], arguments) -> None:
         raise InputError(f"{len(failed)} of {len(batch)} volumes failed: {', '.join(failed)}")
 
 
-def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments) -> None:
-    """Segment one read volume and write the label volume, boxes and overlay together (all or nothing)."""
+def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments, dicom=None) -> None:
+    """Segment one read volume; write the label volume, boxes and overlay together (all or nothing), then the clinical outputs."""
     from tqdm import tqdm
 
     from .boxes_json import boxes_text
@@ -272,6 +289,9 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     tqdm.write(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
     if not labels.any():
         tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
+    from .clinical_outputs import write_clinical_outputs
+
+    write_clinical_outputs(arguments, path, output, volume, labels, dicom)
 
 
 def run_evaluate(arguments) -> None:

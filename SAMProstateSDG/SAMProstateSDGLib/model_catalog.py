@@ -40,6 +40,7 @@ METHOD_TITLES = {
     "samed": "SAMed: LoRA encoder + decoder, zonal, trained on RUNMC",
 }
 BOX_METHODS = ("zero-shot", "sammed")  # the others prompt themselves and ignore boxes
+ZONAL_METHODS = ("samed",)  # label 1 transition zone, 2 peripheral zone; the others give 1 = prostate
 DEFAULT_GRID_SIDE = 9  # desam-grid prompts each slice with a 9 × 9 point grid
 
 

@@ -1,0 +1,96 @@
+"""Gland volume agreement with the reference masks: our segmentation and the ellipsoid formula.
+
+Usage (the README's table):
+    samprostate segment $(awk -F, 'NR > 1 {print "../shared/data/prostate/" $4}' ../shared/data/prostate/cases.csv) \
+        -o runs/volume-eval/zero-shot          # a batch: one NAME.nii.gz per case
+    python scripts/volume_agreement.py --data ../shared/data/prostate --predictions runs/volume-eval/zero-shot
+
+The rows compare with the reference mask's voxel volume, per site and over all sites: the
+ellipsoid formula on the reference mask's own diameters (every case: what a reader measuring by
+hand gets at best), and, on the cases with a prediction ``NAME.nii.gz`` in ``--predictions``, the
+voxel volume of our segmentation and the ellipsoid formula on its diameters. ``--zonal`` (SAMed
+predictions) adds transition- and peripheral-zone volumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from SAMProstateSDGLib.dataset import find_cases
+from SAMProstateSDGLib.measurements import ZONE_NAMES, GlandMeasurements, measure_image
+from SAMProstateSDGLib.volume_agreement import Agreement, agreement, markdown_table
+
+
+Pair = tuple[str, GlandMeasurements | None, GlandMeasurements]  # case, ours (None without a prediction), reference
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with cases.csv")
+    parser.add_argument("--predictions", type=Path, help="folder of NAME.nii.gz label volumes from samprostate segment (else: reference rows only)")
+    parser.add_argument("--zonal", action="store_true", help="the predictions are zonal (1 TZ, 2 PZ): add zone volume rows")
+    parser.add_argument("--per-case", action="store_true", help="also print each case's volumes")
+    arguments = parser.parse_args()
+    pairs: dict[str, list[Pair]] = {}
+    for case in find_cases(arguments.data):
+        image, reference_labels = case.read()
+        prediction_file = arguments.predictions / f"{case.name}.nii.gz" if arguments.predictions else None
+        ours = None
+        if prediction_file is not None and prediction_file.is_file():
+            predicted_labels = sitk.GetArrayFromImage(sitk.ReadImage(str(prediction_file)))
+            if predicted_labels.shape != reference_labels.shape:
+                sys.exit(f"{prediction_file} is {predicted_labels.shape}, the reference {reference_labels.shape}")
+            ours = measure_image(predicted_labels, image, zonal=arguments.zonal)
+        pairs.setdefault(case.site, []).append((case.name, ours, measure_image(reference_labels, image, zonal=True)))
+    groups = dict(pairs)
+    if len(pairs) > 1:
+        groups["all sites"] = [pair for site_pairs in pairs.values() for pair in site_pairs]
+    print(markdown_table({f"{site}: {title}": row for site, site_pairs in groups.items() for title, row in _rows(site_pairs, arguments.zonal).items()}))
+    if arguments.per_case:
+        print()
+        print(_per_case_table([pair for site_pairs in pairs.values() for pair in site_pairs]))
+
+
+def _rows(pairs: list[Pair], zonal: bool) -> dict[str, Agreement]:
+    """The reference mask's ellipsoid on every case; our rows on the cases with a prediction (two or more)."""
+    rows = {"ellipsoid formula on the reference mask": agreement([r.ellipsoid_volume_ml for _, _, r in pairs], [r.volume_ml for _, _, r in pairs])}
+    predicted = [(ours, reference) for _, ours, reference in pairs if ours is not None]
+    if len(predicted) < 2:
+        return rows
+    references = [reference.volume_ml for _, reference in predicted]
+    rows["our segmentation"] = agreement([ours.volume_ml for ours, _ in predicted], references)
+    rows["ellipsoid formula on our segmentation"] = agreement([ours.ellipsoid_volume_ml or 0.0 for ours, _ in predicted], references)
+    if zonal:
+        for zone in ZONE_NAMES.values():
+            rows[f"our {zone}"] = agreement([ours.zone_volumes_ml[zone] for ours, _ in predicted], [reference.zone_volumes_ml[zone] for _, reference in predicted])
+    return rows
+
+
+def _per_case_table(pairs: list[Pair]) -> str:
+    lines = [
+        "| Case | Reference (mL) | Ours (mL) | Ellipsoid, reference (mL) | Ellipsoid, ours (mL) | Reference TR / AP / CC (mm) | Ours TR / AP / CC (mm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, ours, reference in pairs:
+        cells = [_millilitres(reference.volume_ml), _millilitres(ours and ours.volume_ml), _millilitres(reference.ellipsoid_volume_ml),
+                 _millilitres(ours and ours.ellipsoid_volume_ml), _diameters(reference), _diameters(ours)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _millilitres(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def _diameters(measured: GlandMeasurements | None) -> str:
+    if measured is None or measured.transverse_mm is None:
+        return "n/a"
+    return " / ".join(f"{value:.0f}" for value in (measured.transverse_mm, measured.anteroposterior_mm, measured.craniocaudal_mm))
+
+
+if __name__ == "__main__":
+    main()

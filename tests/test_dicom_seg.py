@@ -1,0 +1,176 @@
+"""DICOM in, DICOM SEG out: a real case written as an MR study with other series beside it, segmented,
+and the SEG read back and checked against the NIfTI result (frames, geometry, references, codes)."""
+
+import json
+
+import highdicom
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from conftest import FIXTURES
+from dicom_fixtures import read_headers, write_series
+from SAMProstateSDGLib.cli import main
+from SAMProstateSDGLib.dataset import canonical_zones
+from SAMProstateSDGLib.dicom_seg import write_dicom_seg
+from SAMProstateSDGLib.dicom_series import choose_series, find_series, read_dicom_volume
+from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.measurements import measure_image
+from SAMProstateSDGLib.provenance import provenance_for
+from SAMProstateSDGLib.report import PAGE_SIZE, ReportSubject, write_report
+from SAMProstateSDGLib.volume_io import normalised_array
+from test_cli import samprostate
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _dummy(direction: tuple[float, ...]) -> sitk.Image:
+    """8 slices of real T2 texture: more slices than the T2 axial series, so slice count alone would pick it."""
+    crop = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "Case00.nii.gz")))[:, 100:164, 100:164]
+    image = sitk.GetImageFromArray(np.concatenate([crop, crop]).astype(np.int16))
+    image.SetSpacing((1.0, 1.0, 3.0))
+    image.SetDirection(direction)
+    return image
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """An exported study: axial T2 (the fixture P158-020, 4 slices), sagittal T2 and axial ADC (8 slices each)."""
+    folder = tmp_path_factory.mktemp("study")
+    t2 = write_series(sitk.ReadImage(str(FIXTURES / "P158-020.nii.gz")), folder / "3_t2_tra", "t2_tse_tra", 3)
+    sagittal = write_series(_dummy((0, 0, 1, 1, 0, 0, 0, -1, 0)), folder / "2_t2_sag", "t2_tse_sag", 2)
+    adc = write_series(_dummy((1, 0, 0, 0, 1, 0, 0, 0, 1)), folder / "5_adc", "ep2d_diff_tra_ADC", 5)
+    return folder, {"t2": t2, "sagittal": sagittal, "adc": adc}
+
+
+@pytest.fixture(scope="module")
+def segmented(study, tmp_path_factory):
+    folder, uids = study
+    out = tmp_path_factory.mktemp("out")
+    result = samprostate(
+        "segment", folder, "-o", out / "labels.nii.gz", "--dicom-seg", out / "seg.dcm", "--report", out / "report.json",
+        "--report-page", out / "report.png", "--psa", "6.2",
+    )
+    return out, result.stdout
+
+
+def test_picks_the_axial_t2_series_by_its_attributes(study):
+    folder, uids = study
+    series = find_series(folder)
+    assert {item.uid for item in series} == set(uids.values())
+    assert choose_series(series).uid == uids["t2"]
+    assert choose_series(series, uids["adc"]).uid == uids["adc"]
+    with pytest.raises(InputError, match="no series with UID 1.2.3"):
+        choose_series(series, "1.2.3")
+
+
+def test_reads_the_chosen_series_with_the_geometry_of_the_source_volume(study):
+    folder, uids = study
+    source = sitk.ReadImage(str(FIXTURES / "P158-020.nii.gz"))
+    volume = read_dicom_volume(folder)
+    assert volume.series.uid == uids["t2"] and volume.alternatives == 2
+    assert volume.image.GetSize() == source.GetSize()
+    assert np.allclose(volume.image.GetOrigin(), source.GetOrigin(), atol=1e-3)
+    assert np.allclose(volume.image.GetSpacing(), source.GetSpacing(), atol=1e-5)
+    assert np.allclose(volume.image.GetDirection(), source.GetDirection(), atol=1e-6)
+
+
+def test_segment_says_which_series_it_used(segmented, study):
+    _, uids = study
+    _, stdout = segmented
+    assert f'using series 3 "t2_tse_tra" (MR, axial, 4 slices, UID {uids["t2"]}), as the axial T2 series; 2 other series' in stdout
+
+
+def test_seg_frames_geometry_and_references_match_the_nifti_result(segmented, study):
+    out, _ = segmented
+    folder, uids = study
+    labels_image = sitk.ReadImage(str(out / "labels.nii.gz"))
+    labels = sitk.GetArrayFromImage(labels_image)
+    assert labels.any()
+    source = {header.SOPInstanceUID: header for header in read_headers(folder / "3_t2_tra")}
+    seg = highdicom.seg.segread(out / "seg.dcm")
+    assert seg.SOPClassUID == SEGMENTATION_STORAGE and seg.SegmentationType == "BINARY"
+    first = next(iter(source.values()))
+    assert (seg.StudyInstanceUID, seg.FrameOfReferenceUID, seg.PatientID) == (first.StudyInstanceUID, first.FrameOfReferenceUID, first.PatientID)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uids["t2"]
+    assert {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence} == set(source)
+    orientation = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert np.allclose([float(v) for v in orientation], np.array(labels_image.GetDirection()).reshape(3, 3)[:, :2].T.ravel(), atol=1e-6)
+    spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert np.allclose([float(v) for v in spacing], labels_image.GetSpacing()[1::-1], atol=1e-5)
+    gland_slices = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
+    assert seg.NumberOfFrames == len(gland_slices)  # empty slices are left out
+    frames = seg.pixel_array.reshape(seg.NumberOfFrames, *labels.shape[1:])
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        referenced = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        position = [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient]
+        assert np.allclose(position, [float(v) for v in source[referenced].ImagePositionPatient], atol=1e-4)
+        index = labels_image.TransformPhysicalPointToIndex(position)[2]
+        assert np.allclose(labels_image.TransformIndexToPhysicalPoint((0, 0, index)), position, atol=1e-3)
+        assert np.array_equal(frame > 0, labels[index] > 0)
+    segment = seg.SegmentSequence[0]
+    assert (segment.SegmentedPropertyTypeCodeSequence[0].CodeValue, segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("41216001", "SCT")
+    algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmName == "SAMProstateSDG zero-shot" and "coarse-resnet18-runmc sha256:" in algorithm.AlgorithmParameters
+
+
+def test_report_json_and_page_hold_the_measurements(segmented):
+    out, stdout = segmented
+    labels_image = sitk.ReadImage(str(out / "labels.nii.gz"))
+    report = json.loads((out / "report.json").read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    expected = measure_image(sitk.GetArrayFromImage(labels_image), labels_image, psa_ng_ml=6.2)
+    assert report["measurements"] == json.loads(json.dumps(expected.to_json()))
+    assert report["measurements"]["psa_density_ng_ml_per_ml"] == pytest.approx(6.2 / expected.volume_ml, abs=1e-3)
+    assert {model["id"] for model in report["provenance"]["models"]} == {"litemedsam", "coarse-resnet18-runmc"}
+    assert f"Gland volume (from the contour): {expected.volume_ml:.1f} mL" in stdout
+    with Image.open(out / "report.png") as page:
+        assert page.size == PAGE_SIZE
+
+
+def test_zonal_seg_codes_transition_and_peripheral_zone(study, tmp_path):
+    """The reference zones of the fixture written as a zonal SEG: two SNOMED CT coded segments, one frame per zone and slice."""
+    folder, _ = study
+    volume = read_dicom_volume(folder)
+    zones = canonical_zones(sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "P158-020_seg.nii.gz"))))
+    write_dicom_seg(tmp_path / "zones.dcm", zones, volume.series, zonal=True, provenance=provenance_for("samed"))
+    seg = pydicom.dcmread(tmp_path / "zones.dcm")
+    codes = [(item.SegmentLabel, item.SegmentedPropertyTypeCodeSequence[0].CodeValue) for item in seg.SegmentSequence]
+    assert codes == [("Transition zone", "399384005"), ("Peripheral zone", "279706003")]
+    per_segment = [item.SegmentIdentificationSequence[0].ReferencedSegmentNumber for item in seg.PerFrameFunctionalGroupsSequence]
+    assert per_segment.count(1) == int((zones == 1).any(axis=(1, 2)).sum()) and per_segment.count(2) == int((zones == 2).any(axis=(1, 2)).sum())
+
+
+def test_report_page_is_also_written_as_pdf(tmp_path):
+    image = sitk.ReadImage(str(FIXTURES / "Case29.nii.gz"))
+    labels = canonical_zones(sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "Case29_seg.nii.gz"))))
+    write_report(
+        tmp_path / "report.pdf", ReportSubject("Case29.nii.gz"), image, normalised_array(image), labels,
+        measure_image(labels, image, zonal=True, psa_ng_ml=4.0), provenance_for("samed"), zonal=True,
+    )
+    assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dicom-seg", "{out}/seg.dcm"], "need a DICOM folder"),
+        (["--series-uid", "1.2.3"], "need a DICOM folder"),
+        (["--report-page", "{out}/report.jpg"], "writes .png or .pdf"),
+        (["--psa", "-3"], "--psa must be a positive number"),
+        (["--report", "{out}/labels.nii.gz"], "two outputs name the same file"),
+    ],
+)
+def test_clinical_options_refuse_mistakes_before_writing_anything(tmp_path, capsys, extra, message):
+    arguments = ["segment", str(FIXTURES / "Case29.nii.gz"), "-o", str(tmp_path / "labels.nii.gz"), *[value.format(out=tmp_path) for value in extra]]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("samprostate: error:") and message in error and len(error.splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_seg_is_never_written_into_the_input_folder(study, capsys):
+    folder, _ = study
+    assert main(["segment", str(folder), "-o", str(folder.parent / "x.nii.gz"), "--dicom-seg", str(folder / "seg.dcm")]) == 2
+    assert "inside the input folder" in capsys.readouterr().err and not (folder / "seg.dcm").exists()
