@@ -15,6 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .boxes import Box
+from .confidence import SliceConfidence
 from .errors import InputError
 from .files import write_text_atomically
 
@@ -32,7 +33,10 @@ def geometry(image: sitk.Image) -> dict:
     }
 
 
-def boxes_to_json(boxes: dict[int, Box], image: sitk.Image) -> dict:
+def boxes_to_json(boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> dict:
+    """The file's content; ``confidences`` adds an optional ``confidence`` object to each segmented slice's entry
+    (``predicted_iou``, ``coarse_agreement``, ``flagged``), which readers of version 1 may ignore."""
+    confidences = confidences or {}
     entries = []
     for index, box in sorted(boxes.items()):
         corners_lps = [
@@ -47,6 +51,8 @@ def boxes_to_json(boxes: dict[int, Box], image: sitk.Image) -> dict:
                 "ras": [(np.array(corner) * LPS_TO_RAS).tolist() for corner in corners_lps],
             }
         )
+        if index in confidences:
+            entries[-1]["confidence"] = confidences[index].to_json()
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -57,8 +63,8 @@ def boxes_to_json(boxes: dict[int, Box], image: sitk.Image) -> dict:
     }
 
 
-def write_boxes(path: str | Path, boxes: dict[int, Box], image: sitk.Image) -> None:
-    text = json.dumps(boxes_to_json(boxes, image), indent=1) + "\n"
+def write_boxes(path: str | Path, boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> None:
+    text = json.dumps(boxes_to_json(boxes, image, confidences), indent=1) + "\n"
     write_text_atomically(path, text)
 
 

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .boxes import ComponentFilter, ProposalOptions
+from .boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
 from .devices import DEVICE_CHOICES, PRECISION_CHOICES
 from .errors import INTERRUPTED, InputError
 from .model_catalog import BOX_METHODS, DEFAULT_GRID_SIDE, METHODS, SAM_TYPES
@@ -19,7 +19,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam-type", choices=SAM_TYPES, help="architecture of --sam-checkpoint (default vit_b)")
     parser.add_argument("--coarse-checkpoint", type=Path, help="a coarse network from train-coarse (default: the shipped one)")
     parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default=ProposalOptions().component_filter.value,
-                        help="keep the largest component in the volume (3d), per slice (2d, as SAMMed), or all (none)")
+                        help="keep the most plausible 3D component (plausible: probability mass x slice continuity, 2-200 mL), "
+                             "the largest in the volume (3d), per slice (2d, as SAMMed), or all (none)")
+    parser.add_argument("--reorient", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.reorient,
+                        help="the coarse network reads the volume in the training orientation (LPS), whatever the file's voxel order")
+    parser.add_argument("--n4", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.n4,
+                        help="N4 bias-field correction (on a shrunk copy) before the coarse network")
+    parser.add_argument("--coarse-tta", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.tta,
+                        help="average the coarse network over the slices and their left-right mirror images")
     parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
     parser.add_argument("--method", choices=tuple(METHODS), default="zero-shot",
                         help="zero-shot SAM with coarse boxes; sammed: its decoder fine-tuned on RUNMC; desam-grid / desam-box: "
@@ -63,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="cases.csv split to evaluate, e.g. unseen")
     evaluate.add_argument("--site", help="site to evaluate")
     evaluate.add_argument("--cases", type=int, help="evaluate only the first N cases")
-    evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file")
+    evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file (with --shifts, also NAME.json)")
+    evaluate.add_argument("--shifts", action="store_true",
+                          help="the robustness suite: every case clean and under each seeded acquisition shift (default cases: the "
+                               "source-extra and unseen splits); Dice and HD95 per shift, and how well the confidence flags catch bad slices")
+    evaluate.add_argument("--seed", type=int, default=0, help="--shifts: the seed of the random shifts (default 0)")
     evaluate.add_argument("--overwrite", action="store_true")
     _add_model_options(evaluate)
 
@@ -127,9 +138,10 @@ def _segmenter(arguments):
     if arguments.grid_points < 1:
         raise InputError("--grid-points must be at least 1")
     options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
+    coarse_options = CoarseOptions(reorient=arguments.reorient, n4=arguments.n4, tta=arguments.coarse_tta)
     return ProstateSegmenter.load(
         arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method,
-        arguments.grid_points, arguments.precision,
+        arguments.grid_points, arguments.precision, coarse_options,
     )
 
 
@@ -189,11 +201,13 @@ def _segment_batch(segmenter, outputs: dict[Path, Path], arguments) -> None:
 
 def _segment_volume(segmenter, path: Path, output: Path, arguments) -> None:
     from .boxes_json import read_boxes, write_boxes
+    from .confidence import flagged_slices
     from .overlay import write_overlay
     from .volume_io import label_image, read_volume, write_image
 
     image = read_volume(path)
     boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
+    confidences = {}
     volume = segmenter.prepare(image)
     if arguments.merge_slices and segmenter.automatic is None:
         from .tiling import segment_merged
@@ -202,15 +216,20 @@ def _segment_volume(segmenter, path: Path, output: Path, arguments) -> None:
         labels = segment_merged(segmenter.sam, volume.normalised, boxes)
     elif segmenter.automatic is None:
         boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
-        labels = segmenter.segment_with_boxes(volume, boxes)
+        session = segmenter.box_session(volume, boxes)
+        labels, confidences = session.labels, segmenter.slice_confidence(volume, session)
     else:
         labels, boxes = segmenter.segment_automatically(volume), {}
     write_image(label_image(labels, image), output)
     if arguments.boxes_out:
-        write_boxes(arguments.boxes_out, boxes, image)
+        write_boxes(arguments.boxes_out, boxes, image, confidences)
     if arguments.overlay:
         write_overlay(arguments.overlay, volume.normalised, labels, boxes)
     print(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
+    flagged = flagged_slices(confidences)
+    if flagged:
+        print(f"{output}: low confidence on slice(s) {', '.join(map(str, flagged))} (0-based; SAM's predicted IoU or its agreement "
+              "with the coarse mask is low): check these first")
     if not labels.any():
         print(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
 
@@ -225,12 +244,36 @@ def run_evaluate(arguments) -> None:
         check_output_path(arguments.output, arguments.overwrite)
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
+    if arguments.shifts:
+        _run_robustness_suite(arguments)
+        return
     cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
     segmenter = _segmenter(arguments)
     trained_rows = arguments.sam_checkpoint is None and arguments.method == "zero-shot"  # trained methods build on LiteMedSAM
     table = markdown_table(evaluate(segmenter, cases, trained_rows))
     print(table)
     if arguments.output:
+        write_text_atomically(arguments.output, table + "\n")
+
+
+def _run_robustness_suite(arguments) -> None:
+    import json
+
+    from .dataset import find_cases
+    from .files import write_text_atomically
+    from .robustness import SUITE_SPLITS, markdown_table, run_suite
+    from .volume_io import check_output_path
+
+    json_path = arguments.output.with_suffix(".json") if arguments.output else None
+    if json_path:
+        check_output_path(json_path, arguments.overwrite)
+    splits = [arguments.split] if arguments.split else SUITE_SPLITS
+    cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
+    result = run_suite(_segmenter(arguments), cases, arguments.seed)
+    table = markdown_table(result)
+    print(table)
+    if arguments.output:
+        write_text_atomically(json_path, json.dumps(result.to_json(), indent=1) + "\n")
         write_text_atomically(arguments.output, table + "\n")
 
 
