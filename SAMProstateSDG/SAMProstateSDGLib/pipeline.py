@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from .boxes import Box, ProposalOptions, box_from_clicks, filtered_mask, largest_component, propose_boxes
+from .boxes import Box, ProposalOptions, box_from_clicks, filtered_mask, largest_component, propose_boxes, slice_boxes
 from .canvas import Canvas, encoder_canvas
 from .coarse_net import CoarseSegmenter
 from .confidence import SliceConfidence, slice_confidences
@@ -183,6 +183,13 @@ class ProstateSegmenter:
     def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
         """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""
         return self.box_session(volume, boxes).labels
+
+    def refined_boxes(self, volume: PreparedVolume, session: "BoxSegmentation", margin_mm: float) -> dict[int, Box]:
+        """Box refinement: each slice's box redrawn around SAM's own mask (widened by ``margin_mm``) for a second pass;
+        a slice where SAM found nothing keeps its box."""
+        spacing = volume.spacing_xy
+        refined = slice_boxes(session.labels > 0, (margin_mm / spacing[0], margin_mm / spacing[1]), shape=session.labels.shape[1:])
+        return {index: refined.get(index, box) for index, box in session.boxes.items()}
 
     def box_session(self, volume: PreparedVolume, boxes: dict[int, Box]) -> "BoxSegmentation":
         """The volume segmented with ``boxes`` (its labels, and SAM's predicted IoU per slice)."""

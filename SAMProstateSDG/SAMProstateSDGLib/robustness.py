@@ -33,6 +33,7 @@ SuitePredictor = Callable[[PreparedVolume, np.ndarray], tuple[np.ndarray, dict[i
 
 @dataclass(frozen=True)
 class SliceRecord:
+    row: str
     case: str
     shift: str
     slice: int
@@ -49,14 +50,15 @@ class SuiteResult:
     scores: dict[str, dict[str, dict[str, Score]]]  # row -> shift -> case -> score
     slices: list[SliceRecord]
 
-    def flag_summary(self) -> dict[str, float | int]:
-        """Of the default row's slices with Dice < LOW_DICE, the share flagged; and the share of all its slices flagged."""
-        low = [record for record in self.slices if record.dice < LOW_DICE]
+    def flag_summary(self, row: str = DEFAULT_ROW) -> dict[str, float | int]:
+        """Of the row's slices with Dice < LOW_DICE, the share flagged; and the share of all its slices flagged."""
+        records = [record for record in self.slices if record.row == row]
+        low = [record for record in records if record.dice < LOW_DICE]
         return {
-            "slices": len(self.slices),
+            "slices": len(records),
             "low_dice_slices": len(low),
             "low_dice_flagged_share": float(np.mean([record.flagged for record in low])) if low else math.nan,
-            "flagged_share": float(np.mean([record.flagged for record in self.slices])) if self.slices else math.nan,
+            "flagged_share": float(np.mean([record.flagged for record in records])) if records else math.nan,
         }
 
     def to_json(self) -> dict:
@@ -70,7 +72,7 @@ class SuiteResult:
                 row: {shift: {case: asdict(value) for case, value in cases.items()} for shift, cases in shifts.items()}
                 for row, shifts in self.scores.items()
             },
-            "flags": self.flag_summary(),
+            "flags": {row: self.flag_summary(row) for row in self.scores if any(record.row == row for record in self.slices)},
             "slices": [asdict(record) for record in self.slices],
         }
 
@@ -90,7 +92,7 @@ def default_predictors(segmenter: ProstateSegmenter) -> dict[str, SuitePredictor
     }
 
 
-def slice_records(case: str, shift: str, prediction: np.ndarray, reference: np.ndarray, confidences: dict[int, SliceConfidence]) -> list[SliceRecord]:
+def slice_records(row: str, case: str, shift: str, prediction: np.ndarray, reference: np.ndarray, confidences: dict[int, SliceConfidence]) -> list[SliceRecord]:
     """One record per slice that has gland in the reference or the prediction; slices with gland but no
     segmentation have no confidence and count as not flagged."""
     records = []
@@ -98,6 +100,7 @@ def slice_records(case: str, shift: str, prediction: np.ndarray, reference: np.n
         confidence = confidences.get(int(index))
         records.append(
             SliceRecord(
+                row,
                 case,
                 shift,
                 int(index),
@@ -131,11 +134,11 @@ def run_suite(
                 prediction, confidences = predict(volume, reference)
                 result.scores[row].setdefault(name, {})[case.name] = score(prediction > 0, reference > 0, spacing_zyx)
                 if confidences is not None:
-                    result.slices += slice_records(case.name, name, prediction > 0, reference > 0, confidences)
+                    result.slices += slice_records(row, case.name, name, prediction > 0, reference > 0, confidences)
     return result
 
 
-def markdown_table(result: SuiteResult) -> str:
+def markdown_table(result: SuiteResult, flag_row: str = DEFAULT_ROW) -> str:
     """One line per shift; per row the mean Dice, the worst case's Dice and the mean HD95 (mm)."""
     rows = list(result.scores)
     header = "| Shift | " + " | ".join(f"{row}: mean Dice (worst) / HD95" for row in rows) + " |"
@@ -152,10 +155,10 @@ def markdown_table(result: SuiteResult) -> str:
             distance = f"{np.mean(distances):.1f}" if distances else "n/a"
             cells.append(f"**{np.mean(dices):.3f}** ({min(dices):.3f}) / {distance}")
         lines.append(f"| {shift} | " + " | ".join(cells) + " |")
-    flags = result.flag_summary()
+    flags = result.flag_summary(flag_row)
     lines.append("")
     lines.append(
-        f"Confidence flags ({DEFAULT_ROW}): {flags['low_dice_flagged_share']:.0%} of the {flags['low_dice_slices']} slices with "
+        f"Confidence flags ({flag_row}): {flags['low_dice_flagged_share']:.0%} of the {flags['low_dice_slices']} slices with "
         f"Dice < {LOW_DICE} flagged; {flags['flagged_share']:.0%} of all {flags['slices']} slices flagged. Seed {result.seed}."
     )
     return "\n".join(lines)
