@@ -53,13 +53,25 @@ def flag_sweep(slices: list[dict], row: str) -> str:
     lines = [f"{row}: {len(records)} slices, {len(low)} with Dice < 0.8 "
              f"({sum(record['predicted_iou'] is None for record in low)} of them without a box)", "",
              "| predicted IoU < | agreement < | low-Dice slices flagged | all slices flagged |", "|---|---|---|---|"]
-    for iou in IOU_THRESHOLDS:
-        for agreement in AGREEMENT_THRESHOLDS:
-            def flagged(record):
-                return record["predicted_iou"] is not None and (record["predicted_iou"] < iou or record["coarse_agreement"] < agreement)
-            caught = np.mean([flagged(record) for record in low]) if low else math.nan
-            share = np.mean([flagged(record) for record in records])
-            lines.append(f"| {iou:.2f} | {agreement:.2f} | {caught:.0%} | {share:.0%} |")
+    segmented: dict[tuple[str, str], list[int]] = {}
+    for record in records:
+        if record["predicted_iou"] is not None:
+            segmented.setdefault((record["case"], record["shift"]), []).append(record["slice"])
+
+    def at_end(record) -> bool:
+        indices = segmented.get((record["case"], record["shift"]), [])
+        return bool(indices) and record["slice"] in (min(indices), max(indices))
+
+    for ends in (False, True):
+        for iou in IOU_THRESHOLDS:
+            for agreement in AGREEMENT_THRESHOLDS:
+                def flagged(record):
+                    if record["predicted_iou"] is None:
+                        return False
+                    return record["predicted_iou"] < iou or record["coarse_agreement"] < agreement or (ends and at_end(record))
+                caught = np.mean([flagged(record) for record in low]) if low else math.nan
+                share = np.mean([flagged(record) for record in records])
+                lines.append(f"| {iou:.2f} | {agreement:.2f}{' + ends' if ends else ''} | {caught:.0%} | {share:.0%} |")
     return "\n".join(lines)
 
 

@@ -54,7 +54,7 @@ class CoarseOptions:
         return cls(**{lever: True for lever in name.split("+") if lever != "base"})
 
 
-DEFAULT_COARSE_OPTIONS = CoarseOptions()  # chosen on the robustness suite (README: "Robustness to acquisition shifts")
+DEFAULT_COARSE_OPTIONS = CoarseOptions(reorient=True)  # chosen on the robustness suite (README: "Robustness to acquisition shifts")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,10 @@ def n4_corrected(image: sitk.Image) -> sitk.Image:
 
 
 def in_orientation(image: sitk.Image, orientation: str = TRAINING_ORIENTATION) -> sitk.Image:
-    """The same image with its voxels permuted and flipped into ``orientation`` (no interpolation)."""
+    """The same image with its voxels permuted and flipped into ``orientation`` (no interpolation);
+    ``image`` itself when it is stored that way already."""
+    if sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) == orientation:
+        return image
     return sitk.DICOMOrient(image, orientation)
 
 
@@ -52,9 +55,8 @@ def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: Co
 
     ``normalised`` (``normalised_array(image)``) is reused when no lever changes the voxels.
     """
-    seen = in_orientation(image) if options.reorient else image
-    if options.n4:
-        seen = n4_corrected(seen)
+    oriented = in_orientation(image) if options.reorient else image
+    seen = n4_corrected(oriented) if options.n4 else oriented
     voxels = normalised if normalised is not None and seen is image else normalised_array(seen)
     canvas = coarse.config.canvas
     slices = canvas.to_canvas(voxels, seen)
@@ -63,4 +65,4 @@ def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: Co
         mirrored = coarse.canvas_probabilities(np.ascontiguousarray(slices[:, :, ::-1]))[:, :, ::-1]
         on_canvas = (on_canvas + mirrored) / 2
     probabilities = canvas.from_canvas(on_canvas, seen)
-    return onto_grid(probabilities, seen, image) if options.reorient else probabilities
+    return probabilities if oriented is image else onto_grid(probabilities, seen, image)

@@ -9,7 +9,17 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from .boxes import Box, ProposalOptions, box_from_clicks, filtered_mask, largest_component, propose_boxes, slice_boxes
+from .boxes import (
+    DEFAULT_COARSE_OPTIONS,
+    Box,
+    CoarseOptions,
+    ProposalOptions,
+    box_from_clicks,
+    filtered_mask,
+    largest_component,
+    propose_boxes,
+    slice_boxes,
+)
 from .canvas import Canvas, encoder_canvas
 from .coarse_net import CoarseSegmenter
 from .confidence import SliceConfidence, slice_confidences
@@ -17,7 +27,7 @@ from .desam import DeSAMSegmenter, load_desam
 from .devices import encoder_in_bf16, pick_device
 from .encoder_stages import EncoderFeatures
 from .errors import InputError
-from .localisation import CoarseOptions, coarse_probabilities
+from .localisation import coarse_probabilities
 from .model_catalog import DEFAULT_GRID_SIDE, METHODS, CatalogEntry, catalog, default_entry
 from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 from .samed import SAMedSegmenter, load_samed
@@ -82,7 +92,7 @@ class ProstateSegmenter:
         coarse: CoarseSegmenter,
         options: ProposalOptions = ProposalOptions(),
         automatic: VolumeSegmenter | None = None,
-        coarse_options: CoarseOptions = CoarseOptions(),
+        coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
     ):
         self.sam = sam
         self.coarse = coarse
@@ -101,7 +111,7 @@ class ProstateSegmenter:
         method: str = "zero-shot",
         grid_side: int = DEFAULT_GRID_SIDE,
         precision: str = "auto",
-        coarse_options: CoarseOptions = CoarseOptions(),
+        coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
     ) -> "ProstateSegmenter":
         """The shipped models by default; a user's SAM or coarse checkpoint where given.
 
