@@ -75,9 +75,16 @@ def flag_sweep(slices: list[dict], row: str) -> str:
     return "\n".join(lines)
 
 
+def shift_table(data: dict) -> str:
+    lines = ["| Shift | Model and parameters |", "|---|---|"]
+    lines += [f"| {name} | {description} |" for name, description in data["shifts"].items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", type=Path, nargs="+")
+    parser.add_argument("--describe", action="store_true", help="also print the shifts and their parameters")
     parser.add_argument("--row", help="the row for the HD95 table and the flag sweep")
     parser.add_argument("--flags", action="store_true")
     arguments = parser.parse_args()
@@ -85,6 +92,8 @@ def main() -> None:
         data = json.loads(path.read_text())
         cases = sorted({case for row in data["scores"].values() for cases in row.values() for case in cases})
         print(f"\n### {path} ({len(cases)} cases: {', '.join(cases)}; seed {data['seed']})\n")
+        if arguments.describe:
+            print(shift_table(data) + "\n")
         print(ablation_table(data))
         if arguments.row:
             print("\n" + hd95_table(data, arguments.row))
