@@ -24,11 +24,11 @@ N4_ITERATIONS = (50, 40, 30)
 
 def n4_corrected(image: sitk.Image) -> sitk.Image:
     """``image`` divided by N4's bias field, estimated on a copy shrunk ``N4_SHRINK`` times in-plane
-    inside an Otsu body mask, then evaluated on the full grid."""
+    inside an Otsu body mask (on log intensities), then evaluated on the full grid."""
     full = sitk.Cast(image, sitk.sitkFloat32)
     full = sitk.Maximum(full, 0.0) + 1.0  # N4 works on logarithms: strictly positive
     shrunk = sitk.Shrink(full, [N4_SHRINK, N4_SHRINK, 1])
-    body = sitk.OtsuThreshold(shrunk, 0, 1, 200)
+    body = sitk.OtsuThreshold(sitk.Log(shrunk), 0, 1, 200)  # on raw intensities Otsu keeps only the brightest (coil) region
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations(list(N4_ITERATIONS))
     corrector.Execute(shrunk, body)
