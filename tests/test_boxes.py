@@ -70,8 +70,8 @@ def test_boxes_found_in_the_foreground_window_are_placed_and_clamped_in_the_whol
     probabilities[0, -4:, 100:140] = 1.0  # touches the bottom edge: its margin must stop at the slice
     for component_filter in ComponentFilter:
         options = ProposalOptions(component_filter=component_filter, margin_mm=3.0)
-        whole_slice = slice_boxes(filtered_mask(probabilities, options.threshold, component_filter), (7.5, 7.5))
-        assert propose_boxes(probabilities, (0.4, 0.4), options) == whole_slice
+        whole_slice = slice_boxes(filtered_mask(probabilities, options.threshold, component_filter, (0.4, 0.4, 3.0)), (7.5, 7.5))
+        assert propose_boxes(probabilities, (0.4, 0.4, 3.0), options) == whole_slice
 
 
 def test_3d_filter_keeps_only_the_largest_volume_component():

@@ -12,6 +12,8 @@ from enum import Enum
 import numpy as np
 from scipy import ndimage
 
+from .component_choice import choose_component
+
 COARSE_THRESHOLD = 0.75
 IN_PLANE = np.stack([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3))]).astype(bool)  # 4-connected, never across slices
 
@@ -22,6 +24,7 @@ class ComponentFilter(str, Enum):
     NONE = "none"  # every foreground pixel of the slice (the unfiltered baseline)
     SLICE = "2d"  # the largest connected component of each slice (SAMMed's mask filter)
     VOLUME = "3d"  # the largest 3D connected component, then per-slice boxes
+    PLAUSIBLE = "plausible"  # the most plausible 3D component (component_choice), then per-slice boxes
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,27 @@ class ProposalOptions:
     threshold: float = COARSE_THRESHOLD
     component_filter: ComponentFilter = ComponentFilter.VOLUME  # chosen on in-domain cases (README)
     margin_mm: float = 3.0
+
+
+@dataclass(frozen=True)
+class CoarseOptions:
+    """Which levers shape what the coarse network reads (``localisation``); all off: the voxels as the file stores them."""
+
+    reorient: bool = False
+    n4: bool = False
+    tta: bool = False
+
+    @property
+    def name(self) -> str:
+        return "+".join(lever for lever in ("reorient", "n4", "tta") if getattr(self, lever)) or "base"
+
+    @classmethod
+    def named(cls, name: str) -> "CoarseOptions":
+        """Options from a '+'-joined list of lever names ('base' for none), e.g. 'reorient+n4'."""
+        return cls(**{lever: True for lever in name.split("+") if lever != "base"})
+
+
+DEFAULT_COARSE_OPTIONS = CoarseOptions(reorient=True)  # chosen on the robustness suite (README: "Robustness to acquisition shifts")
 
 
 @dataclass(frozen=True)
@@ -106,8 +130,15 @@ def foreground_window(mask: np.ndarray) -> tuple[slice, slice, slice]:
     return slice(None), slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
 
 
-def filter_components(mask: np.ndarray, component_filter: ComponentFilter) -> np.ndarray:
-    """The thresholded coarse mask kept to its largest component(s) as ``component_filter`` says."""
+def filter_components(
+    mask: np.ndarray, component_filter: ComponentFilter, probabilities: np.ndarray | None = None, spacing_xyz: tuple[float, ...] = (1.0, 1.0, 1.0)
+) -> np.ndarray:
+    """The thresholded coarse mask kept to its largest (or most plausible) component(s) as ``component_filter`` says.
+
+    PLAUSIBLE needs the probabilities (same shape as ``mask``) and the voxel spacing.
+    """
+    if component_filter is ComponentFilter.PLAUSIBLE:
+        return choose_component(mask, probabilities, spacing_xyz, plausible=True)
     if component_filter is ComponentFilter.VOLUME:
         return largest_component(mask)
     if component_filter is ComponentFilter.SLICE:
@@ -115,29 +146,35 @@ def filter_components(mask: np.ndarray, component_filter: ComponentFilter) -> np
     return mask
 
 
-def _filtered_window(probabilities: np.ndarray, threshold: float, component_filter: ComponentFilter):
+def _filtered_window(probabilities: np.ndarray, threshold: float, component_filter: ComponentFilter, spacing_xyz: tuple[float, ...] = (1.0, 1.0, 1.0)):
     """(filtered mask inside the window, the window): components are labelled only inside the
     foreground's bounding box (the gland is a small part of the slice), several times faster."""
     mask = probabilities > threshold
     window = foreground_window(mask)
-    return filter_components(mask[window], component_filter), window
+    return filter_components(mask[window], component_filter, probabilities[window], spacing_xyz), window
 
 
 def filtered_mask(
     probabilities: np.ndarray,
     threshold: float = COARSE_THRESHOLD,
     component_filter: ComponentFilter = ComponentFilter.SLICE,
+    spacing_xyz: tuple[float, ...] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
     """The coarse mask ([slices, rows, columns]) after thresholding and component filtering."""
-    inside, window = _filtered_window(probabilities, threshold, component_filter)
+    inside, window = _filtered_window(probabilities, threshold, component_filter, spacing_xyz)
     filtered = np.zeros(probabilities.shape, dtype=bool)
     filtered[window] = inside
     return filtered
 
 
-def propose_boxes(probabilities: np.ndarray, spacing_xy: tuple[float, float], options: ProposalOptions = ProposalOptions()) -> dict[int, Box]:
-    """One box per slice that has a component; slices without one get none (taken inside the window)."""
-    inside, window = _filtered_window(probabilities, options.threshold, options.component_filter)
+def propose_boxes(probabilities: np.ndarray, spacing_xy: tuple[float, ...], options: ProposalOptions = ProposalOptions()) -> dict[int, Box]:
+    """One box per slice that has a component; slices without one get none (taken inside the window).
+
+    ``spacing_xy`` is the pixel spacing (x, y) in mm; the PLAUSIBLE filter also needs the slice spacing (x, y, z).
+    """
+    if options.component_filter is ComponentFilter.PLAUSIBLE and len(spacing_xy) < 3:
+        raise ValueError("the plausible component filter needs the (x, y, z) spacing")
+    inside, window = _filtered_window(probabilities, options.threshold, options.component_filter, tuple(spacing_xy))
     margin = (options.margin_mm / spacing_xy[0], options.margin_mm / spacing_xy[1])
     origin = (window[2].start or 0, window[1].start or 0)
     return slice_boxes(inside, margin, origin, probabilities.shape[1:])

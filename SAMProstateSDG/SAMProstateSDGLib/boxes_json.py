@@ -18,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .boxes import Box
+from .confidence import SliceConfidence
 from .errors import InputError
 from .files import json_text, write_text_atomically
 
@@ -36,7 +37,10 @@ def geometry(image: sitk.Image) -> dict:
     }
 
 
-def boxes_to_json(boxes: dict[int, Box], image: sitk.Image) -> dict:
+def boxes_to_json(boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> dict:
+    """The file's content; ``confidences`` adds an optional ``confidence`` object to each segmented slice's entry
+    (``predicted_iou``, ``coarse_agreement``, ``flagged``), which readers of version 1 may ignore."""
+    confidences = confidences or {}
     entries = []
     for index, box in sorted(boxes.items()):
         corners_lps = [
@@ -51,6 +55,8 @@ def boxes_to_json(boxes: dict[int, Box], image: sitk.Image) -> dict:
                 "ras": [(np.array(corner) * LPS_TO_RAS).tolist() for corner in corners_lps],
             }
         )
+        if index in confidences:
+            entries[-1]["confidence"] = confidences[index].to_json()
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -61,12 +67,12 @@ def boxes_to_json(boxes: dict[int, Box], image: sitk.Image) -> dict:
     }
 
 
-def boxes_text(boxes: dict[int, Box], image: sitk.Image) -> str:
-    return json_text(boxes_to_json(boxes, image), indent=1)
+def boxes_text(boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> str:
+    return json_text(boxes_to_json(boxes, image, confidences), indent=1)
 
 
-def write_boxes(path: str | Path, boxes: dict[int, Box], image: sitk.Image) -> None:
-    write_text_atomically(path, boxes_text(boxes, image))
+def write_boxes(path: str | Path, boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> None:
+    write_text_atomically(path, boxes_text(boxes, image, confidences))
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from .boxes import ComponentFilter, ProposalOptions
+from .boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
 from .devices import DEVICE_CHOICES, PRECISION_CHOICES
 from .errors import INTERRUPTED, InputError
 from .model_catalog import BOX_METHODS, DEFAULT_GRID_SIDE, METHODS, SAM_TYPES
@@ -21,7 +21,14 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sam-type", choices=SAM_TYPES, help="architecture of --sam-checkpoint (default vit_b)")
     parser.add_argument("--coarse-checkpoint", type=Path, help="a coarse network from train-coarse (default: the shipped one)")
     parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default=ProposalOptions().component_filter.value,
-                        help="keep the largest component in the volume (3d), per slice (2d, as SAMMed), or all (none)")
+                        help="keep the most plausible 3D component (plausible: probability mass x slice continuity, 2-200 mL), "
+                             "the largest in the volume (3d), per slice (2d, as SAMMed), or all (none)")
+    parser.add_argument("--reorient", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.reorient,
+                        help="the coarse network reads the volume in the training orientation (LPS), whatever the file's voxel order")
+    parser.add_argument("--n4", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.n4,
+                        help="N4 bias-field correction (on a shrunk copy) before the coarse network")
+    parser.add_argument("--coarse-tta", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.tta,
+                        help="average the coarse network over the slices and their left-right mirror images")
     parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
     parser.add_argument("--method", choices=tuple(METHODS), default="zero-shot",
                         help="zero-shot SAM with coarse boxes; sammed: its decoder fine-tuned on RUNMC; desam-grid / desam-box: "
@@ -74,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="cases.csv split to evaluate, e.g. unseen")
     evaluate.add_argument("--site", help="site to evaluate")
     evaluate.add_argument("--cases", type=int, help="evaluate only the first N cases")
-    evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file")
+    evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file (with --shifts, also NAME.json)")
+    evaluate.add_argument("--shifts", action="store_true",
+                          help="the robustness suite: every case clean and under each seeded acquisition shift (default cases: the "
+                               "source-extra and unseen splits); Dice and HD95 per shift, and how well the confidence flags catch bad slices")
+    evaluate.add_argument("--seed", type=int, default=0, help="--shifts: the seed of the random shifts (default 0)")
     evaluate.add_argument("--overwrite", action="store_true")
     _add_model_options(evaluate)
 
@@ -168,9 +179,10 @@ def _segmenter(arguments):
     from .pipeline import ProstateSegmenter
 
     options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
+    coarse_options = CoarseOptions(reorient=arguments.reorient, n4=arguments.n4, tta=arguments.coarse_tta)
     return ProstateSegmenter.load(
         arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method,
-        arguments.grid_points, arguments.precision,
+        arguments.grid_points, arguments.precision, coarse_options,
     )
 
 
@@ -263,10 +275,12 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     from tqdm import tqdm
 
     from .boxes_json import boxes_text
+    from .confidence import flagged_slices
     from .files import write_files_atomically
     from .overlay import overlay_sheet
     from .volume_io import image_writer, label_image
 
+    confidences = {}
     volume = segmenter.prepare(image)
     if arguments.merge_slices and segmenter.automatic is None:
         from .tiling import segment_merged
@@ -275,18 +289,23 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
         labels = segment_merged(segmenter.sam, volume.normalised, boxes)
     elif segmenter.automatic is None:
         boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
-        labels = segmenter.segment_with_boxes(volume, boxes)
+        session = segmenter.box_session(volume, boxes)
+        labels, confidences = session.labels, segmenter.slice_confidence(volume, session)
     else:
         labels, boxes = segmenter.segment_automatically(volume), {}
     writers = {output: image_writer(label_image(labels, image))}
     if arguments.boxes_out:
-        text = boxes_text(boxes, image)
+        text = boxes_text(boxes, image, confidences)
         writers[arguments.boxes_out] = lambda temporary: Path(temporary).write_text(text)
     if arguments.overlay:
         sheet = overlay_sheet(volume.normalised, labels, boxes)
         writers[arguments.overlay] = lambda temporary: sheet.save(temporary, format="PNG")
     write_files_atomically(writers)
     tqdm.write(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
+    flagged = flagged_slices(confidences)
+    if flagged:
+        tqdm.write(f"{output}: low confidence on slice(s) {', '.join(map(str, flagged))} (0-based; SAM's predicted IoU or its agreement "
+                   "with the coarse mask is low): check these first")
     if not labels.any():
         tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
     from .clinical_outputs import write_clinical_outputs
@@ -302,6 +321,9 @@ def run_evaluate(arguments) -> None:
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
     _check_model_options(arguments)
+    if arguments.shifts:
+        _run_robustness_suite(arguments)
+        return
     cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
     if arguments.output:
         inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
@@ -321,6 +343,25 @@ def _check_training_output(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output {folder} is a file; training writes into a folder")
     check_output_folder(folder if folder.exists() else next(parent for parent in folder.absolute().parents if parent.exists()))
+
+
+def _run_robustness_suite(arguments) -> None:
+    from .dataset import find_cases
+    from .files import check_outputs, write_json, write_text_atomically
+    from .robustness import SUITE_SPLITS, markdown_table, run_suite
+
+    splits = [arguments.split] if arguments.split else SUITE_SPLITS
+    cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
+    json_path = arguments.output.with_suffix(".json") if arguments.output else None
+    if arguments.output:
+        inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
+        check_outputs([arguments.output, json_path], inputs, arguments.overwrite)
+    result = run_suite(_segmenter(arguments), cases, arguments.seed)
+    table = markdown_table(result)
+    print(table)
+    if arguments.output:
+        write_json(json_path, result.to_json(), indent=1)
+        write_text_atomically(arguments.output, table + "\n")
 
 
 def run_train_coarse(arguments) -> None:

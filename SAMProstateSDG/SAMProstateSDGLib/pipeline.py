@@ -9,13 +9,25 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from .boxes import Box, ProposalOptions, box_from_clicks, largest_component, propose_boxes
+from .boxes import (
+    DEFAULT_COARSE_OPTIONS,
+    Box,
+    CoarseOptions,
+    ProposalOptions,
+    box_from_clicks,
+    filtered_mask,
+    largest_component,
+    propose_boxes,
+    slice_boxes,
+)
 from .canvas import Canvas, encoder_canvas
 from .coarse_net import CoarseSegmenter
+from .confidence import SliceConfidence, slice_confidences
 from .desam import DeSAMSegmenter, load_desam
 from .devices import encoder_in_bf16, pick_device
 from .encoder_stages import EncoderFeatures
 from .errors import InputError
+from .localisation import coarse_probabilities
 from .model_catalog import DEFAULT_GRID_SIDE, METHODS, CatalogEntry, catalog, default_entry
 from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 from .samed import SAMedSegmenter, load_samed
@@ -75,12 +87,18 @@ class ProstateSegmenter:
     """Coarse network + SAM, loaded once and reused for any number of volumes and prompts."""
 
     def __init__(
-        self, sam: SamEngine, coarse: CoarseSegmenter, options: ProposalOptions = ProposalOptions(), automatic: VolumeSegmenter | None = None
+        self,
+        sam: SamEngine,
+        coarse: CoarseSegmenter,
+        options: ProposalOptions = ProposalOptions(),
+        automatic: VolumeSegmenter | None = None,
+        coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
     ):
         self.sam = sam
         self.coarse = coarse
         self.options = options
         self.automatic = automatic
+        self.coarse_options = coarse_options
 
     @classmethod
     def load(
@@ -93,11 +111,13 @@ class ProstateSegmenter:
         method: str = "zero-shot",
         grid_side: int = DEFAULT_GRID_SIDE,
         precision: str = "auto",
+        coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
     ) -> "ProstateSegmenter":
         """The shipped models by default; a user's SAM or coarse checkpoint where given.
 
         A ``method`` other than "zero-shot" adds the shipped model trained on RUNMC (LiteMedSAM only).
         ``precision`` (auto, fp32, bf16) is the box-prompted encoder's (``devices.encoder_in_bf16``).
+        ``coarse_options``: the levers on what the coarse network reads (``localisation``).
         """
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -117,7 +137,7 @@ class ProstateSegmenter:
         box_only = sam_checkpoint is None or sam_type == "litemedsam"
         # on a CPU, batches of slices encode slower per slice than one at a time (samprostate bench)
         batch_size = 1 if torch_device.type == "cpu" else 4
-        segmenter = cls(SamEngine(sam, torch_device, batch_size, box_only, bf16=bf16), coarse, options)
+        segmenter = cls(SamEngine(sam, torch_device, batch_size, box_only, bf16=bf16), coarse, options, coarse_options=coarse_options)
         return segmenter.with_method(method, grid_side) if METHODS[method] else segmenter
 
     def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":
@@ -125,7 +145,7 @@ class ProstateSegmenter:
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         if METHODS[method] is None:
-            return ProstateSegmenter(self.sam, self.coarse, self.options)
+            return ProstateSegmenter(self.sam, self.coarse, self.options, coarse_options=self.coarse_options)
         return self.with_model(catalog()[METHODS[method]], grid_side)
 
     def with_model(self, entry: CatalogEntry, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":
@@ -141,15 +161,17 @@ class ProstateSegmenter:
             automatic = DeSAMSegmenter(self.sam, model, entry.kind.removeprefix("desam-"), grid_side)
         else:
             raise InputError(f"{entry.id} is a {entry.kind} model, not one that segments with SAM")
-        return ProstateSegmenter(self.sam, self.coarse, self.options, automatic)
+        return ProstateSegmenter(self.sam, self.coarse, self.options, automatic, self.coarse_options)
 
     def with_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> "ProstateSegmenter":
         """The same models with fine-tuned mask decoder weights (the encoder is shared, not reloaded)."""
-        return ProstateSegmenter(self.sam.with_mask_decoder(checkpoint, sha256), self.coarse, self.options)
+        return ProstateSegmenter(self.sam.with_mask_decoder(checkpoint, sha256), self.coarse, self.options, coarse_options=self.coarse_options)
 
     def with_coarse(self, checkpoint: str | Path, sha256: str | None = None) -> "ProstateSegmenter":
         """The same SAM with another coarse network proposing the boxes."""
-        return ProstateSegmenter(self.sam, CoarseSegmenter.from_checkpoint(checkpoint, self.sam.device, sha256), self.options)
+        return ProstateSegmenter(
+            self.sam, CoarseSegmenter.from_checkpoint(checkpoint, self.sam.device, sha256), self.options, coarse_options=self.coarse_options
+        )
 
     def prepare(self, image: sitk.Image) -> PreparedVolume:
         normalised = normalised_array(image)
@@ -157,17 +179,33 @@ class ProstateSegmenter:
 
     def coarse_probabilities(self, volume: PreparedVolume) -> np.ndarray:
         if volume.coarse is None:
-            volume.coarse = self.coarse.probabilities(volume.normalised, volume.image)
+            volume.coarse = coarse_probabilities(self.coarse, volume.image, self.coarse_options, volume.normalised)
         return volume.coarse
 
     def propose_boxes(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> dict[int, Box]:
-        return propose_boxes(self.coarse_probabilities(volume), volume.spacing_xy, options or self.options)
+        return propose_boxes(self.coarse_probabilities(volume), volume.image.GetSpacing(), options or self.options)
+
+    def slice_confidence(self, volume: PreparedVolume, session: "BoxSegmentation") -> dict[int, SliceConfidence]:
+        """Each segmented slice's confidence: SAM's predicted IoU and its mask's agreement with the coarse component."""
+        component = filtered_mask(self.coarse_probabilities(volume), self.options.threshold, self.options.component_filter, volume.image.GetSpacing())
+        return slice_confidences(session.labels > 0, component, session.predicted_iou)
 
     def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
         """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""
+        return self.box_session(volume, boxes).labels
+
+    def refined_boxes(self, volume: PreparedVolume, session: "BoxSegmentation", margin_mm: float) -> dict[int, Box]:
+        """Box refinement: each slice's box redrawn around SAM's own mask (widened by ``margin_mm``) for a second pass;
+        a slice where SAM found nothing keeps its box."""
+        spacing = volume.spacing_xy
+        refined = slice_boxes(session.labels > 0, (margin_mm / spacing[0], margin_mm / spacing[1]), shape=session.labels.shape[1:])
+        return {index: refined.get(index, box) for index, box in session.boxes.items()}
+
+    def box_session(self, volume: PreparedVolume, boxes: dict[int, Box]) -> "BoxSegmentation":
+        """The volume segmented with ``boxes`` (its labels, and SAM's predicted IoU per slice)."""
         session = BoxSegmentation(volume, self.sam)
         session.update(boxes)
-        return session.labels
+        return session
 
     def segment_automatically(self, volume: PreparedVolume) -> np.ndarray:
         """Labels of a prompt-free method on every slice, kept to their largest 3D component."""
@@ -202,6 +240,7 @@ class BoxSegmentation:
         self.decoder = decoder
         self.boxes: dict[int, Box] = {}
         self.labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
+        self.predicted_iou: dict[int, float] = {}  # SAM's own estimate of each segmented slice's IoU
 
     def changed_slices(self, boxes: dict[int, Box]) -> list[int]:
         """Slices whose box differs from the one last segmented (added, moved or removed)."""
@@ -213,6 +252,7 @@ class BoxSegmentation:
         self.volume.encoded.encode([index for index in changed if index in boxes])
         for index in changed:
             self.labels[index] = 0
+            self.predicted_iou.pop(index, None)
             if index in boxes:
                 self._segment_slice(index, Prompt(box=boxes[index].as_tuple()))
         self.boxes = dict(boxes)
@@ -237,7 +277,8 @@ class BoxSegmentation:
         return self.boxes.get(index)
 
     def _segment_slice(self, index: int, prompt: Prompt) -> None:
-        self.labels[index][self.volume.encoded.segment(index, prompt, self.decoder)] = PROSTATE_LABEL
+        mask, self.predicted_iou[index] = self.volume.encoded.segment_scored(index, prompt, self.decoder)
+        self.labels[index][mask] = PROSTATE_LABEL
 
 
 def _same_box(first: Box | None, second: Box | None) -> bool:

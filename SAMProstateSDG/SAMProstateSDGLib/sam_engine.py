@@ -185,9 +185,13 @@ class SamEngine:
         skips = [torch.cat([batch.skips[index] for batch in batches]) for index in range(len(batches[0].skips))]
         return EncoderFeatures(torch.cat([batch.embedding for batch in batches]), skips)
 
-    @torch.inference_mode()
     def decode(self, embedding: torch.Tensor, prompt: Prompt, slice_shape: tuple[int, int]) -> np.ndarray:
         """The mask (bool [rows, columns]) for one prompt on one encoded slice."""
+        return self.decode_scored(embedding, prompt, slice_shape)[0]
+
+    @torch.inference_mode()
+    def decode_scored(self, embedding: torch.Tensor, prompt: Prompt, slice_shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+        """The mask for one prompt on one encoded slice and SAM's predicted IoU of it (its own confidence)."""
         boxes = points = None
         if prompt.box is not None:
             box = torch.tensor([prompt.box], dtype=torch.float32, device=self.device)
@@ -206,9 +210,10 @@ class SamEngine:
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
         )
-        best = low_resolution[:, scores[0].argmax()][:, None]
+        choice = scores[0].argmax()
+        best = low_resolution[:, choice][:, None]
         logits = self.sam.postprocess_masks(best, self.input_size(slice_shape), slice_shape)
-        return (logits[0, 0] > self.sam.mask_threshold).cpu().numpy()
+        return (logits[0, 0] > self.sam.mask_threshold).cpu().numpy(), float(scores[0, choice])
 
 
 _ENCODING_IN_BACKGROUND: "weakref.WeakSet[EncodedVolume]" = weakref.WeakSet()
@@ -271,5 +276,9 @@ class EncodedVolume:
 
     def segment(self, index: int, prompt: Prompt, decoder: SamEngine | None = None) -> np.ndarray:
         """The slice's mask; ``decoder`` may be another engine that shares this one's image encoder."""
+        return self.segment_scored(index, prompt, decoder)[0]
+
+    def segment_scored(self, index: int, prompt: Prompt, decoder: SamEngine | None = None) -> tuple[np.ndarray, float]:
+        """The slice's mask and SAM's predicted IoU of it."""
         self.encode([index])
-        return (decoder or self.engine).decode(self.embeddings[index], prompt, self.slices.shape[1:])
+        return (decoder or self.engine).decode_scored(self.embeddings[index], prompt, self.slices.shape[1:])

@@ -1,0 +1,45 @@
+"""Per-slice confidence, on real fixtures with the shipped models."""
+
+import json
+
+import numpy as np
+
+from conftest import FIXTURES, read_mask
+from SAMProstateSDGLib.boxes import Box, boxes_from_labels
+from SAMProstateSDGLib.boxes_json import read_boxes, write_boxes
+from SAMProstateSDGLib.confidence import flagged_slices
+from SAMProstateSDGLib.volume_io import read_volume
+
+
+def test_a_box_on_the_gland_is_confident_and_a_box_beside_it_is_flagged(segmenter):
+    image = read_volume(FIXTURES / "P158-020.nii.gz")
+    reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")
+    volume = segmenter.prepare(image)
+    good = boxes_from_labels(reference)
+    first, second = np.argsort(reference.sum(axis=(1, 2)))[::-1][:2].tolist()  # the two mid-gland slices of the crop
+    box = good[second]
+    width = box.x1 - box.x0
+    beside = Box(min(box.x1 + 10, 268 - width), box.y0, min(box.x1 + 10 + width, 268), box.y1)  # same size, beside the gland
+    session = segmenter.box_session(volume, {first: good[first], second: beside})
+    confidences = segmenter.slice_confidence(volume, session)
+    assert set(confidences) == {first, second}
+    assert confidences[first].predicted_iou > 0.8 and confidences[first].coarse_agreement > 0.7
+    assert not confidences[first].flagged
+    assert confidences[second].coarse_agreement < 0.6 and confidences[second].flagged
+    assert flagged_slices(confidences) == [second]
+
+
+def test_confidence_is_an_optional_field_of_the_boxes_file(tmp_path, segmenter):
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    volume = segmenter.prepare(image)
+    boxes = segmenter.propose_boxes(volume)
+    session = segmenter.box_session(volume, boxes)
+    confidences = segmenter.slice_confidence(volume, session)
+    path = tmp_path / "boxes.json"
+    write_boxes(path, boxes, image, confidences)
+    data = json.loads(path.read_text())
+    assert data["version"] == 1
+    entry = data["boxes"][0]
+    assert set(entry["confidence"]) == {"predicted_iou", "coarse_agreement", "flagged"}
+    assert 0 <= entry["confidence"]["predicted_iou"] <= 1.2 and 0 <= entry["confidence"]["coarse_agreement"] <= 1
+    assert read_boxes(path, image) == boxes  # readers of version 1 ignore the field

@@ -1,0 +1,47 @@
+"""Localisation levers: the plausible component choice and reorientation, on real fixtures."""
+
+import numpy as np
+
+from conftest import FIXTURES, dice, read_mask
+from SAMProstateSDGLib.acquisition_shifts import flipped_axes
+from SAMProstateSDGLib.boxes import CoarseOptions, ComponentFilter, ProposalOptions, filtered_mask, propose_boxes
+from SAMProstateSDGLib.component_choice import choose_component, component_features
+from SAMProstateSDGLib.localisation import coarse_probabilities
+from SAMProstateSDGLib.volume_io import read_volume
+
+
+def test_reorienting_gives_a_flipped_file_the_same_probabilities(segmenter):
+    image = read_volume(FIXTURES / "P158-020.nii.gz")
+    reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")
+    flipped, flipped_reference = flipped_axes(image, reference.astype(np.uint8), np.random.default_rng(0))
+    stored = coarse_probabilities(segmenter.coarse, image, CoarseOptions(reorient=True))
+    reoriented = coarse_probabilities(segmenter.coarse, flipped, CoarseOptions(reorient=True))
+    np.testing.assert_allclose(reoriented, stored[::-1, ::-1], atol=1e-4)
+    assert dice(reoriented > 0.75, flipped_reference) > 0.75
+    as_stored = coarse_probabilities(segmenter.coarse, flipped, CoarseOptions())
+    assert dice(as_stored > 0.75, flipped_reference) < dice(reoriented > 0.75, flipped_reference) - 0.1  # upside down, the net fails
+
+
+def test_the_plausible_component_is_the_gland_not_a_larger_irregular_region():
+    """A coarse mask with half the real gland (confident, continuous) and a larger region on other
+    slices whose cross-sections jump from slice to slice (as the bladder side under a coil field)."""
+    gland = read_mask(FIXTURES / "Case00_seg.nii.gz")
+    half = gland.copy()
+    half[:, : int(np.median(np.nonzero(gland)[1]))] = False  # only the posterior half was found
+    mask = np.concatenate([half, np.zeros((4, *gland.shape[1:]), dtype=bool)])
+    probabilities = np.where(mask, 0.95, 0.0).astype(np.float32)
+    for step, offset in enumerate((0, 40, 0, 40)):
+        rows, columns = slice(20 + offset, 110 + offset), slice(20 + 3 * offset // 2, 110 + 3 * offset // 2)
+        mask[4 + step, rows, columns] = True  # consecutive squares overlap a little: one component
+        probabilities[4 + step, rows, columns] = 0.8
+    assert np.unique(choose_component(mask, probabilities, (0.6, 0.6, 4.0), plausible=False)[4:].sum(axis=(1, 2))).tolist() == [8100]
+    spacing = (0.6, 0.6, 4.0)
+    largest = choose_component(mask, probabilities, spacing, plausible=False)
+    plausible = choose_component(mask, probabilities, spacing, plausible=True)
+    assert largest[4:].any() and not largest[:4].any()
+    assert (plausible == np.concatenate([half, np.zeros_like(half)])).all()
+    features = component_features(plausible, probabilities, spacing)
+    assert 2 <= features.volume_ml <= 200 and features.continuity > 0.5
+    boxes = propose_boxes(probabilities, spacing, ProposalOptions(component_filter=ComponentFilter.PLAUSIBLE, margin_mm=0))
+    assert sorted(boxes) == [0, 1, 2, 3]
+    assert (filtered_mask(probabilities, component_filter=ComponentFilter.PLAUSIBLE, spacing_xyz=spacing) == plausible).all()

@@ -1,0 +1,33 @@
+"""The robustness suite end to end on a real 4-slice fixture: shifted cases, scores, confidence records, JSON."""
+
+import json
+
+from conftest import FIXTURES
+from SAMProstateSDGLib.acquisition_shifts import SHIFTS
+from SAMProstateSDGLib.dataset import Case
+from SAMProstateSDGLib.robustness import CLEAN, DEFAULT_ROW, markdown_table, run_suite
+from test_cli import samprostate
+
+
+def test_the_suite_scores_each_shift_and_records_each_slice_confidence(segmenter):
+    case = Case("Case29", "ISBI-extra", "source-extra", FIXTURES / "Case29.nii.gz", FIXTURES / "Case29_seg.nii.gz")
+    shifts = tuple(shift for shift in SHIFTS if shift.name == "flipped rows and slices")
+    result = run_suite(segmenter, [case], seed=0, shifts=shifts)
+    assert set(result.scores[DEFAULT_ROW]) == {CLEAN, shifts[0].name}
+    # the coarse network reads the flipped file in the training orientation: the boxes still land on the gland
+    assert result.scores[DEFAULT_ROW][shifts[0].name]["Case29"].dice > 0.85
+    records = [record for record in result.slices if record.row == DEFAULT_ROW]
+    assert {record.shift for record in records} == {CLEAN, shifts[0].name}
+    assert all(record.predicted_iou is not None for record in records)  # every gland slice of the crop got a box
+    data = json.loads(json.dumps(result.to_json()))
+    assert data["flags"][DEFAULT_ROW]["slices"] == len(records)
+    assert data["shifts"] == {shifts[0].name: shifts[0].description}
+    table = markdown_table(result)
+    assert table.count("\n| ") >= 2 and "Confidence flags" in table
+
+
+def test_the_suite_refuses_to_overwrite_its_json(tmp_path):
+    (tmp_path / "table.json").write_text("{}")
+    result = samprostate("evaluate", "--data", FIXTURES, "--shifts", "--output", tmp_path / "table.md", check=False)
+    assert result.returncode == 2 and "table.json exists" in result.stderr
+    assert not (tmp_path / "table.md").exists() and (tmp_path / "table.json").read_text() == "{}"
