@@ -350,17 +350,16 @@ def _run_robustness_suite(arguments) -> None:
     from .files import check_outputs, write_json, write_text_atomically
     from .robustness import SUITE_SPLITS, markdown_table, run_suite
 
+    outputs = [arguments.output, arguments.output.with_suffix(".json")] if arguments.output else []
+    check_outputs(outputs, [arguments.data / "cases.csv", *_model_files(arguments)], arguments.overwrite)
     splits = [arguments.split] if arguments.split else SUITE_SPLITS
     cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
-    json_path = arguments.output.with_suffix(".json") if arguments.output else None
-    if arguments.output:
-        inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
-        check_outputs([arguments.output, json_path], inputs, arguments.overwrite)
+    check_outputs(outputs, [path for case in cases for path in (case.image, case.mask)], overwrite=True)  # no case file is an output
     result = run_suite(_segmenter(arguments), cases, arguments.seed)
     table = markdown_table(result)
     print(table)
     if arguments.output:
-        write_json(json_path, result.to_json(), indent=1)
+        write_json(outputs[1], result.to_json(), indent=1)
         write_text_atomically(arguments.output, table + "\n")
 
 
