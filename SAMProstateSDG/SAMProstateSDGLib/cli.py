@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .boxes import ComponentFilter, ProposalOptions
-from .devices import DEVICE_CHOICES, PRECISION_CHOICES
+from .devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from .errors import INTERRUPTED, InputError
 from .model_catalog import BOX_METHODS, DEFAULT_GRID_SIDE, METHODS, SAM_TYPES
 
@@ -25,9 +25,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="zero-shot SAM with coarse boxes; sammed: its decoder fine-tuned on RUNMC; desam-grid / desam-box: "
                              "DeSAM prompted by a point grid or the whole slice; samed: LoRA SAM, zonal labels (1 TZ, 2 PZ)")
     parser.add_argument("--grid-points", type=int, default=DEFAULT_GRID_SIDE, help="desam-grid: points per side of the grid (default 9)")
+    _add_backend_options(parser)
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="the box-prompted image encoder's runtime: auto times the installed ones once on this machine and "
+                             "keeps the fastest (never slower than torch fp32); openvino and onnxruntime run a graph exported "
+                             "once and cached (CPU only; pip install 'samprostate-sdg[fast]')")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                        help="the box-prompted encoder's arithmetic: auto is bf16 on CPUs with native bfloat16 (AVX512-BF16, AMX), "
-                             "else fp32 (same Dice within 0.005, README)")
+                        help="the encoder's arithmetic: auto lets --backend auto measure fp32 and, on CPUs with native bfloat16 "
+                             "(AVX512-BF16, AMX), bf16 (same Dice within 0.005, README)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--site", help="site to time")
     bench.add_argument("--cases", type=int, default=2, help="how many volumes (default 2)")
     bench.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    _add_backend_options(bench)
+    bench.add_argument("--parity", action="store_true",
+                       help="instead of timing: Dice of every encoder backend × precision against torch fp32 on the 12 "
+                            "non-training cases (source-extra and unseen splits; --cases is ignored)")
     bench.add_argument("--output", type=Path, help="also write the report to this Markdown file")
     bench.add_argument("--overwrite", action="store_true")
 
@@ -129,8 +141,12 @@ def _segmenter(arguments):
     options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
     return ProstateSegmenter.load(
         arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method,
-        arguments.grid_points, arguments.precision,
+        arguments.grid_points, arguments.precision, arguments.backend, _note,
     )
+
+
+def _note(line: str) -> None:
+    print(f"samprostate: {line}", file=sys.stderr)
 
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -260,7 +276,9 @@ def _source_cases(arguments):
     from .dataset import find_cases
     from .pipeline import ProstateSegmenter
 
-    return ProstateSegmenter.load(arguments.device), find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
+    # training reads encode_features (torch fp32): no encoder backend to choose
+    segmenter = ProstateSegmenter.load(arguments.device, precision="fp32", backend="torch")
+    return segmenter, find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
 
 
 def _cache_folder(segmenter, cases, arguments, grid: str) -> Path:
@@ -337,21 +355,40 @@ def run_train(arguments) -> None:
 
 
 def run_bench(arguments) -> None:
-    from .bench import benchmark
+    import json
+    import time
+
+    from .backends import candidates
+    from .bench import PARITY_SPLITS, benchmark, parity
     from .dataset import find_cases
+    from .devices import pick_device
     from .files import write_text_atomically
     from .pipeline import ProstateSegmenter
     from .volume_io import check_output_path
 
+    json_output = arguments.output.with_suffix(".json") if arguments.output else None
     if arguments.output:
+        if arguments.output.suffix != ".md":
+            raise InputError("--output is the Markdown report (NAME.md); its JSON data goes beside it as NAME.json")
         check_output_path(arguments.output, arguments.overwrite)
+        check_output_path(json_output, arguments.overwrite)
     if arguments.cases < 1:
         raise InputError("--cases must be at least 1")
-    cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
-    report = benchmark(ProstateSegmenter.load(arguments.device), cases, log=lambda line: print(line, file=sys.stderr))
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    wanted = candidates(arguments.backend, arguments.precision, pick_device(arguments.device))
+    if arguments.parity:
+        cases = [case for split in PARITY_SPLITS for case in find_cases(arguments.data, split=split)]
+        segmenter = ProstateSegmenter.load(arguments.device, backend="torch", precision="fp32")
+        report, data = parity(segmenter, cases, wanted, log)
+    else:
+        cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+        started = time.perf_counter()
+        segmenter = ProstateSegmenter.load(arguments.device, precision=arguments.precision, backend=arguments.backend, log=_note)
+        report, data = benchmark(segmenter, cases, wanted, time.perf_counter() - started, arguments.backend, arguments.precision, log)
     print(report)
     if arguments.output:
         write_text_atomically(arguments.output, report + "\n")
+        write_text_atomically(json_output, json.dumps(data, indent=1) + "\n")
 
 
 COMMANDS = {
