@@ -1,12 +1,15 @@
 """Encoder backends: exported graphs of the real LiteMedSAM encoder, their disk cache, and the measured choice."""
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib import backends
 from SAMProstateSDGLib.backends import (
     BackendError,
@@ -21,6 +24,7 @@ from SAMProstateSDGLib.backends import (
 from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.volume_io import normalised_array, read_volume
 
+SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 EXPORTED = [
     pytest.param(name, marks=pytest.mark.skipif(
         backends.BACKENDS[name].missing() is not None, reason=f"{name} is not installed (pip install 'samprostate-sdg[fast]')"))
@@ -36,8 +40,9 @@ def images(sam_engine):
 
 
 @pytest.fixture(scope="module")
-def export_cache(tmp_path_factory):
-    return ExportCache(tmp_path_factory.mktemp("exports"))
+def export_cache():
+    """The test session's export cache (conftest: SAMPROSTATE_CACHE_DIR), shared with the command-line tests."""
+    return ExportCache()
 
 
 @pytest.mark.parametrize("name", EXPORTED)
@@ -46,8 +51,7 @@ def test_an_exported_encoder_matches_torch_and_is_reused_from_the_cache(name, sa
     exported = build_backend(Candidate(name, "fp32"), encoder, export_cache)
     reference = TorchEncoder(encoder).encode(images)
     assert (exported.encode(images) - reference).abs().max() < 1e-3
-    (folder,) = (export_cache.root / "encoders").glob(f"{name}-fp32-*")
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((exported.folder / "manifest.json").read_text())
     assert manifest["key"]["weights_sha256"] == backends.weights_sha256(encoder) and manifest["key"]["backend_version"]
     monkeypatch.setattr(backends, "export_onnx", lambda *arguments: pytest.fail("a valid cache was exported again"))
     again = build_backend(Candidate(name, "fp32"), encoder, export_cache)
@@ -59,8 +63,7 @@ def test_a_corrupt_export_is_rebuilt_not_trusted(sam_engine, images, export_cach
     if name is None:
         pytest.skip("neither OpenVINO nor ONNX Runtime is installed (pip install 'samprostate-sdg[fast]')")
     encoder = sam_engine.sam.image_encoder
-    build_backend(Candidate(name, "fp32"), encoder, export_cache)
-    (folder,) = (export_cache.root / "encoders").glob(f"{name}-fp32-*")
+    folder = build_backend(Candidate(name, "fp32"), encoder, export_cache).folder
     (graph,) = [path for path in folder.iterdir() if path.name != "manifest.json"]
     data = bytearray(graph.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -175,3 +178,20 @@ def test_requests_that_cannot_run_are_refused_clearly():
             with pytest.raises(BackendError, match=r"pip install 'samprostate-sdg\[fast\]'"):
                 candidates(name)
     assert candidates("torch", "bf16") == [Candidate("torch", "bf16")]
+
+
+@pytest.mark.skipif(backends.BACKENDS["openvino"].missing() is not None, reason="OpenVINO is not installed (pip install 'samprostate-sdg[fast]')")
+def test_the_command_line_segments_with_the_backend_asked_for(tmp_path):
+    image = FIXTURES / "P158-020.nii.gz"
+    outputs = {}
+    for backend in ("torch", "openvino"):
+        outputs[backend] = tmp_path / f"{backend}.nii.gz"
+        result = subprocess.run([str(SAMPROSTATE), "segment", str(image), "-o", str(outputs[backend]), "--backend", backend, "--precision", "fp32"],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    torch_labels, openvino_labels = (read_mask(outputs[backend]) for backend in ("torch", "openvino"))
+    assert torch_labels.any() and dice(torch_labels, openvino_labels) > 0.99
+    refused = subprocess.run([str(SAMPROSTATE), "segment", str(image), "-o", str(tmp_path / "x.nii.gz"), "--backend", "onnxruntime", "--precision", "bf16"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "samprostate: error:" in refused.stderr
+    assert not (tmp_path / "x.nii.gz").exists()

@@ -186,13 +186,14 @@ class TorchEncoder(EncoderBackend):
 
 
 def export_onnx(encoder: nn.Module, path: Path) -> None:
-    """The encoder as an ONNX graph (TorchScript exporter, opset 17) with a dynamic batch axis."""
+    """The encoder as an ONNX graph (TorchScript exporter, opset 17) for one image at a time:
+    TinyViT reads the batch size in Python (``len(x)``), so the trace fixes it at 1."""
     side = encoder.img_size
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about TinyViT's Python-side shape checks
         torch.onnx.export(
             encoder, (torch.zeros(1, 3, side, side),), str(path), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["image"], output_names=["embedding"], dynamic_axes={"image": {0: "batch"}, "embedding": {0: "batch"}},
+            input_names=["image"], output_names=["embedding"],
         )
 
 
@@ -233,9 +234,9 @@ class ExportedEncoder(EncoderBackend):
             _check_embedding(self, encoder)
             built = True
 
-        folder = cache.load_or_build(key, build)
+        self.folder = cache.load_or_build(key, build)
         if not built:
-            self.load(folder)
+            self.load(self.folder)
 
     @classmethod
     def missing(cls) -> str | None:
@@ -253,6 +254,14 @@ class ExportedEncoder(EncoderBackend):
     @abstractmethod
     def load(self, folder: Path) -> None:
         """Make the graph in ``folder`` ready to run."""
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        return torch.from_numpy(np.concatenate([self.encode_one(array[index : index + 1]) for index in range(len(array))]))
+
+    @abstractmethod
+    def encode_one(self, image: np.ndarray) -> np.ndarray:
+        """The embedding [1, 256, 64, 64] of one preprocessed image [1, 3, S, S] (float32, contiguous)."""
 
 
 def _threads() -> int:
@@ -299,10 +308,9 @@ class OpenVINOEncoder(ExportedEncoder):
         self.compiled = _core().import_model((folder / self.BLOB).read_bytes(), "CPU", self.config())
         self.request = self.compiled.create_infer_request()
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        self.request.infer({0: array}, share_inputs=True)
-        return torch.from_numpy(np.array(self.request.get_output_tensor(0).data, dtype=np.float32))
+    def encode_one(self, image: np.ndarray) -> np.ndarray:
+        self.request.infer({0: image}, share_inputs=True)
+        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
 
 
 def _core():
@@ -323,7 +331,7 @@ class OnnxRuntimeEncoder(ExportedEncoder):
 
     name = "onnxruntime"
     precisions = ("fp32",)
-    parity_checked = ("fp32",)
+    parity_checked = ()  # its Dice parity run is still to be made (README, Speed): "auto" does not offer it
     modules = ("onnxruntime", "onnx")
     GRAPH = "encoder.onnx"
 
@@ -346,9 +354,8 @@ class OnnxRuntimeEncoder(ExportedEncoder):
         options.intra_op_num_threads = _threads()
         self.session = onnxruntime.InferenceSession(str(folder / self.GRAPH), options, providers=["CPUExecutionProvider"])
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(images.detach().cpu().float().numpy())
-        return torch.from_numpy(self.session.run(None, {"image": array})[0])
+    def encode_one(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": image})[0]
 
 
 @dataclass(frozen=True)
@@ -364,7 +371,7 @@ class Candidate:
 def candidates(backend: str = "auto", precision: str = "auto", device: torch.device = torch.device("cpu")) -> list[Candidate]:
     """The backend × precision pairs a request allows here.
 
-    Named explicitly, a pair is used even without a Dice parity record; "auto" only offers pairs
+    A backend named explicitly is used even without a Dice parity record; "auto" only offers pairs
     with one, bf16 only on CPUs with native bfloat16, and exported graphs only on the CPU.
     """
     if backend not in BACKEND_CHOICES or (backend != "auto" and backend not in BACKENDS):
@@ -388,12 +395,20 @@ def candidates(backend: str = "auto", precision: str = "auto", device: torch.dev
     for name, kind in BACKENDS.items():
         if backend not in ("auto", name) or kind.missing():
             continue
-        for option in kind.parity_checked:
+        for option in kind.parity_checked if backend == "auto" else kind.parity_checked or kind.precisions[:1]:
             if precision in ("auto", option) and (option != "bf16" or precision == "bf16" or cpu_has_native_bf16()):
                 found.append(Candidate(name, option))
     if not found:
         raise InputError(f"no backend runs {precision} here; choose another --precision or --backend")
     return found
+
+
+def every_pair(device: torch.device = torch.device("cpu")) -> list[Candidate]:
+    """Every installed backend × precision that runs here, parity-checked or not (what ``bench`` compares)."""
+    if device.type != "cpu":
+        return [Candidate("torch", "fp32")]
+    return [Candidate(name, option) for name, kind in BACKENDS.items() if not kind.missing()
+            for option in kind.precisions if option != "bf16" or cpu_has_native_bf16()]
 
 
 def build_backend(candidate: Candidate, encoder: nn.Module, cache: ExportCache | None = None) -> EncoderBackend:

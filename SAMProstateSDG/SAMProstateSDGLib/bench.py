@@ -235,7 +235,7 @@ def box_proposal_speedup(segmenter: ProstateSegmenter, case: Case) -> tuple[floa
 
 
 def encoder_levers(
-    segmenter: ProstateSegmenter, case: Case, plain: SamEngine, encoders: dict[str, EncoderBackend], count: int = 8, rounds: int = 2
+    segmenter: ProstateSegmenter, case: Case, plain: SamEngine, encoders: dict[str, EncoderBackend], count: int = 2, rounds: int = 3
 ) -> list[tuple[str, float, float]]:
     """(variant, ms per slice, max |embedding - plain batch-1 fp32 embedding|) for ways of running the encoder.
 
@@ -300,8 +300,10 @@ def benchmark(
     timings: dict[str, list[VolumeTiming]] = {path: [] for path in paths}
     plain = plain_engine(segmenter)
     with tempfile.TemporaryDirectory() as folder:
-        for path in paths[:-1]:  # warm-up: first-call allocations are not timed
-            run_path(segmenter, cases[0], path, Path(folder), plain, encoders)
+        warm_up = normalised_array(read_volume(cases[0].image))[:1]
+        for engine, encoder in [(plain, plain.encoder_backend), *[(segmenter.sam, encoder) for encoder in encoders.values()]]:
+            with _settings(engine, encoder_backend=encoder):  # first-call allocations are not timed
+                engine.encode(warm_up)
         for case in cases:
             for path in paths:
                 timing, _ = run_path(segmenter, case, path, Path(folder), plain, encoders)

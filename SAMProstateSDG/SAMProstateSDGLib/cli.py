@@ -358,7 +358,7 @@ def run_bench(arguments) -> None:
     import json
     import time
 
-    from .backends import candidates
+    from .backends import candidates, every_pair
     from .bench import PARITY_SPLITS, benchmark, parity
     from .dataset import find_cases
     from .devices import pick_device
@@ -375,7 +375,9 @@ def run_bench(arguments) -> None:
     if arguments.cases < 1:
         raise InputError("--cases must be at least 1")
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
-    wanted = candidates(arguments.backend, arguments.precision, pick_device(arguments.device))
+    device = pick_device(arguments.device)
+    explicit = arguments.backend != "auto" or arguments.precision != "auto"
+    wanted = candidates(arguments.backend, arguments.precision, device) if explicit else every_pair(device)
     if arguments.parity:
         cases = [case for split in PARITY_SPLITS for case in find_cases(arguments.data, split=split)]
         segmenter = ProstateSegmenter.load(arguments.device, backend="torch", precision="fp32")

@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
+from .backends import candidates
 from .boxes import Box, ProposalOptions, box_from_clicks, largest_component, propose_boxes
 from .canvas import Canvas, encoder_canvas
 from .coarse_net import CoarseSegmenter
@@ -107,6 +108,7 @@ class ProstateSegmenter:
         if METHODS[method] and sam_checkpoint is not None:
             raise InputError(f"the shipped {method} model belongs to LiteMedSAM; it cannot be used with --sam-checkpoint")
         torch_device = pick_device(device)
+        candidates(backend, precision, torch_device)  # refuse a backend that cannot run here before loading anything
         sam_entry, coarse_entry = default_entry("sam"), default_entry("coarse")
         if sam_checkpoint is None:
             sam = load_sam(sam_entry.model_type, sam_entry.path, sam_entry.sha256)
