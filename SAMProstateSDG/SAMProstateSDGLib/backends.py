@@ -23,6 +23,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
@@ -307,10 +308,12 @@ class OpenVINOEncoder(ExportedEncoder):
     def load(self, folder: Path) -> None:
         self.compiled = _core().import_model((folder / self.BLOB).read_bytes(), "CPU", self.config())
         self.request = self.compiled.create_infer_request()
+        self.request_lock = threading.Lock()  # one infer request, possibly called from a background encoder thread
 
     def encode_one(self, image: np.ndarray) -> np.ndarray:
-        self.request.infer({0: image}, share_inputs=True)
-        return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
+        with self.request_lock:
+            self.request.infer({0: image}, share_inputs=True)
+            return np.array(self.request.get_output_tensor(0).data, dtype=np.float32)
 
 
 def _core():
@@ -444,7 +447,7 @@ def choose_encoder(
     backend: str = "auto",
     precision: str = "auto",
     cache: ExportCache | None = None,
-    slices: int = 2,
+    slices: int = 1,
     log: Callable[[str], None] | None = None,
     rounds: int = SELECTION_ROUNDS,
 ) -> EncoderBackend:
