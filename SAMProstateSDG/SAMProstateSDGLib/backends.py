@@ -278,7 +278,9 @@ class OpenVINOEncoder(ExportedEncoder):
 
     name = "openvino"
     precisions = ("fp32", "bf16")
-    parity_checked = ("fp32", "bf16")
+    # fp32: the same embeddings as torch (4e-6) and the same Dice on every case measured; bf16 waits
+    # for its 12-case parity run to finish (7 of 12 done, all within 0.002: README, Speed)
+    parity_checked = ("fp32",)
     modules = ("openvino", "onnx")
     BLOB = "encoder.blob"
 
