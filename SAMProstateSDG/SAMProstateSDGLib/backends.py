@@ -280,7 +280,7 @@ class OpenVINOEncoder(ExportedEncoder):
     name = "openvino"
     precisions = ("fp32", "bf16")
     # fp32: the same embeddings as torch (4e-6) and the same Dice on every case measured; bf16 waits
-    # for its 12-case parity run to finish (8 of 12 done, mean +0.0006, largest move 0.0051: README, Speed)
+    # for its 12-case parity run to finish (11 of 12 done, mean +0.0002, largest move 0.0051: README, Speed)
     parity_checked = ("fp32",)
     modules = ("openvino", "onnx")
     BLOB = "encoder.blob"
