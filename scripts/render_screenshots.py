@@ -12,7 +12,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import vtk
 from vtk.util import numpy_support
 

@@ -23,7 +23,6 @@ from SAMProstateSDGLib.evaluation import dice_score
 from SAMProstateSDGLib.localisation import coarse_probabilities
 from SAMProstateSDGLib.coarse_net import CoarseSegmenter
 from SAMProstateSDGLib.model_catalog import default_entry
-from SAMProstateSDGLib.volume_io import normalised_array
 
 import torch
 

@@ -15,6 +15,8 @@ DATA = Path(os.environ.get("SAMPROSTATE_DATA", ROOT.parent / "shared" / "data" /
 FIXTURES = DATA / "fixture"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# exported encoders and the backend choice are cached here, not in the user's cache folder
+os.environ.setdefault("SAMPROSTATE_CACHE_DIR", str(ROOT / ".pytest_cache" / "samprostate"))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -80,22 +80,19 @@ def test_the_fast_encoder_folds_its_batch_norms_and_keeps_the_embeddings(sam_eng
     assert torch.allclose(sam_engine.encode(slices), plain.encode(slices), atol=1e-4)
 
 
-def test_bf16_is_chosen_on_request_or_by_the_cpu_and_rounds_the_embeddings(sam_engine, p158):
-    from SAMProstateSDGLib.devices import encoder_in_bf16
+def test_bf16_autocast_rounds_the_embeddings_and_never_reaches_the_decoder(sam_engine, p158, monkeypatch):
+    from SAMProstateSDGLib.backends import TorchEncoder
 
-    cpu = torch.device("cpu")
-    assert encoder_in_bf16("bf16", cpu) and not encoder_in_bf16("fp32", cpu)
-    assert encoder_in_bf16("auto", cpu) == bool(torch.cpu.get_capabilities().get("avx512_bf16") or torch.cpu.get_capabilities().get("amx_bf16"))
-    with pytest.raises(InputError, match="unknown precision"):
-        encoder_in_bf16("fp8", cpu)
     slices = p158[0].slices[:1]
     fp32 = sam_engine.encode(slices)
-    sam_engine.bf16 = True
-    try:
-        bf16 = sam_engine.encode(slices)
-    finally:
-        sam_engine.bf16 = False
+    monkeypatch.setattr(sam_engine, "encoder_backend", TorchEncoder(sam_engine.sam.image_encoder, "bf16"))
+    bf16 = sam_engine.encode(slices)
     assert bf16.dtype == torch.float32 and 0 < (bf16 - fp32).abs().max() < 0.2
+    seen = []
+    monkeypatch.setattr(sam_engine.sam.mask_decoder, "forward", lambda *a, **k: seen.append(torch.is_autocast_enabled("cpu")) or pytest.fail("decoded"))
+    with pytest.raises(pytest.fail.Exception):
+        sam_engine.decode(bf16[0], Prompt(box=(10.0, 10.0, 60.0, 60.0)), slices.shape[1:])
+    assert seen == [False]  # SAM's decoder runs in fp32 whatever the encoder's precision
 
 
 def test_batched_encoding_equals_one_slice_at_a_time(sam_engine, p158):

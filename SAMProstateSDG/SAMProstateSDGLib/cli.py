@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
-from .devices import DEVICE_CHOICES, PRECISION_CHOICES
+from .devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from .errors import INTERRUPTED, InputError
 from .model_catalog import BOX_METHODS, DEFAULT_GRID_SIDE, METHODS, SAM_TYPES
 
@@ -34,9 +34,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="zero-shot SAM with coarse boxes; sammed: its decoder fine-tuned on RUNMC; desam-grid / desam-box: "
                              "DeSAM prompted by a point grid or the whole slice; samed: LoRA SAM, zonal labels (1 TZ, 2 PZ)")
     parser.add_argument("--grid-points", type=int, default=DEFAULT_GRID_SIDE, help="desam-grid: points per side of the grid (default 9)")
+    _add_backend_options(parser)
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="the box-prompted image encoder's runtime: auto times the installed ones once on this machine and "
+                             "keeps the fastest (never slower than torch fp32); openvino and onnxruntime run a graph exported "
+                             "once and cached (CPU only; pip install 'samprostate-sdg[fast]')")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
-                        help="the box-prompted encoder's arithmetic: auto is bf16 on CPUs with native bfloat16 (AVX512-BF16, AMX), "
-                             "else fp32 (same Dice within 0.005, README)")
+                        help="the encoder's arithmetic: auto lets --backend auto measure fp32 and, on CPUs with native bfloat16 "
+                             "(AVX512-BF16, AMX), bf16 (same Dice within 0.005, README)")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -73,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--site", help="site to time")
     bench.add_argument("--cases", type=int, default=2, help="how many volumes (default 2)")
     bench.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    _add_backend_options(bench)
+    bench.add_argument("--parity", action="store_true",
+                       help="instead of timing: Dice of every encoder backend × precision against torch fp32 on the 12 "
+                            "non-training cases (source-extra and unseen splits; --cases is ignored)")
     bench.add_argument("--output", type=Path, help="also write the report to this Markdown file")
     bench.add_argument("--overwrite", action="store_true")
 
@@ -182,8 +194,12 @@ def _segmenter(arguments):
     coarse_options = CoarseOptions(reorient=arguments.reorient, n4=arguments.n4, tta=arguments.coarse_tta)
     return ProstateSegmenter.load(
         arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method,
-        arguments.grid_points, arguments.precision, coarse_options,
+        arguments.grid_points, arguments.precision, coarse_options, arguments.backend, _note,
     )
+
+
+def _note(line: str) -> None:
+    print(f"samprostate: {line}", file=sys.stderr)
 
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -397,7 +413,8 @@ def _source_cases(arguments):
 def _base_models(arguments):
     from .pipeline import ProstateSegmenter
 
-    return ProstateSegmenter.load(arguments.device)
+    # training reads encode_features (torch fp32): no encoder backend to choose
+    return ProstateSegmenter.load(arguments.device, precision="fp32", backend="torch")
 
 
 def _cache_folder(segmenter, cases, arguments, grid: str) -> Path:
@@ -480,20 +497,42 @@ def run_train(arguments) -> None:
 
 
 def run_bench(arguments) -> None:
-    from .bench import benchmark
+    import time
+
+    from .backends import candidates, every_pair
+    from .bench import PARITY_SPLITS, benchmark, parity
     from .dataset import find_cases
-    from .files import check_outputs, write_text_atomically
+    from .devices import pick_device
+    from .files import check_outputs, write_json, write_text_atomically
     from .pipeline import ProstateSegmenter
 
+    json_output = arguments.output.with_suffix(".json") if arguments.output else None
+    if arguments.output and arguments.output.suffix != ".md":
+        raise InputError("--output is the Markdown report (NAME.md); its JSON data goes beside it as NAME.json")
     if arguments.cases < 1:
         raise InputError("--cases must be at least 1")
-    cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    device = pick_device(arguments.device)
+    explicit = arguments.backend != "auto" or arguments.precision != "auto"
+    wanted = candidates(arguments.backend, arguments.precision, device) if explicit else every_pair(device)
+    if arguments.parity:
+        cases = [case for split in PARITY_SPLITS for case in find_cases(arguments.data, split=split)]
+    else:
+        cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
     if arguments.output:
-        check_outputs([arguments.output], [arguments.data / "cases.csv", *(path for case in cases for path in (case.image, case.mask))], arguments.overwrite)
-    report = benchmark(ProstateSegmenter.load(arguments.device), cases, log=lambda line: print(line, file=sys.stderr))
+        inputs = [arguments.data / "cases.csv", *(path for case in cases for path in (case.image, case.mask))]
+        check_outputs([arguments.output, json_output], inputs, arguments.overwrite)
+    if arguments.parity:
+        segmenter = ProstateSegmenter.load(arguments.device, backend="torch", precision="fp32")
+        report, data = parity(segmenter, cases, wanted, log)
+    else:
+        started = time.perf_counter()
+        segmenter = ProstateSegmenter.load(arguments.device, precision=arguments.precision, backend=arguments.backend, log=_note)
+        report, data = benchmark(segmenter, cases, wanted, time.perf_counter() - started, arguments.backend, arguments.precision, log)
     print(report)
     if arguments.output:
         write_text_atomically(arguments.output, report + "\n")
+        write_json(json_output, data, indent=1)
 
 
 COMMANDS = {

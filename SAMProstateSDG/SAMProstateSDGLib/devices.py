@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import torch
 
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+BACKEND_CHOICES = ("auto", "torch", "openvino", "onnxruntime")  # the image encoder's runtime (backends.py)
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
@@ -31,19 +32,3 @@ def device_note(device: "torch.device") -> str | None:
     if device.type != "cpu":
         return None
     return "no CUDA or Apple MPS GPU found: running on the CPU (about 1-2 s per slice for LiteMedSAM)"
-
-
-def encoder_in_bf16(precision: str, device: "torch.device") -> bool:
-    """Whether SAM's image encoder runs under bfloat16 autocast.
-
-    "auto" chooses it on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), where it is
-    about twice as fast at the same box-prompted Dice (README, Speed); elsewhere fp32.
-    """
-    import torch
-
-    if precision not in PRECISION_CHOICES:
-        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
-    if precision != "auto":
-        return precision == "bf16"
-    capabilities = torch.cpu.get_capabilities() if device.type == "cpu" else {}
-    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))

@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
+from .backends import candidates
 from .boxes import (
     DEFAULT_COARSE_OPTIONS,
     Box,
@@ -24,7 +25,7 @@ from .canvas import Canvas, encoder_canvas
 from .coarse_net import CoarseSegmenter
 from .confidence import SliceConfidence, slice_confidences
 from .desam import DeSAMSegmenter, load_desam
-from .devices import encoder_in_bf16, pick_device
+from .devices import pick_device
 from .encoder_stages import EncoderFeatures
 from .errors import InputError
 from .localisation import coarse_probabilities
@@ -112,11 +113,14 @@ class ProstateSegmenter:
         grid_side: int = DEFAULT_GRID_SIDE,
         precision: str = "auto",
         coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
+        backend: str = "auto",
+        log=None,
     ) -> "ProstateSegmenter":
         """The shipped models by default; a user's SAM or coarse checkpoint where given.
 
         A ``method`` other than "zero-shot" adds the shipped model trained on RUNMC (LiteMedSAM only).
-        ``precision`` (auto, fp32, bf16) is the box-prompted encoder's (``devices.encoder_in_bf16``).
+        ``backend`` (auto, torch, openvino, onnxruntime) and ``precision`` (auto, fp32, bf16) choose
+        how the box-prompted image encoder runs (``backends.choose_encoder``; "auto": measured here).
         ``coarse_options``: the levers on what the coarse network reads (``localisation``).
         """
         if method not in METHODS:
@@ -124,7 +128,7 @@ class ProstateSegmenter:
         if METHODS[method] and sam_checkpoint is not None:
             raise InputError(f"the shipped {method} model belongs to LiteMedSAM; it cannot be used with --sam-checkpoint")
         torch_device = pick_device(device)
-        bf16 = encoder_in_bf16(precision, torch_device)
+        candidates(backend, precision, torch_device)  # refuse a backend that cannot run here before loading anything
         sam_entry, coarse_entry = default_entry("sam"), default_entry("coarse")
         if sam_checkpoint is None:
             sam = load_sam(sam_entry.model_type, sam_entry.path, sam_entry.sha256)
@@ -137,7 +141,9 @@ class ProstateSegmenter:
         box_only = sam_checkpoint is None or sam_type == "litemedsam"
         # on a CPU, batches of slices encode slower per slice than one at a time (samprostate bench)
         batch_size = 1 if torch_device.type == "cpu" else 4
-        segmenter = cls(SamEngine(sam, torch_device, batch_size, box_only, bf16=bf16), coarse, options, coarse_options=coarse_options)
+        engine = SamEngine(sam, torch_device, batch_size, box_only)
+        engine.use_backend(backend, precision, log)
+        segmenter = cls(engine, coarse, options, coarse_options=coarse_options)
         return segmenter.with_method(method, grid_side) if METHODS[method] else segmenter
 
     def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":

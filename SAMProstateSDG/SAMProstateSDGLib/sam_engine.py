@@ -20,6 +20,7 @@ from segment_anything.build_sam import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from .backends import EncoderBackend, TorchEncoder, choose_encoder
 from .encoder_stages import EncoderFeatures, EncoderStages
 from .checksums import load_state_strictly, load_trained_weights, load_weights
 from .errors import InputError
@@ -131,20 +132,33 @@ class SamEngine:
     """A SAM model on a device, with the resize and normalisation its encoder expects."""
 
     def __init__(
-        self, sam: Sam, device: torch.device, batch_size: int = 4, box_only: bool = False, fast_encoder: bool = True, bf16: bool = False
+        self,
+        sam: Sam,
+        device: torch.device,
+        batch_size: int = 4,
+        box_only: bool = False,
+        fast_encoder: bool = True,
+        encoder_backend: EncoderBackend | None = None,
     ):
         """``fast_encoder``: fold batch norms into convolutions and keep the encoder channels-last,
         which gives the same embeddings (to about 1e-5) faster on a CPU (samprostate bench).
-        ``bf16``: ``encode`` runs the encoder under bfloat16 autocast (the box-prompted path only;
-        ``encode_features``, which DeSAM, SAMed and the training caches read, stays fp32)."""
+        ``encoder_backend`` runs the image encoder for ``encode`` (the box-prompted path; default
+        torch fp32, see ``use_backend``); ``encode_features``, which DeSAM, SAMed and the training
+        caches read, always runs the torch encoder in fp32. SAM's prompt encoder and decoder run in
+        torch fp32 whatever the backend: bf16 autocast never reaches them."""
         self.sam = sam.to(device).eval()
-        self.bf16 = bf16
         if fast_encoder:
             fold_batch_norms(self.sam.image_encoder).to(memory_format=torch.channels_last)
+        self.encoder_backend = encoder_backend or TorchEncoder(self.sam.image_encoder)
         self.device = device
         self.batch_size = batch_size
         self.box_only = box_only  # trained with box prompts only (LiteMedSAM): clicks must become box edits
         self.transform = ResizeLongestSide(sam.image_encoder.img_size)
+
+    def use_backend(self, backend: str = "auto", precision: str = "auto", log=None) -> EncoderBackend:
+        """Run the image encoder on ``backend`` at ``precision`` ("auto": the fastest measured here)."""
+        self.encoder_backend = choose_encoder(self.sam.image_encoder, self.device, backend, precision, log=log)
+        return self.encoder_backend
 
     def with_mask_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> "SamEngine":
         """An engine sharing this one's image and prompt encoders, with fine-tuned mask decoder weights."""
@@ -155,7 +169,7 @@ class SamEngine:
             pixel_mean=self.sam.pixel_mean.flatten().tolist(),
             pixel_std=self.sam.pixel_std.flatten().tolist(),
         )
-        return SamEngine(load_mask_decoder(sam, checkpoint, sha256), self.device, self.batch_size, self.box_only, bf16=self.bf16)
+        return SamEngine(load_mask_decoder(sam, checkpoint, sha256), self.device, self.batch_size, self.box_only, False, self.encoder_backend)
 
     def input_size(self, slice_shape: tuple[int, int]) -> tuple[int, int]:
         """The slice's size once its longer side is scaled to the encoder's input size."""
@@ -174,8 +188,7 @@ class SamEngine:
     @torch.inference_mode()
     def encode(self, slices: np.ndarray) -> torch.Tensor:
         """Image embeddings [N, 256, 64, 64] (float32) of same-sized grey slices ([N, rows, columns], 0..1)."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return torch.cat([self.sam.image_encoder(batch).float() for batch in self.encoder_inputs(slices)])
+        return torch.cat([self.encoder_backend.encode(batch).to(self.device) for batch in self.encoder_inputs(slices)])
 
     @torch.inference_mode()
     def encode_features(self, slices: np.ndarray) -> EncoderFeatures:
