@@ -293,6 +293,13 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     parameters.inputVolume, None, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,
                     method=parameters.segmentationMethod.value,
                 )
+                self.showMeasurements()
+
+    def showMeasurements(self) -> None:
+        """The output segmentation's volume and diameters, as text the user can copy."""
+        parameters = self._parameterNode
+        measurements = self.logic.workflow.measurements(parameters.inputVolume, parameters.outputSegmentation)
+        self.ui.measurementsText.setPlainText(measurements.as_text())
 
     def onRefine(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Refining with clicks failed."), waitCursor=True):
@@ -302,6 +309,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     parameters.inputVolume, parameters.clicks, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,
                     method=parameters.segmentationMethod.value,
                 )
+                self.showMeasurements()
 
     def onUserFolderChanged(self, path: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("The user data folder could not be changed.")):

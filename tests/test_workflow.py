@@ -176,3 +176,22 @@ def test_training_needs_a_data_folder_with_cases(workflow, tmp_path, folder):
     with pytest.raises(InputError, match="training data"):
         workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu")
     assert not workflow.isTraining()
+
+
+def test_the_segmentation_is_measured_as_slicer_holds_it(workflow, volume_node):
+    """The module's numbers come from the segmentation node (edits included) and match the label file's."""
+    import SimpleITK as sitk
+
+    from SAMProstateSDGLib.measurements import measure_image
+    from SAMProstateSDGLib.labels import ZONE_NAMES
+
+    zones = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "P158-020_seg.nii.gz"))).astype(np.uint8)
+    node, _ = bridge.add_label_segments(zones, volume_node, None, ZONE_NAMES)
+    measured = workflow.measurements(volume_node, node, psa=6.0)
+    expected = measure_image(zones, sitk.ReadImage(str(FIXTURES / "P158-020.nii.gz")), zonal=True, psa_ng_ml=6.0)
+    assert measured.volume_ml == pytest.approx(expected.volume_ml, rel=1e-6) and measured.volume_ml > 1.0
+    for name in ZONE_NAMES.values():
+        assert measured.zone_volumes_ml[name] == pytest.approx(expected.zone_volumes_ml[name], rel=1e-6)
+    diameters = ("transverse_mm", "anteroposterior_mm", "craniocaudal_mm")
+    assert [getattr(measured, name) for name in diameters] == pytest.approx([getattr(expected, name) for name in diameters], abs=1e-6)
+    assert "Gland volume (from the contour)" in measured.as_text()

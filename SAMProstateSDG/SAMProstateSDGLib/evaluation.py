@@ -15,7 +15,8 @@ from tqdm import tqdm
 from .boxes import COARSE_THRESHOLD, ComponentFilter, ProposalOptions, boxes_from_labels, whole_slice_boxes
 from .dataset import Case
 from .model_catalog import DEFAULT_GRID_SIDE, METHOD_TITLES, METHODS, catalog
-from .pipeline import ZONE_NAMES, PreparedVolume, ProstateSegmenter
+from .labels import ZONE_NAMES
+from .pipeline import PreparedVolume, ProstateSegmenter
 
 
 @dataclass(frozen=True)

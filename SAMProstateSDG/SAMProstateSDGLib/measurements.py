@@ -22,8 +22,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .labels import ZONE_NAMES
 
-ZONE_NAMES = {1: "transition zone", 2: "peripheral zone"}  # zonal methods' labels (SAMed)
 MM3_PER_ML = 1000.0
 
 

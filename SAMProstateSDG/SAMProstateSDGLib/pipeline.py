@@ -28,15 +28,14 @@ from .desam import DeSAMSegmenter, load_desam
 from .devices import pick_device
 from .encoder_stages import EncoderFeatures
 from .errors import InputError
+from .labels import PROSTATE_LABEL
 from .localisation import coarse_probabilities
 from .model_catalog import DEFAULT_GRID_SIDE, METHODS, CatalogEntry, catalog, default_entry
 from .sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 from .samed import SAMedSegmenter, load_samed
 from .volume_io import normalised_array
 
-PROSTATE_LABEL = 1
 BOX_TOLERANCE = 1e-3  # pixels: boxes closer than this are the same box
-ZONE_NAMES = {1: "transition zone", 2: "peripheral zone"}  # SAMed's labels; the other methods give 1 = prostate
 
 
 class VolumeSegmenter(Protocol):

@@ -29,6 +29,9 @@ SLICER_REQUIREMENTS = (
     "scipy>=1.11",
     "pillow>=10",
     "tqdm>=4.66",
+    "jsonschema>=4.26,<5",  # checks boxes files against boxes.schema.json
+    "highdicom>=0.28.2,<0.29",  # DICOM SEG export (0.x: minor versions change the API)
+    "pydicom>=3.0.2,<4",
 )
 PYTORCH_PACKAGES = {"torch": TORCH_REQUIREMENT, "torchvision": TORCHVISION_REQUIREMENT}
 

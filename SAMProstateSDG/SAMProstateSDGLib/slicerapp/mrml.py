@@ -29,13 +29,13 @@ from vtk.util import numpy_support
 
 from SAMProstateSDGLib.boxes import Box
 from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.pipeline import PROSTATE_LABEL
+from SAMProstateSDGLib.labels import PROSTATE_LABEL, ZONE_NAMES
 from SAMProstateSDGLib.sam_engine import Prompt
 
 BOX_VOLUME_REFERENCE = "SAMProstateSDGBoxVolume"
 BOX_SLICE_ATTRIBUTE = "SAMProstateSDG.Slice"
 PROSTATE_SEGMENTS = {PROSTATE_LABEL: "prostate"}
-ZONAL_SEGMENTS = {1: "transition zone", 2: "peripheral zone"}
+ZONAL_SEGMENTS = ZONE_NAMES
 SEGMENT_COLORS = {
     "prostate": (0.85, 0.55, 0.35),
     "transition zone": (0.95, 0.8, 0.3),

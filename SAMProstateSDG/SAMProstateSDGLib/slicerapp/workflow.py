@@ -253,7 +253,7 @@ class ProstateWorkflow:
     def segmentNames(segmenter) -> dict:
         """Label -> segment name: the zones for SAMed, else one prostate segment."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
-        from SAMProstateSDGLib.pipeline import ZONE_NAMES
+        from SAMProstateSDGLib.labels import ZONE_NAMES
         from SAMProstateSDGLib.samed import SAMedSegmenter
 
         return ZONE_NAMES if isinstance(segmenter.automatic, SAMedSegmenter) else bridge.PROSTATE_SEGMENTS
@@ -296,6 +296,20 @@ class ProstateWorkflow:
                 volumeNode, sliceIndex, pointListNode, roiBySlice.get(sliceIndex), segmentationNode, model=model, device=device, method=method
             )
         return segmentationNode
+
+    @staticmethod
+    def measurements(volumeNode, segmentationNode, psa: Optional[float] = None):
+        """Gland volume, diameters, ellipsoid volume (and zone volumes, PSA density) of a segmentation as it is now,
+        the user's edits included (``measurements.measure_segments``)."""
+        from SAMProstateSDGLib.measurements import measure_segments
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        segmentation = segmentationNode.GetSegmentation()
+        masks = {}
+        for index in range(segmentation.GetNumberOfSegments()):
+            segmentId = segmentation.GetNthSegmentID(index)
+            masks[segmentation.GetSegment(segmentId).GetName()] = bridge.labels_from_segmentation(segmentationNode, {1: segmentId}, volumeNode) > 0
+        return measure_segments(masks, bridge.ijk_to_ras(volumeNode), psa)
 
     def _write(self, session, volumeNode, segmentationNode, names: Optional[dict] = None):
         """Show the session's labels: update the segments written before, or add new ones."""
