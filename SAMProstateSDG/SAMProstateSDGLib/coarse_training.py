@@ -110,6 +110,23 @@ def smaller_field_of_view(size: int) -> Compose:
     )
 
 
+def _geometry(size: int, field_of_view_share: float, probability: float, rotation: float, scale: float, translation: float) -> list:
+    """A smaller field of view in ``field_of_view_share`` of the samples, then a random rotation, zoom and shift."""
+    keys = ("image", "label")
+    return [
+        OneOf([Identityd(keys), smaller_field_of_view(size)], weights=(1 - field_of_view_share, field_of_view_share)),
+        RandAffined(
+            keys,
+            prob=probability,
+            rotate_range=rotation,
+            scale_range=(scale, scale),
+            translate_range=(translation, translation),
+            mode=("bilinear", "nearest"),
+            padding_mode="zeros",
+        ),
+    ]
+
+
 def augmentations(size: int, kind: str = "standard") -> Compose:
     """``standard``: the geometry, field-of-view, contrast, noise, blur and bias-field changes a new
     scanner brings. ``dg``: generic domain-generalisation families, stronger and wider (see README)."""
@@ -118,16 +135,7 @@ def augmentations(size: int, kind: str = "standard") -> Compose:
     keys = ("image", "label")
     return Compose(
         [
-            OneOf([Identityd(keys), smaller_field_of_view(size)], weights=(0.7, 0.3)),
-            RandAffined(
-                keys,
-                prob=0.7,
-                rotate_range=0.26,
-                scale_range=(0.25, 0.25),
-                translate_range=(12, 12),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
+            *_geometry(size, field_of_view_share=0.3, probability=0.7, rotation=0.26, scale=0.25, translation=12),
             RandFlipd(keys, prob=0.5, spatial_axis=1),
             RandBiasFieldd("image", prob=0.3, coeff_range=(0.0, 0.3)),
             RandAdjustContrastd("image", prob=0.4, gamma=(0.6, 1.6)),
@@ -146,16 +154,7 @@ def dg_augmentations(size: int) -> Compose:
     renormalise = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
     return Compose(
         [
-            OneOf([Identityd(keys), smaller_field_of_view(size)], weights=(0.6, 0.4)),
-            RandAffined(
-                keys,
-                prob=0.8,
-                rotate_range=0.35,
-                scale_range=(0.3, 0.3),
-                translate_range=(16, 16),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-            ),
+            *_geometry(size, field_of_view_share=0.4, probability=0.8, rotation=0.35, scale=0.3, translation=16),
             RandFlipd(keys, prob=0.5, spatial_axis=1),
             RandFlipd(keys, prob=0.3, spatial_axis=0),
             RandAnisotropicLowResolutiond("image", prob=0.35, spacing_range=(1.0, 2.0)),
