@@ -24,4 +24,5 @@ evaluate: install
 	$(BIN)/samprostate evaluate --data $(DATA) --split unseen
 
 test: install
+	$(BIN)/ruff check SAMProstateSDG tests scripts
 	$(BIN)/python -m pytest -q

@@ -65,7 +65,7 @@ def flag_sweep(slices: list[dict], row: str) -> str:
     for ends in (False, True):
         for iou in IOU_THRESHOLDS:
             for agreement in AGREEMENT_THRESHOLDS:
-                def flagged(record):
+                def flagged(record, iou=iou, agreement=agreement, ends=ends):
                     if record["predicted_iou"] is None:
                         return False
                     return record["predicted_iou"] < iou or record["coarse_agreement"] < agreement or (ends and at_end(record))

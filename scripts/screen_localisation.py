@@ -15,16 +15,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from SAMProstateSDGLib.acquisition_shifts import SHIFTS, shifted_case
 from SAMProstateSDGLib.boxes import CoarseOptions, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
+from SAMProstateSDGLib.coarse_net import CoarseSegmenter
 from SAMProstateSDGLib.dataset import find_cases
 from SAMProstateSDGLib.evaluation import dice_score
 from SAMProstateSDGLib.localisation import coarse_probabilities
-from SAMProstateSDGLib.coarse_net import CoarseSegmenter
 from SAMProstateSDGLib.model_catalog import default_entry
-
-import torch
 
 
 def box_iou(a, b) -> float:

@@ -24,7 +24,6 @@ from SAMProstateSDGLib.dataset import find_cases
 from SAMProstateSDGLib.measurements import ZONE_NAMES, GlandMeasurements, measure_image
 from SAMProstateSDGLib.volume_agreement import Agreement, agreement, markdown_table
 
-
 Pair = tuple[str, GlandMeasurements | None, GlandMeasurements]  # case, ours (None without a prediction), reference
 
 

@@ -46,9 +46,8 @@ def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter
 
 
 def test_encoder_levers_are_compared_with_the_naive_encoder(segmenter, plain):
-    from SAMProstateSDGLib.bench import encoder_levers
-
     from SAMProstateSDGLib.backends import TorchEncoder
+    from SAMProstateSDGLib.bench import encoder_levers
 
     encoder = segmenter.sam.sam.image_encoder
     encoders = {"torch fp32": TorchEncoder(encoder, "fp32"), "torch bf16": TorchEncoder(encoder, "bf16")}

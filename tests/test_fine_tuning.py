@@ -15,9 +15,9 @@ from SAMProstateSDGLib.desam_training import DeSAMMethod, mask_iou
 from SAMProstateSDGLib.embedding_cache import build_cache, cache_key, load_cached_case
 from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.model_catalog import METHODS, catalog, default_entry
+from SAMProstateSDGLib.sam_engine import SamEngine, load_mask_decoder, load_sam
 from SAMProstateSDGLib.samed import SAMed, load_samed
 from SAMProstateSDGLib.samed_training import SAMedMethod
-from SAMProstateSDGLib.sam_engine import SamEngine, load_mask_decoder, load_sam
 from SAMProstateSDGLib.sammed_training import SamMedMethod
 from SAMProstateSDGLib.training_loop import TrainingOptions, train
 from SAMProstateSDGLib.volume_io import read_volume

@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.dataset import canonical_zones
+from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.measurements import ellipsoid_volume_ml, measure, measure_image, measure_segments, voxel_to_patient
 from SAMProstateSDGLib.volume_agreement import agreement
 

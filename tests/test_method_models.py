@@ -6,8 +6,8 @@ import torch
 
 from SAMProstateSDGLib.desam import DeSAM, central_point, grid_points
 from SAMProstateSDGLib.encoder_stages import EncoderFeatures, EncoderStages
-from SAMProstateSDGLib.samed import SAMed, add_lora
 from SAMProstateSDGLib.sam_engine import SAM_BUILDERS
+from SAMProstateSDGLib.samed import SAMed, add_lora
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
+
 from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib.boxes import Box, boxes_from_labels
 from SAMProstateSDGLib.boxes_json import LPS_TO_RAS, boxes_to_json

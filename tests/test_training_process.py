@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import torch
 
 from SAMProstateSDGLib.checksums import sha256_of

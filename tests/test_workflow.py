@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
+
 from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.slicerapp import mrml as bridge
@@ -182,8 +183,8 @@ def test_the_segmentation_is_measured_as_slicer_holds_it(workflow, volume_node):
     """The module's numbers come from the segmentation node (edits included) and match the label file's."""
     import SimpleITK as sitk
 
-    from SAMProstateSDGLib.measurements import measure_image
     from SAMProstateSDGLib.labels import ZONE_NAMES
+    from SAMProstateSDGLib.measurements import measure_image
 
     zones = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "P158-020_seg.nii.gz"))).astype(np.uint8)
     node, _ = bridge.add_label_segments(zones, volume_node, None, ZONE_NAMES)

@@ -13,8 +13,8 @@ or inference path may read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk

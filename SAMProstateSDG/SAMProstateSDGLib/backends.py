@@ -27,9 +27,10 @@ import threading
 import time
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -198,7 +199,7 @@ def export_onnx(encoder: nn.Module, path: Path) -> None:
         )
 
 
-def _check_embedding(backend: "EncoderBackend", encoder: nn.Module) -> None:
+def _check_embedding(backend: EncoderBackend, encoder: nn.Module) -> None:
     """Refuse a freshly built graph whose embedding of a test image strays from torch fp32's."""
     images = selection_images(encoder.img_size, 1)
     reference = TorchEncoder(encoder).encode(images)

@@ -49,7 +49,7 @@ class CoarseOptions:
         return "+".join(lever for lever in ("reorient", "n4", "tta") if getattr(self, lever)) or "base"
 
     @classmethod
-    def named(cls, name: str) -> "CoarseOptions":
+    def named(cls, name: str) -> CoarseOptions:
         """Options from a '+'-joined list of lever names ('base' for none), e.g. 'reorient+n4'."""
         return cls(**{lever: True for lever in name.split("+") if lever != "base"})
 

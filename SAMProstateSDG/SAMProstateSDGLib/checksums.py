@@ -89,7 +89,7 @@ def full_precision(state: Mapping) -> dict:
     return {name: value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value for name, value in state.items()}
 
 
-def load_trained_weights(module: "torch.nn.Module", checkpoint: str | Path, description: str, sha256: str | None = None) -> "torch.nn.Module":
+def load_trained_weights(module: torch.nn.Module, checkpoint: str | Path, description: str, sha256: str | None = None) -> torch.nn.Module:
     """Load a checkpoint of trained weights (fp16 or fp32) into ``module`` with strict keys; returns it in eval mode."""
     state = load_weights(checkpoint, f"{description} checkpoint", sha256)
     state = full_precision(state) if isinstance(state, Mapping) else state

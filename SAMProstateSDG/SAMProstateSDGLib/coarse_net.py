@@ -29,7 +29,7 @@ class CoarseNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "CoarseNetConfig":
+    def from_json(cls, data: dict) -> CoarseNetConfig:
         return cls(
             backbone=data["backbone"],
             decoder_channels=tuple(data["decoder_channels"]),
@@ -58,7 +58,7 @@ class CoarseSegmenter:
         self.device = device
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: torch.device, sha256: str | None = None) -> "CoarseSegmenter":
+    def from_checkpoint(cls, path: str | Path, device: torch.device, sha256: str | None = None) -> CoarseSegmenter:
         network, config = load_coarse_checkpoint(path, sha256)
         return cls(network, config, device)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
 from monai.transforms import (
     Compose,
+    Identityd,
     OneOf,
     RandAdjustContrastd,
     RandAffined,
@@ -26,7 +27,6 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandSpatialCropd,
     ResizeWithPadOrCropd,
-    Identityd,
     ScaleIntensityRangePercentilesd,
 )
 from monai.utils import set_determinism
@@ -266,7 +266,7 @@ def train_coarse_net(
             "best_dice": best_dice,
             "history": history,
         }
-        write_atomically(state_path, lambda temporary: torch.save(state, temporary))  # a stop never leaves half a state
+        write_atomically(state_path, lambda temporary, state=state: torch.save(state, temporary))  # a stop never leaves half a state
         log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))
 
     manifest = {

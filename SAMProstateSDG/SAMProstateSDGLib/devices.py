@@ -14,7 +14,7 @@ BACKEND_CHOICES = ("auto", "torch", "openvino", "onnxruntime")  # the image enco
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 
 
-def pick_device(name: str = "auto") -> "torch.device":
+def pick_device(name: str = "auto") -> torch.device:
     import torch  # imported here so that the command line answers option errors without loading torch
 
     if name not in DEVICE_CHOICES:
@@ -27,7 +27,7 @@ def pick_device(name: str = "auto") -> "torch.device":
     return torch.device(name)
 
 
-def device_note(device: "torch.device") -> str | None:
+def device_note(device: torch.device) -> str | None:
     """A line for the user when the networks will run on the CPU although they asked for any device."""
     if device.type != "cpu":
         return None

@@ -7,7 +7,7 @@ Both change the image only; the label keeps its grid.
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as functional

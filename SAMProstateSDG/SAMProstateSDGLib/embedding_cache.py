@@ -86,7 +86,7 @@ def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path, g
             "coarse": torch.from_numpy(coarse.astype(np.float16)),
             "spacing_xy": list(spacing_xy),
         }
-        write_atomically(path, lambda temporary: torch.save(cached, temporary))
+        write_atomically(path, lambda temporary, cached=cached: torch.save(cached, temporary))
     return paths
 
 

@@ -26,7 +26,7 @@ class EncoderFeatures:
     embedding: torch.Tensor
     skips: list[torch.Tensor]
 
-    def slices(self, indices: list[int]) -> "EncoderFeatures":
+    def slices(self, indices: list[int]) -> EncoderFeatures:
         """The features of some of the slices."""
         return EncoderFeatures(self.embedding[indices], [skip[indices] for skip in self.skips])
 

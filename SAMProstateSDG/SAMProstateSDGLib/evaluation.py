@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -14,8 +14,8 @@ from tqdm import tqdm
 
 from .boxes import COARSE_THRESHOLD, ComponentFilter, ProposalOptions, boxes_from_labels, whole_slice_boxes
 from .dataset import Case
-from .model_catalog import DEFAULT_GRID_SIDE, METHOD_TITLES, METHODS, catalog
 from .labels import ZONE_NAMES
+from .model_catalog import DEFAULT_GRID_SIDE, METHOD_TITLES, METHODS, catalog
 from .pipeline import PreparedVolume, ProstateSegmenter
 
 

@@ -44,7 +44,7 @@ class VolumeSegmenter(Protocol):
     It reads the volume on the encoder canvas and returns labels on the volume's own grid.
     """
 
-    def segment_volume(self, volume: "PreparedVolume") -> np.ndarray: ...
+    def segment_volume(self, volume: PreparedVolume) -> np.ndarray: ...
 
 
 @dataclass
@@ -114,7 +114,7 @@ class ProstateSegmenter:
         coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
         backend: str = "auto",
         log=None,
-    ) -> "ProstateSegmenter":
+    ) -> ProstateSegmenter:
         """The shipped models by default; a user's SAM or coarse checkpoint where given.
 
         A ``method`` other than "zero-shot" adds the shipped model trained on RUNMC (LiteMedSAM only).
@@ -145,7 +145,7 @@ class ProstateSegmenter:
         segmenter = cls(engine, coarse, options, coarse_options=coarse_options)
         return segmenter.with_method(method, grid_side) if METHODS[method] else segmenter
 
-    def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":
+    def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> ProstateSegmenter:
         """The same base models with a method's shipped trained model (the encoder is shared, not reloaded)."""
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -153,7 +153,7 @@ class ProstateSegmenter:
             return ProstateSegmenter(self.sam, self.coarse, self.options, coarse_options=self.coarse_options)
         return self.with_model(catalog()[METHODS[method]], grid_side)
 
-    def with_model(self, entry: CatalogEntry, grid_side: int = DEFAULT_GRID_SIDE) -> "ProstateSegmenter":
+    def with_model(self, entry: CatalogEntry, grid_side: int = DEFAULT_GRID_SIDE) -> ProstateSegmenter:
         """The same base models with a shipped or trained model: a coarse network, a SAMMed decoder, DeSAM or SAMed."""
         if entry.kind == "coarse":
             return self.with_coarse(entry.path, entry.sha256)
@@ -168,11 +168,11 @@ class ProstateSegmenter:
             raise InputError(f"{entry.id} is a {entry.kind} model, not one that segments with SAM")
         return ProstateSegmenter(self.sam, self.coarse, self.options, automatic, self.coarse_options)
 
-    def with_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> "ProstateSegmenter":
+    def with_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> ProstateSegmenter:
         """The same models with fine-tuned mask decoder weights (the encoder is shared, not reloaded)."""
         return ProstateSegmenter(self.sam.with_mask_decoder(checkpoint, sha256), self.coarse, self.options, coarse_options=self.coarse_options)
 
-    def with_coarse(self, checkpoint: str | Path, sha256: str | None = None) -> "ProstateSegmenter":
+    def with_coarse(self, checkpoint: str | Path, sha256: str | None = None) -> ProstateSegmenter:
         """The same SAM with another coarse network proposing the boxes."""
         return ProstateSegmenter(
             self.sam, CoarseSegmenter.from_checkpoint(checkpoint, self.sam.device, sha256), self.options, coarse_options=self.coarse_options
@@ -190,7 +190,7 @@ class ProstateSegmenter:
     def propose_boxes(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> dict[int, Box]:
         return propose_boxes(self.coarse_probabilities(volume), volume.image.GetSpacing(), options or self.options)
 
-    def slice_confidence(self, volume: PreparedVolume, session: "BoxSegmentation") -> dict[int, SliceConfidence]:
+    def slice_confidence(self, volume: PreparedVolume, session: BoxSegmentation) -> dict[int, SliceConfidence]:
         """Each segmented slice's confidence: SAM's predicted IoU and its mask's agreement with the coarse component."""
         component = filtered_mask(self.coarse_probabilities(volume), self.options.threshold, self.options.component_filter, volume.image.GetSpacing())
         return slice_confidences(session.labels > 0, component, session.predicted_iou)
@@ -199,14 +199,14 @@ class ProstateSegmenter:
         """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""
         return self.box_session(volume, boxes).labels
 
-    def refined_boxes(self, volume: PreparedVolume, session: "BoxSegmentation", margin_mm: float) -> dict[int, Box]:
+    def refined_boxes(self, volume: PreparedVolume, session: BoxSegmentation, margin_mm: float) -> dict[int, Box]:
         """Box refinement: each slice's box redrawn around SAM's own mask (widened by ``margin_mm``) for a second pass;
         a slice where SAM found nothing keeps its box."""
         spacing = volume.spacing_xy
         refined = slice_boxes(session.labels > 0, (margin_mm / spacing[0], margin_mm / spacing[1]), shape=session.labels.shape[1:])
         return {index: refined.get(index, box) for index, box in session.boxes.items()}
 
-    def box_session(self, volume: PreparedVolume, boxes: dict[int, Box]) -> "BoxSegmentation":
+    def box_session(self, volume: PreparedVolume, boxes: dict[int, Box]) -> BoxSegmentation:
         """The volume segmented with ``boxes`` (its labels, and SAM's predicted IoU per slice)."""
         session = BoxSegmentation(volume, self.sam)
         session.update(boxes)

@@ -9,8 +9,8 @@ records each slice's confidence, so the flags can be measured: of the slices wit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm

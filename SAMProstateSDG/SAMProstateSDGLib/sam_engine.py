@@ -6,25 +6,26 @@ import atexit
 import copy
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from segment_anything.build_sam import sam_model_registry
 from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.utils.transforms import ResizeLongestSide
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .backends import EncoderBackend, TorchEncoder, choose_encoder
-from .encoder_stages import EncoderFeatures, EncoderStages
 from .checksums import load_state_strictly, load_trained_weights, load_weights
+from .encoder_stages import EncoderFeatures, EncoderStages
 from .errors import InputError
 from .model_catalog import SAM_TYPES, tiny_vit_module
+
 
 def _tiny_vit_sam(image_size: int, pixel_mean: list[float], pixel_std: list[float]) -> Sam:
     """TinyViT encoder + SAM's prompt encoder and decoder (LiteMedSAM, 256 px)."""
@@ -160,7 +161,7 @@ class SamEngine:
         self.encoder_backend = choose_encoder(self.sam.image_encoder, self.device, backend, precision, log=log)
         return self.encoder_backend
 
-    def with_mask_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> "SamEngine":
+    def with_mask_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> SamEngine:
         """An engine sharing this one's image and prompt encoders, with fine-tuned mask decoder weights."""
         sam = Sam(
             image_encoder=self.sam.image_encoder,
@@ -229,7 +230,7 @@ class SamEngine:
         return (logits[0, 0] > self.sam.mask_threshold).cpu().numpy(), float(scores[0, choice])
 
 
-_ENCODING_IN_BACKGROUND: "weakref.WeakSet[EncodedVolume]" = weakref.WeakSet()
+_ENCODING_IN_BACKGROUND: weakref.WeakSet[EncodedVolume] = weakref.WeakSet()
 
 
 @atexit.register

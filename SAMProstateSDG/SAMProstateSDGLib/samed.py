@@ -81,7 +81,7 @@ class SAMed(nn.Module):
         self.mask_decoder.requires_grad_(True)
         self.stages = EncoderStages(sam)
 
-    def train(self, mode: bool = True) -> "SAMed":
+    def train(self, mode: bool = True) -> SAMed:
         """Training mode for what learns; the frozen encoder's batch norms keep their stored statistics."""
         super().train(mode)
         self.image_encoder.eval()

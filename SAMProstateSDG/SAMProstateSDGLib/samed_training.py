@@ -16,8 +16,8 @@ import torch
 from monai.losses import DiceCELoss
 
 from .embedding_cache import CachedCase
-from .samed import SAMed, SAMedSegmenter
 from .sam_engine import SamEngine
+from .samed import SAMed, SAMedSegmenter
 from .sammed_training import low_resolution_target
 from .training_loop import FineTuningMethod, SliceSample, TrainingOptions
 

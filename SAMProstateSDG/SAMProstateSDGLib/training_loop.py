@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ from .coarse_training import epoch_summary, require_finite_loss, require_validat
 from .embedding_cache import CachedCase
 from .evaluation import dice_score
 from .files import write_atomically, write_json
-
 
 RESUME_KEYS = ("trained", "optimiser", "scheduler", "epoch", "best_dice", "history", "generator")
 
@@ -149,7 +148,7 @@ def train(
             "history": history,
             "generator": generator.getstate(),
         }
-        write_atomically(state_path, lambda temporary: torch.save(state, temporary))  # a stop never leaves half a state
+        write_atomically(state_path, lambda temporary, state=state: torch.save(state, temporary))  # a stop never leaves half a state
         log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))
     manifest = dict(
         manifest,

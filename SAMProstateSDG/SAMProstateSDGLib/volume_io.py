@@ -10,9 +10,9 @@ import struct
 import sys
 import tempfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk

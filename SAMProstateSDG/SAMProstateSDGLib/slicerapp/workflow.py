@@ -11,7 +11,6 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 from SAMProstateSDGLib.errors import InputError
 from SAMProstateSDGLib.model_catalog import catalog
@@ -47,9 +46,9 @@ class ProstateWorkflow:
         self._written = {}  # (volume node ID, segmentation node ID) -> {label: segment ID}
         self.userFolder = Path(userFolder)
         self.python = python  # the Python that runs the training child process
-        self._training: Optional[TrainingProcess] = None
+        self._training: TrainingProcess | None = None
         self._trainingStopped = False
-        self.trainingError: Optional[str] = None
+        self.trainingError: str | None = None
         self._pendingEncoding = []  # (volume node ID, EncodedVolume, slice index) still to encode, in order
         self._observedScenes = {}  # scene -> observer tag of its NodeRemovedEvent
 
@@ -62,7 +61,7 @@ class ProstateWorkflow:
         return {modelId: entry.title for modelId, entry in trained_models(self.trainedModelsFile).items()}
 
     def startTraining(
-        self, data: Path, site: str, method: str, epochs: int, device: str = "auto", resume: bool = False, maxCases: Optional[int] = None
+        self, data: Path, site: str, method: str, epochs: int, device: str = "auto", resume: bool = False, maxCases: int | None = None
     ) -> TrainingProcess:
         """Start ``samprostate`` training in a child process, writing to runs/METHOD-SITE in the user folder.
 
@@ -181,7 +180,7 @@ class ProstateWorkflow:
         self._segmenters[key] = segmenter
         return segmenter
 
-    def deviceNote(self, device: str = "auto") -> Optional[str]:
+    def deviceNote(self, device: str = "auto") -> str | None:
         """What to tell the user about where the networks run (None on a GPU; a note when ``auto`` falls back to the CPU)."""
         from SAMProstateSDGLib.devices import device_note, pick_device
 
@@ -252,9 +251,9 @@ class ProstateWorkflow:
     @staticmethod
     def segmentNames(segmenter) -> dict:
         """Label -> segment name: the zones for SAMed, else one prostate segment."""
-        from SAMProstateSDGLib.slicerapp import mrml as bridge
         from SAMProstateSDGLib.labels import ZONE_NAMES
         from SAMProstateSDGLib.samed import SAMedSegmenter
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         return ZONE_NAMES if isinstance(segmenter.automatic, SAMedSegmenter) else bridge.PROSTATE_SEGMENTS
 
@@ -298,7 +297,7 @@ class ProstateWorkflow:
         return segmentationNode
 
     @staticmethod
-    def measurements(volumeNode, segmentationNode, psa: Optional[float] = None):
+    def measurements(volumeNode, segmentationNode, psa: float | None = None):
         """Gland volume, diameters, ellipsoid volume (and zone volumes, PSA density) of a segmentation as it is now,
         the user's edits included (``measurements.measure_segments``)."""
         from SAMProstateSDGLib.measurements import measure_segments
@@ -311,7 +310,7 @@ class ProstateWorkflow:
             masks[segmentation.GetSegment(segmentId).GetName()] = bridge.labels_from_segmentation(segmentationNode, {1: segmentId}, volumeNode) > 0
         return measure_segments(masks, bridge.ijk_to_ras(volumeNode), psa)
 
-    def _write(self, session, volumeNode, segmentationNode, names: Optional[dict] = None):
+    def _write(self, session, volumeNode, segmentationNode, names: dict | None = None):
         """Show the session's labels: update the segments written before, or add new ones."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
