@@ -159,7 +159,7 @@ def test_report_page_is_also_written_as_pdf(tmp_path):
         (["--series-uid", "1.2.3"], "need a DICOM folder"),
         (["--report-page", "{out}/report.jpg"], "writes .png or .pdf"),
         (["--psa", "-3"], "--psa must be a positive number"),
-        (["--report", "{out}/labels.nii.gz"], "two outputs name the same file"),
+        (["--report", "{out}/labels.nii.gz"], "is given for two outputs"),
     ],
 )
 def test_clinical_options_refuse_mistakes_before_writing_anything(tmp_path, capsys, extra, message):

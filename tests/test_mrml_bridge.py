@@ -330,8 +330,8 @@ def test_box_edit_resegments_only_its_slice(sam_engine, scene):
     rois = bridge.roi_nodes_from_boxes(node, boxes_from_labels(reference))
     session = BoxSegmentation(ProstateSegmenter(sam_engine, coarse=None).prepare(bridge.image_from_volume_node(node)))
     decoded: list[int] = []
-    segment_slice = session.volume.encoded.segment
-    session.volume.encoded.segment = lambda index, prompt, decoder=None: decoded.append(index) or segment_slice(index, prompt, decoder)
+    segment_slice = session.volume.encoded.segment_scored
+    session.volume.encoded.segment_scored = lambda index, prompt, decoder=None: decoded.append(index) or segment_slice(index, prompt, decoder)
 
     assert session.update(bridge.boxes_from_roi_nodes(node, rois)) == [0, 1, 2, 3]
     assert dice(session.labels, reference) > 0.8
