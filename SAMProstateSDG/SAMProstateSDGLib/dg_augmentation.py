@@ -15,7 +15,27 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Resize
 
 
-class RandGlobalIntensityNonlineard(RandomizableTransform, MapTransform):
+class _RandomImageTransformd(RandomizableTransform, MapTransform):
+    """One random draw per call (``randomize``), applied to every key's image by ``apply``."""
+
+    def __init__(self, keys: KeysCollection, prob: float) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
+
+    def apply(self, image):
+        raise NotImplementedError
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        result = dict(data)
+        self.randomize()
+        if not self._do_transform:
+            return result
+        for key in self.key_iterator(result):
+            result[key] = self.apply(result[key])
+        return result
+
+
+class RandGlobalIntensityNonlineard(_RandomImageTransformd):
     """GIN: a shallow convolutional net with fresh random weights remaps the intensities.
 
     ``layers`` convolutions (kernel 1 or 3 at random, ``channels`` intermediate channels,
@@ -25,8 +45,7 @@ class RandGlobalIntensityNonlineard(RandomizableTransform, MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, prob: float = 0.5, layers: int = 4, channels: int = 2) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob)
         self.layers, self.channels = layers, channels
         self._seed, self._mix = 0, 0.0
 
@@ -52,24 +71,17 @@ class RandGlobalIntensityNonlineard(RandomizableTransform, MapTransform):
         high = mixed.amax(dim=(-2, -1), keepdim=True)
         return (mixed - low) / (high - low).clamp_min(1e-6)
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        result = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return result
-        for key in self.key_iterator(result):
-            remapped = self.remap(torch.as_tensor(result[key]))
-            result[key] = type(result[key])(remapped) if isinstance(result[key], torch.Tensor) else remapped.numpy()
-        return result
+    def apply(self, image):
+        remapped = self.remap(torch.as_tensor(image))
+        return type(image)(remapped) if isinstance(image, torch.Tensor) else remapped.numpy()
 
 
-class RandAnisotropicLowResolutiond(RandomizableTransform, MapTransform):
+class RandAnisotropicLowResolutiond(_RandomImageTransformd):
     """A coarser acquisition: the slice resampled to random pixel sizes per axis (``spacing_range``
     times the canvas spacing) with area averaging, then back to its size with bilinear interpolation."""
 
     def __init__(self, keys: KeysCollection, prob: float = 0.3, spacing_range: Sequence[float] = (1.0, 2.0)) -> None:
-        MapTransform.__init__(self, keys)
-        RandomizableTransform.__init__(self, prob)
+        super().__init__(keys, prob)
         self.spacing_range = tuple(spacing_range)
         self._factors = (1.0, 1.0)
 
@@ -77,16 +89,8 @@ class RandAnisotropicLowResolutiond(RandomizableTransform, MapTransform):
         super().randomize(None)
         self._factors = tuple(float(self.R.uniform(*self.spacing_range)) for _ in range(2))
 
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        result = dict(data)
-        self.randomize()
-        if not self._do_transform:
-            return result
-        for key in self.key_iterator(result):
-            image = result[key]
-            size = image.shape[1:]
-            coarse = tuple(max(2, int(round(length / factor))) for length, factor in zip(size, self._factors))
-            low = Resize(coarse, mode="area")(image)
-            result[key] = Resize(size, mode="bilinear", align_corners=False)(low)
-        return result
+    def apply(self, image):
+        size = image.shape[1:]
+        coarse = tuple(max(2, int(round(length / factor))) for length, factor in zip(size, self._factors))
+        return Resize(size, mode="bilinear", align_corners=False)(Resize(coarse, mode="area")(image))
 
