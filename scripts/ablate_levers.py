@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from SAMProstateSDGLib.boxes import CoarseOptions, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
-from SAMProstateSDGLib.confidence import slice_confidences
-from SAMProstateSDGLib.dataset import find_cases
-from SAMProstateSDGLib.localisation import coarse_probabilities
-from SAMProstateSDGLib.pipeline import PreparedVolume, ProstateSegmenter
-from SAMProstateSDGLib.robustness import SuiteResult, run_suite
+from SAMProstateSDGLib.apps.robustness import SuiteResult, run_suite
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.masks.boxes import CoarseOptions, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
+from SAMProstateSDGLib.masks.confidence import slice_confidences
+from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
+from SAMProstateSDGLib.pipeline.segmenter import PreparedVolume, ProstateSegmenter
 
 REFINE_MARGIN_MM = 1.0
 

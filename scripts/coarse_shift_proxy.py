@@ -22,10 +22,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from SAMProstateSDGLib.boxes import COARSE_THRESHOLD, largest_component, propose_boxes
-from SAMProstateSDGLib.coarse_net import CoarseSegmenter
-from SAMProstateSDGLib.dataset import find_cases
-from SAMProstateSDGLib.volume_io import normalised_array
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.io.volume_io import normalised_array
+from SAMProstateSDGLib.masks.boxes import COARSE_THRESHOLD, largest_component, propose_boxes
+from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
 
 Shift = Callable[[sitk.Image, np.ndarray, int], tuple[sitk.Image, np.ndarray]]
 

@@ -15,8 +15,8 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-from SAMProstateSDGLib.pipeline import ProstateSegmenter
-from SAMProstateSDGLib.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 LABEL_COLOURS = {1: (0.95, 0.35, 0.25), 2: (0.25, 0.6, 0.95)}  # prostate or transition zone; peripheral zone

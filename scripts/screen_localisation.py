@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from SAMProstateSDGLib.acquisition_shifts import SHIFTS, shifted_case
-from SAMProstateSDGLib.boxes import CoarseOptions, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
-from SAMProstateSDGLib.coarse_net import CoarseSegmenter
-from SAMProstateSDGLib.dataset import find_cases
-from SAMProstateSDGLib.evaluation import dice_score
-from SAMProstateSDGLib.localisation import coarse_probabilities
-from SAMProstateSDGLib.model_catalog import default_entry
+from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, shifted_case
+from SAMProstateSDGLib.apps.evaluation import dice_score
+from SAMProstateSDGLib.core.catalog import default_entry
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.masks.boxes import CoarseOptions, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
+from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
+from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 
 
 def box_iou(a, b) -> float:

@@ -12,8 +12,8 @@ import json
 import shutil
 from pathlib import Path
 
-from SAMProstateSDGLib.checksums import sha256_of
-from SAMProstateSDGLib.model_catalog import MODELS_FOLDER, default_entry
+from SAMProstateSDGLib.core.catalog import MODELS_FOLDER, default_entry
+from SAMProstateSDGLib.core.checksums import sha256_of
 
 
 def main() -> None:

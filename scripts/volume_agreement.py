@@ -20,9 +20,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from SAMProstateSDGLib.dataset import find_cases
-from SAMProstateSDGLib.measurements import ZONE_NAMES, GlandMeasurements, measure_image
-from SAMProstateSDGLib.volume_agreement import Agreement, agreement, markdown_table
+from SAMProstateSDGLib.apps.volume_agreement import Agreement, agreement, markdown_table
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.io.measurements import ZONE_NAMES, GlandMeasurements, measure_image
 
 Pair = tuple[str, GlandMeasurements | None, GlandMeasurements]  # case, ours (None without a prediction), reference
 

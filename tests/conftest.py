@@ -37,8 +37,8 @@ def data() -> Path:
 
 @pytest.fixture(scope="session")
 def sam_engine():
-    from SAMProstateSDGLib.model_catalog import default_entry
-    from SAMProstateSDGLib.sam_engine import SamEngine, load_sam
+    from SAMProstateSDGLib.core.catalog import default_entry
+    from SAMProstateSDGLib.modeling.sam_engine import SamEngine, load_sam
 
     entry = default_entry("sam")
     return SamEngine(load_sam(entry.model_type, entry.path, entry.sha256), torch.device("cpu"))
@@ -46,9 +46,9 @@ def sam_engine():
 
 @pytest.fixture(scope="session")
 def segmenter(sam_engine):
-    from SAMProstateSDGLib.coarse_net import CoarseSegmenter
-    from SAMProstateSDGLib.model_catalog import default_entry
-    from SAMProstateSDGLib.pipeline import ProstateSegmenter
+    from SAMProstateSDGLib.core.catalog import default_entry
+    from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
+    from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
     entry = default_entry("coarse")
     return ProstateSegmenter(sam_engine, CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu"), entry.sha256))

@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.acquisition_shifts import (
+from SAMProstateSDGLib.apps.acquisition_shifts import (
     SHIFTS,
     coil_field,
     coverage_above,

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib import backends
-from SAMProstateSDGLib.backends import (
+from SAMProstateSDGLib.modeling import backends
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.modeling.backends import (
     BackendError,
     Candidate,
     EncoderBackend,
@@ -21,8 +23,6 @@ from SAMProstateSDGLib.backends import (
     candidates,
     choose_encoder,
 )
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.volume_io import normalised_array, read_volume
 
 SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 EXPORTED = [

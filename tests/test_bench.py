@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.bench import STAGES, _report, box_proposal_speedup, plain_engine, python_bfs_boxes, run_path
-from SAMProstateSDGLib.boxes import ComponentFilter, filtered_mask
-from SAMProstateSDGLib.dataset import find_cases
+from SAMProstateSDGLib.apps.bench import STAGES, _report, box_proposal_speedup, plain_engine, python_bfs_boxes, run_path
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.masks.boxes import ComponentFilter, filtered_mask
 
 
 def test_python_bfs_baseline_finds_the_same_largest_components(segmenter):
@@ -46,8 +46,8 @@ def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter
 
 
 def test_encoder_levers_are_compared_with_the_naive_encoder(segmenter, plain):
-    from SAMProstateSDGLib.backends import TorchEncoder
-    from SAMProstateSDGLib.bench import encoder_levers
+    from SAMProstateSDGLib.apps.bench import encoder_levers
+    from SAMProstateSDGLib.modeling.backends import TorchEncoder
 
     encoder = segmenter.sam.sam.image_encoder
     encoders = {"torch fp32": TorchEncoder(encoder, "fp32"), "torch bf16": TorchEncoder(encoder, "bf16")}

@@ -1,7 +1,7 @@
 import numpy as np
 
 from conftest import FIXTURES, read_mask
-from SAMProstateSDGLib.boxes import (
+from SAMProstateSDGLib.masks.boxes import (
     Box,
     ComponentFilter,
     ProposalOptions,
@@ -85,7 +85,7 @@ def test_3d_filter_keeps_only_the_largest_volume_component():
 
 
 def test_clicks_edit_a_box_for_box_only_models():
-    from SAMProstateSDGLib.boxes import box_from_clicks
+    from SAMProstateSDGLib.masks.boxes import box_from_clicks
 
     box = Box(10.0, 10.0, 20.0, 20.0)
     assert box_from_clicks(box, ((15.0, 15.0),), (1,), (64, 64)) == box  # a click inside changes nothing

@@ -5,10 +5,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES, read_mask
-from SAMProstateSDGLib.boxes import boxes_from_labels
-from SAMProstateSDGLib.boxes_json import read_boxes, write_boxes
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.volume_io import read_volume
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.io.boxes_json import read_boxes, write_boxes
+from SAMProstateSDGLib.io.volume_io import read_volume
+from SAMProstateSDGLib.masks.boxes import boxes_from_labels
 
 
 def _flipped(image: sitk.Image) -> sitk.Image:

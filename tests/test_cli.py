@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.model_catalog import catalog
+from SAMProstateSDGLib.core.catalog import catalog
 
 SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 UNSEEN_DICE_FLOOR = 0.80

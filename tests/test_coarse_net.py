@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.boxes import COARSE_THRESHOLD
-from SAMProstateSDGLib.checksums import sha256_of
-from SAMProstateSDGLib.coarse_net import CoarseSegmenter, load_coarse_checkpoint, save_coarse_checkpoint
-from SAMProstateSDGLib.coarse_training import CoarseTrainingOptions, split_cases, train_coarse_net
-from SAMProstateSDGLib.dataset import find_cases
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.model_catalog import MODELS_FOLDER, default_entry
-from SAMProstateSDGLib.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.core.catalog import MODELS_FOLDER, default_entry
+from SAMProstateSDGLib.core.checksums import sha256_of
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.masks.boxes import COARSE_THRESHOLD
+from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter, load_coarse_checkpoint, save_coarse_checkpoint
+from SAMProstateSDGLib.training.coarse import CoarseTrainingOptions, split_cases, train_coarse_net
 
 
 def test_shipped_coarse_model_matches_its_manifest_and_size_limit():

@@ -5,10 +5,10 @@ import json
 import numpy as np
 
 from conftest import FIXTURES, read_mask
-from SAMProstateSDGLib.boxes import Box, boxes_from_labels
-from SAMProstateSDGLib.boxes_json import read_boxes, write_boxes
-from SAMProstateSDGLib.confidence import flagged_slices
-from SAMProstateSDGLib.volume_io import read_volume
+from SAMProstateSDGLib.io.boxes_json import read_boxes, write_boxes
+from SAMProstateSDGLib.io.volume_io import read_volume
+from SAMProstateSDGLib.masks.boxes import Box, boxes_from_labels
+from SAMProstateSDGLib.masks.confidence import flagged_slices
 
 
 def test_a_box_on_the_gland_is_confident_and_a_box_beside_it_is_flagged(segmenter):

@@ -6,10 +6,10 @@ import SimpleITK as sitk
 import torch
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.coarse_net import CoarseNetConfig
-from SAMProstateSDGLib.coarse_training import augmentations
-from SAMProstateSDGLib.dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard
-from SAMProstateSDGLib.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.modeling.coarse_net import CoarseNetConfig
+from SAMProstateSDGLib.training.coarse import augmentations
+from SAMProstateSDGLib.training.dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard
 
 
 @pytest.fixture(scope="module")

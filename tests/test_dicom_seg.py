@@ -12,15 +12,15 @@ from PIL import Image
 
 from conftest import FIXTURES
 from dicom_fixtures import read_headers, write_series
-from SAMProstateSDGLib.cli import main
-from SAMProstateSDGLib.dataset import canonical_zones
-from SAMProstateSDGLib.dicom_seg import write_dicom_seg
-from SAMProstateSDGLib.dicom_series import choose_series, find_series, read_dicom_volume
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.measurements import measure_image
-from SAMProstateSDGLib.provenance import provenance_for
-from SAMProstateSDGLib.report import PAGE_SIZE, ReportSubject, write_report
-from SAMProstateSDGLib.volume_io import normalised_array
+from SAMProstateSDGLib.apps.cli import main
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.io.dataset import canonical_zones
+from SAMProstateSDGLib.io.dicom_seg import write_dicom_seg
+from SAMProstateSDGLib.io.dicom_series import choose_series, find_series, read_dicom_volume
+from SAMProstateSDGLib.io.measurements import measure_image
+from SAMProstateSDGLib.io.provenance import provenance_for
+from SAMProstateSDGLib.io.report import PAGE_SIZE, ReportSubject, write_report
+from SAMProstateSDGLib.io.volume_io import normalised_array
 from test_cli import samprostate
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

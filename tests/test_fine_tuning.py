@@ -9,18 +9,18 @@ import pytest
 import torch
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.dataset import find_cases
-from SAMProstateSDGLib.desam import load_desam
-from SAMProstateSDGLib.desam_training import DeSAMMethod, mask_iou
-from SAMProstateSDGLib.embedding_cache import build_cache, cache_key, load_cached_case
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.model_catalog import METHODS, catalog, default_entry
-from SAMProstateSDGLib.sam_engine import SamEngine, load_mask_decoder, load_sam
-from SAMProstateSDGLib.samed import SAMed, load_samed
-from SAMProstateSDGLib.samed_training import SAMedMethod
-from SAMProstateSDGLib.sammed_training import SamMedMethod
-from SAMProstateSDGLib.training_loop import TrainingOptions, train
-from SAMProstateSDGLib.volume_io import read_volume
+from SAMProstateSDGLib.core.catalog import METHODS, catalog, default_entry
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.io.volume_io import read_volume
+from SAMProstateSDGLib.methods.desam_training import DeSAMMethod, mask_iou
+from SAMProstateSDGLib.methods.samed_training import SAMedMethod
+from SAMProstateSDGLib.methods.sammed_training import SamMedMethod
+from SAMProstateSDGLib.modeling.desam import load_desam
+from SAMProstateSDGLib.modeling.sam_engine import SamEngine, load_mask_decoder, load_sam
+from SAMProstateSDGLib.modeling.samed import SAMed, load_samed
+from SAMProstateSDGLib.training.embedding_cache import build_cache, cache_key, load_cached_case
+from SAMProstateSDGLib.training.loop import TrainingOptions, train
 
 
 @pytest.fixture(scope="module")

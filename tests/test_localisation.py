@@ -3,11 +3,11 @@
 import numpy as np
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.acquisition_shifts import flipped_axes
-from SAMProstateSDGLib.boxes import CoarseOptions, ComponentFilter, ProposalOptions, filtered_mask, propose_boxes
-from SAMProstateSDGLib.component_choice import choose_component, component_features
-from SAMProstateSDGLib.localisation import coarse_probabilities
-from SAMProstateSDGLib.volume_io import read_volume
+from SAMProstateSDGLib.apps.acquisition_shifts import flipped_axes
+from SAMProstateSDGLib.io.volume_io import read_volume
+from SAMProstateSDGLib.masks.boxes import CoarseOptions, ComponentFilter, ProposalOptions, filtered_mask, propose_boxes
+from SAMProstateSDGLib.masks.component_choice import choose_component, component_features
+from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 
 
 def test_reorienting_gives_a_flipped_file_the_same_probabilities(segmenter):

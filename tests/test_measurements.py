@@ -8,10 +8,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.dataset import canonical_zones
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.measurements import ellipsoid_volume_ml, measure, measure_image, measure_segments, voxel_to_patient
-from SAMProstateSDGLib.volume_agreement import agreement
+from SAMProstateSDGLib.apps.volume_agreement import agreement
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.io.dataset import canonical_zones
+from SAMProstateSDGLib.io.measurements import ellipsoid_volume_ml, measure, measure_image, measure_segments, voxel_to_patient
 
 
 def _reference(name: str) -> tuple[sitk.Image, np.ndarray]:

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from SAMProstateSDGLib.desam import DeSAM, central_point, grid_points
-from SAMProstateSDGLib.encoder_stages import EncoderFeatures, EncoderStages
-from SAMProstateSDGLib.sam_engine import SAM_BUILDERS
-from SAMProstateSDGLib.samed import SAMed, add_lora
+from SAMProstateSDGLib.modeling.desam import DeSAM, central_point, grid_points
+from SAMProstateSDGLib.modeling.encoder_stages import EncoderFeatures, EncoderStages
+from SAMProstateSDGLib.modeling.sam_engine import SAM_BUILDERS
+from SAMProstateSDGLib.modeling.samed import SAMed, add_lora
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ import SimpleITK as sitk
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.boxes import Box, boxes_from_labels
-from SAMProstateSDGLib.boxes_json import LPS_TO_RAS, boxes_to_json
-from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.io.boxes_json import LPS_TO_RAS, boxes_to_json
+from SAMProstateSDGLib.masks.boxes import Box, boxes_from_labels
 from SAMProstateSDGLib.slicerapp import mrml as bridge
 
 AXIS_SIGNS = {"oblique": (1.0, 1.0, 1.0), "flipped": (-1.0, -1.0, 1.0), "left-handed": (-1.0, 1.0, 1.0)}
@@ -322,7 +322,7 @@ def test_boxes_stay_with_their_volume_when_a_scene_import_renames_it(reference, 
 
 
 def test_box_edit_resegments_only_its_slice(sam_engine, scene):
-    from SAMProstateSDGLib.pipeline import BoxSegmentation, ProstateSegmenter
+    from SAMProstateSDGLib.pipeline.segmenter import BoxSegmentation, ProstateSegmenter
 
     image = sitk.ReadImage(str(FIXTURES / "P158-020.nii.gz"))
     reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")

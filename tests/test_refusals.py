@@ -21,9 +21,9 @@ import SimpleITK as sitk
 import torch
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.cli import main
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.model_catalog import default_entry
+from SAMProstateSDGLib.apps.cli import main
+from SAMProstateSDGLib.core.catalog import default_entry
+from SAMProstateSDGLib.core.errors import InputError
 
 CASE = FIXTURES / "P158-020.nii.gz"
 SAMPROSTATE = Path(sys.executable).with_name("samprostate")
@@ -62,7 +62,7 @@ def assert_refused(capsys, folder: Path, arguments: list, message: str) -> None:
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Loading a model fails the test: these refusals must come first."""
-    from SAMProstateSDGLib.pipeline import ProstateSegmenter
+    from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
     def refuse(*_, **__):
         raise AssertionError("a model was loaded before the input was refused")
@@ -118,8 +118,8 @@ def test_a_batch_into_its_own_input_folder_is_refused(capsys, work, no_model_loa
 
 
 def test_a_crafted_sam_or_coarse_checkpoint_runs_nothing(capsys, work, no_model_loads):
-    from SAMProstateSDGLib.coarse_net import load_coarse_checkpoint
-    from SAMProstateSDGLib.sam_engine import load_sam
+    from SAMProstateSDGLib.modeling.coarse_net import load_coarse_checkpoint
+    from SAMProstateSDGLib.modeling.sam_engine import load_sam
 
     marker = work / "ran"
     checkpoint = crafted_pickle(work / "evil.pt", marker)
@@ -131,8 +131,8 @@ def test_a_crafted_sam_or_coarse_checkpoint_runs_nothing(capsys, work, no_model_
 
 
 def test_a_crafted_trained_model_or_cache_file_runs_nothing(tmp_path):
-    from SAMProstateSDGLib.checksums import load_trained_weights
-    from SAMProstateSDGLib.embedding_cache import load_cached_case
+    from SAMProstateSDGLib.core.checksums import load_trained_weights
+    from SAMProstateSDGLib.training.embedding_cache import load_cached_case
 
     marker = tmp_path / "ran"
     checkpoint = crafted_pickle(tmp_path / "evil.pt", marker)
@@ -154,8 +154,8 @@ def test_a_crafted_coarse_resume_state_runs_nothing(capsys, tmp_path):
 
 
 def test_a_crafted_fine_tuning_resume_state_runs_nothing(tmp_path, sam_engine):
-    from SAMProstateSDGLib.sammed_training import SamMedMethod
-    from SAMProstateSDGLib.training_loop import TrainingOptions, train
+    from SAMProstateSDGLib.methods.sammed_training import SamMedMethod
+    from SAMProstateSDGLib.training.loop import TrainingOptions, train
 
     marker = tmp_path / "ran"
     crafted_pickle(tmp_path / "last_state.pt", marker)
@@ -198,7 +198,7 @@ def test_a_truncated_metaimage_or_nrrd_is_one_line_from_the_command(tmp_path, su
 
 
 def test_a_whole_uncompressed_volume_still_reads(tmp_path):
-    from SAMProstateSDGLib.volume_io import read_volume
+    from SAMProstateSDGLib.io.volume_io import read_volume
 
     (tmp_path / "whole.nii").write_bytes(gzip.decompress(CASE.read_bytes()))
     assert read_volume(tmp_path / "whole.nii").GetSize() == sitk.ReadImage(str(CASE)).GetSize()
@@ -224,7 +224,7 @@ def _sheared(path: Path) -> Path:
 
 
 def test_a_non_orthogonal_direction_is_refused_for_nifti_and_kept_by_mha(capsys, tmp_path, no_model_loads):
-    from SAMProstateSDGLib.volume_io import check_label_geometry, label_image, read_volume, write_image
+    from SAMProstateSDGLib.io.volume_io import check_label_geometry, label_image, read_volume, write_image
 
     sheared = _sheared(tmp_path / "sheared.mha")
     assert_refused(capsys, tmp_path, ["segment", sheared, "-o", tmp_path / "out.nii.gz"], "non-orthogonal direction")
@@ -239,8 +239,8 @@ def test_a_non_orthogonal_direction_is_refused_for_nifti_and_kept_by_mha(capsys,
 
 @pytest.fixture
 def boxes_file(tmp_path) -> dict:
-    from SAMProstateSDGLib.boxes import Box
-    from SAMProstateSDGLib.boxes_json import boxes_to_json
+    from SAMProstateSDGLib.io.boxes_json import boxes_to_json
+    from SAMProstateSDGLib.masks.boxes import Box
 
     return boxes_to_json({1: Box(100, 100, 160, 150)}, sitk.ReadImage(str(CASE)))
 
@@ -262,7 +262,7 @@ def test_boxes_files_are_checked_against_the_schema(capsys, tmp_path, no_model_l
 
 
 def test_no_json_we_write_holds_nan_or_infinity(tmp_path):
-    from SAMProstateSDGLib.files import write_json
+    from SAMProstateSDGLib.core.files import write_json
 
     with pytest.raises(ValueError):
         write_json(tmp_path / "manifest.json", {"best_validation_dice": float("nan")})
@@ -342,7 +342,7 @@ def test_mobilesam_s_vit_t_is_not_offered(capsys, tmp_path):
 
 
 def test_a_coarse_checkpoint_with_an_unknown_backbone_is_refused(tmp_path):
-    from SAMProstateSDGLib.coarse_net import load_coarse_checkpoint
+    from SAMProstateSDGLib.modeling.coarse_net import load_coarse_checkpoint
 
     checkpoint = torch.load(default_entry("coarse").path, weights_only=True)
     config = json.loads(checkpoint["config"])
@@ -353,7 +353,7 @@ def test_a_coarse_checkpoint_with_an_unknown_backbone_is_refused(tmp_path):
 
 
 def test_wrong_keys_are_named(tmp_path):
-    from SAMProstateSDGLib.checksums import load_state_strictly
+    from SAMProstateSDGLib.core.checksums import load_state_strictly
 
     with pytest.raises(InputError, match=r"missing bias; unexpected extra; shape weight \(3, 3\) for \(2, 2\)"):
         load_state_strictly(torch.nn.Linear(2, 2), {"weight": torch.zeros(3, 3), "extra": torch.zeros(1)}, "test")
@@ -365,7 +365,7 @@ def test_wrong_keys_are_named(tmp_path):
 def test_a_killed_write_leaves_a_recognisable_partial_that_the_next_write_removes(tmp_path):
     target = tmp_path / "labels.nii.gz"
     code = (
-        "import sys, time; from pathlib import Path; from SAMProstateSDGLib.files import write_atomically\n"
+        "import sys, time; from pathlib import Path; from SAMProstateSDGLib.core.files import write_atomically\n"
         "def write(temporary):\n Path(temporary).write_bytes(b'half'); print(temporary, flush=True); time.sleep(60)\n"
         f"write_atomically({str(target)!r}, write)\n"
     )
@@ -374,14 +374,14 @@ def test_a_killed_write_leaves_a_recognisable_partial_that_the_next_write_remove
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait()
     assert partial.name == f".labels.partial-{writer.pid}.nii.gz" and partial.exists() and not target.exists()
-    from SAMProstateSDGLib.files import write_text_atomically
+    from SAMProstateSDGLib.core.files import write_text_atomically
 
     write_text_atomically(target, "labels")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["labels.nii.gz"]
 
 
 def test_a_failed_write_keeps_every_earlier_output(tmp_path):
-    from SAMProstateSDGLib.files import write_files_atomically
+    from SAMProstateSDGLib.core.files import write_files_atomically
 
     outputs = {name: tmp_path / name for name in ("labels.nii.gz", "boxes.json", "overlay.png")}
     for path in outputs.values():

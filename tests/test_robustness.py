@@ -3,9 +3,9 @@
 import json
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.acquisition_shifts import SHIFTS
-from SAMProstateSDGLib.dataset import Case
-from SAMProstateSDGLib.robustness import CLEAN, DEFAULT_ROW, markdown_table, run_suite
+from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS
+from SAMProstateSDGLib.apps.robustness import CLEAN, DEFAULT_ROW, markdown_table, run_suite
+from SAMProstateSDGLib.io.dataset import Case
 from test_cli import samprostate
 
 

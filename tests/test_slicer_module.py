@@ -109,7 +109,7 @@ def test_a_restart_is_offered_when_an_imported_package_changed():
 
 
 def test_the_slicer_requirements_agree_with_pyproject():
-    from SAMProstateSDGLib.requirements import PYTORCH_PACKAGES, SLICER_REQUIREMENTS
+    from SAMProstateSDGLib.core.requirements import PYTORCH_PACKAGES, SLICER_REQUIREMENTS
 
     pinned = {Requirement(text).name.lower(): Requirement(text) for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     ranges = {Requirement(text).name.lower(): Requirement(text) for text in SLICER_REQUIREMENTS}

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.boxes import boxes_from_labels
-from SAMProstateSDGLib.sam_engine import Prompt
-from SAMProstateSDGLib.tiling import TILES, TiledEncodedVolume, merge_slices, shift_prompt, tile_offset
-from SAMProstateSDGLib.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.masks.boxes import boxes_from_labels
+from SAMProstateSDGLib.modeling.sam_engine import Prompt
+from SAMProstateSDGLib.modeling.tiling import TILES, TiledEncodedVolume, merge_slices, shift_prompt, tile_offset
 
 
 def test_off_diagonal_tiles_shift_by_width_then_height_on_non_square_slices():

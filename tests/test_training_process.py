@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from SAMProstateSDGLib.checksums import load_weights, sha256_of
-from SAMProstateSDGLib.training_process import (
+from SAMProstateSDGLib.apps.training_process import (
     TrainingProcess,
     TrainingProgress,
     TrainingRequest,
@@ -20,8 +19,9 @@ from SAMProstateSDGLib.training_process import (
     register_trained_model,
     trained_models,
 )
+from SAMProstateSDGLib.core.checksums import load_weights, sha256_of
 
-# stdout of `python -m SAMProstateSDGLib.cli train-coarse ... --epochs 1 --max-cases 2`, as TrainingProcess read it
+# stdout of `python -m SAMProstateSDGLib.apps.cli train-coarse ... --epochs 1 --max-cases 2`, as TrainingProcess read it
 CAPTURED_OUTPUT = [
     "1 training and 1 validation cases from RUNMC",
     "epoch 1/1 loss 1.5557 val_dice 0.0000",

@@ -3,9 +3,9 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.files import check_outputs
-from SAMProstateSDGLib.volume_io import label_image, normalised_array, read_volume, write_image
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.core.files import check_outputs
+from SAMProstateSDGLib.io.volume_io import label_image, normalised_array, read_volume, write_image
 
 
 def test_reads_real_volume_and_normalises_to_unit_range():
@@ -99,7 +99,7 @@ def test_zones_read_as_one_convention_whatever_the_site(data, name, swapped):
     """RUNMC / NCI-ISBI number the peripheral zone 1, Prostate158 numbers it 2; we read both as 1 TZ, 2 PZ."""
     from scipy import ndimage
 
-    from SAMProstateSDGLib.dataset import PERIPHERAL_ZONE, TRANSITION_ZONE, find_cases
+    from SAMProstateSDGLib.io.dataset import PERIPHERAL_ZONE, TRANSITION_ZONE, find_cases
 
     case = next(case for case in find_cases(FIXTURES) if case.name == name)
     stored = sitk.GetArrayFromImage(sitk.ReadImage(str(case.mask)))

@@ -10,7 +10,7 @@ import pytest
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.errors import InputError
+from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.slicerapp import mrml as bridge
 from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow
 
@@ -127,7 +127,7 @@ def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow):
 
 
 def test_a_users_own_sam_checkpoint_is_used_and_a_wrong_type_refused(workflow, volume_node):
-    from SAMProstateSDGLib.model_catalog import default_entry
+    from SAMProstateSDGLib.core.catalog import default_entry
     from SAMProstateSDGLib.slicerapp.workflow import checkpointModel
 
     own = checkpointModel(default_entry("sam").path, "litemedsam")  # any file the user picks, here the LiteMedSAM weights
@@ -183,8 +183,8 @@ def test_the_segmentation_is_measured_as_slicer_holds_it(workflow, volume_node):
     """The module's numbers come from the segmentation node (edits included) and match the label file's."""
     import SimpleITK as sitk
 
-    from SAMProstateSDGLib.labels import ZONE_NAMES
-    from SAMProstateSDGLib.measurements import measure_image
+    from SAMProstateSDGLib.core.labels import ZONE_NAMES
+    from SAMProstateSDGLib.io.measurements import measure_image
 
     zones = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "P158-020_seg.nii.gz"))).astype(np.uint8)
     node, _ = bridge.add_label_segments(zones, volume_node, None, ZONE_NAMES)

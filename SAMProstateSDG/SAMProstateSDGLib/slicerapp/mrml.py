@@ -27,10 +27,10 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from SAMProstateSDGLib.boxes import Box
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.labels import PROSTATE_LABEL, ZONE_NAMES
-from SAMProstateSDGLib.sam_engine import Prompt
+from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.core.labels import PROSTATE_LABEL, ZONE_NAMES
+from SAMProstateSDGLib.masks.boxes import Box
+from SAMProstateSDGLib.modeling.sam_engine import Prompt
 
 BOX_VOLUME_REFERENCE = "SAMProstateSDGBoxVolume"
 BOX_SLICE_ATTRIBUTE = "SAMProstateSDG.Slice"

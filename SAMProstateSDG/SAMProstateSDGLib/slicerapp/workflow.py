@@ -12,11 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
-from SAMProstateSDGLib.errors import InputError
-from SAMProstateSDGLib.model_catalog import catalog
-from SAMProstateSDGLib.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
+from SAMProstateSDGLib.apps.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
+from SAMProstateSDGLib.core.catalog import catalog
+from SAMProstateSDGLib.core.errors import InputError
 
-BOX_FILTERS = {  # SAMProstateSDGLib.boxes.ComponentFilter value (stored in scenes) -> title: how the coarse mask becomes boxes
+BOX_FILTERS = {  # SAMProstateSDGLib.masks.boxes.ComponentFilter value (stored in scenes) -> title: how the coarse mask becomes boxes
     "3d": "Largest 3D component",
     "2d": "Largest component per slice (SAMMed)",
     "none": "Unfiltered coarse mask",
@@ -156,8 +156,8 @@ class ProstateWorkflow:
         trained model; a trained model (a coarse network, a SAMMed decoder, DeSAM or SAMed) is
         added to the shipped LiteMedSAM and takes the place of ``method``'s shipped model.
         """
-        from SAMProstateSDGLib.model_catalog import catalog_entry, default_entry
-        from SAMProstateSDGLib.pipeline import ProstateSegmenter
+        from SAMProstateSDGLib.core.catalog import catalog_entry, default_entry
+        from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
         key = (model, device, method)
         if key in self._segmenters:
@@ -182,7 +182,7 @@ class ProstateWorkflow:
 
     def deviceNote(self, device: str = "auto") -> str | None:
         """What to tell the user about where the networks run (None on a GPU; a note when ``auto`` falls back to the CPU)."""
-        from SAMProstateSDGLib.devices import device_note, pick_device
+        from SAMProstateSDGLib.core.devices import device_note, pick_device
 
         return device_note(pick_device(device)) if device == "auto" else None
 
@@ -191,7 +191,7 @@ class ProstateWorkflow:
 
         Sessions of one volume and model share its prepared volume, so each slice is encoded once.
         """
-        from SAMProstateSDGLib.pipeline import BoxSegmentation
+        from SAMProstateSDGLib.pipeline.segmenter import BoxSegmentation
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         key = (volumeNode.GetID(), model, device, method)
@@ -214,7 +214,7 @@ class ProstateWorkflow:
         ``method`` is a ``BOX_FILTERS`` id. The boxed slices are queued for ``encodeNextSlice``, which
         encodes them while the user checks the boxes.
         """
-        from SAMProstateSDGLib.boxes import ComponentFilter
+        from SAMProstateSDGLib.masks.boxes import ComponentFilter
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         segmenter = self.segmenter(model, device)
@@ -251,8 +251,8 @@ class ProstateWorkflow:
     @staticmethod
     def segmentNames(segmenter) -> dict:
         """Label -> segment name: the zones for SAMed, else one prostate segment."""
-        from SAMProstateSDGLib.labels import ZONE_NAMES
-        from SAMProstateSDGLib.samed import SAMedSegmenter
+        from SAMProstateSDGLib.core.labels import ZONE_NAMES
+        from SAMProstateSDGLib.modeling.samed import SAMedSegmenter
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         return ZONE_NAMES if isinstance(segmenter.automatic, SAMedSegmenter) else bridge.PROSTATE_SEGMENTS
@@ -300,7 +300,7 @@ class ProstateWorkflow:
     def measurements(volumeNode, segmentationNode, psa: float | None = None):
         """Gland volume, diameters, ellipsoid volume (and zone volumes, PSA density) of a segmentation as it is now,
         the user's edits included (``measurements.measure_segments``)."""
-        from SAMProstateSDGLib.measurements import measure_segments
+        from SAMProstateSDGLib.io.measurements import measure_segments
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         segmentation = segmentationNode.GetSegmentation()

@@ -1,0 +1,562 @@
+"""The ``samprostate`` command: segment, evaluate, train-coarse."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from ..core.catalog import BOX_METHODS, DEFAULT_GRID_SIDE, METHODS, SAM_TYPES
+from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
+from ..core.errors import INTERRUPTED, InputError
+from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to run (default: cuda, then mps, then cpu)")
+    parser.add_argument("--sam-checkpoint", type=Path, help="your own SAM checkpoint (default: the shipped LiteMedSAM)")
+    parser.add_argument("--sam-type", choices=SAM_TYPES, help="architecture of --sam-checkpoint (default vit_b)")
+    parser.add_argument("--coarse-checkpoint", type=Path, help="a coarse network from train-coarse (default: the shipped one)")
+    parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default=ProposalOptions().component_filter.value,
+                        help="keep the most plausible 3D component (plausible: probability mass x slice continuity, 2-200 mL), "
+                             "the largest in the volume (3d), per slice (2d, as SAMMed), or all (none)")
+    parser.add_argument("--reorient", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.reorient,
+                        help="the coarse network reads the volume in the training orientation (LPS), whatever the file's voxel order")
+    parser.add_argument("--n4", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.n4,
+                        help="N4 bias-field correction (on a shrunk copy) before the coarse network")
+    parser.add_argument("--coarse-tta", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.tta,
+                        help="average the coarse network over the slices and their left-right mirror images")
+    parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
+    parser.add_argument("--method", choices=tuple(METHODS), default="zero-shot",
+                        help="zero-shot SAM with coarse boxes; sammed: its decoder fine-tuned on RUNMC; desam-grid / desam-box: "
+                             "DeSAM prompted by a point grid or the whole slice; samed: LoRA SAM, zonal labels (1 TZ, 2 PZ)")
+    parser.add_argument("--grid-points", type=int, default=DEFAULT_GRID_SIDE, help="desam-grid: points per side of the grid (default 9)")
+    _add_backend_options(parser)
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
+                        help="the box-prompted image encoder's runtime: auto times the installed ones once on this machine and "
+                             "keeps the fastest (never slower than torch fp32); openvino and onnxruntime run a graph exported "
+                             "once and cached (CPU only; pip install 'samprostate-sdg[fast]')")
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                        help="the encoder's arithmetic: auto lets --backend auto measure fp32 and, on CPUs with native bfloat16 "
+                             "(AVX512-BF16, AMX), bf16 (same Dice within 0.005, README)")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other refusal; the usage itself is on --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"samprostate: error: {message} (see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="samprostate", description="Prostate segmentation on T2 MRI: coarse network boxes prompt SAM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment a volume and write a label volume")
+    segment.add_argument("input", type=Path, nargs="+",
+                         help="a volume SimpleITK reads (nii, nii.gz, nrrd, mha) or a DICOM folder; several volumes, or a folder "
+                              "of volume files, are segmented as a batch with the models loaded once")
+    segment.add_argument("-o", "--output", type=Path, required=True,
+                         help="label volume to write: .nii.gz, .nii, .nrrd or .mha (1 = prostate; SAMed: 1 TZ, 2 PZ); "
+                              "for a batch, the folder for NAME.nii.gz")
+    segment.add_argument("--boxes-out", type=Path, help="write the boxes used to this JSON file")
+    segment.add_argument("--boxes-in", type=Path, help="segment with these (possibly edited) boxes instead of proposing them")
+    segment.add_argument("--overlay", type=Path, help="write a PNG of several slices with outline and boxes")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    segment.add_argument("--merge-slices", action="store_true",
+                         help="encode four gland crops per encoder pass (SAMMed's merge): about twice as fast, but Dice lower "
+                              "(by 0.028 on average on NCI-ISBI cases, README)")
+    _add_clinical_options(segment)
+    _add_model_options(segment)
+
+    bench = commands.add_parser("bench", help="time each stage against the naive path on real volumes (Markdown)")
+    bench.add_argument("--data", type=Path, required=True)
+    bench.add_argument("--split", default="unseen", help="cases.csv split to time (default unseen)")
+    bench.add_argument("--site", help="site to time")
+    bench.add_argument("--cases", type=int, default=2, help="how many volumes (default 2)")
+    bench.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    _add_backend_options(bench)
+    bench.add_argument("--parity", action="store_true",
+                       help="instead of timing: Dice of every encoder backend × precision against torch fp32 on the 12 "
+                            "non-training cases (source-extra and unseen splits; --cases is ignored)")
+    bench.add_argument("--output", type=Path, help="also write the report to this Markdown file")
+    bench.add_argument("--overwrite", action="store_true")
+
+    evaluate = commands.add_parser("evaluate", help="Dice and HD95 per case for each prompting method (Markdown)")
+    evaluate.add_argument("--data", type=Path, required=True, help="folder with cases.csv, or NAME + NAME_seg files")
+    evaluate.add_argument("--split", help="cases.csv split to evaluate, e.g. unseen")
+    evaluate.add_argument("--site", help="site to evaluate")
+    evaluate.add_argument("--cases", type=int, help="evaluate only the first N cases")
+    evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file (with --shifts, also NAME.json)")
+    evaluate.add_argument("--shifts", action="store_true",
+                          help="the robustness suite: every case clean and under each seeded acquisition shift (default cases: the "
+                               "source-extra and unseen splits); Dice and HD95 per shift, and how well the confidence flags catch bad slices")
+    evaluate.add_argument("--seed", type=int, default=0, help="--shifts: the seed of the random shifts (default 0)")
+    evaluate.add_argument("--overwrite", action="store_true")
+    _add_model_options(evaluate)
+
+    train = commands.add_parser("train-coarse", help="train the coarse network on one source site")
+    train.add_argument("--data", type=Path, required=True)
+    train.add_argument("--site", required=True, help="the source site, as in cases.csv's site column")
+    train.add_argument("--output", type=Path, default=Path("runs/coarse"), help="folder for coarse.pt, coarse.json and the resume state")
+    train.add_argument("--epochs", type=int, default=24)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
+    train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
+    train.add_argument("--augmentation", choices=("standard", "dg"), default="standard",
+                       help="standard: the milder set (default); dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution, flips)")
+    train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
+    train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+
+    embed = commands.add_parser("embed", help="encode every source-site slice once into the embedding cache")
+    _add_cache_options(embed)
+
+    tune = commands.add_parser("train", help="fine-tune SAM on one source site from the embedding cache")
+    tune.add_argument("--method", choices=TRAINING_DEFAULTS, default="sammed",
+                      help="sammed: the mask decoder, prompted with coarse boxes; desam-grid / desam-box: DeSAM's decoupled "
+                           "decoder with point or whole-slice prompts; samed: LoRA encoder + decoder for zonal labels")
+    _add_cache_options(tune)
+    tune.add_argument("--output", type=Path, help="folder for METHOD.pt, METHOD.json and the resume state (default runs/METHOD)")
+    tune.add_argument("--epochs", type=int, help="default per method: " + ", ".join(f"{m} {d.epochs}" for m, d in TRAINING_DEFAULTS.items()))
+    tune.add_argument("--learning-rate", type=float, help="default per method: " + ", ".join(f"{m} {d.learning_rate:g}" for m, d in TRAINING_DEFAULTS.items()))
+    tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.batch_size}" for m, d in TRAINING_DEFAULTS.items()))
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
+    return parser
+
+
+@dataclass(frozen=True)
+class TrainingDefaults:
+    epochs: int
+    learning_rate: float
+    batch_size: int
+
+
+TRAINING_DEFAULTS = {
+    "sammed": TrainingDefaults(8, 1e-4, 8),
+    "desam-grid": TrainingDefaults(6, 3e-4, 4),  # two prompts per slice: 8 prompts a step
+    "desam-box": TrainingDefaults(6, 3e-4, 8),
+    "samed": TrainingDefaults(2, 1e-3, 2),
+}
+
+
+def _add_clinical_options(parser: argparse.ArgumentParser) -> None:
+    """Volume, PSA density, DICOM series choice and SEG, report files (one volume, not a batch)."""
+    parser.add_argument("--psa", type=float, metavar="NG_ML", help="serum PSA in ng/mL: also print and report the PSA density")
+    parser.add_argument("--report", type=Path, metavar="REPORT.json", help="write the volume, diameters, PSA density and the method to this JSON file")
+    parser.add_argument("--report-page", type=Path, metavar="REPORT.png|pdf", help="write a one-page report: slices with the contour, measurements, method and models")
+    parser.add_argument("--dicom-seg", type=Path, metavar="SEG.dcm", help="DICOM input: write a DICOM Segmentation referencing the source series")
+    parser.add_argument("--series-uid", help="DICOM input: segment this series (default: the axial T2 series, chosen by its DICOM attributes)")
+
+
+def _add_cache_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--site", required=True, help="the source site, as in cases.csv's site column")
+    parser.add_argument("--cache", type=Path, default=Path("runs/embeddings"), help="embedding cache folder")
+    parser.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
+    parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+
+
+def _check_model_options(arguments) -> None:
+    """The model options' values and files, before any volume is read or model loaded."""
+    if not math.isfinite(arguments.margin_mm) or arguments.margin_mm < 0:
+        raise InputError("--margin-mm must be a number of millimetres, not negative")
+    if arguments.grid_points < 1:
+        raise InputError("--grid-points must be at least 1")
+    for option, path in (("--sam-checkpoint", arguments.sam_checkpoint), ("--coarse-checkpoint", arguments.coarse_checkpoint)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{option} {path} not found" if not path.exists() else f"{option} {path} is not a file")
+
+
+def _model_files(arguments) -> list[Path | None]:
+    return [arguments.sam_checkpoint, arguments.coarse_checkpoint]
+
+
+def _positive(**values: float | None) -> None:
+    """Refuse a given option value that is not a positive number (``None``: not given)."""
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(f"--{name.replace('_', '-')} must be positive, not {value:g}")
+
+
+def _segmenter(arguments):
+    from ..pipeline.segmenter import ProstateSegmenter
+
+    options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
+    coarse_options = CoarseOptions(reorient=arguments.reorient, n4=arguments.n4, tta=arguments.coarse_tta)
+    return ProstateSegmenter.load(
+        arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method,
+        arguments.grid_points, arguments.precision, coarse_options, arguments.backend, _note,
+    )
+
+
+def _note(line: str) -> None:
+    print(f"samprostate: {line}", file=sys.stderr)
+
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _volume_name(path: Path) -> str:
+    return next((path.name[: -len(suffix)] for suffix in VOLUME_SUFFIXES if path.name.endswith(suffix)), path.name)
+
+
+def _batch_inputs(inputs: list[Path]) -> list[Path] | None:
+    """The volumes of a batch (several inputs, or one folder of volume files); None for one volume."""
+    if len(inputs) == 1 and inputs[0].is_dir():
+        files = sorted(path for path in inputs[0].iterdir() if path.name.endswith(VOLUME_SUFFIXES) and not _volume_name(path).endswith("_seg"))
+        return files or None  # a folder without volume files is read as a DICOM series
+    return inputs if len(inputs) > 1 else None
+
+
+def run_segment(arguments) -> None:
+    """Every path and volume is checked before any model loads; a refusal writes nothing."""
+    from ..core.files import check_outputs
+    from ..io.boxes_json import read_boxes
+    from ..io.volume_io import check_label_geometry, check_label_suffix, read_volume
+
+    if arguments.method not in BOX_METHODS and arguments.boxes_in:
+        raise InputError(f"--method {arguments.method} prompts itself; --boxes-in works with {' and '.join(BOX_METHODS)}")
+    _check_model_options(arguments)
+    batch = _batch_inputs(arguments.input)
+    if batch is not None:
+        _run_batch(batch, arguments)
+        return
+    from .clinical_outputs import check_clinical_options, read_dicom_input
+
+    path, output = arguments.input[0], arguments.output
+    outputs = [output, arguments.boxes_out, arguments.overlay, arguments.report, arguments.report_page, arguments.dicom_seg]
+    check_outputs(filter(None, outputs), [path, arguments.boxes_in, *_model_files(arguments)], arguments.overwrite)
+    check_clinical_options(arguments)
+    check_label_suffix(output)
+    dicom = read_dicom_input(path, arguments.series_uid) if path.is_dir() else None  # the axial T2 series, or --series-uid
+    image = dicom.image if dicom is not None else read_volume(path)
+    check_label_geometry(image, str(path), output)
+    boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
+    _segment_volume(_segmenter(arguments), path, image, boxes, output, arguments, dicom)
+
+
+def _run_batch(batch: list[Path], arguments) -> None:
+    """Paths checked and volumes read before the models load; a volume that fails is reported and the rest go on."""
+    from tqdm import tqdm
+
+    from ..core.files import check_output_folder, check_outputs
+    from ..io.volume_io import check_label_geometry, read_volume
+
+    if arguments.boxes_in or arguments.boxes_out or arguments.overlay:
+        raise InputError("--boxes-in, --boxes-out and --overlay take one volume, not a batch")
+    if any(value is not None for value in (arguments.psa, arguments.report, arguments.report_page, arguments.dicom_seg, arguments.series_uid)):
+        raise InputError("--psa, --report, --report-page, --dicom-seg and --series-uid take one volume, not a batch")
+    folder = arguments.output
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file; for a batch, -o is a folder")
+    outputs = {path: folder / f"{_volume_name(path)}.nii.gz" for path in batch}
+    if len(set(outputs.values())) < len(outputs):
+        raise InputError("two inputs have the same name; their outputs would overwrite each other")
+    if folder.exists():
+        check_outputs(outputs.values(), [*batch, *_model_files(arguments)], arguments.overwrite)
+    else:
+        check_output_folder(next(parent for parent in folder.absolute().parents if parent.exists()))
+    failed = []
+    for path, output in list(outputs.items()):
+        try:
+            check_label_geometry(read_volume(path), str(path), output)
+        except InputError as error:
+            print(f"samprostate: error: {error}", file=sys.stderr)
+            failed.append(path.name)
+            del outputs[path]
+    if outputs:
+        segmenter = _segmenter(arguments)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, output in tqdm(outputs.items(), desc="volumes", file=sys.stderr):
+            try:
+                _segment_volume(segmenter, path, read_volume(path), None, output, arguments)
+            except InputError as error:
+                tqdm.write(f"samprostate: error: {error}", file=sys.stderr)
+                failed.append(path.name)
+    if failed:
+        raise InputError(f"{len(failed)} of {len(batch)} volumes failed: {', '.join(failed)}")
+
+
+def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments, dicom=None) -> None:
+    """Segment one read volume; write the label volume, boxes and overlay together (all or nothing), then the clinical outputs."""
+    from tqdm import tqdm
+
+    from ..core.files import write_files_atomically
+    from ..io.boxes_json import boxes_text
+    from ..io.overlay import overlay_sheet
+    from ..io.volume_io import image_writer, label_image
+    from ..masks.confidence import flagged_slices
+
+    confidences = {}
+    volume = segmenter.prepare(image)
+    if arguments.merge_slices and segmenter.automatic is None:
+        from ..modeling.tiling import segment_merged
+
+        boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
+        labels = segment_merged(segmenter.sam, volume.normalised, boxes)
+    elif segmenter.automatic is None:
+        boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
+        session = segmenter.box_session(volume, boxes)
+        labels, confidences = session.labels, segmenter.slice_confidence(volume, session)
+    else:
+        labels, boxes = segmenter.segment_automatically(volume), {}
+    writers = {output: image_writer(label_image(labels, image))}
+    if arguments.boxes_out:
+        text = boxes_text(boxes, image, confidences)
+        writers[arguments.boxes_out] = lambda temporary: Path(temporary).write_text(text)
+    if arguments.overlay:
+        sheet = overlay_sheet(volume.normalised, labels, boxes)
+        writers[arguments.overlay] = lambda temporary: sheet.save(temporary, format="PNG")
+    write_files_atomically(writers)
+    tqdm.write(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
+    flagged = flagged_slices(confidences)
+    if flagged:
+        tqdm.write(f"{output}: low confidence on slice(s) {', '.join(map(str, flagged))} (0-based; SAM's predicted IoU or its agreement "
+                   "with the coarse mask is low): check these first")
+    if not labels.any():
+        tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
+    from .clinical_outputs import write_clinical_outputs
+
+    write_clinical_outputs(arguments, path, output, volume, labels, dicom)
+
+
+def run_evaluate(arguments) -> None:
+    from ..core.files import check_outputs, write_text_atomically
+    from ..io.dataset import find_cases
+    from .evaluation import evaluate, markdown_table
+
+    if arguments.cases is not None and arguments.cases < 1:
+        raise InputError("--cases must be at least 1")
+    _check_model_options(arguments)
+    if arguments.shifts:
+        _run_robustness_suite(arguments)
+        return
+    cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+    if arguments.output:
+        inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
+        check_outputs([arguments.output], inputs, arguments.overwrite)
+    segmenter = _segmenter(arguments)
+    trained_rows = arguments.sam_checkpoint is None and arguments.method == "zero-shot"  # trained methods build on LiteMedSAM
+    table = markdown_table(evaluate(segmenter, cases, trained_rows))
+    print(table)
+    if arguments.output:
+        write_text_atomically(arguments.output, table + "\n")
+
+
+def _check_training_output(folder: Path) -> None:
+    """A training output folder: a folder (or not yet there) that can be written in; it is created only once training starts."""
+    from ..core.files import check_output_folder
+
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output {folder} is a file; training writes into a folder")
+    check_output_folder(folder if folder.exists() else next(parent for parent in folder.absolute().parents if parent.exists()))
+
+
+def _run_robustness_suite(arguments) -> None:
+    from ..core.files import check_outputs, write_json, write_text_atomically
+    from ..io.dataset import find_cases
+    from .robustness import SUITE_SPLITS, markdown_table, run_suite
+
+    outputs = [arguments.output, arguments.output.with_suffix(".json")] if arguments.output else []
+    check_outputs(outputs, [arguments.data / "cases.csv", *_model_files(arguments)], arguments.overwrite)
+    splits = [arguments.split] if arguments.split else SUITE_SPLITS
+    cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
+    check_outputs(outputs, [path for case in cases for path in (case.image, case.mask)], overwrite=True)  # no case file is an output
+    result = run_suite(_segmenter(arguments), cases, arguments.seed)
+    table = markdown_table(result)
+    print(table)
+    if arguments.output:
+        write_json(outputs[1], result.to_json(), indent=1)
+        write_text_atomically(arguments.output, table + "\n")
+
+
+def run_train_coarse(arguments) -> None:
+    from ..core.devices import pick_device
+    from ..training.coarse import CoarseTrainingOptions, train_coarse_net
+
+    _positive(epochs=arguments.epochs, batch_size=arguments.batch_size, learning_rate=arguments.learning_rate, max_cases=arguments.max_cases)
+    _check_training_output(arguments.output)
+    options = CoarseTrainingOptions(
+        data=arguments.data,
+        site=arguments.site,
+        output=arguments.output,
+        epochs=arguments.epochs,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.learning_rate,
+        seed=arguments.seed,
+        resume=arguments.resume,
+        max_cases=arguments.max_cases,
+        augmentation=arguments.augmentation,
+        initial_weights=arguments.initial_weights,
+    )
+    manifest = train_coarse_net(options, pick_device(arguments.device))
+    print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")
+
+
+def _source_cases(arguments):
+    """The site's cases (the first --max-cases)."""
+    from ..io.dataset import find_cases
+
+    _positive(max_cases=arguments.max_cases)
+    return find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
+
+
+def _base_models(arguments):
+    from ..pipeline.segmenter import ProstateSegmenter
+
+    # training reads encode_features (torch fp32): no encoder backend to choose
+    return ProstateSegmenter.load(arguments.device, precision="fp32", backend="torch")
+
+
+def _cache_folder(segmenter, cases, arguments, grid: str) -> Path:
+    """The cache folder of the base models on ``grid``, with every case encoded (those missing are encoded now)."""
+    from ..core.catalog import default_entry
+    from ..training.embedding_cache import build_cache, cache_key
+
+    folder = arguments.cache / cache_key(default_entry("sam").path, default_entry("coarse").path, grid)
+    build_cache(segmenter, cases, folder, grid)
+    return folder
+
+
+def run_embed(arguments) -> None:
+    from ..training.embedding_cache import ENCODER_GRIDS
+
+    cases = _source_cases(arguments)
+    segmenter = _base_models(arguments)
+    for grid in ENCODER_GRIDS:
+        print(f"{len(cases)} cases encoded on the {grid} grid in {_cache_folder(segmenter, cases, arguments, grid)}")
+
+
+def _fine_tuning_method(name: str, segmenter):
+    if name == "sammed":
+        from ..methods.sammed_training import SamMedMethod
+
+        return SamMedMethod(segmenter.sam, segmenter.options)
+    if name == "samed":
+        from ..methods.samed_training import SAMedMethod
+
+        return SAMedMethod(segmenter.sam)
+    from ..methods.desam_training import DeSAMMethod
+
+    return DeSAMMethod(segmenter.sam, name.removeprefix("desam-"))
+
+
+def run_train(arguments) -> None:
+    from ..core.catalog import default_entry
+    from ..core.checksums import require_resume_state
+    from ..training.coarse import require_validation, split_cases
+    from ..training.embedding_cache import load_cached_case, preprocessing
+    from ..training.loop import TrainingOptions, train
+
+    _positive(epochs=arguments.epochs, learning_rate=arguments.learning_rate, batch_size=arguments.batch_size)
+    defaults = TRAINING_DEFAULTS[arguments.method]
+    epochs = defaults.epochs if arguments.epochs is None else arguments.epochs
+    learning_rate = defaults.learning_rate if arguments.learning_rate is None else arguments.learning_rate
+    batch_size = defaults.batch_size if arguments.batch_size is None else arguments.batch_size
+    output = arguments.output or Path("runs") / arguments.method
+    _check_training_output(output)
+    if arguments.resume:
+        require_resume_state(output / "last_state.pt")
+    cases = _source_cases(arguments)
+    training, validation = split_cases(cases, 0.1, arguments.seed)
+    require_validation(training, validation, arguments.site)
+    segmenter = _base_models(arguments)
+    method = _fine_tuning_method(arguments.method, segmenter)
+    folder = _cache_folder(segmenter, cases, arguments, method.encoder_grid)
+    base = default_entry("sam")
+    manifest = {
+        "base_model": base.id,
+        "base_sha256": base.sha256,
+        "data": str(arguments.data),
+        "site": arguments.site,
+        "training_cases": [case.name for case in training],
+        "validation_cases": [case.name for case in validation],
+        "device": str(segmenter.sam.device),
+        "encoder_input": preprocessing(method.encoder_grid)["encoder_input"],
+        "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
+        f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}",
+    }
+    options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
+    manifest = train(
+        method,
+        [load_cached_case(folder / f"{case.name}.pt", method.cached_features) for case in training],
+        [load_cached_case(folder / f"{case.name}.pt", method.cached_features) for case in validation],
+        options,
+        manifest,
+    )
+    print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {output / manifest['file']}")
+
+
+def run_bench(arguments) -> None:
+    import time
+
+    from ..core.devices import pick_device
+    from ..core.files import check_outputs, write_json, write_text_atomically
+    from ..io.dataset import find_cases
+    from ..modeling.backends import candidates, every_pair
+    from ..pipeline.segmenter import ProstateSegmenter
+    from .bench import PARITY_SPLITS, benchmark, parity
+
+    json_output = arguments.output.with_suffix(".json") if arguments.output else None
+    if arguments.output and arguments.output.suffix != ".md":
+        raise InputError("--output is the Markdown report (NAME.md); its JSON data goes beside it as NAME.json")
+    if arguments.cases < 1:
+        raise InputError("--cases must be at least 1")
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    device = pick_device(arguments.device)
+    explicit = arguments.backend != "auto" or arguments.precision != "auto"
+    wanted = candidates(arguments.backend, arguments.precision, device) if explicit else every_pair(device)
+    if arguments.parity:
+        cases = [case for split in PARITY_SPLITS for case in find_cases(arguments.data, split=split)]
+    else:
+        cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+    if arguments.output:
+        inputs = [arguments.data / "cases.csv", *(path for case in cases for path in (case.image, case.mask))]
+        check_outputs([arguments.output, json_output], inputs, arguments.overwrite)
+    if arguments.parity:
+        segmenter = ProstateSegmenter.load(arguments.device, backend="torch", precision="fp32")
+        report, data = parity(segmenter, cases, wanted, log)
+    else:
+        started = time.perf_counter()
+        segmenter = ProstateSegmenter.load(arguments.device, precision=arguments.precision, backend=arguments.backend, log=_note)
+        report, data = benchmark(segmenter, cases, wanted, time.perf_counter() - started, arguments.backend, arguments.precision, log)
+    print(report)
+    if arguments.output:
+        write_text_atomically(arguments.output, report + "\n")
+        write_json(json_output, data, indent=1)
+
+
+COMMANDS = {
+    "segment": run_segment,
+    "evaluate": run_evaluate,
+    "train-coarse": run_train_coarse,
+    "embed": run_embed,
+    "train": run_train,
+    "bench": run_bench,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        COMMANDS[arguments.command](arguments)
+    except InputError as error:
+        print(f"samprostate: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

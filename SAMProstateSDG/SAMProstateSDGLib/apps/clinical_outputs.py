@@ -1,0 +1,99 @@
+"""What ``segment`` gives a clinician besides the label volume: measurements, JSON, a report page, DICOM SEG.
+
+Nothing is written unless asked for: the measurements are always printed; ``--report``,
+``--report-page`` and ``--dicom-seg`` name their files (checked before any model is loaded).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..core.catalog import ZONAL_METHODS
+from ..core.errors import InputError
+from ..core.files import write_json
+from ..io.dicom_series import DicomVolume, read_dicom_volume
+from ..io.measurements import GlandMeasurements, measure_image
+from ..io.provenance import Provenance, provenance_for
+
+REPORT_FORMAT = "samprostate-measurements"
+
+
+def check_clinical_options(arguments) -> None:
+    """Refuse bad clinical options before anything is loaded or written (paths as such: ``files.check_outputs``)."""
+    from ..io.report import REPORT_SUFFIXES
+
+    source = arguments.input[0]
+    if arguments.psa is not None and not (math.isfinite(arguments.psa) and arguments.psa > 0):
+        raise InputError(f"--psa must be a positive number of ng/mL, not {arguments.psa}")
+    if (arguments.dicom_seg or arguments.series_uid) and not source.is_dir():
+        raise InputError("--dicom-seg and --series-uid need a DICOM folder as input (the SEG references its images)")
+    if arguments.report_page and arguments.report_page.suffix.lower() not in REPORT_SUFFIXES:
+        raise InputError(f"--report-page writes {' or '.join(REPORT_SUFFIXES)}, not {arguments.report_page.name}")
+    for path in filter(None, [arguments.report, arguments.report_page, arguments.dicom_seg]):  # the rest: files.check_outputs
+        if source.is_dir() and path.resolve().is_relative_to(source.resolve()):
+            raise InputError(f"{path} is inside the input folder {source}; write outputs elsewhere")
+        if path.resolve() == source.resolve():
+            raise InputError(f"{path} is the input; an output never replaces an input")
+
+
+def read_dicom_input(folder: Path, series_uid: str | None) -> DicomVolume:
+    """The chosen series, saying which one it is when the folder holds several."""
+    dicom = read_dicom_volume(folder, series_uid)
+    how = "as asked (--series-uid)" if series_uid else "as the axial T2 series" if dicom.alternatives else "the only series"
+    others = f"; {dicom.alternatives} other series in the folder (--series-uid chooses)" if dicom.alternatives else ""
+    print(f"{folder}: using {dicom.series.summary()}, {how}{others}")
+    return dicom
+
+
+def write_clinical_outputs(arguments, source: Path, output: Path, volume, labels: np.ndarray, dicom: DicomVolume | None) -> GlandMeasurements:
+    """Print the measurements and write the JSON, report page and SEG that were asked for."""
+    zonal = arguments.method in ZONAL_METHODS
+    measurements = measure_image(labels, volume.image, zonal, arguments.psa)
+    for name, value in measurements.rows():
+        print(f"  {name}: {value}")
+    if not (arguments.report or arguments.report_page or arguments.dicom_seg):
+        return measurements
+    provenance = provenance_for(arguments.method, arguments.sam_checkpoint, arguments.coarse_checkpoint)
+    if arguments.report:
+        write_json(arguments.report, report_json(source, output, measurements, provenance, dicom))
+    if arguments.report_page:
+        from ..io.report import write_report
+
+        write_report(arguments.report_page, report_subject(source, dicom), volume.image, volume.normalised, labels, measurements, provenance, zonal)
+    if arguments.dicom_seg:
+        from ..io.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(arguments.dicom_seg, labels, dicom.series, zonal, provenance)
+    return measurements
+
+
+def report_json(source: Path, output: Path, measurements: GlandMeasurements, provenance: Provenance, dicom: DicomVolume | None) -> dict:
+    data = {"format": REPORT_FORMAT, "version": 1, "input": str(source), "labels": str(output)}
+    if dicom is not None:
+        data["series"] = {"uid": dicom.series.uid, "description": dicom.series.description, "slices": len(dicom.series.files)}
+    return data | {"measurements": measurements.to_json(), "provenance": provenance.to_json()}
+
+
+def report_subject(source: Path, dicom: DicomVolume | None):
+    from ..io.report import ReportSubject
+
+    if dicom is None:
+        return ReportSubject(source.name)
+    header = dicom.series.first
+    patient = " ".join(filter(None, [str(header.get("PatientName", "") or ""), f"(ID {header.PatientID})" if header.get("PatientID") else ""]))
+    study = " ".join(filter(None, [str(header.get("StudyDescription", "") or ""), _dicom_date(header.get("StudyDate", ""))]))
+    return ReportSubject(
+        source.name,
+        f"Patient: {patient}" if patient else "",
+        f"Study: {study}" if study else "",
+        f"Series: {dicom.series.summary(with_uid=False)}",
+        f"Series UID: {dicom.series.uid}",
+    )
+
+
+def _dicom_date(value) -> str:
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text

@@ -1,0 +1,1 @@
+"""Reading and writing: volumes, DICOM in and SEG out, datasets, boxes JSON, overlays, reports, measurements."""

@@ -1,0 +1,149 @@
+"""The boxes file: proposed or edited boxes, per slice, in pixel and physical coordinates.
+
+This JSON is the contract between the command line and the Slicer box editor; its schema is
+documented in the README ("Box JSON"). Pixel boxes are authoritative when present; an entry
+with only physical corners (``ras`` or ``lps``) is converted through the image geometry, so
+oblique and flipped volumes are handled exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import SimpleITK as sitk
+
+from ..core.errors import InputError
+from ..core.files import json_text, write_text_atomically
+from ..masks.boxes import Box
+from ..masks.confidence import SliceConfidence
+
+FORMAT = "samprostate-boxes"
+VERSION = 1
+LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+SCHEMA_FILE = Path(__file__).with_name("boxes.schema.json")
+
+
+def geometry(image: sitk.Image) -> dict:
+    return {
+        "size": list(image.GetSize()),
+        "spacing": list(image.GetSpacing()),
+        "origin": list(image.GetOrigin()),
+        "direction": list(image.GetDirection()),
+    }
+
+
+def boxes_to_json(boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> dict:
+    """The file's content; ``confidences`` adds an optional ``confidence`` object to each segmented slice's entry
+    (``predicted_iou``, ``coarse_agreement``, ``flagged``), which readers of version 1 may ignore."""
+    confidences = confidences or {}
+    entries = []
+    for index, box in sorted(boxes.items()):
+        corners_lps = [
+            list(image.TransformContinuousIndexToPhysicalPoint((x, y, float(index))))
+            for x, y in ((box.x0, box.y0), (box.x1, box.y1))
+        ]
+        entries.append(
+            {
+                "slice": index,
+                "pixel": [box.x0, box.y0, box.x1, box.y1],
+                "lps": corners_lps,
+                "ras": [(np.array(corner) * LPS_TO_RAS).tolist() for corner in corners_lps],
+            }
+        )
+        if index in confidences:
+            entries[-1]["confidence"] = confidences[index].to_json()
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "image": geometry(image),
+        "pixel": "x = column, y = row of slice k (0-based indices of the image file); [x0, y0, x1, y1] = first and last covered column and row",
+        "physical": "millimetres; 'lps' as in ITK/DICOM, 'ras' as in Slicer; the two corners (x0, y0) and (x1, y1) on the slice's plane",
+        "boxes": entries,
+    }
+
+
+def boxes_text(boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> str:
+    return json_text(boxes_to_json(boxes, image, confidences), indent=1)
+
+
+def write_boxes(path: str | Path, boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> None:
+    write_text_atomically(path, boxes_text(boxes, image, confidences))
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    schema = json.loads(SCHEMA_FILE.read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def validate_boxes_json(data, path: Path) -> None:
+    """Check a parsed boxes file against ``boxes.schema.json``; the message names the field."""
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        message = error.message if len(error.message) <= 120 else error.message[:117] + "..."
+        raise InputError(f"{path}: {error.json_path}: {message} (see the README, Box JSON)")
+
+
+def read_boxes(path: str | Path, image: sitk.Image) -> dict[int, Box]:
+    """Boxes for ``image`` from a boxes file; refuses a file made for another volume size."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(), parse_float=_finite, parse_constant=_no_constant)
+    except FileNotFoundError:
+        raise InputError(f"boxes file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"boxes file {path} is a folder") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"cannot read boxes file {path}: {error}") from None
+    validate_boxes_json(data, path)
+    size = data.get("image", {}).get("size")
+    if size is not None and list(size) != list(image.GetSize()):
+        raise InputError(f"{path} was made for a volume of size {size}, the input is {list(image.GetSize())}")
+    boxes: dict[int, Box] = {}
+    for number, entry in enumerate(data.get("boxes", [])):
+        try:
+            index, box = _entry_box(entry, image)
+        except (ValueError, OverflowError) as error:
+            raise InputError(f"{path}: $.boxes[{number}]: {error}") from None
+        _check_inside(box, index, image, path)
+        boxes[index] = box
+    return boxes
+
+
+def _entry_box(entry: dict, image: sitk.Image) -> tuple[int, Box]:
+    if "pixel" in entry:
+        x0, y0, x1, y1 = (float(value) for value in entry["pixel"])
+        return int(entry["slice"]), Box(x0, y0, x1, y1)
+    corners = np.array(entry["lps"] if "lps" in entry else np.array(entry["ras"]) * LPS_TO_RAS, dtype=float)
+    indices = np.array([image.TransformPhysicalPointToContinuousIndex(corner.tolist()) for corner in corners[:2]])
+    index = int(round(indices[:, 2].mean()))
+    if "slice" in entry and int(entry["slice"]) != index:
+        raise ValueError(f"slice {entry['slice']} does not match the physical corners (slice {index})")
+    (xa, ya, _), (xb, yb, _) = indices
+    return index, Box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
+
+
+def _check_inside(box: Box, index: int, image: sitk.Image, path: Path) -> None:
+    width, height, depth = image.GetSize()
+    if not 0 <= index < depth:
+        raise InputError(f"{path}: slice {index} is outside the volume (0..{depth - 1})")
+    if not (box.x0 < box.x1 and box.y0 < box.y1):
+        raise InputError(f"{path}: the box on slice {index} is empty or inverted: {box.as_tuple()}")
+    if box.x1 < 0 or box.y1 < 0 or box.x0 > width - 1 or box.y0 > height - 1:
+        raise InputError(f"{path}: the box on slice {index} lies outside the {width}x{height} slice")

@@ -1,0 +1,73 @@
+"""DICOM Segmentation (SEG) output that references the source MR series, for PACS and planning systems.
+
+Segments are coded with SNOMED CT (from pydicom's DICOM code dictionary, not typed in by hand):
+prostate 41216001; zonal methods: transition zone 399384005, peripheral zone 279706003; category
+Anatomical Structure 91723000. The algorithm is identified by name, version, family (DCM 123110
+Artificial Intelligence) and parameters (method, model ids and SHA-256 prefixes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom
+import numpy as np
+from pydicom.sr.codedict import codes
+
+from ..core.files import write_atomically
+from .dicom_series import DicomSeries
+from .provenance import Provenance
+
+PROSTATE_SEGMENT = ("Prostate", codes.SCT.Prostate, (50, 30, 60))  # label, SNOMED CT code, CIELab display colour
+ZONE_SEGMENTS = (
+    ("Transition zone", codes.SCT.TransitionZoneOfTheProstate, (60, 20, 60)),
+    ("Peripheral zone", codes.SCT.PeripheralZoneOfTheProstate, (70, -40, 50)),
+)
+SERIES_NUMBER = 9901  # distinct from the scanner's usual numbering; viewers sort it after the source series
+
+
+def segment_descriptions(zonal: bool, provenance: Provenance) -> list[highdicom.seg.SegmentDescription]:
+    """Segment 1 = prostate, or 1 = transition zone and 2 = peripheral zone (the label values)."""
+    algorithm = highdicom.AlgorithmIdentificationSequence(
+        name=f"{provenance.software} {provenance.method}", family=codes.DCM.ArtificialIntelligence, version=provenance.version, source=provenance.software,
+        parameters=provenance.parameters(),
+    )
+    descriptions = []
+    for number, (label, code, colour) in enumerate(ZONE_SEGMENTS if zonal else (PROSTATE_SEGMENT,), start=1):
+        descriptions.append(
+            highdicom.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=label,
+                segmented_property_category=codes.SCT.AnatomicalStructure,
+                segmented_property_type=code,
+                algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                display_color=highdicom.color.CIELabColor(*colour),
+            )
+        )
+    return descriptions
+
+
+def write_dicom_seg(path: str | Path, labels: np.ndarray, series: DicomSeries, zonal: bool, provenance: Provenance) -> None:
+    """Write a binary SEG of ``labels`` ([slices, rows, columns], slice k on ``series.headers[k]``)."""
+    segments = segment_descriptions(zonal, provenance)
+    values = np.where(labels <= len(segments), labels, 0).astype(np.uint8)
+    segmentation = highdicom.seg.Segmentation(
+        source_images=list(series.headers),
+        pixel_array=values,
+        segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments,
+        series_instance_uid=highdicom.UID(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=highdicom.UID(),
+        instance_number=1,
+        manufacturer=provenance.software,
+        manufacturer_model_name=f"{provenance.software} {provenance.method}",
+        software_versions=provenance.version,
+        device_serial_number="none",
+        series_description=f"{provenance.software} {provenance.method} segmentation"[:64],
+        content_label="PROSTATE",
+        content_description=f"Automatic prostate segmentation ({provenance.method})"[:64],
+        omit_empty_frames=bool(values.any()),  # an empty result keeps its frames: a SEG needs at least one
+    )
+    write_atomically(path, lambda temporary: segmentation.save_as(temporary))

@@ -1,0 +1,139 @@
+"""DICOM input: find the series in a folder, pick the axial T2 one, read it with its headers.
+
+A study exported from PACS holds several series (localiser, T2 in three planes, DWI, ADC, …).
+The axial T2 series is chosen by its DICOM attributes, in this order: MR modality; "T2" in the
+series description or protocol name (not T2*, T2 map); slices closest to axial; most slices.
+``--series-uid`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.errors import InvalidDicomError
+
+from ..core.errors import InputError
+from .volume_io import validate_volume
+
+T2_PATTERN = re.compile(r"t2(?![\s_-]*(\*|star|map))", re.IGNORECASE)
+AXIAL_COSINE = np.cos(np.radians(30))  # slices tilted less than 30° from axial count as axial
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One series' headers (pixel data not read), sorted along the slice normal."""
+
+    uid: str
+    headers: tuple[pydicom.Dataset, ...]
+    files: tuple[Path, ...]
+
+    @property
+    def first(self) -> pydicom.Dataset:
+        return self.headers[0]
+
+    @property
+    def description(self) -> str:
+        return str(self.first.get("SeriesDescription", "") or self.first.get("ProtocolName", "") or "")
+
+    @property
+    def modality(self) -> str:
+        return str(self.first.get("Modality", ""))
+
+    @property
+    def is_t2(self) -> bool:
+        names = f"{self.first.get('SeriesDescription', '')} {self.first.get('ProtocolName', '')}"
+        return bool(T2_PATTERN.search(names))
+
+    @property
+    def axial_cosine(self) -> float:
+        """|cos| of the angle between the slice normal and the patient's S-I axis (1 = axial); 0 without orientation."""
+        normal = _slice_normal(self.first)
+        return 0.0 if normal is None else float(abs(normal[2]))
+
+    @property
+    def plane(self) -> str:
+        normal = _slice_normal(self.first)
+        if normal is None:
+            return "unknown plane"
+        return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+
+    def summary(self, with_uid: bool = True) -> str:
+        number = self.first.get("SeriesNumber", "?")
+        uid = f", UID {self.uid}" if with_uid else ""
+        return f'series {number} "{self.description}" ({self.modality}, {self.plane}, {len(self.files)} slices{uid})'
+
+    def preference(self) -> tuple:
+        return (self.modality == "MR", self.is_t2, bool(self.axial_cosine >= AXIAL_COSINE), len(self.files), self.axial_cosine)
+
+
+@dataclass(frozen=True)
+class DicomVolume:
+    """The chosen series read as a volume: ``image`` slice k comes from ``series.headers[k]``."""
+
+    series: DicomSeries
+    image: sitk.Image
+    alternatives: int  # how many other series the folder holds
+
+
+def find_series(folder: Path) -> list[DicomSeries]:
+    """Every DICOM image series under ``folder`` (any depth); files that are not DICOM are skipped."""
+    grouped: dict[str, list[tuple[pydicom.Dataset, Path]]] = {}
+    for path in sorted(item for item in folder.rglob("*") if item.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError):
+            continue
+        if "SeriesInstanceUID" in header and "ImagePositionPatient" in header and "ImageOrientationPatient" in header:
+            grouped.setdefault(str(header.SeriesInstanceUID), []).append((header, path))
+    return [_sorted_series(uid, members) for uid, members in grouped.items()]
+
+
+def choose_series(series: list[DicomSeries], uid: str | None = None) -> DicomSeries:
+    """The series with this UID, or else the most axial-T2-like one (``DicomSeries.preference``)."""
+    if not series:
+        raise InputError("no DICOM image series (with position and orientation) in the folder")
+    if uid is not None:
+        for candidate in series:
+            if candidate.uid == uid:
+                return candidate
+        raise InputError(f"no series with UID {uid}; the folder holds: " + "; ".join(item.summary() for item in series))
+    return max(series, key=DicomSeries.preference)
+
+
+def read_dicom_volume(folder: Path, uid: str | None = None) -> DicomVolume:
+    """Pick a series in ``folder`` and read it (slices in the order of ``series.headers``)."""
+    series = find_series(folder)
+    if not series:
+        raise InputError(f"no DICOM image series (with position and orientation) in {folder}")
+    chosen = choose_series(series, uid)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(path) for path in chosen.files])
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
+        raise InputError(f"cannot read {chosen.summary()}: {reason}") from None
+    validate_volume(image, chosen.summary())
+    return DicomVolume(chosen, image, len(series) - 1)
+
+
+def _slice_normal(header: pydicom.Dataset) -> np.ndarray | None:
+    orientation = header.get("ImageOrientationPatient")
+    if orientation is None or len(orientation) != 6:
+        return None
+    normal = np.cross(np.array(orientation[:3], dtype=float), np.array(orientation[3:], dtype=float))
+    length = np.linalg.norm(normal)
+    return normal / length if length > 0 else None
+
+
+def _sorted_series(uid: str, members: list[tuple[pydicom.Dataset, Path]]) -> DicomSeries:
+    """Slices sorted by position along the slice normal (as SimpleITK stacks them)."""
+    normal = _slice_normal(members[0][0])
+    if normal is not None:
+        members = sorted(members, key=lambda member: float(np.dot(np.array(member[0].ImagePositionPatient, dtype=float), normal)))
+    return DicomSeries(uid, tuple(header for header, _ in members), tuple(path for _, path in members))

@@ -1,0 +1,1 @@
+"""The method registry and one module per segmentation method (inference and trainer)."""

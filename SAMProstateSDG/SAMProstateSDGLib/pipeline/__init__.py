@@ -1,0 +1,1 @@
+"""The shared segmentation pipeline: a prepared volume, coarse localisation, boxes to SAM masks."""

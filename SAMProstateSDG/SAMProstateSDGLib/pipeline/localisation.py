@@ -1,0 +1,68 @@
+"""Inference-time levers that make the coarse network's localisation robust to acquisition shifts.
+
+- ``reorient``: the network reads the volume in the training data's orientation (LPS: rows run
+  anterior to posterior, slices foot to head), whatever order the file stores its voxels in;
+- ``n4``: SimpleITK N4 bias-field correction, estimated on a shrunk copy, before normalising;
+- ``tta``: the network's probabilities averaged with those of the left-right mirrored slices.
+
+The component choice by plausibility is in ``component_choice`` (``--component-filter plausible``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..io.volume_io import normalised_array
+from ..masks.boxes import CoarseOptions
+from ..modeling.coarse_net import CoarseSegmenter
+
+TRAINING_ORIENTATION = "LPS"
+N4_SHRINK = 4  # in-plane shrink factor of the copy N4 estimates the field on
+N4_ITERATIONS = (50, 40, 30)
+
+
+def n4_corrected(image: sitk.Image) -> sitk.Image:
+    """``image`` divided by N4's bias field, estimated on a copy shrunk ``N4_SHRINK`` times in-plane
+    inside an Otsu body mask (on log intensities), then evaluated on the full grid."""
+    full = sitk.Cast(image, sitk.sitkFloat32)
+    full = sitk.Maximum(full, 0.0) + 1.0  # N4 works on logarithms: strictly positive
+    shrunk = sitk.Shrink(full, [N4_SHRINK, N4_SHRINK, 1])
+    body = sitk.OtsuThreshold(sitk.Log(shrunk), 0, 1, 200)  # on raw intensities Otsu keeps only the brightest (coil) region
+    corrector = sitk.N4BiasFieldCorrectionImageFilter()
+    corrector.SetMaximumNumberOfIterations(list(N4_ITERATIONS))
+    corrector.Execute(shrunk, body)
+    return full / sitk.Exp(corrector.GetLogBiasFieldAsImage(full))
+
+
+def in_orientation(image: sitk.Image, orientation: str = TRAINING_ORIENTATION) -> sitk.Image:
+    """The same image with its voxels permuted and flipped into ``orientation`` (no interpolation);
+    ``image`` itself when it is stored that way already."""
+    if sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection()) == orientation:
+        return image
+    return sitk.DICOMOrient(image, orientation)
+
+
+def onto_grid(array: np.ndarray, source: sitk.Image, target: sitk.Image) -> np.ndarray:
+    """An array on ``source``'s grid carried onto ``target``'s grid (a permutation when they differ only in voxel order)."""
+    moving = sitk.GetImageFromArray(array.astype(np.float32))
+    moving.CopyInformation(source)
+    return sitk.GetArrayFromImage(sitk.Resample(moving, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+
+
+def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: CoarseOptions, normalised: np.ndarray | None = None) -> np.ndarray:
+    """Gland probabilities on ``image``'s own grid, with the levers of ``options``.
+
+    ``normalised`` (``normalised_array(image)``) is reused when no lever changes the voxels.
+    """
+    oriented = in_orientation(image) if options.reorient else image
+    seen = n4_corrected(oriented) if options.n4 else oriented
+    voxels = normalised if normalised is not None and seen is image else normalised_array(seen)
+    canvas = coarse.config.canvas
+    slices = canvas.to_canvas(voxels, seen)
+    on_canvas = coarse.canvas_probabilities(slices)
+    if options.tta:
+        mirrored = coarse.canvas_probabilities(np.ascontiguousarray(slices[:, :, ::-1]))[:, :, ::-1]
+        on_canvas = (on_canvas + mirrored) / 2
+    probabilities = canvas.from_canvas(on_canvas, seen)
+    return probabilities if oriented is image else onto_grid(probabilities, seen, image)

@@ -1,0 +1,292 @@
+"""The automatic pipeline: volume → slices → coarse mask → boxes → SAM prompts → masks → label volume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..core.catalog import DEFAULT_GRID_SIDE, METHODS, CatalogEntry, catalog, default_entry
+from ..core.devices import pick_device
+from ..core.errors import InputError
+from ..core.labels import PROSTATE_LABEL
+from ..io.volume_io import normalised_array
+from ..masks.boxes import (
+    DEFAULT_COARSE_OPTIONS,
+    Box,
+    CoarseOptions,
+    ProposalOptions,
+    box_from_clicks,
+    filtered_mask,
+    largest_component,
+    propose_boxes,
+    slice_boxes,
+)
+from ..masks.canvas import Canvas, encoder_canvas
+from ..masks.confidence import SliceConfidence, slice_confidences
+from ..modeling.backends import candidates
+from ..modeling.coarse_net import CoarseSegmenter
+from ..modeling.desam import DeSAMSegmenter, load_desam
+from ..modeling.encoder_stages import EncoderFeatures
+from ..modeling.sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
+from ..modeling.samed import SAMedSegmenter, load_samed
+from .localisation import coarse_probabilities
+
+BOX_TOLERANCE = 1e-3  # pixels: boxes closer than this are the same box
+
+
+class VolumeSegmenter(Protocol):
+    """A method that segments every slice of a prepared volume without box prompts (DeSAM, SAMed).
+
+    It reads the volume on the encoder canvas and returns labels on the volume's own grid.
+    """
+
+    def segment_volume(self, volume: PreparedVolume) -> np.ndarray: ...
+
+
+@dataclass
+class PreparedVolume:
+    """A volume read once: its geometry, normalised voxels, and lazily encoded slices."""
+
+    image: sitk.Image
+    normalised: np.ndarray
+    encoded: EncodedVolume
+    coarse: np.ndarray | None = field(default=None, repr=False)
+    canvas_slices: np.ndarray | None = field(default=None, repr=False)
+    features: EncoderFeatures | None = field(default=None, repr=False)
+
+    @property
+    def spacing_xy(self) -> tuple[float, float]:
+        return self.image.GetSpacing()[:2]
+
+    @property
+    def canvas(self) -> Canvas:
+        return encoder_canvas(self.encoded.engine.sam.image_encoder.img_size)
+
+    def on_canvas(self) -> np.ndarray:
+        """The normalised slices on the encoder canvas, resampled once."""
+        if self.canvas_slices is None:
+            self.canvas_slices = self.canvas.to_canvas(self.normalised, self.image)
+        return self.canvas_slices
+
+    def from_canvas(self, probabilities: np.ndarray) -> np.ndarray:
+        """Probabilities [slices, side, side] on the encoder canvas, resampled onto the volume's grid."""
+        return self.canvas.from_canvas(probabilities, self.image)
+
+    def encoder_features(self) -> EncoderFeatures:
+        """Embeddings and intermediate encoder features of every canvas slice, computed once (DeSAM needs them)."""
+        if self.features is None:
+            self.features = self.encoded.engine.encode_features(self.on_canvas())
+        return self.features
+
+
+class ProstateSegmenter:
+    """Coarse network + SAM, loaded once and reused for any number of volumes and prompts."""
+
+    def __init__(
+        self,
+        sam: SamEngine,
+        coarse: CoarseSegmenter,
+        options: ProposalOptions = ProposalOptions(),
+        automatic: VolumeSegmenter | None = None,
+        coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
+    ):
+        self.sam = sam
+        self.coarse = coarse
+        self.options = options
+        self.automatic = automatic
+        self.coarse_options = coarse_options
+
+    @classmethod
+    def load(
+        cls,
+        device: str = "auto",
+        sam_type: str | None = None,
+        sam_checkpoint: str | Path | None = None,
+        coarse_checkpoint: str | Path | None = None,
+        options: ProposalOptions = ProposalOptions(),
+        method: str = "zero-shot",
+        grid_side: int = DEFAULT_GRID_SIDE,
+        precision: str = "auto",
+        coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
+        backend: str = "auto",
+        log=None,
+    ) -> ProstateSegmenter:
+        """The shipped models by default; a user's SAM or coarse checkpoint where given.
+
+        A ``method`` other than "zero-shot" adds the shipped model trained on RUNMC (LiteMedSAM only).
+        ``backend`` (auto, torch, openvino, onnxruntime) and ``precision`` (auto, fp32, bf16) choose
+        how the box-prompted image encoder runs (``backends.choose_encoder``; "auto": measured here).
+        ``coarse_options``: the levers on what the coarse network reads (``localisation``).
+        """
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if METHODS[method] and sam_checkpoint is not None:
+            raise InputError(f"the shipped {method} model belongs to LiteMedSAM; it cannot be used with --sam-checkpoint")
+        torch_device = pick_device(device)
+        candidates(backend, precision, torch_device)  # refuse a backend that cannot run here before loading anything
+        sam_entry, coarse_entry = default_entry("sam"), default_entry("coarse")
+        if sam_checkpoint is None:
+            sam = load_sam(sam_entry.model_type, sam_entry.path, sam_entry.sha256)
+        else:
+            sam = load_sam(sam_type or "vit_b", sam_checkpoint)
+        if coarse_checkpoint is None:
+            coarse = CoarseSegmenter.from_checkpoint(coarse_entry.path, torch_device, coarse_entry.sha256)
+        else:
+            coarse = CoarseSegmenter.from_checkpoint(coarse_checkpoint, torch_device)
+        box_only = sam_checkpoint is None or sam_type == "litemedsam"
+        # on a CPU, batches of slices encode slower per slice than one at a time (samprostate bench)
+        batch_size = 1 if torch_device.type == "cpu" else 4
+        engine = SamEngine(sam, torch_device, batch_size, box_only)
+        engine.use_backend(backend, precision, log)
+        segmenter = cls(engine, coarse, options, coarse_options=coarse_options)
+        return segmenter.with_method(method, grid_side) if METHODS[method] else segmenter
+
+    def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> ProstateSegmenter:
+        """The same base models with a method's shipped trained model (the encoder is shared, not reloaded)."""
+        if method not in METHODS:
+            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if METHODS[method] is None:
+            return ProstateSegmenter(self.sam, self.coarse, self.options, coarse_options=self.coarse_options)
+        return self.with_model(catalog()[METHODS[method]], grid_side)
+
+    def with_model(self, entry: CatalogEntry, grid_side: int = DEFAULT_GRID_SIDE) -> ProstateSegmenter:
+        """The same base models with a shipped or trained model: a coarse network, a SAMMed decoder, DeSAM or SAMed."""
+        if entry.kind == "coarse":
+            return self.with_coarse(entry.path, entry.sha256)
+        if entry.kind == "decoder":
+            return self.with_decoder(entry.path, entry.sha256)
+        if entry.kind == "samed":
+            automatic = SAMedSegmenter(self.sam, load_samed(self.sam.sam, entry.path, entry.sha256))
+        elif entry.kind in ("desam-grid", "desam-box"):
+            model = load_desam(self.sam.sam, entry.path, entry.sha256)
+            automatic = DeSAMSegmenter(self.sam, model, entry.kind.removeprefix("desam-"), grid_side)
+        else:
+            raise InputError(f"{entry.id} is a {entry.kind} model, not one that segments with SAM")
+        return ProstateSegmenter(self.sam, self.coarse, self.options, automatic, self.coarse_options)
+
+    def with_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> ProstateSegmenter:
+        """The same models with fine-tuned mask decoder weights (the encoder is shared, not reloaded)."""
+        return ProstateSegmenter(self.sam.with_mask_decoder(checkpoint, sha256), self.coarse, self.options, coarse_options=self.coarse_options)
+
+    def with_coarse(self, checkpoint: str | Path, sha256: str | None = None) -> ProstateSegmenter:
+        """The same SAM with another coarse network proposing the boxes."""
+        return ProstateSegmenter(
+            self.sam, CoarseSegmenter.from_checkpoint(checkpoint, self.sam.device, sha256), self.options, coarse_options=self.coarse_options
+        )
+
+    def prepare(self, image: sitk.Image) -> PreparedVolume:
+        normalised = normalised_array(image)
+        return PreparedVolume(image, normalised, EncodedVolume(self.sam, normalised))
+
+    def coarse_probabilities(self, volume: PreparedVolume) -> np.ndarray:
+        if volume.coarse is None:
+            volume.coarse = coarse_probabilities(self.coarse, volume.image, self.coarse_options, volume.normalised)
+        return volume.coarse
+
+    def propose_boxes(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> dict[int, Box]:
+        return propose_boxes(self.coarse_probabilities(volume), volume.image.GetSpacing(), options or self.options)
+
+    def slice_confidence(self, volume: PreparedVolume, session: BoxSegmentation) -> dict[int, SliceConfidence]:
+        """Each segmented slice's confidence: SAM's predicted IoU and its mask's agreement with the coarse component."""
+        component = filtered_mask(self.coarse_probabilities(volume), self.options.threshold, self.options.component_filter, volume.image.GetSpacing())
+        return slice_confidences(session.labels > 0, component, session.predicted_iou)
+
+    def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
+        """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""
+        return self.box_session(volume, boxes).labels
+
+    def refined_boxes(self, volume: PreparedVolume, session: BoxSegmentation, margin_mm: float) -> dict[int, Box]:
+        """Box refinement: each slice's box redrawn around SAM's own mask (widened by ``margin_mm``) for a second pass;
+        a slice where SAM found nothing keeps its box."""
+        spacing = volume.spacing_xy
+        refined = slice_boxes(session.labels > 0, (margin_mm / spacing[0], margin_mm / spacing[1]), shape=session.labels.shape[1:])
+        return {index: refined.get(index, box) for index, box in session.boxes.items()}
+
+    def box_session(self, volume: PreparedVolume, boxes: dict[int, Box]) -> BoxSegmentation:
+        """The volume segmented with ``boxes`` (its labels, and SAM's predicted IoU per slice)."""
+        session = BoxSegmentation(volume, self.sam)
+        session.update(boxes)
+        return session
+
+    def segment_automatically(self, volume: PreparedVolume) -> np.ndarray:
+        """Labels of a prompt-free method on every slice, kept to their largest 3D component."""
+        labels = self.automatic.segment_volume(volume)
+        labels[~largest_component(labels > 0)] = 0
+        return labels
+
+    def segment(self, image: sitk.Image, boxes: dict[int, Box] | None = None) -> tuple[np.ndarray, dict[int, Box]]:
+        """Labels and the boxes used: the given ones, or those proposed by the coarse network.
+
+        Methods that prompt themselves (DeSAM, SAMed) take no boxes and return none.
+        """
+        volume = self.prepare(image)
+        if self.automatic is not None:
+            if boxes is not None:
+                raise InputError("this method prompts itself; boxes work with the zero-shot and sammed methods")
+            return self.segment_automatically(volume), {}
+        boxes = self.propose_boxes(volume) if boxes is None else boxes
+        return self.segment_with_boxes(volume, boxes), boxes
+
+
+class BoxSegmentation:
+    """The labels of one prepared volume, kept in step with its boxes (what a box editor needs).
+
+    ``update`` decodes only the slices whose box was added or moved and clears those whose box was
+    removed; each slice's SAM embedding is computed once and cached in the prepared volume.
+    ``decoder`` may be an engine with another mask decoder sharing the volume's image encoder.
+    """
+
+    def __init__(self, volume: PreparedVolume, decoder: SamEngine | None = None):
+        self.volume = volume
+        self.decoder = decoder
+        self.boxes: dict[int, Box] = {}
+        self.labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
+        self.predicted_iou: dict[int, float] = {}  # SAM's own estimate of each segmented slice's IoU
+
+    def changed_slices(self, boxes: dict[int, Box]) -> list[int]:
+        """Slices whose box differs from the one last segmented (added, moved or removed)."""
+        return sorted(index for index in boxes.keys() | self.boxes.keys() if not _same_box(boxes.get(index), self.boxes.get(index)))
+
+    def update(self, boxes: dict[int, Box]) -> list[int]:
+        """Re-segment the changed slices (encoded together in batches); returns them."""
+        changed = self.changed_slices(boxes)
+        self.volume.encoded.encode([index for index in changed if index in boxes])
+        for index in changed:
+            self.labels[index] = 0
+            self.predicted_iou.pop(index, None)
+            if index in boxes:
+                self._segment_slice(index, Prompt(box=boxes[index].as_tuple()))
+        self.boxes = dict(boxes)
+        return changed
+
+    def refine_slice(self, index: int, prompt: Prompt) -> Box | None:
+        """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves.
+
+        A box-only SAM (LiteMedSAM) gets the clicks as a box edit (``box_from_clicks``); returns the
+        box the slice was segmented with, if any.
+        """
+        engine = self.decoder or self.volume.encoded.engine
+        if engine.box_only:
+            box = box_from_clicks(Box(*prompt.box) if prompt.box else None, prompt.points, prompt.point_labels, self.labels.shape[1:])
+            if box is None:
+                raise InputError(f"LiteMedSAM segments from a box: add a box on slice {index}, or click two opposite corners of the gland")
+            prompt = Prompt(box=box.as_tuple())
+        self.labels[index] = 0
+        self._segment_slice(index, prompt)
+        if prompt.box is not None:
+            self.boxes[index] = Box(*prompt.box)
+        return self.boxes.get(index)
+
+    def _segment_slice(self, index: int, prompt: Prompt) -> None:
+        mask, self.predicted_iou[index] = self.volume.encoded.segment_scored(index, prompt, self.decoder)
+        self.labels[index][mask] = PROSTATE_LABEL
+
+
+def _same_box(first: Box | None, second: Box | None) -> bool:
+    if first is None or second is None:
+        return first is second
+    return bool(np.allclose(first.as_tuple(), second.as_tuple(), atol=BOX_TOLERANCE))

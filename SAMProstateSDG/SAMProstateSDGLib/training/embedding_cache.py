@@ -1,0 +1,109 @@
+"""Encoded training slices on disk, so decoder training never loads or runs the image encoder.
+
+One file per case holds the fp16 image embeddings of every slice, the intermediate encoder
+features DeSAM fuses (and SAMed's LoRA training starts from), the reference labels and the
+coarse network's probabilities, all on one grid: the slice's own pixels ("native", what box
+prompts live in) or the fixed-field-of-view encoder canvas ("canvas", what the self-prompting
+methods read). The cache folder is named by a hash of the base SAM checkpoint, the coarse
+checkpoint and the preprocessing, so a change to any of them starts a new cache instead of
+reusing stale embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..core.checksums import load_weights, sha256_of
+from ..core.files import write_atomically
+from ..io.dataset import Case, canonical_zones
+from ..masks.canvas import ENCODER_FIELD_OF_VIEW_MM
+from ..pipeline.segmenter import ProstateSegmenter
+
+PREPROCESSING = {
+    "normalisation": "percentile 0.5-99.5 per volume to 0..1",
+    "encoder_input": "longest side resized, padded",
+    "stored": "embedding and encoder_stages skips, fp16",
+}
+ENCODER_GRIDS = ("native", "canvas")
+
+
+def preprocessing(grid: str) -> dict[str, str]:
+    if grid not in ENCODER_GRIDS:
+        raise ValueError(f"unknown encoder grid {grid!r}")
+    if grid == "native":
+        return PREPROCESSING
+    return dict(PREPROCESSING, encoder_input=f"{ENCODER_FIELD_OF_VIEW_MM:g} mm canvas centred on each slice, at the encoder's input size")
+
+
+@dataclass
+class CachedCase:
+    name: str
+    embeddings: torch.Tensor  # [slices, 256, 64, 64] float16
+    skips: list[torch.Tensor]  # [slices, C, H, W] float16 per intermediate encoder stage
+    labels: np.ndarray  # [slices, rows, columns] uint8 (0 background, 1 TZ, 2 PZ)
+    coarse: np.ndarray  # [slices, rows, columns] float16 gland probabilities
+    spacing_xy: tuple[float, float]
+
+
+def cache_key(sam_checkpoint: Path, coarse_checkpoint: Path, grid: str = "native") -> str:
+    signature = json.dumps(
+        {"sam": sha256_of(sam_checkpoint), "coarse": sha256_of(coarse_checkpoint), "preprocessing": preprocessing(grid)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(signature.encode()).hexdigest()[:16]
+
+
+def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path, grid: str = "native") -> list[Path]:
+    """Encode every slice of every case once, on the ``grid``; cases already cached are skipped."""
+    preprocessing(grid)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for case in tqdm(cases, desc=f"encoding cases ({grid} grid)"):
+        path = folder / f"{case.name}.pt"
+        paths.append(path)
+        if path.is_file():
+            continue
+        image, labels = case.read()
+        volume = segmenter.prepare(image)
+        coarse, spacing_xy = segmenter.coarse_probabilities(volume), volume.spacing_xy
+        if grid == "canvas":
+            features = volume.encoder_features()
+            labels = volume.canvas.to_canvas(labels, image, nearest=True).astype(np.uint8)
+            coarse, spacing_xy = volume.canvas.to_canvas(coarse, image), (volume.canvas.spacing_mm,) * 2
+        else:
+            features = segmenter.sam.encode_features(volume.normalised)
+        cached = {
+            "embeddings": features.embedding.half().cpu(),
+            "skips": [skip.half().cpu() for skip in features.skips],
+            "labels": torch.from_numpy(labels),
+            "coarse": torch.from_numpy(coarse.astype(np.float16)),
+            "spacing_xy": list(spacing_xy),
+        }
+        write_atomically(path, lambda temporary, cached=cached: torch.save(cached, temporary))
+    return paths
+
+
+CACHED_FEATURES = ("embeddings", "skips", "coarse")
+
+
+def load_cached_case(path: Path, features: tuple[str, ...] = CACHED_FEATURES) -> CachedCase:
+    """A cached case with the labels and those of its ``features`` a method reads (the rest left empty, to save memory).
+
+    "stem" keeps only the first skip feature (TinyViT's stem output, all SAMed reads).
+    """
+    data = load_weights(path, "embedding cache file")
+    return CachedCase(
+        path.stem,
+        data["embeddings"] if "embeddings" in features else torch.empty(0),
+        data["skips"] if "skips" in features else data["skips"][:1] if "stem" in features else [],
+        canonical_zones(data["labels"].numpy()),  # also for caches written before zones were made canonical
+        data["coarse"].numpy() if "coarse" in features else np.empty(0, np.float16),
+        tuple(data["spacing_xy"]),
+    )
