@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.modeling import backends
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.modeling import backends
 from SAMProstateSDGLib.modeling.backends import (
     BackendError,
     Candidate,
