@@ -38,8 +38,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from SAMProstateSDGLib.apps.training_process import COARSE, TRAINING_METHODS
 from SAMProstateSDGLib.core import requirements
-from SAMProstateSDGLib.core.catalog import METHOD_TITLES, SAM_TYPES
+from SAMProstateSDGLib.core.catalog import SAM_TYPES
+from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, methods
 from SAMProstateSDGLib.slicerapp.workflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow, checkpointModel
 
 DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.core.devices.DEVICE_CHOICES
@@ -60,36 +62,18 @@ class BoxFilter(enum.Enum):
         return BOX_FILTERS[self.value]
 
 
-class SegmentationMethod(enum.Enum):
-    """The segmentation methods (scenes store the member name)."""
-
-    zeroShot = "zero-shot"
-    sammed = "sammed"
-    desamGrid = "desam-grid"
-    desamBox = "desam-box"
-    samed = "samed"
-
-    def label(self) -> str:
-        return METHOD_TITLES[self.value]
+def _choices(name: str, values: dict[str, str], titles: dict[str, str]) -> type[enum.Enum]:
+    """An enum of stable scene names (member name -> backend id) whose ``label()`` is the backend's title."""
+    choices = enum.Enum(name, values, module=__name__)
+    choices.label = lambda self: titles[self.value]
+    return choices
 
 
-class TrainingMethod(enum.Enum):
-    """What the Training tab trains (scenes store the member name; the value is training_process's method)."""
-
-    coarse = "coarse"
-    sammed = "sammed"
-    desamGrid = "desam-grid"
-    desamBox = "desam-box"
-    samed = "samed"
-
-    def label(self) -> str:
-        return {
-            "coarse": "Coarse network (ResNet U-Net)",
-            "sammed": "SAMMed mask decoder",
-            "desam-grid": "DeSAM, grid points",
-            "desam-box": "DeSAM, whole-slice box",
-            "samed": "SAMed, LoRA (zonal)",
-        }[self.value]
+# The segmentation methods and what the Training tab trains, from the method registry (scenes store the member name).
+SegmentationMethod = _choices("SegmentationMethod", {item.scene_name: key for key, item in methods().items()},
+                              {key: item.title for key, item in methods().items()})
+TrainingMethod = _choices("TrainingMethod", {item.scene_name: key for key, item in TRAINING_METHODS.items()},
+                          {key: item.title for key, item in TRAINING_METHODS.items()})
 
 
 # A public prostate T2 MRI from Slicer's own testing data (the MR of the "MR-US Prostate" sample, Case10).
@@ -143,7 +127,7 @@ def registerSampleData() -> None:
 class SAMProstateSDGParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     method: BoxFilter = BoxFilter.largest3d
-    segmentationMethod: SegmentationMethod = SegmentationMethod.zeroShot
+    segmentationMethod: SegmentationMethod = SegmentationMethod(DEFAULT_METHOD)
     model: Annotated[str, Choice(SAM_MODELS)] = SAM_MODELS[0]
     samCheckpoint: Path
     samType: Annotated[str, Choice(list(SAM_TYPES))] = "vit_b"
@@ -152,8 +136,8 @@ class SAMProstateSDGParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     trainingData: Path
     trainingSite: str = "RUNMC"
-    trainingMethod: TrainingMethod = TrainingMethod.coarse
-    trainingEpochs: Annotated[int, WithinRange(1, 1000)] = 24
+    trainingMethod: TrainingMethod = TrainingMethod(COARSE)
+    trainingEpochs: Annotated[int, WithinRange(1, 1000)] = TRAINING_METHODS[COARSE].default_epochs
     resumeTraining: bool = False
 
 
@@ -164,6 +148,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._trainingMethodShown = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -224,11 +209,13 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode = parameterNode
         if self._parameterNode:
+            self._trainingMethodShown = self._parameterNode.trainingMethod
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.updateButtons()
 
     def updateButtons(self, caller=None, event=None) -> None:
+        self.applyTrainingDefaults()
         hasVolume = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.proposeBoxesButton.enabled = hasVolume
         self.ui.addBoxButton.enabled = hasVolume
@@ -238,6 +225,13 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startTrainingButton.enabled = bool(self._parameterNode) and not training
         self.ui.stopTrainingButton.enabled = training
         self.ui.userFolderPathLineEdit.enabled = not training
+
+    def applyTrainingDefaults(self) -> None:
+        """A newly chosen training method starts from its own default number of epochs (SAMed 2, the coarse network 24)."""
+        method = self._parameterNode.trainingMethod if self._parameterNode else None
+        if method is not None and method != self._trainingMethodShown:
+            self._trainingMethodShown = method
+            self._parameterNode.trainingEpochs = TRAINING_METHODS[method.value].default_epochs
 
     def selectedModel(self) -> str:
         """The trained model chosen in the Segment tab, else the user's own SAM checkpoint, else the shipped SAM model."""

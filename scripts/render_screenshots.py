@@ -16,6 +16,7 @@ import vtk
 from vtk.util import numpy_support
 
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.methods.registry import method
 from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +145,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     arguments = parser.parse_args()
     image = read_volume(arguments.case)
-    labels, boxes = ProstateSegmenter.load(arguments.device, method=arguments.method).segment(image)
+    segmenter = method(arguments.method).load(ProstateSegmenter.load(arguments.device))
+    result = segmenter.segment(segmenter.base.prepare(image))
+    labels, boxes = result.labels, result.boxes
     name = arguments.case.name.split(".")[0]
     output = ROOT / "Screenshots" / f"{arguments.method}_{name}.png"
     render(normalised_array(image), labels, boxes, image.GetSpacing(), output)

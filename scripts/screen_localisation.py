@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, shifted_case
-from SAMProstateSDGLib.apps.evaluation import dice_score
 from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.masks.boxes import CoarseOptions, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
+from SAMProstateSDGLib.masks.metrics import dice_score
 from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
 from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 

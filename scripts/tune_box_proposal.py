@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from SAMProstateSDGLib.apps.evaluation import score
 from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.masks.boxes import ComponentFilter, ProposalOptions
+from SAMProstateSDGLib.masks.metrics import score
 from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
 MARGINS_MM = (0.0, 1.0, 2.0, 3.0, 5.0)

@@ -18,9 +18,9 @@ from SAMProstateSDGLib.io.dataset import canonical_zones
 from SAMProstateSDGLib.io.dicom_seg import write_dicom_seg
 from SAMProstateSDGLib.io.dicom_series import choose_series, find_series, read_dicom_volume
 from SAMProstateSDGLib.io.measurements import measure_image
-from SAMProstateSDGLib.io.provenance import provenance_for
 from SAMProstateSDGLib.io.report import PAGE_SIZE, ReportSubject, write_report
 from SAMProstateSDGLib.io.volume_io import normalised_array
+from SAMProstateSDGLib.methods.registry import method
 from test_cli import samprostate
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -134,7 +134,7 @@ def test_zonal_seg_codes_transition_and_peripheral_zone(study, tmp_path):
     folder, _ = study
     volume = read_dicom_volume(folder)
     zones = canonical_zones(sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "P158-020_seg.nii.gz"))))
-    write_dicom_seg(tmp_path / "zones.dcm", zones, volume.series, zonal=True, provenance=provenance_for("samed"))
+    write_dicom_seg(tmp_path / "zones.dcm", zones, volume.series, zonal=True, provenance=method("samed").provenance())
     seg = pydicom.dcmread(tmp_path / "zones.dcm")
     codes = [(item.SegmentLabel, item.SegmentedPropertyTypeCodeSequence[0].CodeValue) for item in seg.SegmentSequence]
     assert codes == [("Transition zone", "399384005"), ("Peripheral zone", "279706003")]
@@ -147,7 +147,7 @@ def test_report_page_is_also_written_as_pdf(tmp_path):
     labels = canonical_zones(sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "Case29_seg.nii.gz"))))
     write_report(
         tmp_path / "report.pdf", ReportSubject("Case29.nii.gz"), image, normalised_array(image), labels,
-        measure_image(labels, image, zonal=True, psa_ng_ml=4.0), provenance_for("samed"), zonal=True,
+        measure_image(labels, image, zonal=True, psa_ng_ml=4.0), method("samed").provenance(), zonal=True,
     )
     assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"
 

@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.core.catalog import METHODS, catalog, default_entry
+from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.io.volume_io import read_volume
-from SAMProstateSDGLib.methods.desam_training import DeSAMMethod, mask_iou
-from SAMProstateSDGLib.methods.samed_training import SAMedMethod
-from SAMProstateSDGLib.methods.sammed_training import SamMedMethod
+from SAMProstateSDGLib.methods.registry import MethodOptions
+from SAMProstateSDGLib.methods.registry import method as registered
+from SAMProstateSDGLib.methods.trainers.desam import DeSAMMethod, mask_iou
+from SAMProstateSDGLib.methods.trainers.samed import SAMedMethod
+from SAMProstateSDGLib.methods.trainers.sammed import SamMedMethod
 from SAMProstateSDGLib.modeling.desam import load_desam
 from SAMProstateSDGLib.modeling.sam_engine import SamEngine, load_mask_decoder, load_sam
 from SAMProstateSDGLib.modeling.samed import SAMed, load_samed
@@ -216,11 +218,12 @@ def test_samed_in_training_mode_keeps_the_frozen_encoder_s_batch_norms_in_infere
 @pytest.mark.parametrize("method", ["sammed", "desam-box", "desam-grid", "samed"])
 def test_shipped_methods_segment_a_case_they_were_not_trained_on(segmenter, method):
     """Case29 (NCI-ISBI, not among the training cases). The unseen-site figures are in the README."""
-    entry = catalog()[METHODS[method]]
+    entry = registered(method).shipped_model()
     assert entry.path.stat().st_size < 30 * 2**20
-    variant = segmenter.with_method(method, grid_side=3)
-    assert variant.sam.sam.image_encoder is segmenter.sam.sam.image_encoder  # the base encoder is loaded once
-    labels, boxes = variant.segment(read_volume(FIXTURES / "Case29.nii.gz"))
+    variant = registered(method).load(segmenter, options=MethodOptions(grid_side=3))
+    assert variant.base.sam.sam.image_encoder is segmenter.sam.sam.image_encoder  # the base encoder is loaded once
+    result = variant.segment(segmenter.prepare(read_volume(FIXTURES / "Case29.nii.gz")))
+    labels, boxes = result.labels, result.boxes
     reference = read_mask(FIXTURES / "Case29_seg.nii.gz")
     assert dice(labels, reference) > 0.7
     assert bool(boxes) == (method == "sammed")  # DeSAM and SAMed prompt themselves
@@ -234,5 +237,8 @@ def test_desam_grid_mask_does_not_degrade_as_points_grow(segmenter):
     Shipped model: 0.746 / 0.735 / 0.744; the one trained without the consistency term: 0.747 / 0.643 / 0.614."""
     volume = read_volume(FIXTURES / "Case29.nii.gz")
     reference = read_mask(FIXTURES / "Case29_seg.nii.gz")
-    one, nine, twenty_five = (dice(segmenter.with_method("desam-grid", grid_side=side).segment(volume)[0], reference) for side in (1, 3, 5))
+    desam = registered("desam-grid")
+    one, nine, twenty_five = (
+        dice(desam.load(segmenter, options=MethodOptions(grid_side=side)).segment(segmenter.prepare(volume)).labels, reference) for side in (1, 3, 5)
+    )
     assert nine >= one - 0.02 and twenty_five >= one - 0.02, (one, nine, twenty_five)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from SAMProstateSDGLib.apps.evaluation import score
+from SAMProstateSDGLib.masks.metrics import score
 
 SPACING_ZYX = (3.0, 0.5, 0.25)  # thick slices, finer rows, finest columns: any axis mix-up changes the answer
 

@@ -21,6 +21,7 @@ from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.boxes_json import LPS_TO_RAS, boxes_to_json
 from SAMProstateSDGLib.masks.boxes import Box, boxes_from_labels
+from SAMProstateSDGLib.methods.registry import ZONE_SEGMENTS
 from SAMProstateSDGLib.slicerapp import mrml as bridge
 
 AXIS_SIGNS = {"oblique": (1.0, 1.0, 1.0), "flipped": (-1.0, -1.0, 1.0), "left-handed": (-1.0, 1.0, 1.0)}
@@ -228,7 +229,7 @@ def zonal_labels(reference: np.ndarray) -> np.ndarray:
 def test_labels_become_segments_on_the_source_geometry(loaded, reference, scene):
     node, _ = loaded
     labels = zonal_labels(reference)
-    segmentation, segment_ids = bridge.add_label_segments(labels, node, names=bridge.ZONAL_SEGMENTS)
+    segmentation, segment_ids = bridge.add_label_segments(labels, node, ZONE_SEGMENTS)
 
     names = [segmentation.GetSegmentation().GetSegment(segment_ids[label]).GetName() for label in (1, 2)]
     assert names == ["transition zone", "peripheral zone"]

@@ -154,7 +154,7 @@ def test_a_crafted_coarse_resume_state_runs_nothing(capsys, tmp_path):
 
 
 def test_a_crafted_fine_tuning_resume_state_runs_nothing(tmp_path, sam_engine):
-    from SAMProstateSDGLib.methods.sammed_training import SamMedMethod
+    from SAMProstateSDGLib.methods.trainers.sammed import SamMedMethod
     from SAMProstateSDGLib.training.loop import TrainingOptions, train
 
     marker = tmp_path / "ran"

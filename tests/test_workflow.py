@@ -113,7 +113,11 @@ def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, dat
     assert any(line.startswith("Registered the trained model") for line in lines)
     (model_id, title), = workflow.trainedModelTitles().items()
     assert "coarse trained on RUNMC" in title
-    assert workflow.segmenter(model_id, "cpu").coarse is not workflow.segmenter(SAM_MODELS[0], "cpu").coarse
+    assert workflow.baseSegmenter(model_id, "cpu").coarse is not workflow.baseSegmenter(SAM_MODELS[0], "cpu").coarse
+    # a trained coarse network proposes the boxes of a box-prompted method, and is refused by one that prompts itself
+    assert workflow.segmenter(model_id, "cpu", "sammed").base.coarse is workflow.baseSegmenter(model_id, "cpu").coarse
+    with pytest.raises(InputError, match="coarse network, which proposes boxes"):
+        workflow.segmenter(model_id, "cpu", "samed")
     assert workflow.proposeBoxes(volume_node, model=model_id, device="cpu") is not None
 
 
@@ -185,9 +189,10 @@ def test_the_segmentation_is_measured_as_slicer_holds_it(workflow, volume_node):
 
     from SAMProstateSDGLib.core.labels import ZONE_NAMES
     from SAMProstateSDGLib.io.measurements import measure_image
+    from SAMProstateSDGLib.methods.registry import ZONE_SEGMENTS
 
     zones = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "P158-020_seg.nii.gz"))).astype(np.uint8)
-    node, _ = bridge.add_label_segments(zones, volume_node, None, ZONE_NAMES)
+    node, _ = bridge.add_label_segments(zones, volume_node, None, ZONE_SEGMENTS)
     measured = workflow.measurements(volume_node, node, psa=6.0)
     expected = measure_image(zones, sitk.ReadImage(str(FIXTURES / "P158-020.nii.gz")), zonal=True, psa_ng_ml=6.0)
     assert measured.volume_ml == pytest.approx(expected.volume_ml, rel=1e-6) and measured.volume_ml > 1.0

@@ -40,11 +40,11 @@ from ..core.catalog import default_entry
 from ..io.dataset import Case
 from ..io.volume_io import label_image, normalised_array, read_volume, write_image
 from ..masks.boxes import Box, propose_boxes
+from ..masks.metrics import dice_score
 from ..modeling.backends import Candidate, EncoderBackend, TorchEncoder, build_backend, candidates
 from ..modeling.sam_engine import Prompt, SamEngine, load_sam
 from ..modeling.tiling import segment_merged
 from ..pipeline.segmenter import ProstateSegmenter
-from .evaluation import dice_score
 
 STAGES = ("read", "normalise", "coarse net", "component + box", "encoder", "decoder", "write")
 DICE_TOLERANCE = 0.005  # mean Dice of a backend × precision within this of torch fp32 ...
@@ -276,7 +276,8 @@ def warm_segment_seconds(segmenter: ProstateSegmenter, case: Case, folder: Path)
     """Seconds to segment one volume (read to write) with the models already loaded, as a batch does."""
     started = time.perf_counter()
     image = read_volume(case.image)
-    labels, _ = segmenter.segment(image)
+    volume = segmenter.prepare(image)
+    labels = segmenter.segment_with_boxes(volume, segmenter.propose_boxes(volume))
     write_image(label_image(labels, image), folder / f"{case.name}_warm.nii.gz")
     return time.perf_counter() - started
 

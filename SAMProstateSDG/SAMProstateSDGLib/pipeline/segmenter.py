@@ -1,15 +1,17 @@
-"""The automatic pipeline: volume → slices → coarse mask → boxes → SAM prompts → masks → label volume."""
+"""The pipeline every method shares: volume → slices → coarse mask → boxes → SAM prompts → masks → label volume.
+
+A method (``methods.registry``) loads onto the base models of a ``ProstateSegmenter``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.catalog import DEFAULT_GRID_SIDE, METHODS, CatalogEntry, catalog, default_entry
+from ..core.catalog import default_entry
 from ..core.devices import pick_device
 from ..core.errors import InputError
 from ..core.labels import PROSTATE_LABEL
@@ -21,7 +23,6 @@ from ..masks.boxes import (
     ProposalOptions,
     box_from_clicks,
     filtered_mask,
-    largest_component,
     propose_boxes,
     slice_boxes,
 )
@@ -29,22 +30,11 @@ from ..masks.canvas import Canvas, encoder_canvas
 from ..masks.confidence import SliceConfidence, slice_confidences
 from ..modeling.backends import candidates
 from ..modeling.coarse_net import CoarseSegmenter
-from ..modeling.desam import DeSAMSegmenter, load_desam
 from ..modeling.encoder_stages import EncoderFeatures
 from ..modeling.sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
-from ..modeling.samed import SAMedSegmenter, load_samed
 from .localisation import coarse_probabilities
 
 BOX_TOLERANCE = 1e-3  # pixels: boxes closer than this are the same box
-
-
-class VolumeSegmenter(Protocol):
-    """A method that segments every slice of a prepared volume without box prompts (DeSAM, SAMed).
-
-    It reads the volume on the encoder canvas and returns labels on the volume's own grid.
-    """
-
-    def segment_volume(self, volume: PreparedVolume) -> np.ndarray: ...
 
 
 @dataclass
@@ -91,13 +81,11 @@ class ProstateSegmenter:
         sam: SamEngine,
         coarse: CoarseSegmenter,
         options: ProposalOptions = ProposalOptions(),
-        automatic: VolumeSegmenter | None = None,
         coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
     ):
         self.sam = sam
         self.coarse = coarse
         self.options = options
-        self.automatic = automatic
         self.coarse_options = coarse_options
 
     @classmethod
@@ -108,24 +96,17 @@ class ProstateSegmenter:
         sam_checkpoint: str | Path | None = None,
         coarse_checkpoint: str | Path | None = None,
         options: ProposalOptions = ProposalOptions(),
-        method: str = "zero-shot",
-        grid_side: int = DEFAULT_GRID_SIDE,
         precision: str = "auto",
         coarse_options: CoarseOptions = DEFAULT_COARSE_OPTIONS,
         backend: str = "auto",
         log=None,
     ) -> ProstateSegmenter:
-        """The shipped models by default; a user's SAM or coarse checkpoint where given.
+        """The base models (coarse network + SAM): the shipped ones by default; a user's SAM or coarse checkpoint where given.
 
-        A ``method`` other than "zero-shot" adds the shipped model trained on RUNMC (LiteMedSAM only).
-        ``backend`` (auto, torch, openvino, onnxruntime) and ``precision`` (auto, fp32, bf16) choose
+        A method (``methods.registry``) loads onto them. ``backend`` (auto, torch, openvino, onnxruntime) and ``precision`` (auto, fp32, bf16) choose
         how the box-prompted image encoder runs (``backends.choose_encoder``; "auto": measured here).
         ``coarse_options``: the levers on what the coarse network reads (``localisation``).
         """
-        if method not in METHODS:
-            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if METHODS[method] and sam_checkpoint is not None:
-            raise InputError(f"the shipped {method} model belongs to LiteMedSAM; it cannot be used with --sam-checkpoint")
         torch_device = pick_device(device)
         candidates(backend, precision, torch_device)  # refuse a backend that cannot run here before loading anything
         sam_entry, coarse_entry = default_entry("sam"), default_entry("coarse")
@@ -142,40 +123,16 @@ class ProstateSegmenter:
         batch_size = 1 if torch_device.type == "cpu" else 4
         engine = SamEngine(sam, torch_device, batch_size, box_only)
         engine.use_backend(backend, precision, log)
-        segmenter = cls(engine, coarse, options, coarse_options=coarse_options)
-        return segmenter.with_method(method, grid_side) if METHODS[method] else segmenter
-
-    def with_method(self, method: str, grid_side: int = DEFAULT_GRID_SIDE) -> ProstateSegmenter:
-        """The same base models with a method's shipped trained model (the encoder is shared, not reloaded)."""
-        if method not in METHODS:
-            raise InputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if METHODS[method] is None:
-            return ProstateSegmenter(self.sam, self.coarse, self.options, coarse_options=self.coarse_options)
-        return self.with_model(catalog()[METHODS[method]], grid_side)
-
-    def with_model(self, entry: CatalogEntry, grid_side: int = DEFAULT_GRID_SIDE) -> ProstateSegmenter:
-        """The same base models with a shipped or trained model: a coarse network, a SAMMed decoder, DeSAM or SAMed."""
-        if entry.kind == "coarse":
-            return self.with_coarse(entry.path, entry.sha256)
-        if entry.kind == "decoder":
-            return self.with_decoder(entry.path, entry.sha256)
-        if entry.kind == "samed":
-            automatic = SAMedSegmenter(self.sam, load_samed(self.sam.sam, entry.path, entry.sha256))
-        elif entry.kind in ("desam-grid", "desam-box"):
-            model = load_desam(self.sam.sam, entry.path, entry.sha256)
-            automatic = DeSAMSegmenter(self.sam, model, entry.kind.removeprefix("desam-"), grid_side)
-        else:
-            raise InputError(f"{entry.id} is a {entry.kind} model, not one that segments with SAM")
-        return ProstateSegmenter(self.sam, self.coarse, self.options, automatic, self.coarse_options)
+        return cls(engine, coarse, options, coarse_options)
 
     def with_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> ProstateSegmenter:
         """The same models with fine-tuned mask decoder weights (the encoder is shared, not reloaded)."""
-        return ProstateSegmenter(self.sam.with_mask_decoder(checkpoint, sha256), self.coarse, self.options, coarse_options=self.coarse_options)
+        return ProstateSegmenter(self.sam.with_mask_decoder(checkpoint, sha256), self.coarse, self.options, self.coarse_options)
 
     def with_coarse(self, checkpoint: str | Path, sha256: str | None = None) -> ProstateSegmenter:
         """The same SAM with another coarse network proposing the boxes."""
         return ProstateSegmenter(
-            self.sam, CoarseSegmenter.from_checkpoint(checkpoint, self.sam.device, sha256), self.options, coarse_options=self.coarse_options
+            self.sam, CoarseSegmenter.from_checkpoint(checkpoint, self.sam.device, sha256), self.options, self.coarse_options
         )
 
     def prepare(self, image: sitk.Image) -> PreparedVolume:
@@ -211,25 +168,6 @@ class ProstateSegmenter:
         session = BoxSegmentation(volume, self.sam)
         session.update(boxes)
         return session
-
-    def segment_automatically(self, volume: PreparedVolume) -> np.ndarray:
-        """Labels of a prompt-free method on every slice, kept to their largest 3D component."""
-        labels = self.automatic.segment_volume(volume)
-        labels[~largest_component(labels > 0)] = 0
-        return labels
-
-    def segment(self, image: sitk.Image, boxes: dict[int, Box] | None = None) -> tuple[np.ndarray, dict[int, Box]]:
-        """Labels and the boxes used: the given ones, or those proposed by the coarse network.
-
-        Methods that prompt themselves (DeSAM, SAMed) take no boxes and return none.
-        """
-        volume = self.prepare(image)
-        if self.automatic is not None:
-            if boxes is not None:
-                raise InputError("this method prompts itself; boxes work with the zero-shot and sammed methods")
-            return self.segment_automatically(volume), {}
-        boxes = self.propose_boxes(volume) if boxes is None else boxes
-        return self.segment_with_boxes(volume, boxes), boxes
 
 
 class BoxSegmentation:

@@ -28,19 +28,12 @@ import vtk
 from vtk.util import numpy_support
 
 from SAMProstateSDGLib.core.errors import InputError
-from SAMProstateSDGLib.core.labels import PROSTATE_LABEL, ZONE_NAMES
 from SAMProstateSDGLib.masks.boxes import Box
+from SAMProstateSDGLib.methods.registry import PROSTATE_SEGMENTS, Segment
 from SAMProstateSDGLib.modeling.sam_engine import Prompt
 
 BOX_VOLUME_REFERENCE = "SAMProstateSDGBoxVolume"
 BOX_SLICE_ATTRIBUTE = "SAMProstateSDG.Slice"
-PROSTATE_SEGMENTS = {PROSTATE_LABEL: "prostate"}
-ZONAL_SEGMENTS = ZONE_NAMES
-SEGMENT_COLORS = {
-    "prostate": (0.85, 0.55, 0.35),
-    "transition zone": (0.95, 0.8, 0.3),
-    "peripheral zone": (0.35, 0.65, 0.9),
-}
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
 
 
@@ -256,26 +249,26 @@ def add_label_segments(
     labels: np.ndarray,
     volume_node: slicer.vtkMRMLScalarVolumeNode,
     segmentation_node=None,
-    names: dict[int, str] = PROSTATE_SEGMENTS,
+    segments: tuple[Segment, ...] = PROSTATE_SEGMENTS,
     replace: bool = False,
 ) -> tuple[object, dict[int, str]]:
-    """Write a label array ([K, J, I]) as one segment per label; returns the node and segment IDs by label.
+    """Write a label array ([K, J, I]) as one segment per label (name and colour from ``segments``, a
+    method's, ``methods.registry``); returns the node and segment IDs by label.
 
     Without ``segmentation_node`` a new node is made. An existing segment of the same name is kept
     and a new one named "name (2)" is added, unless ``replace`` is true.
     """
     node = segmentation_node or new_segmentation_node(volume_node)
     segment_ids = {}
-    for label, name in names.items():
-        mask = labels == label
-        existing = node.GetSegmentation().GetSegmentIdBySegmentName(name)
+    for segment in segments:
+        mask = labels == segment.label
+        existing = node.GetSegmentation().GetSegmentIdBySegmentName(segment.name)
         if existing and replace:
             set_segment_mask(node, existing, mask, volume_node)
-            segment_ids[label] = existing
+            segment_ids[segment.label] = existing
         else:
-            color = SEGMENT_COLORS.get(name, (0.5, 0.5, 0.5))
             image = oriented_mask(mask, volume_node)
-            segment_ids[label] = node.AddSegmentFromBinaryLabelmapRepresentation(image, unique_segment_name(node, name), color)
+            segment_ids[segment.label] = node.AddSegmentFromBinaryLabelmapRepresentation(image, unique_segment_name(node, segment.name), segment.colour)
     return node, segment_ids
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from SAMProstateSDGLib.apps.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
 from SAMProstateSDGLib.core.catalog import catalog
 from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, PROSTATE_SEGMENTS
 
 BOX_FILTERS = {  # SAMProstateSDGLib.masks.boxes.ComponentFilter value (stored in scenes) -> title: how the coarse mask becomes boxes
     "3d": "Largest 3D component",
@@ -41,7 +42,8 @@ class ProstateWorkflow:
     """
 
     def __init__(self, userFolder: Path, python: str = sys.executable) -> None:
-        self._segmenters = {}  # (model, device, method) -> ProstateSegmenter
+        self._bases = {}  # (model, device) -> ProstateSegmenter: the base models
+        self._segmenters = {}  # (model, device, method) -> MethodSegmenter
         self._sessions = {}  # (volume node ID, model, device, method) -> (volume fingerprint, BoxSegmentation)
         self._written = {}  # (volume node ID, segmentation node ID) -> {label: segment ID}
         self.userFolder = Path(userFolder)
@@ -105,6 +107,7 @@ class ProstateWorkflow:
         update = self._training.poll()
         if update.finished and self._training.returncode == 0:
             entry = register_trained_model(self.trainedModelsFile, self._training.request.method, self._training.request.manifest_path)
+            self._bases = {key: value for key, value in self._bases.items() if key[0] != entry.id}
             self._segmenters = {key: value for key, value in self._segmenters.items() if key[0] != entry.id}
             self._sessions = {key: value for key, value in self._sessions.items() if key[1] != entry.id}
             update.lines.append(f"Registered the trained model: {entry.title}")
@@ -149,34 +152,60 @@ class ProstateWorkflow:
                 return bool(self._pendingEncoding)
         return False
 
-    def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
-        """The loaded models for ``model`` and ``method`` on ``device`` (each loaded once).
+    def baseSegmenter(self, model: str = SAM_MODELS[0], device: str = "auto"):
+        """The base models (coarse network + SAM) for ``model`` on ``device``, loaded once.
 
         ``model`` is a shipped SAM model, a user's checkpoint (``checkpointModel``) or a registered
-        trained model; a trained model (a coarse network, a SAMMed decoder, DeSAM or SAMed) is
-        added to the shipped LiteMedSAM and takes the place of ``method``'s shipped model.
+        trained model; a trained coarse network joins the shipped LiteMedSAM, a trained method model
+        builds on it.
         """
         from SAMProstateSDGLib.core.catalog import catalog_entry, default_entry
         from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
+        key = (model, device)
+        if key not in self._bases:
+            trained = trained_models(self.trainedModelsFile).get(model)
+            if model.startswith(CHECKPOINT_PREFIX):
+                samType, path = model.removeprefix(CHECKPOINT_PREFIX).split(":", 1)
+                base = ProstateSegmenter.load(device, samType, path)
+            elif trained is not None:
+                base = self.baseSegmenter(default_entry("sam").id, device)
+                if trained.kind == "coarse":
+                    base = base.with_coarse(trained.path, trained.sha256)
+            elif catalog_entry(model, "sam") == default_entry("sam"):
+                base = ProstateSegmenter.load(device)
+            else:
+                entry = catalog_entry(model, "sam")
+                base = ProstateSegmenter.load(device, entry.model_type, entry.path)
+            self._bases[key] = base
+        return self._bases[key]
+
+    def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD):
+        """``method`` (``methods.registry``) loaded onto the base models of ``model`` on ``device``, once.
+
+        A registered trained model of the method's kind takes the place of its shipped model; a
+        trained coarse network proposes the boxes of a box-prompted method. Other combinations are
+        refused with a message that says what to choose.
+        """
+        from SAMProstateSDGLib.methods.registry import method as registered
+
         key = (model, device, method)
         if key in self._segmenters:
             return self._segmenters[key]
+        chosen = registered(method)
+        chosen.check_sam(model.startswith(CHECKPOINT_PREFIX))
         trained = trained_models(self.trainedModelsFile).get(model)
-        if model.startswith(CHECKPOINT_PREFIX):
-            samType, path = model.removeprefix(CHECKPOINT_PREFIX).split(":", 1)
-            if method != "zero-shot":
-                raise InputError(f"the shipped {method} model builds on LiteMedSAM; use it without your own SAM checkpoint")
-            segmenter = ProstateSegmenter.load(device, samType, path)
-        elif trained:
-            segmenter = self.segmenter(default_entry("sam").id, device).with_model(trained)
-        elif method != "zero-shot":
-            segmenter = self.segmenter(model, device).with_method(method)
-        elif catalog_entry(model, "sam") == default_entry("sam"):
-            segmenter = ProstateSegmenter.load(device)
+        base = self.baseSegmenter(model, device)
+        if trained is None or trained.kind == "coarse" and chosen.takes_boxes:
+            segmenter = chosen.load(base)
+        elif trained.kind == chosen.model_kind:
+            segmenter = chosen.load(base, trained)
+        elif trained.kind == "coarse":
+            raise InputError(f"{trained.title} is a coarse network, which proposes boxes; {chosen.title} prompts itself. "
+                             "Choose a box-prompted method, or another model.")
         else:
-            entry = catalog_entry(model, "sam")
-            segmenter = ProstateSegmenter.load(device, entry.model_type, entry.path)
+            raise InputError(f"{trained.title} is a {trained.kind} model; it does not work with {chosen.title}. "
+                             "Choose the method it was trained for.")
         self._segmenters[key] = segmenter
         return segmenter
 
@@ -186,12 +215,11 @@ class ProstateWorkflow:
 
         return device_note(pick_device(device)) if device == "auto" else None
 
-    def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
+    def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD):
         """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed.
 
         Sessions of one volume and model share its prepared volume, so each slice is encoded once.
         """
-        from SAMProstateSDGLib.pipeline.segmenter import BoxSegmentation
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         key = (volumeNode.GetID(), model, device, method)
@@ -199,13 +227,14 @@ class ProstateWorkflow:
         cached = self._sessions.get(key)
         if cached is None or cached[0] != fingerprint:
             self._observeScene(volumeNode.GetScene())
-            base = self._sessions.get((volumeNode.GetID(), model, device, "zero-shot"))
-            if method != "zero-shot" and base is not None and base[0] == fingerprint:
-                prepared = base[1].volume
+            wanted = (volumeNode.GetID(), model, device, fingerprint)  # another method's session on the same base models
+            shared = next((session for (volumeID, sessionModel, sessionDevice, _), (sessionPrint, session) in self._sessions.items()
+                           if (volumeID, sessionModel, sessionDevice, sessionPrint) == wanted), None)
+            if shared is not None:
+                prepared = shared.volume
             else:
-                prepared = self.segmenter(model, device).prepare(bridge.image_from_volume_node(volumeNode))
-            decoder = self.segmenter(model, device, method).sam
-            cached = self._sessions[key] = (fingerprint, BoxSegmentation(prepared, decoder))
+                prepared = self.baseSegmenter(model, device).prepare(bridge.image_from_volume_node(volumeNode))
+            cached = self._sessions[key] = (fingerprint, self.segmenter(model, device, method).session(prepared))
         return cached[1]
 
     def proposeBoxes(self, volumeNode, method: str = next(iter(BOX_FILTERS)), model: str = SAM_MODELS[0], device: str = "auto") -> list:
@@ -217,7 +246,7 @@ class ProstateWorkflow:
         from SAMProstateSDGLib.masks.boxes import ComponentFilter
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-        segmenter = self.segmenter(model, device)
+        segmenter = self.baseSegmenter(model, device)
         options = dataclasses.replace(segmenter.options, component_filter=ComponentFilter(method))
         volume = self.session(volumeNode, model, device).volume
         boxes = segmenter.propose_boxes(volume, options)
@@ -233,39 +262,30 @@ class ProstateWorkflow:
 
         return bridge.add_box_roi_node(volumeNode, pointRAS)
 
-    def segment(self, volumeNode, roiNodes=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"):
+    def segment(self, volumeNode, roiNodes=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD):
         """Segment inside the boxes (default: the volume's box ROIs in the scene), or every slice for a
         method that prompts itself (DeSAM, SAMed); returns the segmentation node."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         session = self.session(volumeNode, model, device, method)
         segmenter = self.segmenter(model, device, method)
-        if segmenter.automatic is not None:
-            session.labels = segmenter.segment_automatically(session.volume)
-            return self._write(session, volumeNode, segmentationNode, self.segmentNames(segmenter))
+        if not segmenter.method.takes_boxes:
+            session.labels = segmenter.segment(session.volume).labels
+            return self._write(session, volumeNode, segmentationNode, segmenter.method.segments)
         roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
         changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
         logging.info(f"SAMProstateSDG: re-segmented slices {changed}")
         return self._write(session, volumeNode, segmentationNode)
 
-    @staticmethod
-    def segmentNames(segmenter) -> dict:
-        """Label -> segment name: the zones for SAMed, else one prostate segment."""
-        from SAMProstateSDGLib.core.labels import ZONE_NAMES
-        from SAMProstateSDGLib.modeling.samed import SAMedSegmenter
-        from SAMProstateSDGLib.slicerapp import mrml as bridge
-
-        return ZONE_NAMES if isinstance(segmenter.automatic, SAMedSegmenter) else bridge.PROSTATE_SEGMENTS
-
     def segmentSliceWithPoints(
         self, volumeNode, sliceIndex: int, pointListNode, roiNode=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto",
-        method: str = "zero-shot",
+        method: str = DEFAULT_METHOD,
     ):
         """Segment one slice from the clicks on it (and the ROI's box, if given); returns the segmentation node."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-        if self.segmentNames(self.segmenter(model, device, method)) != bridge.PROSTATE_SEGMENTS:
-            raise InputError("clicks refine the whole gland; segment with a method other than SAMed's zones first")
+        if self.segmenter(model, device, method).method.zonal:
+            raise InputError("clicks refine the whole gland; segment with a method that gives one prostate segment first")
         prompts = bridge.point_prompts(volumeNode, pointListNode)
         if sliceIndex not in prompts:
             raise InputError(f"{pointListNode.GetName()} has no points on slice {sliceIndex}")
@@ -284,7 +304,7 @@ class ProstateWorkflow:
         return self._write(session, volumeNode, segmentationNode)
 
     def refineWithPoints(
-        self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = "zero-shot"
+        self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD
     ):
         """Re-segment every slice that has clicks, with that slice's box ROI when it has one."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
@@ -310,18 +330,17 @@ class ProstateWorkflow:
             masks[segmentation.GetSegment(segmentId).GetName()] = bridge.labels_from_segmentation(segmentationNode, {1: segmentId}, volumeNode) > 0
         return measure_segments(masks, bridge.ijk_to_ras(volumeNode), psa)
 
-    def _write(self, session, volumeNode, segmentationNode, names: dict | None = None):
+    def _write(self, session, volumeNode, segmentationNode, segments: tuple = PROSTATE_SEGMENTS):
         """Show the session's labels: update the segments written before, or add new ones."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         key = (volumeNode.GetID(), segmentationNode.GetID() if segmentationNode else None)
         written = self._written.get(key)
         segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
-        names = names or bridge.PROSTATE_SEGMENTS
-        if written and written.keys() == names.keys() and all(segmentation.GetSegment(segmentId) for segmentId in written.values()):
+        if written and written.keys() == {segment.label for segment in segments} and all(segmentation.GetSegment(segmentId) for segmentId in written.values()):
             for label, segmentId in written.items():
                 bridge.set_segment_mask(segmentationNode, segmentId, session.labels == label, volumeNode)
             return segmentationNode
-        segmentationNode, written = bridge.add_label_segments(session.labels, volumeNode, segmentationNode, names)
+        segmentationNode, written = bridge.add_label_segments(session.labels, volumeNode, segmentationNode, segments)
         self._written[volumeNode.GetID(), segmentationNode.GetID()] = written
         return segmentationNode

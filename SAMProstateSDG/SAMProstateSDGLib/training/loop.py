@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..apps.evaluation import dice_score
 from ..core.checksums import half_precision, load_resume_state, sha256_of
 from ..core.files import write_atomically, write_json
+from ..masks.metrics import dice_score
 from .coarse import epoch_summary, require_finite_loss, require_validation
 from .embedding_cache import CachedCase
 

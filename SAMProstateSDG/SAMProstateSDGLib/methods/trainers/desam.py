@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from ..modeling.desam import DeSAM, DeSAMSegmenter
-from ..modeling.encoder_stages import EncoderFeatures
-from ..modeling.sam_engine import SamEngine
-from ..training.embedding_cache import CachedCase
-from ..training.loop import FineTuningMethod, SliceSample, TrainingOptions
-from .sammed_training import low_resolution_target
+from ...modeling.desam import DeSAM, DeSAMSegmenter
+from ...modeling.encoder_stages import EncoderFeatures
+from ...modeling.sam_engine import SamEngine
+from ...training.embedding_cache import CachedCase
+from ...training.loop import FineTuningMethod, SliceSample, TrainingOptions
+from .sammed import low_resolution_target
 
 IOU_LOSS_WEIGHT = 10.0
 POINTS_PER_SLICE = 2  # grid mode: prompts drawn per slice, whose masks the consistency term makes agree

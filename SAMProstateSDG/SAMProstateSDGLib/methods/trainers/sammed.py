@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from ..masks.boxes import Box, ProposalOptions, propose_boxes
-from ..modeling.sam_engine import Prompt, SamEngine
-from ..training.embedding_cache import CachedCase
-from ..training.loop import FineTuningMethod
+from ...masks.boxes import Box, ProposalOptions, propose_boxes
+from ...modeling.sam_engine import Prompt, SamEngine
+from ...training.embedding_cache import CachedCase
+from ...training.loop import FineTuningMethod
 
 JITTER_FRACTION = 0.1
 

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
-from ..modeling.sam_engine import SamEngine
-from ..modeling.samed import SAMed, SAMedSegmenter
-from ..training.embedding_cache import CachedCase
-from ..training.loop import FineTuningMethod, SliceSample, TrainingOptions
-from .sammed_training import low_resolution_target
+from ...modeling.sam_engine import SamEngine
+from ...modeling.samed import SAMed, SAMedSegmenter
+from ...training.embedding_cache import CachedCase
+from ...training.loop import FineTuningMethod, SliceSample, TrainingOptions
+from .sammed import low_resolution_target
 
 NEIGHBOUR_SLICES = 1  # gland-free slices next to the gland are trained on too
 WARMUP_FRACTION = 0.1
