@@ -41,10 +41,10 @@ from slicer.util import VTKObservationMixin
 from SAMProstateSDGLib.apps.training_process import COARSE, TRAINING_METHODS
 from SAMProstateSDGLib.core import requirements
 from SAMProstateSDGLib.core.catalog import SAM_TYPES
+from SAMProstateSDGLib.core.devices import DEVICE_CHOICES
 from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, methods
 from SAMProstateSDGLib.slicerapp.workflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow, checkpointModel
 
-DEVICES = ("auto", "cuda", "mps", "cpu")  # as SAMProstateSDGLib.core.devices.DEVICE_CHOICES
 TRAINING_POLL_MS = 500
 ENCODING_STEP_MS = 20  # pause between two background-encoded slices, so the GUI stays responsive
 USER_FOLDER_SETTING = "SAMProstateSDG/UserFolder"
@@ -131,7 +131,7 @@ class SAMProstateSDGParameterNode:
     model: Annotated[str, Choice(SAM_MODELS)] = SAM_MODELS[0]
     samCheckpoint: Path
     samType: Annotated[str, Choice(list(SAM_TYPES))] = "vit_b"
-    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     clicks: vtkMRMLMarkupsFiducialNode
     outputSegmentation: vtkMRMLSegmentationNode
     trainingData: Path

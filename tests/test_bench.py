@@ -56,3 +56,16 @@ def test_encoder_levers_are_compared_with_the_naive_encoder(segmenter, plain):
     assert rows[0][2] == 0.0 and rows[1][2] < 1e-3 and rows[3][2] < 1e-3  # folding, layout and batching keep the embeddings
     assert rows[2][2] > rows[1][2]  # bf16 rounds
     assert all(ms > 0 for _, ms, _ in rows) and segmenter.sam.batch_size == 4
+
+
+def test_peak_memory_is_read_in_the_unit_of_each_platform():
+    """ru_maxrss is kB on Linux (checked against the kernel's VmHWM) and bytes on macOS."""
+    import re
+    from pathlib import Path
+
+    from SAMProstateSDGLib.apps.bench import peak_resident_mb
+
+    linux = peak_resident_mb("self", platform="linux")
+    high_water_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+    assert abs(linux - high_water_kb / 1024) < 0.05 * linux + 8
+    assert peak_resident_mb("self", platform="darwin") == pytest.approx(linux / 1024, rel=0.05)

@@ -68,6 +68,17 @@ def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, ref
     assert (second[moved_slice] != first[moved_slice]).any()
     np.testing.assert_array_equal(np.delete(second, moved_slice, 0), np.delete(first, moved_slice, 0))
 
+    # the user edits the segment (as the Segment Editor would); Segment again keeps the edit and adds a new segment
+    edited = second.copy()
+    edited[moved_slice] = 0
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("prostate")
+    bridge.set_segment_mask(segmentation, segment_id, edited > 0, volume_node)
+    rois[0].SetCenter((np.array(rois[0].GetCenter()) - 8 * bridge.ijk_to_ras(volume_node)[:3, 0]).tolist())
+    assert workflow.segment(volume_node, segmentationNode=segmentation, device="cpu") is segmentation
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
+    np.testing.assert_array_equal(segment_labels(segmentation, volume_node, "prostate"), edited)  # the edit is kept
+    np.testing.assert_array_equal(segment_labels(segmentation, volume_node, "prostate (2)"), first)  # the box moved back
+
 
 def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, reference):
     index = int(np.argmax(reference.reshape(len(reference), -1).sum(1)))

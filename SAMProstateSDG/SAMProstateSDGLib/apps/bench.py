@@ -20,9 +20,9 @@ backend × precision with torch fp32 case by case.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -264,12 +264,22 @@ def segment_process(case: Case, folder: Path, backend: str, precision: str) -> t
     command = [sys.executable, "-m", "SAMProstateSDGLib.apps.cli", "segment", str(case.image), "-o", str(output), "--overwrite",
                "--device", "cpu", "--backend", backend, "--precision", precision]
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    before = peak_resident_mb("children")
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True, env=environment)
     seconds = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(after, before) / 1024
+    return seconds, max(peak_resident_mb("children"), before)
+
+
+def peak_resident_mb(whose: str, platform: str = sys.platform) -> float:
+    """Peak resident memory in MB of this process (``self``) or of its finished children; nan where the
+    ``resource`` module does not exist (Windows). ``ru_maxrss`` is in kB on Linux, in bytes on macOS."""
+    try:
+        import resource
+    except ImportError:
+        return math.nan
+    usage = resource.getrusage(resource.RUSAGE_SELF if whose == "self" else resource.RUSAGE_CHILDREN).ru_maxrss
+    return usage / 2**20 if platform == "darwin" else usage / 1024
 
 
 def warm_segment_seconds(segmenter: ProstateSegmenter, case: Case, folder: Path) -> float:
@@ -315,7 +325,7 @@ def benchmark(
     waits = {background: wait_after_review(segmenter, cases[0], background) for background in (False, True)}
     ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
     levers = encoder_levers(segmenter, cases[0], plain, encoders)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_resident_mb("self")
     chosen = segmenter.sam.encoder_backend.label
     process = {"cold_seconds": cold_seconds, "warm_seconds": warm_seconds, "load_seconds": load_seconds, "process_peak_mb": process_mb}
     device = f"{segmenter.sam.device}, --backend {backend} --precision {precision} chose {chosen}"

@@ -201,15 +201,18 @@ def _note(line: str) -> None:
     print(f"samprostate: {line}", file=sys.stderr)
 
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def _volume_name(path: Path) -> str:
+    from ..io.volume_io import VOLUME_SUFFIXES
+
     return next((path.name[: -len(suffix)] for suffix in VOLUME_SUFFIXES if path.name.endswith(suffix)), path.name)
 
 
 def _batch_inputs(inputs: list[Path]) -> list[Path] | None:
     """The volumes of a batch (several inputs, or one folder of volume files); None for one volume."""
+    from ..io.volume_io import VOLUME_SUFFIXES
+
     if len(inputs) == 1 and inputs[0].is_dir():
         files = sorted(path for path in inputs[0].iterdir() if path.name.endswith(VOLUME_SUFFIXES) and not _volume_name(path).endswith("_seg"))
         return files or None  # a folder without volume files is read as a DICOM series

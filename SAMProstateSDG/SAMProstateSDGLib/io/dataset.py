@@ -11,9 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..core.errors import InputError
-from .volume_io import read_image, read_volume
-
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+from .volume_io import VOLUME_SUFFIXES, read_image, read_volume
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ def _from_manifest(data: Path, manifest: Path) -> list[Case]:
 def _from_pairs(data: Path) -> list[Case]:
     cases = []
     for mask in sorted(data.rglob("*_seg.*")):
-        for suffix in IMAGE_SUFFIXES:
+        for suffix in VOLUME_SUFFIXES:
             if mask.name.endswith("_seg" + suffix):
                 image = mask.with_name(mask.name[: -len("_seg" + suffix)] + suffix)
                 if image.is_file():

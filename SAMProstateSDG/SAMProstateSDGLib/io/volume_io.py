@@ -21,6 +21,7 @@ from ..core.errors import InputError
 from ..core.files import write_atomically
 
 MIN_SLICE_PIXELS = 16
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # what is read as a volume file
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # one-file formats: written atomically, never half a pair
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 FLOAT32_LIMIT = float(np.finfo(np.float32).max)

@@ -45,7 +45,7 @@ class ProstateWorkflow:
         self._bases = {}  # (model, device) -> ProstateSegmenter: the base models
         self._segmenters = {}  # (model, device, method) -> MethodSegmenter
         self._sessions = {}  # (volume node ID, model, device, method) -> (volume fingerprint, BoxSegmentation)
-        self._written = {}  # (volume node ID, segmentation node ID) -> {label: segment ID}
+        self._written = {}  # (volume node ID, segmentation node ID) -> ({label: segment ID}, the labels written)
         self.userFolder = Path(userFolder)
         self.python = python  # the Python that runs the training child process
         self._training: TrainingProcess | None = None
@@ -331,16 +331,34 @@ class ProstateWorkflow:
         return measure_segments(masks, bridge.ijk_to_ras(volumeNode), psa)
 
     def _write(self, session, volumeNode, segmentationNode, segments: tuple = PROSTATE_SEGMENTS):
-        """Show the session's labels: update the segments written before, or add new ones."""
+        """Show the session's labels: update the segments this workflow wrote before, unless the user has
+        edited them since (Segment Editor); then, and the first time, add new segments ("prostate (2)")."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         key = (volumeNode.GetID(), segmentationNode.GetID() if segmentationNode else None)
         written = self._written.get(key)
-        segmentation = segmentationNode.GetSegmentation() if segmentationNode else None
-        if written and written.keys() == {segment.label for segment in segments} and all(segmentation.GetSegment(segmentId) for segmentId in written.values()):
-            for label, segmentId in written.items():
+        if written and self._unedited(written, volumeNode, segmentationNode, segments):
+            for label, segmentId in written[0].items():
                 bridge.set_segment_mask(segmentationNode, segmentId, session.labels == label, volumeNode)
-            return segmentationNode
-        segmentationNode, written = bridge.add_label_segments(session.labels, volumeNode, segmentationNode, segments)
-        self._written[volumeNode.GetID(), segmentationNode.GetID()] = written
+        else:
+            if written:
+                logging.info("SAMProstateSDG: the segments were edited since they were written; the new result goes into new segments")
+            segmentationNode, segmentIds = bridge.add_label_segments(session.labels, volumeNode, segmentationNode, segments)
+            key = (volumeNode.GetID(), segmentationNode.GetID())
+            written = (segmentIds, None)
+        self._written[key] = (written[0], session.labels.copy())
         return segmentationNode
+
+    @staticmethod
+    def _unedited(written, volumeNode, segmentationNode, segments) -> bool:
+        """Whether the segments written last are all still there, of the same labels, and hold what was written."""
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        segmentIds, labels = written
+        segmentation = segmentationNode.GetSegmentation()
+        if segmentIds.keys() != {segment.label for segment in segments} or not all(segmentation.GetSegment(i) for i in segmentIds.values()):
+            return False
+        return all(
+            ((bridge.labels_from_segmentation(segmentationNode, {1: segmentId}, volumeNode) > 0) == (labels == label)).all()
+            for label, segmentId in segmentIds.items()
+        )

@@ -39,6 +39,7 @@ from ..io.dataset import Case, find_cases
 from ..io.volume_io import normalised_array
 from ..masks.boxes import COARSE_THRESHOLD
 from ..modeling.coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, load_coarse_checkpoint, save_coarse_checkpoint
+from .defaults import COARSE_TRAINING, VALIDATION_FRACTION
 from .dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard
 
 
@@ -47,10 +48,10 @@ class CoarseTrainingOptions:
     data: Path
     site: str
     output: Path
-    epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    validation_fraction: float = 0.1
+    epochs: int = COARSE_TRAINING.epochs
+    batch_size: int = COARSE_TRAINING.batch_size
+    learning_rate: float = COARSE_TRAINING.learning_rate
+    validation_fraction: float = VALIDATION_FRACTION
     seed: int = 0
     resume: bool = False
     max_cases: int | None = None
