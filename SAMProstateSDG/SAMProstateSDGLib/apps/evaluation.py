@@ -41,9 +41,9 @@ def evaluate(segmenter: ProstateSegmenter, cases: list[Case], chosen: Iterable[M
     zonal: set[str] = set()
     for method in chosen:
         if method.model_kind is None or method.shipped_model() is not None:
-            rows = method.evaluation_rows(segmenter)
-            predictors |= rows
-            zonal |= set(rows) if method.zonal else set()
+            method_rows = method.evaluation_rows(segmenter)
+            predictors |= method_rows
+            zonal |= set(method_rows) if method.zonal else set()
     rows = _rows(predictors, zonal)
     results: dict[str, dict[str, Score]] = {}
     for case in tqdm(cases, desc="cases"):
