@@ -35,6 +35,8 @@ InstanceFile = Callable[[str], str]  # SOP Instance UID -> file path ("" when un
 
 def segmentation_labels(volume_node, segmentation_node) -> tuple[np.ndarray, bool]:
     """The segmentation on the volume's grid as labels ([K, J, I]; 1 prostate, or 1 TZ and 2 PZ) and whether it is zonal."""
+    if segmentation_node is None:
+        raise InputError("there is no output segmentation yet: segment first, or choose one")
     return labels_from_segments(bridge.segment_masks(segmentation_node, volume_node))
 
 
