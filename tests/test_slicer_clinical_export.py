@@ -9,6 +9,7 @@ must be the node as edited, on the source images' geometry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import highdicom
@@ -21,6 +22,8 @@ from PIL import Image
 
 from conftest import FIXTURES
 from dicom_fixtures import write_series
+from SAMProstateSDGLib.apps.training_process import register_trained_model
+from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.core.labels import ZONE_NAMES
 from SAMProstateSDGLib.io.dataset import canonical_zones
@@ -28,7 +31,7 @@ from SAMProstateSDGLib.io.measurements import measure_image
 from SAMProstateSDGLib.io.report import PAGE_SIZE
 from SAMProstateSDGLib.slicerapp import mrml as bridge
 from SAMProstateSDGLib.slicerapp.clinical_export import DICOM_INSTANCES_ATTRIBUTE
-from SAMProstateSDGLib.slicerapp.workflow import ProstateWorkflow
+from SAMProstateSDGLib.slicerapp.workflow import ProstateWorkflow, checkpointModel
 
 EDITED_SLICE = 1  # the user erases the peripheral zone on this slice in the Segment Editor
 
@@ -151,3 +154,20 @@ def test_seg_refuses_a_changed_grid_missing_images_and_the_source_folder(workflo
     with pytest.raises(InputError, match="no longer has the voxel grid of its DICOM series"):
         workflow.exportDicomSeg(dicom_volume, segmentation, tmp_path / "seg.dcm", files.get)
     assert not (folder / "seg.dcm").exists() and not any(tmp_path.iterdir())
+
+
+def test_provenance_names_the_models_chosen_in_the_segment_tab(tmp_path):
+    """Shipped models, a user's SAM checkpoint (hashed) and a registered trained coarse network take their places."""
+    workflow = ProstateWorkflow(tmp_path / "user")
+    shipped = workflow.provenance(method="sammed")
+    assert [(model.role, model.id) for model in shipped.models] == [("sam", "litemedsam"), ("coarse", "coarse-resnet18-runmc"), ("method", "sammed-litemedsam-runmc")]
+    checkpoint = tmp_path / "my_sam.pth"
+    checkpoint.write_bytes(b"weights")
+    own = workflow.provenance(checkpointModel(checkpoint, "vit_b"))
+    assert (own.models[0].id, own.models[0].sha256) == ("my_sam.pth", hashlib.sha256(b"weights").hexdigest())
+    manifest = tmp_path / "run" / "coarse.json"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"file": "coarse.pt", "site": "RUNMC", "best_validation_dice": 0.9, "sha256": "ab" * 32}))
+    trained = register_trained_model(workflow.trainedModelsFile, "coarse", manifest)
+    models = {model.role: (model.id, model.sha256) for model in workflow.provenance(trained.id).models}
+    assert models == {"sam": ("litemedsam", default_entry("sam").sha256), "coarse": (trained.id, "ab" * 32)}
