@@ -323,12 +323,33 @@ class ProstateWorkflow:
         from SAMProstateSDGLib.io.measurements import measure_segments
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-        segmentation = segmentationNode.GetSegmentation()
-        masks = {}
-        for index in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(index)
-            masks[segmentation.GetSegment(segmentId).GetName()] = bridge.labels_from_segmentation(segmentationNode, {1: segmentId}, volumeNode) > 0
-        return measure_segments(masks, bridge.ijk_to_ras(volumeNode), psa)
+        return measure_segments(bridge.segment_masks(segmentationNode, volumeNode), bridge.ijk_to_ras(volumeNode), psa)
+
+    def provenance(self, model: str = SAM_MODELS[0], method: str = "zero-shot"):
+        """The software, method and model files (with SHA-256) behind a segmentation made with these choices."""
+        from SAMProstateSDGLib.slicerapp.clinical_export import provenance_of
+
+        checkpoint = Path(model.removeprefix(CHECKPOINT_PREFIX).split(":", 1)[1]) if model.startswith(CHECKPOINT_PREFIX) else None
+        return provenance_of(method, model, trained_models(self.trainedModelsFile), checkpoint)
+
+    def exportDicomSeg(self, volumeNode, segmentationNode, path, instanceFile, model: str = SAM_MODELS[0], method: str = "zero-shot") -> None:
+        """Write the segmentation as it is now as a DICOM SEG referencing the DICOM series the volume was loaded
+        from (``instanceFile``: SOP Instance UID -> file, i.e. ``slicer.dicomDatabase.fileForInstance``)."""
+        from SAMProstateSDGLib.slicerapp.clinical_export import export_dicom_seg
+
+        export_dicom_seg(volumeNode, segmentationNode, Path(path), instanceFile, self.provenance(model, method))
+
+    def writeReport(
+        self, volumeNode, segmentationNode, page=None, reportJson=None, psa: float | None = None, instanceFile=None,
+        model: str = SAM_MODELS[0], method: str = "zero-shot",
+    ):
+        """Write the one-page report (PNG or PDF) and/or the report JSON of the segmentation as it is now; returns its measurements."""
+        from SAMProstateSDGLib.slicerapp.clinical_export import write_report_files
+
+        return write_report_files(
+            volumeNode, segmentationNode, Path(page) if page else None, Path(reportJson) if reportJson else None,
+            self.provenance(model, method), psa, instanceFile,
+        )
 
     def _write(self, session, volumeNode, segmentationNode, segments: tuple = PROSTATE_SEGMENTS):
         """Show the session's labels: update the segments written before, or add new ones."""
