@@ -25,10 +25,10 @@ from dicom_fixtures import write_series
 from SAMProstateSDGLib.apps.training_process import register_trained_model
 from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.core.errors import InputError
-from SAMProstateSDGLib.core.labels import ZONE_NAMES
 from SAMProstateSDGLib.io.dataset import canonical_zones
 from SAMProstateSDGLib.io.measurements import measure_image
 from SAMProstateSDGLib.io.report import PAGE_SIZE
+from SAMProstateSDGLib.methods.registry import ZONE_SEGMENTS
 from SAMProstateSDGLib.slicerapp import mrml as bridge
 from SAMProstateSDGLib.slicerapp.clinical_export import DICOM_INSTANCES_ATTRIBUTE
 from SAMProstateSDGLib.slicerapp.workflow import ProstateWorkflow, checkpointModel
@@ -71,7 +71,7 @@ def dicom_volume(scene, series):
 def edited(dicom_volume):
     """(segmentation node with the reference zones, PZ erased on EDITED_SLICE by the user; the edited labels)."""
     zones = canonical_zones(sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "Case00_seg.nii.gz"))))
-    segmentation, ids = bridge.add_label_segments(zones, dicom_volume, names=ZONE_NAMES)
+    segmentation, ids = bridge.add_label_segments(zones, dicom_volume, segments=ZONE_SEGMENTS)
     assert (zones[EDITED_SLICE] == 2).any()
     zones = zones.copy()
     zones[EDITED_SLICE][zones[EDITED_SLICE] == 2] = 0

@@ -23,7 +23,8 @@ from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.core.files import write_json
 from SAMProstateSDGLib.io.dicom_series import DicomSeries, DicomVolume, series_from_files
 from SAMProstateSDGLib.io.measurements import GlandMeasurements, labels_from_segments, measure
-from SAMProstateSDGLib.io.provenance import ModelFile, Provenance, provenance_for
+from SAMProstateSDGLib.io.provenance import ModelFile, Provenance
+from SAMProstateSDGLib.methods.registry import method as registered
 from SAMProstateSDGLib.slicerapp import mrml as bridge
 
 DICOM_INSTANCES_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM scalar volume plugin
@@ -131,17 +132,19 @@ def provenance_of(method: str, model: str, trained: dict[str, CatalogEntry], che
     ``model`` is the Segment tab's choice: a shipped SAM model, a registered trained model (in
     ``trained``), or a user's SAM checkpoint (``checkpoint``).
     """
+    chosen = registered(method)
     if checkpoint is not None:
-        return provenance_for(method, sam_checkpoint=checkpoint)
-    shipped = provenance_for(method)
+        return chosen.provenance(sam_checkpoint=checkpoint)
+    shipped = chosen.provenance()
     if model in trained:
         entry = trained[model]
         role = "coarse" if entry.kind == "coarse" else "method"
-        return Provenance(method, tuple(item for item in shipped.models if item.role != role) + (ModelFile(role, entry.id, entry.sha256),))
+        models = tuple(item for item in shipped.models if item.role != role) + (ModelFile(role, entry.id, entry.sha256),)
+        return Provenance(method, chosen.title, models)
     sam = catalog_entry(model, "sam")
     if sam == default_entry("sam"):
         return shipped
-    return Provenance(method, tuple(ModelFile("sam", sam.id, sam.sha256) if item.role == "sam" else item for item in shipped.models))
+    return Provenance(method, chosen.title, tuple(ModelFile("sam", sam.id, sam.sha256) if item.role == "sam" else item for item in shipped.models))
 
 
 def _refuse_inside_inputs(path: Path, series: DicomSeries) -> None:

@@ -325,14 +325,14 @@ class ProstateWorkflow:
 
         return measure_segments(bridge.segment_masks(segmentationNode, volumeNode), bridge.ijk_to_ras(volumeNode), psa)
 
-    def provenance(self, model: str = SAM_MODELS[0], method: str = "zero-shot"):
+    def provenance(self, model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD):
         """The software, method and model files (with SHA-256) behind a segmentation made with these choices."""
         from SAMProstateSDGLib.slicerapp.clinical_export import provenance_of
 
         checkpoint = Path(model.removeprefix(CHECKPOINT_PREFIX).split(":", 1)[1]) if model.startswith(CHECKPOINT_PREFIX) else None
         return provenance_of(method, model, trained_models(self.trainedModelsFile), checkpoint)
 
-    def exportDicomSeg(self, volumeNode, segmentationNode, path, instanceFile, model: str = SAM_MODELS[0], method: str = "zero-shot") -> None:
+    def exportDicomSeg(self, volumeNode, segmentationNode, path, instanceFile, model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD) -> None:
         """Write the segmentation as it is now as a DICOM SEG referencing the DICOM series the volume was loaded
         from (``instanceFile``: SOP Instance UID -> file, i.e. ``slicer.dicomDatabase.fileForInstance``)."""
         from SAMProstateSDGLib.slicerapp.clinical_export import export_dicom_seg
@@ -341,7 +341,7 @@ class ProstateWorkflow:
 
     def writeReport(
         self, volumeNode, segmentationNode, page=None, reportJson=None, psa: float | None = None, instanceFile=None,
-        model: str = SAM_MODELS[0], method: str = "zero-shot",
+        model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD,
     ):
         """Write the one-page report (PNG or PDF) and/or the report JSON of the segmentation as it is now; returns its measurements."""
         from SAMProstateSDGLib.slicerapp.clinical_export import write_report_files
