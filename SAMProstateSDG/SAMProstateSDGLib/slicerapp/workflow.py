@@ -285,7 +285,7 @@ class ProstateWorkflow:
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         if self.segmenter(model, device, method).method.zonal:
-            raise InputError("clicks refine the whole gland; segment with a method that gives one prostate segment first")
+            raise InputError("clicks refine the whole gland, not zones; segment with a method that gives one prostate segment first")
         prompts = bridge.point_prompts(volumeNode, pointListNode)
         if sliceIndex not in prompts:
             raise InputError(f"{pointListNode.GetName()} has no points on slice {sliceIndex}")
