@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the robustness suite: every case clean and under each seeded acquisition shift (default cases: the "
                                "source-extra and unseen splits); Dice and HD95 per shift, and how well the confidence flags catch bad slices")
     evaluate.add_argument("--seed", type=int, default=0, help="--shifts: the seed of the random shifts (default 0)")
+    evaluate.add_argument("--clicks", type=int, metavar="N",
+                          help="simulate a user: up to N clicks per gland slice from the automatic result; Dice after 0-5 clicks and NoC@90 "
+                               "for box-edit clicks (zero-shot) and the interactive decoder (default splits: unseen and source-extra)")
+    evaluate.add_argument("--interactive-decoder", type=Path, help="--clicks: a decoder from train --method interactive (default: the shipped one)")
     evaluate.add_argument("--overwrite", action="store_true")
     _add_model_options(evaluate)
 
@@ -145,6 +149,7 @@ TRAINING_DEFAULTS = {
     "desam-grid": TrainingDefaults(6, 3e-4, 4),  # two prompts per slice: 8 prompts a step
     "desam-box": TrainingDefaults(6, 3e-4, 8),
     "samed": TrainingDefaults(2, 1e-3, 2),
+    "interactive": TrainingDefaults(4, 1e-4, 8),  # up to 5 decoder passes per sample (start + clicks)
 }
 
 
@@ -337,14 +342,23 @@ def run_evaluate(arguments) -> None:
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
     _check_model_options(arguments)
+    from .click_evaluation import check_click_options
+
+    check_click_options(arguments)
     if arguments.shifts:
         _run_robustness_suite(arguments)
         return
-    cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+    splits = [arguments.split] if arguments.split or arguments.clicks is None else ["unseen", "source-extra"]
+    cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
     if arguments.output:
         inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
-        check_outputs([arguments.output], inputs, arguments.overwrite)
+        check_outputs([arguments.output, *([arguments.output.with_suffix(".json")] if arguments.clicks is not None else [])], inputs, arguments.overwrite)
     segmenter = _segmenter(arguments)
+    if arguments.clicks is not None:
+        from .click_evaluation import run_from_arguments
+
+        print(run_from_arguments(arguments, segmenter, cases))
+        return
     trained_rows = arguments.sam_checkpoint is None and arguments.method == "zero-shot"  # trained methods build on LiteMedSAM
     table = markdown_table(evaluate(segmenter, cases, trained_rows))
     print(table)
@@ -441,6 +455,10 @@ def _fine_tuning_method(name: str, segmenter):
         from ..methods.sammed_training import SamMedMethod
 
         return SamMedMethod(segmenter.sam, segmenter.options)
+    if name == "interactive":
+        from ..methods.interactive_training import InteractiveMethod
+
+        return InteractiveMethod(segmenter.sam, segmenter.options)
     if name == "samed":
         from ..methods.samed_training import SAMedMethod
 
