@@ -23,7 +23,7 @@ from ..core.errors import InputError
 from ..core.files import write_json, write_text_atomically
 from ..io.dataset import Case
 from ..masks.boxes import Box, box_from_clicks
-from ..methods.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, Refined, RefineStep, SliceClicks, simulate_clicks
+from ..modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, Refined, RefineStep, SliceClicks, simulate_clicks
 from ..modeling.sam_engine import Prompt, SamEngine
 from ..pipeline.segmenter import ProstateSegmenter
 from .evaluation import dice_score

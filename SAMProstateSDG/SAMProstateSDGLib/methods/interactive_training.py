@@ -25,10 +25,10 @@ from monai.losses import DiceCELoss
 
 from ..masks.boxes import Box, ProposalOptions, boxes_from_labels, propose_boxes
 from ..masks.clicks import Click, next_click
+from ..modeling.interactive import ClickRefiner, InteractiveDecoder, SliceClicks, simulate_clicks
 from ..modeling.sam_engine import SamEngine
 from ..training.embedding_cache import CachedCase
 from ..training.loop import FineTuningMethod
-from .interactive import ClickRefiner, InteractiveDecoder, SliceClicks, simulate_clicks
 from .sammed_training import jitter, low_resolution_target
 
 MAX_CLICK_ROUNDS = 3  # clicks added after the start prompt, drawn 0..3 per sample

@@ -22,7 +22,7 @@ from torch import nn
 from ..core.checksums import load_trained_weights
 from ..masks.boxes import Box
 from ..masks.clicks import Click, next_click
-from ..modeling.sam_engine import SamEngine
+from .sam_engine import SamEngine
 
 INTERACTIVE_KIND = "interactive"  # the catalog kind of a point-trained decoder
 
@@ -124,3 +124,29 @@ def simulate_clicks(step: RefineStep, reference: np.ndarray, start: SliceClicks,
             state, mask = replace(state, previous=refined.logits), refined.mask
         masks.append(mask)
     return masks
+
+
+def replay(refiner: ClickRefiner, embedding: torch.Tensor, slice_shape: tuple[int, int], box: Box | None, clicks: tuple[Click, ...]) -> Refined:
+    """A slice's mask from its box and clicks given all at once (a boxes file, a saved scene): the clicks are
+    replayed in their order, each update fed the previous one's logits, as when they were placed."""
+    state = SliceClicks(box)
+    refined = refiner.refine(embedding, slice_shape, state) if box is not None else None
+    for click in clicks:
+        state = replace(state.with_click(click), previous=None if refined is None else refined.logits)
+        refined = refiner.refine(embedding, slice_shape, state)
+    if refined is None:
+        raise ValueError("a slice needs a box or a click to be segmented")
+    return refined
+
+
+def interactive_engine(engine: SamEngine, decoder: InteractiveDecoder) -> SamEngine:
+    """An engine that shares ``engine``'s image encoder and decodes boxes with the interactive decoder (what its
+    0-click result is); clicks go through ``ClickRefiner``, which also feeds back the previous mask."""
+    sam = Sam(
+        image_encoder=engine.sam.image_encoder,
+        prompt_encoder=decoder.prompt_encoder,
+        mask_decoder=decoder.mask_decoder,
+        pixel_mean=engine.sam.pixel_mean.flatten().tolist(),
+        pixel_std=engine.sam.pixel_std.flatten().tolist(),
+    )
+    return SamEngine(sam, engine.device, engine.batch_size, box_only=False, fast_encoder=False, encoder_backend=engine.encoder_backend)
