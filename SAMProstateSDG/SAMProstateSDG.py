@@ -68,6 +68,7 @@ class SegmentationMethod(enum.Enum):
     desamGrid = "desam-grid"
     desamBox = "desam-box"
     samed = "samed"
+    interactive = "interactive"
 
     def label(self) -> str:
         return METHOD_TITLES[self.value]
@@ -310,6 +311,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     method=parameters.segmentationMethod.value,
                 )
                 self.showMeasurements()
+                mode = self.logic.workflow.clickMode(self.selectedModel(), parameters.device, parameters.segmentationMethod.value)
+                slicer.util.showStatusMessage(mode, 5000)
 
     def onUserFolderChanged(self, path: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("The user data folder could not be changed.")):

@@ -225,7 +225,7 @@ def _batch_inputs(inputs: list[Path]) -> list[Path] | None:
 def run_segment(arguments) -> None:
     """Every path and volume is checked before any model loads; a refusal writes nothing."""
     from ..core.files import check_outputs
-    from ..io.boxes_json import read_boxes
+    from ..io.boxes_json import read_prompts
     from ..io.volume_io import check_label_geometry, check_label_suffix, read_volume
 
     if arguments.method not in BOX_METHODS and arguments.boxes_in:
@@ -245,8 +245,19 @@ def run_segment(arguments) -> None:
     dicom = read_dicom_input(path, arguments.series_uid) if path.is_dir() else None  # the axial T2 series, or --series-uid
     image = dicom.image if dicom is not None else read_volume(path)
     check_label_geometry(image, str(path), output)
-    boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
-    _segment_volume(_segmenter(arguments), path, image, boxes, output, arguments, dicom)
+    boxes, points = read_prompts(arguments.boxes_in, image) if arguments.boxes_in else (None, {})
+    if points:
+        _check_point_decoder(arguments, points)
+    _segment_volume(_segmenter(arguments), path, image, boxes, output, arguments, dicom, points)
+
+
+def _check_point_decoder(arguments, points: dict) -> None:
+    """Points need a point-trained decoder: --method interactive, or a user's SAM ViT (LiteMedSAM's decoder knows boxes only)."""
+    own_vit = arguments.sam_checkpoint is not None and (arguments.sam_type or "vit_b") != "litemedsam" and arguments.method == "zero-shot"
+    if arguments.merge_slices or not (arguments.method == "interactive" or own_vit):
+        slices = ", ".join(map(str, sorted(points)))
+        raise InputError(f"{arguments.boxes_in} has points on slice(s) {slices}, but the {arguments.method} decoder was trained with boxes only"
+                         f"{' (and --merge-slices takes boxes only)' if arguments.merge_slices else ''}: use --method interactive")
 
 
 def _run_batch(batch: list[Path], arguments) -> None:
@@ -291,7 +302,7 @@ def _run_batch(batch: list[Path], arguments) -> None:
         raise InputError(f"{len(failed)} of {len(batch)} volumes failed: {', '.join(failed)}")
 
 
-def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments, dicom=None) -> None:
+def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments, dicom=None, points=None) -> None:
     """Segment one read volume; write the label volume, boxes and overlay together (all or nothing), then the clinical outputs."""
     from tqdm import tqdm
 
@@ -300,6 +311,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     from ..io.overlay import overlay_sheet
     from ..io.volume_io import image_writer, label_image
     from ..masks.confidence import flagged_slices
+    from ..modeling.sam_engine import Prompt
 
     confidences = {}
     volume = segmenter.prepare(image)
@@ -311,12 +323,15 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     elif segmenter.automatic is None:
         boxes = segmenter.propose_boxes(volume) if boxes is None else boxes
         session = segmenter.box_session(volume, boxes)
+        for index, clicks in sorted((points or {}).items()):  # each slice's clicks, in order, on its box (modeling.interactive)
+            box = boxes[index].as_tuple() if index in boxes else None
+            session.refine_slice(index, Prompt(box, tuple((click.x, click.y) for click in clicks), tuple(click.label for click in clicks)))
         labels, confidences = session.labels, segmenter.slice_confidence(volume, session)
     else:
         labels, boxes = segmenter.segment_automatically(volume), {}
     writers = {output: image_writer(label_image(labels, image))}
     if arguments.boxes_out:
-        text = boxes_text(boxes, image, confidences)
+        text = boxes_text(boxes, image, confidences, points)
         writers[arguments.boxes_out] = lambda temporary: Path(temporary).write_text(text)
     if arguments.overlay:
         sheet = overlay_sheet(volume.normalised, labels, boxes)
@@ -501,7 +516,8 @@ def run_train(arguments) -> None:
         "device": str(segmenter.sam.device),
         "encoder_input": preprocessing(method.encoder_grid)["encoder_input"],
         "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
-        f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}",
+        f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}"
+        + (f" --max-cases {arguments.max_cases}" if arguments.max_cases else ""),
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
     manifest = train(

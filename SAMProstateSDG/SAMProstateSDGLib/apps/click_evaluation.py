@@ -99,10 +99,12 @@ def simulate_case(
     return results
 
 
-def run_click_evaluation(segmenter: ProstateSegmenter, cases: list[Case], clicks: int, decoder: InteractiveDecoder | None) -> list[CaseClicks]:
-    """Every case under the box-edit baseline and, when given, the interactive decoder."""
+def run_click_evaluation(
+    segmenter: ProstateSegmenter, cases: list[Case], clicks: int, decoder: InteractiveDecoder | None, box_edit: bool = True
+) -> list[CaseClicks]:
+    """Every case under the box-edit baseline (unless ``box_edit`` is False) and, when given, the interactive decoder."""
     refiner = None if decoder is None else ClickRefiner(segmenter.sam, decoder)
-    decoders = [BOX_EDIT] + ([] if refiner is None else [INTERACTIVE])
+    decoders = ([BOX_EDIT] if box_edit else []) + ([] if refiner is None else [INTERACTIVE])
     results = []
     for case in tqdm(cases, desc="simulated clicks"):
         results += simulate_case(segmenter, decoders, case, clicks, refiner)

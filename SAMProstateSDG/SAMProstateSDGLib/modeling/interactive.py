@@ -3,13 +3,15 @@ and its previous low-resolution mask (SAM's interactive loop; the cached embeddi
 
 ``InteractiveDecoder`` holds copies of SAM's prompt encoder and mask decoder trained with clicks
 (``interactive_training``); the image encoder stays the base model's. ``ClickRefiner`` is the
-inference step used by the click evaluation, ``segment --boxes-in`` with points and the Slicer
-module.
+inference step (used by the click evaluation); ``InteractiveEngine`` is a SamEngine built on it,
+so ``BoxSegmentation.refine_slice`` (the Slicer module) and ``segment --boxes-in`` with points
+decode clicks as points, with the previous mask fed back.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +24,7 @@ from torch import nn
 from ..core.checksums import load_trained_weights
 from ..masks.boxes import Box
 from ..masks.clicks import Click, next_click
-from .sam_engine import SamEngine
+from .sam_engine import Prompt, SamEngine
 
 INTERACTIVE_KIND = "interactive"  # the catalog kind of a point-trained decoder
 
@@ -126,27 +128,52 @@ def simulate_clicks(step: RefineStep, reference: np.ndarray, start: SliceClicks,
     return masks
 
 
-def replay(refiner: ClickRefiner, embedding: torch.Tensor, slice_shape: tuple[int, int], box: Box | None, clicks: tuple[Click, ...]) -> Refined:
-    """A slice's mask from its box and clicks given all at once (a boxes file, a saved scene): the clicks are
-    replayed in their order, each update fed the previous one's logits, as when they were placed."""
-    state = SliceClicks(box)
-    refined = refiner.refine(embedding, slice_shape, state) if box is not None else None
-    for click in clicks:
-        state = replace(state.with_click(click), previous=None if refined is None else refined.logits)
-        refined = refiner.refine(embedding, slice_shape, state)
-    if refined is None:
-        raise ValueError("a slice needs a box or a click to be segmented")
-    return refined
+class InteractiveEngine(SamEngine):
+    """A SAM engine whose prompt encoder and mask decoder are the interactive decoder's (the image encoder is
+    shared with ``engine``). A box alone decodes as in any engine (the 0-click result); a prompt with points
+    is replayed click by click with the previous mask fed back (``refined``), and the logits of each prefix of
+    clicks are kept, so the next click on a slice costs one decoder pass."""
 
+    CACHED_PREFIXES = 256
 
-def interactive_engine(engine: SamEngine, decoder: InteractiveDecoder) -> SamEngine:
-    """An engine that shares ``engine``'s image encoder and decodes boxes with the interactive decoder (what its
-    0-click result is); clicks go through ``ClickRefiner``, which also feeds back the previous mask."""
-    sam = Sam(
-        image_encoder=engine.sam.image_encoder,
-        prompt_encoder=decoder.prompt_encoder,
-        mask_decoder=decoder.mask_decoder,
-        pixel_mean=engine.sam.pixel_mean.flatten().tolist(),
-        pixel_std=engine.sam.pixel_std.flatten().tolist(),
-    )
-    return SamEngine(sam, engine.device, engine.batch_size, box_only=False, fast_encoder=False, encoder_backend=engine.encoder_backend)
+    def __init__(self, engine: SamEngine, decoder: InteractiveDecoder):
+        sam = Sam(
+            image_encoder=engine.sam.image_encoder,
+            prompt_encoder=decoder.prompt_encoder,
+            mask_decoder=decoder.mask_decoder,
+            pixel_mean=engine.sam.pixel_mean.flatten().tolist(),
+            pixel_std=engine.sam.pixel_std.flatten().tolist(),
+        )
+        super().__init__(sam, engine.device, engine.batch_size, box_only=False, fast_encoder=False, encoder_backend=engine.encoder_backend)
+        self.refiner = ClickRefiner(self, decoder)
+        self._logits: OrderedDict[tuple, Refined] = OrderedDict()  # (embedding, shape, box, clicks) -> the decoder's answer
+
+    def decode_scored(self, embedding: torch.Tensor, prompt: Prompt, slice_shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+        if not prompt.points:
+            return super().decode_scored(embedding, prompt, slice_shape)
+        box = None if prompt.box is None else Box(*prompt.box)
+        clicks = tuple(Click(float(x), float(y), label == 1) for (x, y), label in zip(prompt.points, prompt.point_labels))
+        refined = self.refined(embedding, slice_shape, box, clicks)
+        return refined.mask, refined.predicted_iou
+
+    def refined(self, embedding: torch.Tensor, slice_shape: tuple[int, int], box: Box | None, clicks: tuple[Click, ...]) -> Refined:
+        """The slice after ``clicks`` (in the order placed) on ``box``; the longest cached prefix is reused."""
+        key = (embedding.data_ptr(), tuple(slice_shape), box)
+        done = next((count for count in range(len(clicks), -1, -1) if (*key, clicks[:count]) in self._logits), None)
+        if done is None:
+            if box is None:
+                done, refined = 1, self.refiner.refine(embedding, slice_shape, SliceClicks(None, clicks[:1]))
+            else:
+                done, refined = 0, self.refiner.refine(embedding, slice_shape, SliceClicks(box))
+            self._remember((*key, clicks[:done]), refined)
+        refined = self._logits[(*key, clicks[:done])]
+        for count in range(done + 1, len(clicks) + 1):
+            refined = self.refiner.refine(embedding, slice_shape, SliceClicks(box, clicks[:count], refined.logits))
+            self._remember((*key, clicks[:count]), refined)
+        return refined
+
+    def _remember(self, key: tuple, refined: Refined) -> None:
+        self._logits[key] = refined
+        self._logits.move_to_end(key)
+        while len(self._logits) > self.CACHED_PREFIXES:
+            self._logits.popitem(last=False)

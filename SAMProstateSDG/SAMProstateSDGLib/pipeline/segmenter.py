@@ -31,6 +31,7 @@ from ..modeling.backends import candidates
 from ..modeling.coarse_net import CoarseSegmenter
 from ..modeling.desam import DeSAMSegmenter, load_desam
 from ..modeling.encoder_stages import EncoderFeatures
+from ..modeling.interactive import INTERACTIVE_KIND, InteractiveDecoder, InteractiveEngine
 from ..modeling.sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 from ..modeling.samed import SAMedSegmenter, load_samed
 from .localisation import coarse_probabilities
@@ -159,6 +160,9 @@ class ProstateSegmenter:
             return self.with_coarse(entry.path, entry.sha256)
         if entry.kind == "decoder":
             return self.with_decoder(entry.path, entry.sha256)
+        if entry.kind == INTERACTIVE_KIND:  # clicks become points, with the previous mask fed back (modeling.interactive)
+            engine = InteractiveEngine(self.sam, InteractiveDecoder.from_checkpoint(self.sam.sam, entry.path, entry.sha256))
+            return ProstateSegmenter(engine, self.coarse, self.options, coarse_options=self.coarse_options)
         if entry.kind == "samed":
             automatic = SAMedSegmenter(self.sam, load_samed(self.sam.sam, entry.path, entry.sha256))
         elif entry.kind in ("desam-grid", "desam-box"):
