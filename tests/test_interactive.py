@@ -131,3 +131,37 @@ def test_points_in_a_boxes_file_need_the_interactive_decoder(tmp_path, capsys):
     assert labels[index, int(left.y), int(left.x)] and dice(labels[index], reference[index]) > 0.85
     assert read_prompts(boxes_out, image) == (boxes, {index: (left,)})
     assert json.loads(boxes_out.read_text())["version"] == 2
+
+
+def test_in_slicer_clicks_are_points_with_the_interactive_method(tmp_path):
+    """The module's logic against real MRML (slicer-core): with the interactive method a click alone segments
+    its slice, and each further click re-decodes it with the previous mask; the box-edit mode is named otherwise."""
+    import slicer
+
+    from SAMProstateSDGLib.slicerapp import mrml as bridge
+    from SAMProstateSDGLib.slicerapp.workflow import ProstateWorkflow
+
+    workflow, scene = ProstateWorkflow(tmp_path), slicer.vtkMRMLScene()
+    volume_node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "P158-020")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(FIXTURES / "P158-020.nii.gz"))
+    assert storage.ReadData(volume_node)
+    reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")
+    index = int(np.argmax(reference.sum(axis=(1, 2))))
+    assert "box" in workflow.clickMode(device="cpu") and "points" in workflow.clickMode(device="cpu", method="interactive")
+
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
+    ijk_to_ras = bridge.ijk_to_ras(volume_node)
+    first = next_click(np.zeros_like(reference[index]), reference[index])
+    points.AddControlPoint((ijk_to_ras @ [first.x, first.y, index, 1.0])[:3].tolist())
+    segmentation = workflow.refineWithPoints(volume_node, points, device="cpu", method="interactive")  # no box on the slice
+    segment_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("prostate")
+    labels = bridge.labels_from_segmentation(segmentation, {1: segment_id}, volume_node)
+    assert labels[index, int(first.y), int(first.x)] and not np.delete(labels, index, 0).any()
+    one_click = dice(labels[index], reference[index])
+    second = next_click(labels[index] > 0, reference[index])
+    points.AddControlPoint((ijk_to_ras @ [second.x, second.y, index, 1.0])[:3].tolist())
+    points.SetNthControlPointSelected(1, second.positive)
+    workflow.refineWithPoints(volume_node, points, segmentation, device="cpu", method="interactive")
+    labels = bridge.labels_from_segmentation(segmentation, {1: segment_id}, volume_node)
+    assert dice(labels[index], reference[index]) > max(one_click, 0.7)
