@@ -165,3 +165,14 @@ def test_in_slicer_clicks_are_points_with_the_interactive_method(tmp_path):
     workflow.refineWithPoints(volume_node, points, segmentation, device="cpu", method="interactive")
     labels = bridge.labels_from_segmentation(segmentation, {1: segment_id}, volume_node)
     assert dice(labels[index], reference[index]) > max(one_click, 0.7)
+
+
+def test_bench_times_one_click_update(segmenter):
+    """Printed, not asserted against a target (speed belongs to the benchmark)."""
+    from SAMProstateSDGLib.apps.bench import click_update_milliseconds
+    from SAMProstateSDGLib.io.dataset import find_cases
+
+    case = next(case for case in find_cases(FIXTURES) if case.name == "P158-020")
+    milliseconds = click_update_milliseconds(segmenter, case)
+    print(f"one click update with the interactive decoder: {milliseconds:.0f} ms")
+    assert milliseconds > 0
