@@ -68,7 +68,6 @@ class SegmentationMethod(enum.Enum):
     desamGrid = "desam-grid"
     desamBox = "desam-box"
     samed = "samed"
-    interactive = "interactive"
 
     def label(self) -> str:
         return METHOD_TITLES[self.value]

@@ -12,10 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
-from SAMProstateSDGLib.core.catalog import METHODS, MODELS_FOLDER
+from SAMProstateSDGLib.core.catalog import MODELS_FOLDER
 from SAMProstateSDGLib.core.checksums import sha256_of
 from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND
 
+MODEL_ID = "interactive-litemedsam-runmc"
 FILE = "interactive_litemedsam_runmc.pt"
 TITLE = "Interactive: LiteMedSAM prompt encoder and mask decoder trained on RUNMC with box + simulated clicks + the previous mask"
 
@@ -33,8 +34,8 @@ def main() -> None:
     manifest.update({"file": FILE, **dict(note.split("=", 1) for note in arguments.note)})
     target.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
     catalog_path = MODELS_FOLDER / "catalog.json"
-    entries = [item for item in json.loads(catalog_path.read_text()) if item["id"] != METHODS["interactive"]]
-    entries.append({"id": METHODS["interactive"], "kind": INTERACTIVE_KIND, "model_type": "litemedsam", "title": TITLE, "file": FILE, "sha256": manifest["sha256"]})
+    entries = [item for item in json.loads(catalog_path.read_text()) if item["id"] != MODEL_ID]
+    entries.append({"id": MODEL_ID, "kind": INTERACTIVE_KIND, "model_type": "litemedsam", "title": TITLE, "file": FILE, "sha256": manifest["sha256"]})
     catalog_path.write_text(json.dumps(entries, indent=2) + "\n")
     print(f"shipped {target} ({manifest['sha256']})")
 

@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.catalog import METHODS, catalog, default_entry
+from ..core.catalog import catalog, default_entry
 from ..io.dataset import Case
 from ..io.volume_io import label_image, normalised_array, read_volume, write_image
 from ..masks.boxes import Box, propose_boxes
 from ..masks.clicks import Click
 from ..modeling.backends import Candidate, EncoderBackend, TorchEncoder, build_backend, candidates
-from ..modeling.interactive import SliceClicks
+from ..modeling.interactive import INTERACTIVE_KIND, SliceClicks
 from ..modeling.sam_engine import Prompt, SamEngine, load_sam
 from ..modeling.tiling import segment_merged
 from ..pipeline.segmenter import ProstateSegmenter
@@ -170,9 +170,10 @@ def resegment_milliseconds(segmenter: ProstateSegmenter, case: Case) -> float:
 def click_update_milliseconds(segmenter: ProstateSegmenter, case: Case) -> float | None:
     """Median time of one click update with the shipped interactive decoder: box + the slice's clicks + its previous
     mask, cached embedding, decoder only (None when no interactive decoder is shipped)."""
-    if METHODS["interactive"] not in catalog():
+    entry = next((entry for entry in catalog().values() if entry.kind == INTERACTIVE_KIND), None)
+    if entry is None:
         return None
-    refiner = segmenter.with_method("interactive").sam.refiner
+    refiner = segmenter.with_model(entry).sam.refiner
     image, reference = case.read()
     volume = segmenter.prepare(image)
     boxes = segmenter.propose_boxes(volume)

@@ -149,7 +149,7 @@ TRAINING_DEFAULTS = {
     "desam-grid": TrainingDefaults(6, 3e-4, 4),  # two prompts per slice: 8 prompts a step
     "desam-box": TrainingDefaults(6, 3e-4, 8),
     "samed": TrainingDefaults(2, 1e-3, 2),
-    "interactive": TrainingDefaults(4, 1e-4, 8),  # up to 5 decoder passes per sample (start + clicks)
+    "interactive": TrainingDefaults(4, 4e-4, 2),  # up to 4 decoder passes per sample (start + clicks)
 }
 
 
@@ -252,12 +252,14 @@ def run_segment(arguments) -> None:
 
 
 def _check_point_decoder(arguments, points: dict) -> None:
-    """Points need a point-trained decoder: --method interactive, or a user's SAM ViT (LiteMedSAM's decoder knows boxes only)."""
+    """Points need a point-trained decoder: a user's SAM ViT (LiteMedSAM's and SAMMed's decoders know boxes only; no
+    interactive decoder is shipped yet, README: Click to segment)."""
     own_vit = arguments.sam_checkpoint is not None and (arguments.sam_type or "vit_b") != "litemedsam" and arguments.method == "zero-shot"
-    if arguments.merge_slices or not (arguments.method == "interactive" or own_vit):
+    if arguments.merge_slices or not own_vit:
         slices = ", ".join(map(str, sorted(points)))
         raise InputError(f"{arguments.boxes_in} has points on slice(s) {slices}, but the {arguments.method} decoder was trained with boxes only"
-                         f"{' (and --merge-slices takes boxes only)' if arguments.merge_slices else ''}: use --method interactive")
+                         f"{' (and --merge-slices takes boxes only)' if arguments.merge_slices else ''}: remove the points, or use a "
+                         "point-trained SAM (--sam-checkpoint with --sam-type vit_b, vit_l or vit_h)")
 
 
 def _run_batch(batch: list[Path], arguments) -> None:

@@ -31,7 +31,6 @@ METHODS = {  # method -> shipped trained model
     "desam-grid": "desam-grid-litemedsam-runmc",
     "desam-box": "desam-box-litemedsam-runmc",
     "samed": "samed-litemedsam-runmc",
-    "interactive": "interactive-litemedsam-runmc",
 }
 METHOD_TITLES = {
     "zero-shot": "SAM zero-shot",
@@ -39,9 +38,8 @@ METHOD_TITLES = {
     "desam-grid": "DeSAM grid points, trained on RUNMC",
     "desam-box": "DeSAM whole-slice box, trained on RUNMC",
     "samed": "SAMed: LoRA encoder + decoder, zonal, trained on RUNMC",
-    "interactive": "Interactive: decoder trained with box + clicks on RUNMC (clicks are points)",
 }
-BOX_METHODS = ("zero-shot", "sammed", "interactive")  # the others prompt themselves and ignore boxes
+BOX_METHODS = ("zero-shot", "sammed")  # the others prompt themselves and ignore boxes
 ZONAL_METHODS = ("samed",)  # label 1 transition zone, 2 peripheral zone; the others give 1 = prostate
 DEFAULT_GRID_SIDE = 9  # desam-grid prompts each slice with a 9 × 9 point grid
 
