@@ -309,6 +309,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     method=parameters.segmentationMethod.value,
                 )
                 self.showMeasurements()
+                mode = self.logic.workflow.clickMode(self.selectedModel(), parameters.device, parameters.segmentationMethod.value)
+                slicer.util.showStatusMessage(mode, 5000)
 
     def onExportDicomSeg(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):

@@ -303,6 +303,12 @@ class ProstateWorkflow:
                 bridge.set_roi_box(volumeNode, roiNode, sliceIndex, used)
         return self._write(session, volumeNode, segmentationNode)
 
+    def clickMode(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> str:
+        """What a click does with this model and method: a point for a point-trained decoder, or a box edit."""
+        if self.segmenter(model, device, method).base.sam.box_only:
+            return "Clicks edit the slice's box: this SAM decoder was trained with boxes only."
+        return "Clicks are points: the slice is re-decoded from its box, all its points and its previous mask."
+
     def refineWithPoints(
         self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD
     ):
