@@ -164,6 +164,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addBoxButton.connect("clicked(bool)", self.onAddBox)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
+        self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
+        self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.startTrainingButton.connect("clicked(bool)", self.onStartTraining)
         self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
         self.ui.userFolderPathLineEdit.currentPath = str(self.logic.userFolder)
@@ -221,6 +223,9 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addBoxButton.enabled = hasVolume
         self.ui.segmentButton.enabled = hasVolume
         self.ui.refineButton.enabled = hasVolume and bool(self._parameterNode.clicks)
+        hasSegmentation = hasVolume and bool(self._parameterNode.outputSegmentation)
+        self.ui.exportDicomSegButton.enabled = hasSegmentation
+        self.ui.saveReportButton.enabled = hasSegmentation
         training = self.logic.isTraining()
         self.ui.startTrainingButton.enabled = bool(self._parameterNode) and not training
         self.ui.stopTrainingButton.enabled = training
@@ -304,6 +309,34 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     method=parameters.segmentationMethod.value,
                 )
                 self.showMeasurements()
+                mode = self.logic.workflow.clickMode(self.selectedModel(), parameters.device, parameters.segmentationMethod.value)
+                slicer.util.showStatusMessage(mode, 5000)
+
+    def onExportDicomSeg(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
+            path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export DICOM SEG"), "", "DICOM (*.dcm)")
+            if path and ensureRequirements():
+                parameters = self._parameterNode
+                self.logic.workflow.exportDicomSeg(
+                    parameters.inputVolume, parameters.outputSegmentation, path, dicomInstanceFile(), model=self.selectedModel(),
+                    method=parameters.segmentationMethod.value,
+                )
+                slicer.util.showStatusMessage(_("DICOM SEG written to {path}").format(path=path), 5000)
+
+    def onSaveReport(self) -> None:
+        """The report page where the user chooses, and its JSON beside it (same name, .json)."""
+        with slicer.util.tryWithErrorDisplay(_("The report could not be written."), waitCursor=True):
+            path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save report"), "", _("Report page (*.png *.pdf)"))
+            reportJson = Path(path).with_suffix(".json") if path else None
+            if not path or (reportJson.exists() and not slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=reportJson))):
+                return
+            if ensureRequirements():
+                parameters = self._parameterNode
+                self.logic.workflow.writeReport(
+                    parameters.inputVolume, parameters.outputSegmentation, path, reportJson, self.ui.psaSpinBox.value or None,
+                    dicomInstanceFile(), model=self.selectedModel(), method=parameters.segmentationMethod.value,
+                )
+                slicer.util.showStatusMessage(_("Report written to {path} and {json}").format(path=path, json=reportJson), 5000)
 
     def onUserFolderChanged(self, path: str) -> None:
         with slicer.util.tryWithErrorDisplay(_("The user data folder could not be changed.")):
@@ -404,6 +437,12 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
 def missingRequirements() -> list:
     """What is not installed in a usable version: PyTorch (torch, torchvision) and the packages of SAMProstateSDGLib.core.requirements."""
     return requirements.unmet_pytorch() + requirements.unmet()
+
+
+def dicomInstanceFile():
+    """SOP Instance UID -> file in Slicer's DICOM database (None without a database: the logic then says what to do)."""
+    database = getattr(slicer, "dicomDatabase", None)
+    return database.fileForInstance if database is not None and database.isOpen else None
 
 
 def ensureRequirements() -> bool:

@@ -5,7 +5,13 @@ Usage (the README's table):
         -o runs/volume-eval/zero-shot          # a batch: one NAME.nii.gz per case
     python scripts/volume_agreement.py --data ../shared/data/prostate --predictions runs/volume-eval/zero-shot
 
-The rows compare with the reference mask's voxel volume, per site and over all sites: the
+Zone volumes (the README's SAMed table; the 12 cases outside the training site):
+    samprostate segment $(awk -F, 'NR > 1 && $3 != "source" {print "../shared/data/prostate/" $4}' ../shared/data/prostate/cases.csv) \
+        -o runs/volume-eval/samed --method samed
+    python scripts/volume_agreement.py --data ../shared/data/prostate --predictions runs/volume-eval/samed --zonal
+
+The rows compare with the reference mask's voxel volume, per site (the training site marked as
+such), over the sites outside the training site, and over all sites: the
 ellipsoid formula on the reference mask's own diameters (every case: what a reader measuring by
 hand gets at best), and, on the cases with a prediction ``NAME.nii.gz`` in ``--predictions``, the
 voxel volume of our segmentation and the ellipsoid formula on its diameters. ``--zonal`` (SAMed
@@ -24,6 +30,7 @@ from SAMProstateSDGLib.apps.volume_agreement import Agreement, agreement, markdo
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.io.measurements import ZONE_NAMES, GlandMeasurements, measure_image
 
+TRAINING_SPLIT = "source"  # the site the shipped networks were trained on (RUNMC): its rows are in-domain
 Pair = tuple[str, GlandMeasurements | None, GlandMeasurements]  # case, ours (None without a prediction), reference
 
 
@@ -44,8 +51,12 @@ def main() -> None:
             if predicted_labels.shape != reference_labels.shape:
                 sys.exit(f"{prediction_file} is {predicted_labels.shape}, the reference {reference_labels.shape}")
             ours = measure_image(predicted_labels, image, zonal=arguments.zonal)
-        pairs.setdefault(case.site, []).append((case.name, ours, measure_image(reference_labels, image, zonal=True)))
+        site = f"{case.site} (training site)" if case.split == TRAINING_SPLIT else case.site
+        pairs.setdefault(site, []).append((case.name, ours, measure_image(reference_labels, image, zonal=True)))
     groups = dict(pairs)
+    outside = [site for site in pairs if not site.endswith("(training site)")]
+    if len(outside) > 1:
+        groups["outside the training site"] = [pair for site in outside for pair in pairs[site]]
     if len(pairs) > 1:
         groups["all sites"] = [pair for site_pairs in pairs.values() for pair in site_pairs]
     print(markdown_table({f"{site}: {title}": row for site, site_pairs in groups.items() for title, row in _rows(site_pairs, arguments.zonal).items()}))

@@ -11,7 +11,7 @@ from pathlib import Path
 from conftest import ROOT
 from SAMProstateSDGLib.apps.cli import build_parser
 from SAMProstateSDGLib.apps.training_process import COARSE, TRAINING_METHODS
-from SAMProstateSDGLib.methods.registry import method, methods, trainable_methods
+from SAMProstateSDGLib.methods.registry import method, methods, runnable_methods, trainable_methods
 
 LIB = ROOT / "SAMProstateSDG" / "SAMProstateSDGLib"
 
@@ -48,7 +48,8 @@ def test_no_module_outside_methods_names_a_method():
 def test_every_menu_comes_from_the_registry():
     commands = {action.dest: action for action in build_parser()._subparsers._group_actions}["command"].choices
     method_option = {action.dest: action for action in commands["segment"]._actions}["method"]
-    assert tuple(method_option.choices) == tuple(methods())
+    assert tuple(method_option.choices) == tuple(runnable_methods())
+    assert set(runnable_methods()) <= set(methods())
     train_option = {action.dest: action for action in commands["train"]._actions}["method"]
     assert tuple(train_option.choices) == tuple(trainable_methods())
     assert list(TRAINING_METHODS) == [COARSE, *trainable_methods()]
@@ -57,10 +58,16 @@ def test_every_menu_comes_from_the_registry():
         assert TRAINING_METHODS[key].model_kind == item.model_kind
 
 
-def test_each_method_s_shipped_model_is_in_the_catalog_and_its_segments_are_distinct():
+def test_each_method_runs_with_a_shipped_model_or_can_be_trained_and_its_segments_are_distinct():
     for item in methods().values():
-        assert (item.model_kind is None) == (item.shipped_model() is None), item.id
+        assert item.model_kind is None or item.shipped_model() is not None or item.training is not None, item.id
         assert len({segment.label for segment in item.segments}) == len(item.segments) >= 1
         assert item.takes_boxes or item.model_kind is not None  # a self-prompting method needs a trained model
     assert method("samed").zonal and not method("zero-shot").zonal
     assert [segment.name for segment in method("samed").segments] == ["transition zone", "peripheral zone"]
+
+
+def test_the_interactive_method_reads_the_catalog_kind_its_model_is_shipped_as():
+    from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND
+
+    assert method("interactive").model_kind == INTERACTIVE_KIND

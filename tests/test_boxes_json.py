@@ -6,9 +6,10 @@ import SimpleITK as sitk
 
 from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.core.errors import InputError
-from SAMProstateSDGLib.io.boxes_json import read_boxes, write_boxes
+from SAMProstateSDGLib.io.boxes_json import read_boxes, read_prompts, write_boxes
 from SAMProstateSDGLib.io.volume_io import read_volume
 from SAMProstateSDGLib.masks.boxes import boxes_from_labels
+from SAMProstateSDGLib.masks.clicks import Click
 
 
 def _flipped(image: sitk.Image) -> sitk.Image:
@@ -67,3 +68,75 @@ def test_boxes_for_another_volume_or_outside_it_are_refused(tmp_path):
     path.write_text("{not json")
     with pytest.raises(InputError, match="cannot read"):
         read_boxes(path, image)
+
+
+def _points_file(tmp_path, image, boxes, points):
+    path = tmp_path / "prompts.json"
+    write_boxes(path, boxes, image, points=points)
+    return path, json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("orientation", ["oblique", "flipped"])
+def test_points_round_trip_in_pixels_and_physical_coordinates(tmp_path, orientation):
+    """Version 2: clicks per slice, with or without a box; the RAS or LPS points alone give the same pixels."""
+    image = read_volume(FIXTURES / "Case00.nii.gz")
+    if orientation == "flipped":
+        image = _flipped(image)
+    boxes = boxes_from_labels(read_mask(FIXTURES / "Case00_seg.nii.gz"))
+    first, last = min(boxes), max(boxes)
+    points = {first: (Click(150.0, 140.0, True), Click(120.5, 200.0, False)), last + 0: (Click(160.0, 150.0, True),)}
+    del boxes[last]  # a slice with clicks only
+    path, data = _points_file(tmp_path, image, boxes, points)
+    assert data["version"] == 2
+    entry = next(entry for entry in data["boxes"] if entry["slice"] == first)
+    assert entry["points"] == [[150.0, 140.0, 1], [120.5, 200.0, 0]]
+    assert np.allclose(np.array(entry["points_ras"])[:, :2], -np.array(entry["points_lps"])[:, :2])
+    assert [point[3] for point in entry["points_ras"]] == [1, 0]
+    assert read_prompts(path, image) == (boxes, points)
+    assert read_boxes(path, image) == boxes
+    for key in ("points_ras", "points_lps"):
+        physical = dict(data, boxes=[{key: entry[key]} for entry in data["boxes"] if key in entry])
+        path.write_text(json.dumps(physical))
+        restored_boxes, restored = read_prompts(path, image)
+        assert restored_boxes == {} and restored.keys() == points.keys()
+        for index, clicks in points.items():
+            assert [click.positive for click in restored[index]] == [click.positive for click in clicks]
+            assert np.allclose([(click.x, click.y) for click in restored[index]], [(click.x, click.y) for click in clicks], atol=1e-3)
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    boxes = boxes_from_labels(read_mask(FIXTURES / "Case29_seg.nii.gz"))
+    path, data = _points_file(tmp_path, image, boxes, None)
+    path.write_text(json.dumps(dict(data, version=1)))
+    assert read_prompts(path, image) == (boxes, {})
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda data: data["boxes"][0].update(points=[[10, 10, 2]]), r"\$\.boxes\[0\]\.points\[0\]\[2\]"),
+        (lambda data: data["boxes"][0].update(points=[[10, 10]]), "too short"),
+        (lambda data: data["boxes"][0].update(points=[]), "should be non-empty"),
+        (lambda data: data.update(version=1), "points need \"version\": 2"),  # points arrived with version 2
+        (lambda data: data["boxes"][0].update(points=[[999, 10, 1]]), "lies outside the"),
+        (lambda data: data.update(version=3), "is not one of"),
+    ],
+)
+def test_invalid_points_are_refused_naming_the_field(tmp_path, change, message):
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    boxes = boxes_from_labels(read_mask(FIXTURES / "Case29_seg.nii.gz"))
+    path, data = _points_file(tmp_path, image, boxes, {min(boxes): (Click(100.0, 100.0, True),)})
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message):
+        read_prompts(path, image)
+
+
+def test_physical_points_on_two_slices_are_refused(tmp_path):
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    path, data = _points_file(tmp_path, image, {}, {1: (Click(100.0, 100.0, True),), 2: (Click(90.0, 90.0, False),)})
+    merged = [data["boxes"][0]["points_ras"][0], data["boxes"][1]["points_ras"][0]]
+    path.write_text(json.dumps(dict(data, boxes=[{"points_ras": merged}])))
+    with pytest.raises(InputError, match="different slices"):
+        read_prompts(path, image)

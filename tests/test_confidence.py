@@ -38,8 +38,8 @@ def test_confidence_is_an_optional_field_of_the_boxes_file(tmp_path, segmenter):
     path = tmp_path / "boxes.json"
     write_boxes(path, boxes, image, confidences)
     data = json.loads(path.read_text())
-    assert data["version"] == 1
+    assert data["version"] == 2
     entry = data["boxes"][0]
     assert set(entry["confidence"]) == {"predicted_iou", "coarse_agreement", "flagged"}
     assert 0 <= entry["confidence"]["predicted_iou"] <= 1.2 and 0 <= entry["confidence"]["coarse_agreement"] <= 1
-    assert read_boxes(path, image) == boxes  # readers of version 1 ignore the field
+    assert read_boxes(path, image) == boxes  # readers ignore the field

@@ -229,7 +229,7 @@ def zonal_labels(reference: np.ndarray) -> np.ndarray:
 def test_labels_become_segments_on_the_source_geometry(loaded, reference, scene):
     node, _ = loaded
     labels = zonal_labels(reference)
-    segmentation, segment_ids = bridge.add_label_segments(labels, node, ZONE_SEGMENTS)
+    segmentation, segment_ids = bridge.add_label_segments(labels, node, segments=ZONE_SEGMENTS)
 
     names = [segmentation.GetSegmentation().GetSegment(segment_ids[label]).GetName() for label in (1, 2)]
     assert names == ["transition zone", "peripheral zone"]

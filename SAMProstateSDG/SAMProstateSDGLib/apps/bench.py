@@ -30,18 +30,20 @@ import tempfile
 import time
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.catalog import default_entry
+from ..core.catalog import catalog, default_entry
 from ..io.dataset import Case
 from ..io.volume_io import label_image, normalised_array, read_volume, write_image
 from ..masks.boxes import Box, propose_boxes
+from ..masks.clicks import Click
 from ..masks.metrics import dice_score
 from ..modeling.backends import Candidate, EncoderBackend, TorchEncoder, build_backend, candidates
+from ..modeling.interactive import INTERACTIVE_KIND, InteractiveDecoder, InteractiveEngine, SliceClicks
 from ..modeling.sam_engine import Prompt, SamEngine, load_sam
 from ..modeling.tiling import segment_merged
 from ..pipeline.segmenter import ProstateSegmenter
@@ -162,6 +164,30 @@ def resegment_milliseconds(segmenter: ProstateSegmenter, case: Case) -> float:
         started = time.perf_counter()
         volume.encoded.segment(index, Prompt(box=moved.as_tuple()))
         times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def click_update_milliseconds(segmenter: ProstateSegmenter, case: Case) -> float | None:
+    """Median time of one click update with the shipped interactive decoder: box + the slice's clicks + its previous
+    mask, cached embedding, decoder only (None when no interactive decoder is shipped)."""
+    entry = next((entry for entry in catalog().values() if entry.kind == INTERACTIVE_KIND), None)
+    if entry is None:
+        return None
+    refiner = InteractiveEngine(segmenter.sam, InteractiveDecoder.from_checkpoint(segmenter.sam.sam, entry.path, entry.sha256)).refiner
+    image, reference = case.read()
+    volume = segmenter.prepare(image)
+    boxes = segmenter.propose_boxes(volume)
+    index, box = sorted(boxes.items())[len(boxes) // 2]
+    volume.encoded.encode([index])
+    embedding, shape = volume.encoded.embeddings[index], reference.shape[1:]
+    state = SliceClicks(box, (), refiner.refine(embedding, shape, SliceClicks(box)).logits)
+    times = []
+    for shift in range(RESEGMENT_REPEATS):
+        click = Click((box.x0 + box.x1) / 2 + shift, (box.y0 + box.y1) / 2, shift % 2 == 0)
+        started = time.perf_counter()
+        refined = refiner.refine(embedding, shape, state.with_click(click))
+        times.append(time.perf_counter() - started)
+        state = replace(state.with_click(click), previous=refined.logits)
     return 1000 * statistics.median(times)
 
 
@@ -322,6 +348,7 @@ def benchmark(
         cold_seconds, process_mb = segment_process(cases[0], Path(folder), backend, precision)
         warm_seconds = warm_segment_seconds(segmenter, cases[0], Path(folder))
     resegment = resegment_milliseconds(segmenter, cases[0])
+    click_ms = click_update_milliseconds(segmenter, cases[0])
     waits = {background: wait_after_review(segmenter, cases[0], background) for background in (False, True)}
     ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
     levers = encoder_levers(segmenter, cases[0], plain, encoders)
@@ -330,6 +357,8 @@ def benchmark(
     process = {"cold_seconds": cold_seconds, "warm_seconds": warm_seconds, "load_seconds": load_seconds, "process_peak_mb": process_mb}
     device = f"{segmenter.sam.device}, --backend {backend} --precision {precision} chose {chosen}"
     report = _report(timings, resegment, waits, ours_ms, python_ms, same_boxes, peak_mb, device, process)
+    if click_ms is not None:
+        report += f"- One click with the interactive decoder (box + the slice's clicks + its previous mask; cached embedding, decoder only): median {click_ms:.0f} ms\n"
     lever_lines = ["", "| Encoder variant | ms per slice | max abs. embedding difference |", "|---|---|---|"]
     lever_lines += [f"| {name} | {ms:.0f} | {difference:.2g} |" for name, ms, difference in levers]
     data = {
@@ -339,6 +368,7 @@ def benchmark(
         "cases": [case.name for case in cases],
         "paths": {path: [{"slices": t.slices, "seconds": t.seconds, "total": t.total, "dice": t.dice} for t in timings[path]] for path in paths},
         "resegment_ms": resegment,
+        "click_update_ms": click_ms,
         "wait_after_review_s": {"foreground": waits[False], "background": waits[True]},
         "box_proposal_ms": {"ours": ours_ms, "python_bfs": python_ms, "same_boxes": same_boxes},
         "encoder_variants": [{"name": name, "ms_per_slice": ms, "max_embedding_difference": d} for name, ms, d in levers],

@@ -12,7 +12,7 @@ from ..core.catalog import DEFAULT_GRID_SIDE, SAM_TYPES
 from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
-from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, methods, trainable_methods
+from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, runnable_methods, trainable_methods
 from ..training.defaults import COARSE_TRAINING, VALIDATION_FRACTION
 
 
@@ -32,8 +32,8 @@ def _add_model_options(parser: argparse.ArgumentParser, default_method: str | No
     parser.add_argument("--coarse-tta", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.tta,
                         help="average the coarse network over the slices and their left-right mirror images")
     parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
-    parser.add_argument("--method", choices=tuple(methods()), default=default_method,
-                        help="; ".join(f"{key}: {item.title}" for key, item in methods().items()) + f" (default {default_method})")
+    parser.add_argument("--method", choices=tuple(runnable_methods()), default=default_method,
+                        help="; ".join(f"{key}: {item.title}" for key, item in runnable_methods().items()) + f" (default {default_method})")
     parser.add_argument("--grid-points", type=int, default=DEFAULT_GRID_SIDE,
                         help=f"methods prompted by a point grid: points per side of the grid (default {DEFAULT_GRID_SIDE})")
     _add_backend_options(parser)
@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the robustness suite: every case clean and under each seeded acquisition shift (default cases: the "
                                "source-extra and unseen splits); Dice and HD95 per shift, and how well the confidence flags catch bad slices")
     evaluate.add_argument("--seed", type=int, default=0, help="--shifts: the seed of the random shifts (default 0)")
+    evaluate.add_argument("--clicks", type=int, metavar="N",
+                          help="simulate a user: up to N clicks per gland slice from the automatic result; Dice after 0-5 clicks and NoC@90 "
+                               "for box-edit clicks (zero-shot) and the interactive decoder (default splits: unseen and source-extra)")
+    evaluate.add_argument("--interactive-decoder", type=Path, help="--clicks: a decoder from train --method interactive (default: the shipped one)")
     evaluate.add_argument("--overwrite", action="store_true")
     _add_model_options(evaluate, default_method=None)
 
@@ -222,7 +226,7 @@ def _batch_inputs(inputs: list[Path]) -> list[Path] | None:
 def run_segment(arguments) -> None:
     """Every path and volume is checked before any model loads; a refusal writes nothing."""
     from ..core.files import check_outputs
-    from ..io.boxes_json import read_boxes
+    from ..io.boxes_json import read_prompts
     from ..io.volume_io import check_label_geometry, check_label_suffix, read_volume
 
     if arguments.boxes_in and not method(arguments.method).takes_boxes:
@@ -242,8 +246,21 @@ def run_segment(arguments) -> None:
     dicom = read_dicom_input(path, arguments.series_uid) if path.is_dir() else None  # the axial T2 series, or --series-uid
     image = dicom.image if dicom is not None else read_volume(path)
     check_label_geometry(image, str(path), output)
-    boxes = read_boxes(arguments.boxes_in, image) if arguments.boxes_in else None
-    _segment_volume(_method_segmenter(arguments), path, image, boxes, output, arguments, dicom)
+    boxes, points = read_prompts(arguments.boxes_in, image) if arguments.boxes_in else (None, {})
+    if points:
+        _check_point_decoder(arguments, points)
+    _segment_volume(_method_segmenter(arguments), path, image, boxes, output, arguments, dicom, points)
+
+
+def _check_point_decoder(arguments, points: dict) -> None:
+    """Points need a point-trained decoder: a user's SAM ViT with a method that keeps SAM's own decoder (the shipped
+    decoders were trained with boxes only; README: Click to segment)."""
+    own_vit = arguments.sam_checkpoint is not None and (arguments.sam_type or "vit_b") != "litemedsam" and method(arguments.method).model_kind is None
+    if arguments.merge_slices or not own_vit:
+        slices = ", ".join(map(str, sorted(points)))
+        raise InputError(f"{arguments.boxes_in} has points on slice(s) {slices}, but the {arguments.method} decoder was trained with boxes only"
+                         f"{' (and --merge-slices takes boxes only)' if arguments.merge_slices else ''}: remove the points, or use a "
+                         "point-trained SAM (--sam-checkpoint with --sam-type vit_b, vit_l or vit_h)")
 
 
 def _run_batch(batch: list[Path], arguments) -> None:
@@ -288,7 +305,7 @@ def _run_batch(batch: list[Path], arguments) -> None:
         raise InputError(f"{len(failed)} of {len(batch)} volumes failed: {', '.join(failed)}")
 
 
-def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments, dicom=None) -> None:
+def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments, dicom=None, points=None) -> None:
     """Segment one read volume; write the label volume, boxes and overlay together (all or nothing), then the clinical outputs."""
     from tqdm import tqdm
 
@@ -299,11 +316,11 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     from ..masks.confidence import flagged_slices
 
     volume = segmenter.base.prepare(image)
-    result = segmenter.segment(volume, boxes)
+    result = segmenter.segment(volume, boxes, points)
     labels, boxes, confidences = result.labels, result.boxes, result.confidences
     writers = {output: image_writer(label_image(labels, image))}
     if arguments.boxes_out:
-        text = boxes_text(boxes, image, confidences)
+        text = boxes_text(boxes, image, confidences, points)
         writers[arguments.boxes_out] = lambda temporary: Path(temporary).write_text(text)
     if arguments.overlay:
         sheet = overlay_sheet(volume.normalised, labels, boxes)
@@ -329,14 +346,23 @@ def run_evaluate(arguments) -> None:
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
     _check_model_options(arguments)
+    from .click_evaluation import check_click_options
+
+    check_click_options(arguments)
     if arguments.shifts:
         _run_robustness_suite(arguments)
         return
-    cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+    splits = [arguments.split] if arguments.split or arguments.clicks is None else ["unseen", "source-extra"]
+    cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
     if arguments.output:
         inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
-        check_outputs([arguments.output], inputs, arguments.overwrite)
-    chosen = methods().values() if arguments.method is None else [method(arguments.method)]
+        check_outputs([arguments.output, *([arguments.output.with_suffix(".json")] if arguments.clicks is not None else [])], inputs, arguments.overwrite)
+    if arguments.clicks is not None:
+        from .click_evaluation import run_from_arguments
+
+        print(run_from_arguments(arguments, _base_segmenter(arguments), cases))
+        return
+    chosen = runnable_methods().values() if arguments.method is None else [method(arguments.method)]
     if arguments.sam_checkpoint is not None:  # the trained methods build on the shipped LiteMedSAM
         chosen = [item for item in chosen if item.model_kind is None]
     table = markdown_table(evaluate(_base_segmenter(arguments), cases, chosen))
@@ -464,7 +490,8 @@ def run_train(arguments) -> None:
         "device": str(segmenter.sam.device),
         "encoder_input": preprocessing(trainer.encoder_grid)["encoder_input"],
         "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
-        f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}",
+        f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}"
+        + (f" --max-cases {arguments.max_cases}" if arguments.max_cases else ""),
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
     manifest = train(

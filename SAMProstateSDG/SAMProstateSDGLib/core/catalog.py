@@ -41,7 +41,7 @@ class PackageFile:
 
 @dataclass(frozen=True)
 class CatalogEntry:
-    """One model: ``kind`` is what it is (sam, coarse, decoder, desam-grid, desam-box, samed), ``model_type`` its architecture.
+    """One model: ``kind`` is what it is (sam, coarse, decoder, interactive, desam-grid, desam-box, samed), ``model_type`` its architecture.
 
     ``source`` is the weights file, or a ``PackageFile`` located on first use of ``path``.
     """

@@ -1,4 +1,4 @@
-"""The boxes file: proposed or edited boxes, per slice, in pixel and physical coordinates.
+"""The boxes file: proposed or edited boxes, and clicks (version 2), per slice, in pixel and physical coordinates.
 
 This JSON is the contract between the command line and the Slicer box editor; its schema is
 documented in the README ("Box JSON"). Pixel boxes are authoritative when present; an entry
@@ -20,10 +20,11 @@ import SimpleITK as sitk
 from ..core.errors import InputError
 from ..core.files import json_text, write_text_atomically
 from ..masks.boxes import Box
+from ..masks.clicks import Click
 from ..masks.confidence import SliceConfidence
 
 FORMAT = "samprostate-boxes"
-VERSION = 1
+VERSION = 2  # 2: per-slice points; version 1 files (boxes only) are still read
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 SCHEMA_FILE = Path(__file__).with_name("boxes.schema.json")
 
@@ -37,26 +38,35 @@ def geometry(image: sitk.Image) -> dict:
     }
 
 
-def boxes_to_json(boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> dict:
+def boxes_to_json(
+    boxes: dict[int, Box],
+    image: sitk.Image,
+    confidences: dict[int, SliceConfidence] | None = None,
+    points: dict[int, tuple[Click, ...]] | None = None,
+) -> dict:
     """The file's content; ``confidences`` adds an optional ``confidence`` object to each segmented slice's entry
-    (``predicted_iou``, ``coarse_agreement``, ``flagged``), which readers of version 1 may ignore."""
-    confidences = confidences or {}
+    (``predicted_iou``, ``coarse_agreement``, ``flagged``), which readers may ignore; ``points`` the slices' clicks
+    (``points`` [x, y, label] in pixels, ``points_lps`` and ``points_ras`` [x, y, z, label])."""
+    confidences, points = confidences or {}, points or {}
     entries = []
-    for index, box in sorted(boxes.items()):
-        corners_lps = [
-            list(image.TransformContinuousIndexToPhysicalPoint((x, y, float(index))))
-            for x, y in ((box.x0, box.y0), (box.x1, box.y1))
-        ]
-        entries.append(
-            {
-                "slice": index,
-                "pixel": [box.x0, box.y0, box.x1, box.y1],
-                "lps": corners_lps,
-                "ras": [(np.array(corner) * LPS_TO_RAS).tolist() for corner in corners_lps],
-            }
-        )
+    for index in sorted(boxes.keys() | points.keys()):
+        entry = {"slice": index}
+        if index in boxes:
+            box = boxes[index]
+            corners_lps = [
+                list(image.TransformContinuousIndexToPhysicalPoint((x, y, float(index))))
+                for x, y in ((box.x0, box.y0), (box.x1, box.y1))
+            ]
+            entry.update(pixel=[box.x0, box.y0, box.x1, box.y1], lps=corners_lps, ras=[(np.array(corner) * LPS_TO_RAS).tolist() for corner in corners_lps])
+        if points.get(index):
+            clicks = points[index]
+            physical = [list(image.TransformContinuousIndexToPhysicalPoint((click.x, click.y, float(index)))) for click in clicks]
+            entry["points"] = [[click.x, click.y, click.label] for click in clicks]
+            entry["points_lps"] = [[*point, click.label] for point, click in zip(physical, clicks)]
+            entry["points_ras"] = [[*(np.array(point) * LPS_TO_RAS).tolist(), click.label] for point, click in zip(physical, clicks)]
         if index in confidences:
-            entries[-1]["confidence"] = confidences[index].to_json()
+            entry["confidence"] = confidences[index].to_json()
+        entries.append(entry)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -67,12 +77,20 @@ def boxes_to_json(boxes: dict[int, Box], image: sitk.Image, confidences: dict[in
     }
 
 
-def boxes_text(boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> str:
-    return json_text(boxes_to_json(boxes, image, confidences), indent=1)
+def boxes_text(
+    boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None, points: dict[int, tuple[Click, ...]] | None = None
+) -> str:
+    return json_text(boxes_to_json(boxes, image, confidences, points), indent=1)
 
 
-def write_boxes(path: str | Path, boxes: dict[int, Box], image: sitk.Image, confidences: dict[int, SliceConfidence] | None = None) -> None:
-    write_text_atomically(path, boxes_text(boxes, image, confidences))
+def write_boxes(
+    path: str | Path,
+    boxes: dict[int, Box],
+    image: sitk.Image,
+    confidences: dict[int, SliceConfidence] | None = None,
+    points: dict[int, tuple[Click, ...]] | None = None,
+) -> None:
+    write_text_atomically(path, boxes_text(boxes, image, confidences, points))
 
 
 @lru_cache(maxsize=1)
@@ -101,7 +119,12 @@ def validate_boxes_json(data, path: Path) -> None:
 
 
 def read_boxes(path: str | Path, image: sitk.Image) -> dict[int, Box]:
-    """Boxes for ``image`` from a boxes file; refuses a file made for another volume size."""
+    """Boxes for ``image`` from a boxes file (its points, if any, are left out: see ``read_prompts``)."""
+    return read_prompts(path, image)[0]
+
+
+def read_prompts(path: str | Path, image: sitk.Image) -> tuple[dict[int, Box], dict[int, tuple[Click, ...]]]:
+    """Boxes and clicks per slice for ``image`` from a boxes file; refuses a file made for another volume size."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(), parse_float=_finite, parse_constant=_no_constant)
@@ -111,19 +134,47 @@ def read_boxes(path: str | Path, image: sitk.Image) -> dict[int, Box]:
         raise InputError(f"boxes file {path} is a folder") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise InputError(f"cannot read boxes file {path}: {error}") from None
+    _require_version_for_points(data, path)
     validate_boxes_json(data, path)
     size = data.get("image", {}).get("size")
     if size is not None and list(size) != list(image.GetSize()):
         raise InputError(f"{path} was made for a volume of size {size}, the input is {list(image.GetSize())}")
     boxes: dict[int, Box] = {}
+    points: dict[int, tuple[Click, ...]] = {}
     for number, entry in enumerate(data.get("boxes", [])):
         try:
-            index, box = _entry_box(entry, image)
+            index, box, clicks = _entry_prompts(entry, image)
         except (ValueError, OverflowError) as error:
             raise InputError(f"{path}: $.boxes[{number}]: {error}") from None
-        _check_inside(box, index, image, path)
-        boxes[index] = box
-    return boxes
+        _check_slice(index, image, path)
+        if box is not None:
+            _check_inside(box, index, image, path)
+            boxes[index] = box
+        if clicks:
+            _check_points(clicks, index, image, path)
+            points[index] = points.get(index, ()) + clicks
+    return boxes, points
+
+
+def _require_version_for_points(data, path: Path) -> None:
+    """Points arrived with version 2: a version 1 file that has them says so (the schema alone would only say 'False schema')."""
+    if isinstance(data, dict) and data.get("version") == 1 and isinstance(data.get("boxes"), list):
+        for number, entry in enumerate(data["boxes"]):
+            if isinstance(entry, dict) and entry.keys() & {"points", "points_lps", "points_ras"}:
+                raise InputError(f'{path}: $.boxes[{number}]: points need "version": 2 (version 1 files hold boxes only)')
+
+
+def _entry_prompts(entry: dict, image: sitk.Image) -> tuple[int, Box | None, tuple[Click, ...]]:
+    """The slice of an entry, its box (if any) and its clicks; a box and points on different slices are refused."""
+    found = {}
+    if any(key in entry for key in ("pixel", "lps", "ras")):
+        found["box"] = _entry_box(entry, image)
+    if any(key in entry for key in ("points", "points_lps", "points_ras")):
+        found["points"] = _entry_points(entry, image)
+    slices = {index for index, _ in found.values()}
+    if len(slices) > 1:
+        raise ValueError(f"the box lies on slice {found['box'][0]}, the points on slice {found['points'][0]}")
+    return slices.pop(), found.get("box", (None, None))[1], found.get("points", (None, ()))[1]
 
 
 def _entry_box(entry: dict, image: sitk.Image) -> tuple[int, Box]:
@@ -139,10 +190,37 @@ def _entry_box(entry: dict, image: sitk.Image) -> tuple[int, Box]:
     return index, Box(min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb))
 
 
-def _check_inside(box: Box, index: int, image: sitk.Image, path: Path) -> None:
-    width, height, depth = image.GetSize()
+def _entry_points(entry: dict, image: sitk.Image) -> tuple[int, tuple[Click, ...]]:
+    if "points" in entry:
+        return int(entry["slice"]), tuple(Click(float(x), float(y), label == 1) for x, y, label in entry["points"])
+    physical = np.array([point[:3] for point in (entry["points_lps"] if "points_lps" in entry else entry["points_ras"])], dtype=float)
+    labels = [point[3] for point in (entry["points_lps"] if "points_lps" in entry else entry["points_ras"])]
+    if "points_lps" not in entry:
+        physical = physical * LPS_TO_RAS
+    indices = np.array([image.TransformPhysicalPointToContinuousIndex(point.tolist()) for point in physical])
+    index = int(round(indices[:, 2].mean()))
+    if np.abs(indices[:, 2] - index).max() > 0.5:
+        raise ValueError(f"the points lie on different slices ({', '.join(f'{k:.1f}' for k in indices[:, 2])}); give one entry per slice")
+    if "slice" in entry and int(entry["slice"]) != index:
+        raise ValueError(f"slice {entry['slice']} does not match the physical points (slice {index})")
+    return index, tuple(Click(float(x), float(y), label == 1) for (x, y, _), label in zip(indices, labels))
+
+
+def _check_slice(index: int, image: sitk.Image, path: Path) -> None:
+    depth = image.GetSize()[2]
     if not 0 <= index < depth:
         raise InputError(f"{path}: slice {index} is outside the volume (0..{depth - 1})")
+
+
+def _check_points(clicks: tuple[Click, ...], index: int, image: sitk.Image, path: Path) -> None:
+    width, height = image.GetSize()[:2]
+    for click in clicks:
+        if not (-0.5 <= click.x <= width - 0.5 and -0.5 <= click.y <= height - 0.5):
+            raise InputError(f"{path}: the point ({click.x:g}, {click.y:g}) on slice {index} lies outside the {width}x{height} slice")
+
+
+def _check_inside(box: Box, index: int, image: sitk.Image, path: Path) -> None:
+    width, height, _ = image.GetSize()
     if not (box.x0 < box.x1 and box.y0 < box.y1):
         raise InputError(f"{path}: the box on slice {index} is empty or inverted: {box.as_tuple()}")
     if box.x1 < 0 or box.y1 < 0 or box.x0 > width - 1 or box.y0 > height - 1:

@@ -26,7 +26,13 @@ ZONE_SEGMENTS = (
 SERIES_NUMBER = 9901  # distinct from the scanner's usual numbering; viewers sort it after the source series
 
 
-def segment_descriptions(zonal: bool, provenance: Provenance) -> list[highdicom.seg.SegmentDescription]:
+AUTOMATIC = highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+SEMIAUTOMATIC = highdicom.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC  # reviewed, possibly edited, by the user (Slicer)
+
+
+def segment_descriptions(
+    zonal: bool, provenance: Provenance, algorithm_type: highdicom.seg.SegmentAlgorithmTypeValues = AUTOMATIC
+) -> list[highdicom.seg.SegmentDescription]:
     """Segment 1 = prostate, or 1 = transition zone and 2 = peripheral zone (the label values)."""
     algorithm = highdicom.AlgorithmIdentificationSequence(
         name=f"{provenance.software} {provenance.method}", family=codes.DCM.ArtificialIntelligence, version=provenance.version, source=provenance.software,
@@ -40,7 +46,7 @@ def segment_descriptions(zonal: bool, provenance: Provenance) -> list[highdicom.
                 segment_label=label,
                 segmented_property_category=codes.SCT.AnatomicalStructure,
                 segmented_property_type=code,
-                algorithm_type=highdicom.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_type=algorithm_type,
                 algorithm_identification=algorithm,
                 display_color=highdicom.color.CIELabColor(*colour),
             )
@@ -48,9 +54,12 @@ def segment_descriptions(zonal: bool, provenance: Provenance) -> list[highdicom.
     return descriptions
 
 
-def write_dicom_seg(path: str | Path, labels: np.ndarray, series: DicomSeries, zonal: bool, provenance: Provenance) -> None:
+def write_dicom_seg(
+    path: str | Path, labels: np.ndarray, series: DicomSeries, zonal: bool, provenance: Provenance,
+    algorithm_type: highdicom.seg.SegmentAlgorithmTypeValues = AUTOMATIC,
+) -> None:
     """Write a binary SEG of ``labels`` ([slices, rows, columns], slice k on ``series.headers[k]``)."""
-    segments = segment_descriptions(zonal, provenance)
+    segments = segment_descriptions(zonal, provenance, algorithm_type)
     values = np.where(labels <= len(segments), labels, 0).astype(np.uint8)
     segmentation = highdicom.seg.Segmentation(
         source_images=list(series.headers),
@@ -67,7 +76,7 @@ def write_dicom_seg(path: str | Path, labels: np.ndarray, series: DicomSeries, z
         device_serial_number="none",
         series_description=f"{provenance.software} {provenance.method} segmentation"[:64],
         content_label="PROSTATE",
-        content_description=f"Automatic prostate segmentation ({provenance.method})"[:64],
+        content_description=f"{algorithm_type.value.capitalize()} prostate segmentation ({provenance.method})"[:64],
         omit_empty_frames=bool(values.any()),  # an empty result keeps its frames: a SEG needs at least one
     )
     write_atomically(path, lambda temporary: segmentation.save_as(temporary))

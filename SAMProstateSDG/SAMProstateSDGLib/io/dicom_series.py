@@ -93,6 +93,20 @@ def find_series(folder: Path) -> list[DicomSeries]:
     return [_sorted_series(uid, members) for uid, members in grouped.items()]
 
 
+def series_from_files(files: list[Path]) -> DicomSeries:
+    """The series these image files make up (e.g. the files a Slicer volume was loaded from), sorted along the slice normal."""
+    members = []
+    for path in files:
+        try:
+            members.append((pydicom.dcmread(path, stop_before_pixels=True), Path(path)))
+        except (InvalidDicomError, OSError, ValueError) as error:
+            raise InputError(f"cannot read the DICOM file {path}: {error}") from None
+    uids = {str(header.get("SeriesInstanceUID", "")) for header, _ in members}
+    if len(uids) != 1 or not all("ImagePositionPatient" in header and "ImageOrientationPatient" in header for header, _ in members):
+        raise InputError("the DICOM files are not the images of one series with position and orientation")
+    return _sorted_series(uids.pop(), members)
+
+
 def choose_series(series: list[DicomSeries], uid: str | None = None) -> DicomSeries:
     """The series with this UID, or else the most axial-T2-like one (``DicomSeries.preference``)."""
     if not series:

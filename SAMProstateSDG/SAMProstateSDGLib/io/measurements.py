@@ -127,8 +127,18 @@ def measure_segments(masks: dict[str, np.ndarray], ijk_to_patient: np.ndarray, p
     The gland is the union of the masks; segments named "transition zone" and "peripheral zone"
     (SAMed's) also give the zone volumes.
     """
+    labels, zonal = labels_from_segments(masks)
+    return measure(labels, ijk_to_patient, zonal, psa_ng_ml)
+
+
+def labels_from_segments(masks: dict[str, np.ndarray]) -> tuple[np.ndarray, bool]:
+    """Segment name → mask as one label array, and whether it is zonal.
+
+    Zonal (1 transition zone, 2 peripheral zone) when segments of both zone names are there;
+    otherwise 1 = the union of all segments (the gland).
+    """
     if not masks:
-        raise InputError("the segmentation has no segments to measure")
+        raise InputError("the segmentation has no segments")
     zonal = set(ZONE_NAMES.values()) <= set(masks)
     labels = np.zeros(next(iter(masks.values())).shape, dtype=np.uint8)
     for mask in masks.values():
@@ -136,7 +146,7 @@ def measure_segments(masks: dict[str, np.ndarray], ijk_to_patient: np.ndarray, p
     if zonal:
         for label, name in ZONE_NAMES.items():
             labels[masks[name] > 0] = label
-    return measure(labels, ijk_to_patient, zonal, psa_ng_ml)
+    return labels, zonal
 
 
 def measure_image(labels: np.ndarray, image: sitk.Image, zonal: bool = False, psa_ng_ml: float | None = None) -> GlandMeasurements:

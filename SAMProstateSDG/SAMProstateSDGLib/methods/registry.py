@@ -106,7 +106,8 @@ class Method:
     def _model(self, model: CatalogEntry | None) -> CatalogEntry:
         model = model or self.shipped_model()
         if model is None:
-            raise InputError(f"no {self.model_kind} model is installed for {self.id}")
+            raise InputError(f"no {self.title} model is shipped: train one (samprostate train --method {self.id}, or the "
+                             "Slicer Training tab) and choose it under Trained model")
         if model.kind != self.model_kind:
             raise InputError(f"{model.title} is a {model.kind} model; {self.title} needs a {self.model_kind} model")
         return model
@@ -139,7 +140,9 @@ class MethodSegmenter:
         self.method = method
         self.base = base
 
-    def segment(self, volume: PreparedVolume, boxes: dict[int, Box] | None = None) -> Segmentation:
+    def segment(self, volume: PreparedVolume, boxes: dict[int, Box] | None = None, points: dict[int, list] | None = None) -> Segmentation:
+        """Labels of ``volume``: inside ``boxes`` (default: proposed) for a box-prompted method, with each slice's
+        ``points`` (``masks.clicks.Click`` in order) replayed on its box."""
         raise NotImplementedError
 
     def session(self, volume: PreparedVolume) -> BoxSegmentation:
@@ -156,13 +159,19 @@ class BoxPromptedSegmenter(MethodSegmenter):
         super().__init__(method, base)
         self.merge_slices = merge_slices
 
-    def segment(self, volume: PreparedVolume, boxes: dict[int, Box] | None = None) -> Segmentation:
+    def segment(self, volume: PreparedVolume, boxes: dict[int, Box] | None = None, points: dict[int, list] | None = None) -> Segmentation:
         boxes = self.base.propose_boxes(volume) if boxes is None else boxes
         if self.merge_slices:
             from ..modeling.tiling import segment_merged
 
             return Segmentation(segment_merged(self.base.sam, volume.normalised, boxes), boxes)
         session = self.base.box_session(volume, boxes)
+        if points:
+            from ..modeling.sam_engine import Prompt
+
+            for index, clicks in sorted(points.items()):
+                box = boxes[index].as_tuple() if index in boxes else None
+                session.refine_slice(index, Prompt(box, tuple((click.x, click.y) for click in clicks), tuple(click.label for click in clicks)))
         return Segmentation(session.labels, boxes, self.base.slice_confidence(volume, session))
 
 
@@ -173,10 +182,10 @@ class SelfPromptingSegmenter(MethodSegmenter):
         super().__init__(method, base)
         self.model = model
 
-    def segment(self, volume: PreparedVolume, boxes: dict[int, Box] | None = None) -> Segmentation:
+    def segment(self, volume: PreparedVolume, boxes: dict[int, Box] | None = None, points: dict[int, list] | None = None) -> Segmentation:
         from ..masks.boxes import largest_component
 
-        if boxes is not None:
+        if boxes is not None or points:
             raise InputError(f"{self.method.id} prompts itself; boxes work with {' and '.join(box_method_ids())}")
         labels = self.model.segment_volume(volume)
         labels[~largest_component(labels > 0)] = 0
@@ -205,6 +214,11 @@ def method(method_id: str) -> Method:
     if method_id not in methods():
         raise InputError(f"unknown method {method_id!r}; choose one of {', '.join(methods())}")
     return methods()[method_id]
+
+
+def runnable_methods() -> dict[str, Method]:
+    """The methods that can segment with what is installed: those that need no trained model or have a shipped one."""
+    return {key: item for key, item in methods().items() if item.model_kind is None or item.shipped_model() is not None}
 
 
 def box_method_ids() -> list[str]:

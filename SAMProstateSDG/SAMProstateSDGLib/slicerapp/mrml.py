@@ -289,6 +289,16 @@ def labels_from_segmentation(segmentation_node, segment_ids: dict[int, str], vol
     return labels
 
 
+def segment_masks(segmentation_node, volume_node) -> dict[str, np.ndarray]:
+    """Segment name -> boolean mask ([K, J, I]) on the volume's voxel grid, as the segmentation is now (edits included)."""
+    segmentation = segmentation_node.GetSegmentation()
+    masks = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment_id = segmentation.GetNthSegmentID(index)
+        masks[segmentation.GetSegment(segment_id).GetName()] = labels_from_segmentation(segmentation_node, {1: segment_id}, volume_node) > 0
+    return masks
+
+
 def with_box(prompt: Prompt, box: Box | None) -> Prompt:
     """The point prompt with ``box`` added (unchanged without one)."""
     return prompt if box is None else dataclasses.replace(prompt, box=box.as_tuple())

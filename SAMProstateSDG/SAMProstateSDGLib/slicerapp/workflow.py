@@ -285,7 +285,7 @@ class ProstateWorkflow:
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         if self.segmenter(model, device, method).method.zonal:
-            raise InputError("clicks refine the whole gland; segment with a method that gives one prostate segment first")
+            raise InputError("clicks refine the whole gland, not zones; segment with a method that gives one prostate segment first")
         prompts = bridge.point_prompts(volumeNode, pointListNode)
         if sliceIndex not in prompts:
             raise InputError(f"{pointListNode.GetName()} has no points on slice {sliceIndex}")
@@ -302,6 +302,12 @@ class ProstateWorkflow:
             else:
                 bridge.set_roi_box(volumeNode, roiNode, sliceIndex, used)
         return self._write(session, volumeNode, segmentationNode)
+
+    def clickMode(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> str:
+        """What a click does with this model and method: a point for a point-trained decoder, or a box edit."""
+        if self.segmenter(model, device, method).base.sam.box_only:
+            return "Clicks edit the slice's box: this SAM decoder was trained with boxes only."
+        return "Clicks are points: the slice is re-decoded from its box, all its points and its previous mask."
 
     def refineWithPoints(
         self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD
@@ -323,12 +329,33 @@ class ProstateWorkflow:
         from SAMProstateSDGLib.io.measurements import measure_segments
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-        segmentation = segmentationNode.GetSegmentation()
-        masks = {}
-        for index in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(index)
-            masks[segmentation.GetSegment(segmentId).GetName()] = bridge.labels_from_segmentation(segmentationNode, {1: segmentId}, volumeNode) > 0
-        return measure_segments(masks, bridge.ijk_to_ras(volumeNode), psa)
+        return measure_segments(bridge.segment_masks(segmentationNode, volumeNode), bridge.ijk_to_ras(volumeNode), psa)
+
+    def provenance(self, model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD):
+        """The software, method and model files (with SHA-256) behind a segmentation made with these choices."""
+        from SAMProstateSDGLib.slicerapp.clinical_export import provenance_of
+
+        checkpoint = Path(model.removeprefix(CHECKPOINT_PREFIX).split(":", 1)[1]) if model.startswith(CHECKPOINT_PREFIX) else None
+        return provenance_of(method, model, trained_models(self.trainedModelsFile), checkpoint)
+
+    def exportDicomSeg(self, volumeNode, segmentationNode, path, instanceFile, model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD) -> None:
+        """Write the segmentation as it is now as a DICOM SEG referencing the DICOM series the volume was loaded
+        from (``instanceFile``: SOP Instance UID -> file, i.e. ``slicer.dicomDatabase.fileForInstance``)."""
+        from SAMProstateSDGLib.slicerapp.clinical_export import export_dicom_seg
+
+        export_dicom_seg(volumeNode, segmentationNode, Path(path), instanceFile, self.provenance(model, method))
+
+    def writeReport(
+        self, volumeNode, segmentationNode, page=None, reportJson=None, psa: float | None = None, instanceFile=None,
+        model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD,
+    ):
+        """Write the one-page report (PNG or PDF) and/or the report JSON of the segmentation as it is now; returns its measurements."""
+        from SAMProstateSDGLib.slicerapp.clinical_export import write_report_files
+
+        return write_report_files(
+            volumeNode, segmentationNode, Path(page) if page else None, Path(reportJson) if reportJson else None,
+            self.provenance(model, method), psa, instanceFile,
+        )
 
     def _write(self, session, volumeNode, segmentationNode, segments: tuple = PROSTATE_SEGMENTS):
         """Show the session's labels: update the segments this workflow wrote before, unless the user has

@@ -1,0 +1,32 @@
+"""Click-to-segment: SAM's prompt encoder and mask decoder trained with a box and simulated clicks, the previous
+mask fed back (``modeling.interactive``); the coarse network's boxes start it, clicks are points."""
+
+from __future__ import annotations
+
+from ..training.defaults import TrainingDefaults
+from .registry import BoxPromptedSegmenter, Method, MethodOptions, register
+
+
+@register
+class Interactive(Method):
+    id = "interactive"
+    title = "Interactive decoder (box + clicks), trained on RUNMC"
+    short_title = "Interactive decoder (clicks)"
+    scene_name = "interactive"
+    order = 5
+    takes_boxes = True
+    model_kind = "interactive-decoder"  # as modeling.interactive.INTERACTIVE_KIND (imported lazily: it needs torch)
+    training = TrainingDefaults(4, 4e-4, 2)  # up to 4 decoder passes per sample (start + clicks)
+
+    def load(self, base, model=None, options: MethodOptions = MethodOptions()) -> BoxPromptedSegmenter:
+        from ..modeling.interactive import InteractiveDecoder, InteractiveEngine
+        from ..pipeline.segmenter import ProstateSegmenter
+
+        model = self._model(model)
+        engine = InteractiveEngine(base.sam, InteractiveDecoder.from_checkpoint(base.sam.sam, model.path, model.sha256))
+        return BoxPromptedSegmenter(self, ProstateSegmenter(engine, base.coarse, base.options, base.coarse_options), options.merge_slices)
+
+    def trainer(self, base):
+        from .trainers.interactive import InteractiveMethod
+
+        return InteractiveMethod(base.sam, base.options)
