@@ -8,10 +8,12 @@ Every checkpoint reads the same volumes: the 12 source-extra and unseen cases, c
 each shift of ``apps/acquisition_shifts.SHIFTS`` (the suite's seeded models, seed 0, exactly the
 volumes ``samprostate evaluate --shifts`` scores), through the shipped coarse levers
 (reorientation to LPS). Per case and component rule (``3d``: the largest 3D component, the
-default; ``plausible``: ``component_choice``): the coarse Dice of the kept component; the share of
+default; ``plausible`` and ``profile``: ``component_choice``): the coarse Dice of the kept component; the share of
 gland slices whose proposed box (3 mm margin) has its centre inside the reference gland; and the
 box coverage, the share of the reference gland's voxels on gland slices that lie inside their
-slice's box (a too-small or missing box lowers it). The JSON is rewritten after every case.
+slice's box (a too-small or missing box lowers it); and the boxes on slices without gland, per
+gland slice. The JSON is rewritten after every case; with ``--cache DIR`` each volume's
+probabilities and reference are kept there, so a rerun (a new rule) reads them instead.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
 from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 
 CLEAN = "clean"
-RULES = (ComponentFilter.VOLUME, ComponentFilter.PLAUSIBLE)
+RULES = (ComponentFilter.VOLUME, ComponentFilter.PLAUSIBLE, ComponentFilter.PROFILE)
 
 
 def measure(probabilities: np.ndarray, spacing_xyz: tuple[float, ...], reference: np.ndarray, rule: ComponentFilter) -> dict[str, float]:
@@ -51,10 +53,25 @@ def measure(probabilities: np.ndarray, spacing_xyz: tuple[float, ...], reference
         x0, x1 = max(0, int(np.floor(box.x0))), int(np.ceil(box.x1)) + 1
         covered += int(reference[index, y0:y1, x0:x1].sum())
     return {
+        "extra_boxes": sum(not reference[index].any() for index in boxes) / max(len(gland_slices), 1),
         "dice": float(dice),
         "centre_share": centres / max(len(gland_slices), 1),
         "coverage": covered / max(int(reference[gland_slices].sum()), 1),
     }
+
+
+def coarse_reading(arguments, segmenter, label, case, name, shift, image, labels) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(probabilities, reference gland mask, spacing) of the shifted case, from the cache when it holds them."""
+    cached = arguments.cache / f"{label}__{case.name}__{name.split(' (')[0].replace(' ', '_').replace(':', '')}.npz" if arguments.cache else None
+    if cached is not None and cached.is_file():
+        stored = np.load(cached)
+        return stored["probabilities"].astype(np.float32), stored["reference"], tuple(stored["spacing"])
+    shifted, reference = (image, labels) if shift is None else shifted_case(shift, image, labels, arguments.seed, case.name)
+    probabilities = coarse_probabilities(segmenter, shifted, DEFAULT_COARSE_OPTIONS)
+    if cached is not None:
+        arguments.cache.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cached, probabilities=probabilities.astype(np.float16), reference=reference > 0, spacing=np.array(shifted.GetSpacing()))
+    return probabilities, reference > 0, shifted.GetSpacing()
 
 
 def run(arguments) -> None:
@@ -71,12 +88,10 @@ def run(arguments) -> None:
         image, labels = case.read()
         for shift in (None, *shifts):
             name = CLEAN if shift is None else shift.name
-            shifted, reference = (image, labels) if shift is None else shifted_case(shift, image, labels, arguments.seed, case.name)
-            spacing = shifted.GetSpacing()
             for label, segmenter in models.items():
-                probabilities = coarse_probabilities(segmenter, shifted, DEFAULT_COARSE_OPTIONS)
+                probabilities, reference, spacing = coarse_reading(arguments, segmenter, label, case, name, shift, image, labels)
                 for rule in RULES:
-                    results[label][rule.value].setdefault(name, {})[case.name] = measure(probabilities, spacing, reference > 0, rule)
+                    results[label][rule.value].setdefault(name, {})[case.name] = measure(probabilities, spacing, reference, rule)
         print(f"{case.name} done", flush=True)
         arguments.json.write_text(json.dumps(results, indent=1) + "\n")
 
@@ -92,7 +107,7 @@ def table(files: list[Path], rule: str) -> str:
     labels = list(merged)
     shifts = list(merged[labels[0]][rule])
     lines = [
-        f"| shift ({rule} component) | " + " | ".join(f"{label}: coarse Dice mean / min | {label}: box centre in gland / box coverage" for label in labels) + " |",
+        f"| shift ({rule} component) | " + " | ".join(f"{label}: coarse Dice mean / min | {label}: box centre in gland / box coverage / boxes off the gland" for label in labels) + " |",
         "|---|" + "---|---|" * len(labels),
     ]
     for shift in shifts:
@@ -101,7 +116,8 @@ def table(files: list[Path], rule: str) -> str:
             figures = list(merged[label][rule].get(shift, {}).values())
             dice = [value["dice"] for value in figures]
             cells.append(f"{np.mean(dice):.3f} / {min(dice):.3f}" if dice else "n/a")
-            cells.append(f"{np.mean([value['centre_share'] for value in figures]):.2f} / {np.mean([value['coverage'] for value in figures]):.2f}" if dice else "n/a")
+            shares = [np.mean([value.get(key, np.nan) for value in figures]) for key in ("centre_share", "coverage", "extra_boxes")]
+            cells.append(" / ".join(f"{share:.2f}" for share in shares) if dice else "n/a")
         lines.append(f"| {shift} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -114,9 +130,10 @@ def main() -> None:
     parser.add_argument("--cases", help="only these cases, comma-separated")
     parser.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0, as evaluate --shifts)")
     parser.add_argument("--json", type=Path, help="per-case figures, rewritten after every case")
+    parser.add_argument("--cache", type=Path, help="keep (and reuse) each volume's probabilities and reference here")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and SimpleITK")
     parser.add_argument("--table", type=Path, nargs="+", help="print the table of these JSON files instead of measuring")
-    parser.add_argument("--rule", default=ComponentFilter.VOLUME.value, help="--table: the component rule to tabulate (3d or plausible)")
+    parser.add_argument("--rule", default=ComponentFilter.VOLUME.value, help="--table: the component rule to tabulate (3d, plausible, profile)")
     parser.add_argument("--output", type=Path, help="--table: also write the Markdown table here")
     arguments = parser.parse_args()
     if arguments.table:
