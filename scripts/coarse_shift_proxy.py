@@ -116,7 +116,7 @@ def table(files: list[Path], rule: str) -> str:
             figures = list(merged[label][rule].get(shift, {}).values())
             dice = [value["dice"] for value in figures]
             cells.append(f"{np.mean(dice):.3f} / {min(dice):.3f}" if dice else "n/a")
-            shares = [np.mean([value.get(key, np.nan) for value in figures]) for key in ("centre_share", "coverage", "extra_boxes")]
+            shares = [np.mean([value.get(key, np.nan) for value in figures]) for key in ("centre_share", "coverage", "extra_boxes")] if dice else []
             cells.append(" / ".join(f"{share:.2f}" for share in shares) if dice else "n/a")
         lines.append(f"| {shift} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
