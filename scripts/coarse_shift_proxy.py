@@ -1,181 +1,150 @@
-"""A fast proxy for the coarse network under acquisition shift (no SAM): Dice and box placement.
+"""A fast proxy for the coarse network under the robustness suite's shifts (no SAM): coarse Dice and box placement.
 
 Usage: python scripts/coarse_shift_proxy.py --data ../shared/data/prostate \
-           --checkpoint shipped=PATH --checkpoint dg=PATH [--output proxy.md] [--json proxy.json]
+           --checkpoint shipped=PATH [--checkpoint dg=PATH] [--shift "endorectal coil" ...] --json proxy.json
+       python scripts/coarse_shift_proxy.py --table proxy_shipped.json proxy_dg.json [--output proxy.md]
 
-Every checkpoint is scored the same way on the 10 source-extra cases, clean and under generic
-shifts built here (seeded; written for this proxy, not the evaluation suite's shift models, and
-never used in training), and on the unseen cases clean. Per case: the coarse Dice (p > 0.75, the
-largest 3D component) and the share of gland slices whose proposed box (the default proposal:
-3D component, 3 mm margin) has its centre inside the reference gland; a gland slice without a box
-counts as a miss.
+Every checkpoint reads the same volumes: the 12 source-extra and unseen cases, clean and under
+each shift of ``apps/acquisition_shifts.SHIFTS`` (the suite's seeded models, seed 0, exactly the
+volumes ``samprostate evaluate --shifts`` scores), through the shipped coarse levers
+(reorientation to LPS). Per case and component rule (``3d``: the largest 3D component, the
+default; ``plausible`` and ``profile``: ``component_choice``): the coarse Dice of the kept component; the share of
+gland slices whose proposed box (3 mm margin) has its centre inside the reference gland; and the
+box coverage, the share of the reference gland's voxels on gland slices that lie inside their
+slice's box (a too-small or missing box lowers it); and the boxes on slices without gland, per
+gland slice. The JSON is rewritten after every case; with ``--cache DIR`` each volume's
+probabilities and reference are kept there, so a rerun (a new rule) reads them instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, select_shifts, shifted_case
 from SAMProstateSDGLib.io.dataset import find_cases
-from SAMProstateSDGLib.io.volume_io import normalised_array
-from SAMProstateSDGLib.masks.boxes import COARSE_THRESHOLD, largest_component, propose_boxes
+from SAMProstateSDGLib.masks.boxes import DEFAULT_COARSE_OPTIONS, ComponentFilter, ProposalOptions, filtered_mask, propose_boxes
 from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
+from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 
-Shift = Callable[[sitk.Image, np.ndarray, int], tuple[sitk.Image, np.ndarray]]
-
-
-def _with_array(image: sitk.Image, array: np.ndarray) -> sitk.Image:
-    shifted = sitk.GetImageFromArray(array.astype(np.float32))
-    shifted.CopyInformation(image)
-    return shifted
+CLEAN = "clean"
+RULES = (ComponentFilter.VOLUME, ComponentFilter.PLAUSIBLE, ComponentFilter.PROFILE)
 
 
-def _physical_grid(image: sitk.Image) -> np.ndarray:
-    """Physical coordinates (mm) of every voxel, [slices, rows, columns, xyz]."""
-    axes = np.array(image.GetDirection()).reshape(3, 3).T * np.array(image.GetSpacing())[:, None]  # row i: one step along index axis i
-    x, y, z = (np.arange(n, dtype=np.float32)[:, None] * axes[i].astype(np.float32) for i, n in enumerate(image.GetSize()))
-    return np.array(image.GetOrigin(), dtype=np.float32) + z[:, None, None] + y[None, :, None] + x[None, None, :]
-
-
-def smooth_bias_field(image: sitk.Image, mask: np.ndarray, seed: int) -> tuple[sitk.Image, np.ndarray]:
-    """A strong smooth multiplicative field: five Gaussian blobs (40-90 mm wide) of log-gain +-1.2 at random places."""
-    rng = np.random.default_rng(seed)
-    points = _physical_grid(image)
-    centre, extent = points.reshape(-1, 3).mean(0), np.ptp(points.reshape(-1, 3), 0)
-    log_gain = np.zeros(mask.shape)
-    for _ in range(5):
-        middle = centre + rng.uniform(-0.5, 0.5, 3) * extent
-        width = rng.uniform(40, 90)
-        log_gain += rng.uniform(-1.2, 1.2) * np.exp(-np.sum((points - middle) ** 2, -1) / (2 * width**2))
-    return _with_array(image, sitk.GetArrayFromImage(image) * np.exp(log_gain)), mask
-
-
-def posterior_peaked_field(image: sitk.Image, mask: np.ndarray, seed: int) -> tuple[sitk.Image, np.ndarray]:
-    """Bright behind the gland, falling off over a few cm (a surface receiver in the rectum), saturated."""
-    points = _physical_grid(image)
-    gland = points[mask]
-    coil = np.array([gland[:, 0].mean(), gland[:, 1].max() + 12.0])  # LPS: y grows towards posterior
-    distance = np.hypot(points[..., 0] - coil[0], points[..., 1] - coil[1])
-    values = sitk.GetArrayFromImage(image).astype(np.float32)
-    shifted = values * (0.25 + 4.0 * np.exp(-distance / 25.0))
-    return _with_array(image, np.minimum(shifted, 1.5 * np.percentile(values, 99.5))), mask
-
-
-def gamma(exponent: float) -> Shift:
-    def shift(image: sitk.Image, mask: np.ndarray, seed: int) -> tuple[sitk.Image, np.ndarray]:
-        values = sitk.GetArrayFromImage(image).astype(np.float32)
-        top = values.max()
-        return _with_array(image, top * (np.clip(values, 0, None) / top) ** exponent), mask
-
-    return shift
-
-
-def resampled(in_plane_mm: float, slice_mm: float | None = None) -> Shift:
-    """The same anatomy on coarser pixels (and optionally other slice thickness); the mask by nearest neighbour."""
-
-    def shift(image: sitk.Image, mask: np.ndarray, seed: int) -> tuple[sitk.Image, np.ndarray]:
-        spacing = (in_plane_mm, in_plane_mm, slice_mm or image.GetSpacing()[2])
-        size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
-        grid = sitk.Image(size, sitk.sitkFloat32)
-        grid.SetOrigin(image.GetOrigin())
-        grid.SetDirection(image.GetDirection())
-        grid.SetSpacing(spacing)
-        label = sitk.GetImageFromArray(mask.astype(np.uint8))
-        label.CopyInformation(image)
-        moved = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, 0.0)
-        moved_mask = sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        return moved, sitk.GetArrayFromImage(moved_mask) > 0
-
-    return shift
-
-
-def identity_header(image: sitk.Image, mask: np.ndarray, seed: int) -> tuple[sitk.Image, np.ndarray]:
-    shifted = sitk.Image(image)
-    shifted.SetDirection(np.eye(3).ravel().tolist())
-    shifted.SetOrigin((0.0, 0.0, 0.0))
-    return shifted, mask
-
-
-def flipped(axes: tuple[int, ...]) -> Shift:
-    """Array axes flipped with the header kept: the slice reaches the network upside down or mirrored."""
-
-    def shift(image: sitk.Image, mask: np.ndarray, seed: int) -> tuple[sitk.Image, np.ndarray]:
-        values = np.flip(sitk.GetArrayFromImage(image), axes).copy()
-        return _with_array(image, values), np.flip(mask, axes).copy()
-
-    return shift
-
-
-SHIFTS: dict[str, Shift | None] = {
-    "clean": None,
-    "bias field": smooth_bias_field,
-    "posterior field": posterior_peaked_field,
-    "gamma 0.5": gamma(0.5),
-    "gamma 2": gamma(2.0),
-    "1.1 mm pixels, 1.6 mm slices": resampled(1.1, 1.6),
-    "identity header": identity_header,
-    "flipped AP": flipped((1,)),
-}
-
-
-def measure(segmenter: CoarseSegmenter, image: sitk.Image, mask: np.ndarray) -> tuple[float, float]:
-    """(coarse Dice of the largest 3D component, share of gland slices whose box centre lies in the gland)."""
-    probabilities = segmenter.probabilities(normalised_array(image), image)
-    component = largest_component(probabilities > COARSE_THRESHOLD)
-    dice = 2 * np.logical_and(component, mask).sum() / max(component.sum() + mask.sum(), 1)
-    boxes = propose_boxes(probabilities, image.GetSpacing()[:2])
-    gland_slices = np.flatnonzero(mask.any(axis=(1, 2)))
-    hits = 0
+def measure(probabilities: np.ndarray, spacing_xyz: tuple[float, ...], reference: np.ndarray, rule: ComponentFilter) -> dict[str, float]:
+    """Coarse Dice of the kept component, box-centre-in-gland share and box coverage of the gland."""
+    component = filtered_mask(probabilities, component_filter=rule, spacing_xyz=spacing_xyz)
+    dice = 2 * np.logical_and(component, reference).sum() / max(component.sum() + reference.sum(), 1)
+    boxes = propose_boxes(probabilities, spacing_xyz, ProposalOptions(component_filter=rule))
+    gland_slices = np.flatnonzero(reference.any(axis=(1, 2)))
+    centres, covered = 0, 0
     for index in gland_slices:
         box = boxes.get(int(index))
-        if box is not None:
-            hits += bool(mask[index, int(round((box.y0 + box.y1) / 2)), int(round((box.x0 + box.x1) / 2))])
-    return float(dice), hits / max(len(gland_slices), 1)
+        if box is None:
+            continue
+        rows, columns = reference[index].shape
+        centres += bool(reference[index, min(rows - 1, int(round((box.y0 + box.y1) / 2))), min(columns - 1, int(round((box.x0 + box.x1) / 2)))])
+        y0, y1 = max(0, int(np.floor(box.y0))), int(np.ceil(box.y1)) + 1
+        x0, x1 = max(0, int(np.floor(box.x0))), int(np.ceil(box.x1)) + 1
+        covered += int(reference[index, y0:y1, x0:x1].sum())
+    return {
+        "extra_boxes": sum(not reference[index].any() for index in boxes) / max(len(gland_slices), 1),
+        "dice": float(dice),
+        "centre_share": centres / max(len(gland_slices), 1),
+        "coverage": covered / max(int(reference[gland_slices].sum()), 1),
+    }
+
+
+def coarse_reading(arguments, segmenter, label, case, name, shift, image, labels) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(probabilities, reference gland mask, spacing) of the shifted case, from the cache when it holds them."""
+    cached = arguments.cache / f"{label}__{case.name}__{name.split(' (')[0].replace(' ', '_').replace(':', '')}.npz" if arguments.cache else None
+    if cached is not None and cached.is_file():
+        stored = np.load(cached)
+        return stored["probabilities"].astype(np.float32), stored["reference"], tuple(stored["spacing"])
+    shifted, reference = (image, labels) if shift is None else shifted_case(shift, image, labels, arguments.seed, case.name)
+    probabilities = coarse_probabilities(segmenter, shifted, DEFAULT_COARSE_OPTIONS)
+    if cached is not None:
+        arguments.cache.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cached, probabilities=probabilities.astype(np.float16), reference=reference > 0, spacing=np.array(shifted.GetSpacing()))
+    return probabilities, reference > 0, shifted.GetSpacing()
+
+
+def run(arguments) -> None:
+    torch.set_num_threads(arguments.threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(arguments.threads)
+    models = {label: CoarseSegmenter.from_checkpoint(path, torch.device("cpu")) for label, path in (item.split("=", 1) for item in arguments.checkpoint)}
+    shifts = select_shifts(arguments.shift) if arguments.shift else SHIFTS
+    cases = find_cases(arguments.data, split="source-extra") + find_cases(arguments.data, split="unseen")
+    if arguments.cases:
+        cases = [case for case in cases if case.name in arguments.cases.split(",")]
+    # label -> rule -> shift -> case -> figures
+    results: dict = {label: {rule.value: {} for rule in RULES} for label in models}
+    for case in cases:
+        image, labels = case.read()
+        for shift in (None, *shifts):
+            name = CLEAN if shift is None else shift.name
+            for label, segmenter in models.items():
+                probabilities, reference, spacing = coarse_reading(arguments, segmenter, label, case, name, shift, image, labels)
+                for rule in RULES:
+                    results[label][rule.value].setdefault(name, {})[case.name] = measure(probabilities, spacing, reference, rule)
+        print(f"{case.name} done", flush=True)
+        arguments.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def table(files: list[Path], rule: str) -> str:
+    """One line per shift; per checkpoint the coarse Dice mean / min, box-centre share and box coverage (means over cases)."""
+    merged: dict = {}  # files measured on other shifts or cases add to each other
+    for file in files:
+        for label, rules in json.loads(file.read_text()).items():
+            for rule_name, shifts in rules.items():
+                for shift, cases in shifts.items():
+                    merged.setdefault(label, {}).setdefault(rule_name, {}).setdefault(shift, {}).update(cases)
+    labels = list(merged)
+    shifts = list(merged[labels[0]][rule])
+    lines = [
+        f"| shift ({rule} component) | " + " | ".join(f"{label}: coarse Dice mean / min | {label}: box centre in gland / box coverage / boxes off the gland" for label in labels) + " |",
+        "|---|" + "---|---|" * len(labels),
+    ]
+    for shift in shifts:
+        cells = []
+        for label in labels:
+            figures = list(merged[label][rule].get(shift, {}).values())
+            dice = [value["dice"] for value in figures]
+            cells.append(f"{np.mean(dice):.3f} / {min(dice):.3f}" if dice else "n/a")
+            shares = [np.mean([value.get(key, np.nan) for value in figures]) for key in ("centre_share", "coverage", "extra_boxes")] if dice else []
+            cells.append(" / ".join(f"{share:.2f}" for share in shares) if dice else "n/a")
+        lines.append(f"| {shift} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--checkpoint", action="append", required=True, help="LABEL=PATH, repeatable")
-    parser.add_argument("--output", type=Path, help="also write the Markdown table here")
-    parser.add_argument("--json", type=Path, help="per-case figures as JSON")
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--checkpoint", action="append", help="LABEL=PATH, repeatable")
+    parser.add_argument("--shift", action="append", help="only this suite shift (name or its start; repeatable; default: all)")
+    parser.add_argument("--cases", help="only these cases, comma-separated")
+    parser.add_argument("--seed", type=int, default=0, help="the suite's seed (default 0, as evaluate --shifts)")
+    parser.add_argument("--json", type=Path, help="per-case figures, rewritten after every case")
+    parser.add_argument("--cache", type=Path, help="keep (and reuse) each volume's probabilities and reference here")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and SimpleITK")
+    parser.add_argument("--table", type=Path, nargs="+", help="print the table of these JSON files instead of measuring")
+    parser.add_argument("--rule", default=ComponentFilter.VOLUME.value, help="--table: the component rule to tabulate (3d, plausible, profile)")
+    parser.add_argument("--output", type=Path, help="--table: also write the Markdown table here")
     arguments = parser.parse_args()
-    torch.set_num_threads(arguments.threads)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(arguments.threads)
-    models = {label: CoarseSegmenter.from_checkpoint(path, torch.device("cpu")) for label, path in (item.split("=", 1) for item in arguments.checkpoint)}
-    extra, unseen = find_cases(arguments.data, split="source-extra"), find_cases(arguments.data, split="unseen")
-    results: dict[str, dict[str, dict[str, tuple[float, float]]]] = {label: {} for label in models}
-    for seed, case in enumerate(extra + unseen):
-        image, labels = case.read()
-        for shift_name, shift in SHIFTS.items():
-            if case in unseen and shift is not None:
-                continue
-            shifted, mask = shift(image, labels > 0, seed) if shift else (image, labels > 0)
-            row = f"{'unseen ' if case in unseen else ''}{shift_name}"
-            for label, segmenter in models.items():
-                results[label].setdefault(row, {})[case.name] = measure(segmenter, shifted, mask)
-        print(f"{case.name} done", flush=True)
-    lines = ["| cases, shift | " + " | ".join(f"{label}: Dice mean / min / box-centre share" for label in models) + " |"]
-    lines.append("|---|" + "---|" * len(models))
-    for row in results[next(iter(models))]:
-        cells = []
-        for label in models:
-            values = np.array(list(results[label][row].values()))
-            cells.append(f"{values[:, 0].mean():.3f} / {values[:, 0].min():.3f} / {values[:, 1].mean():.2f}")
-        lines.append(f"| {'source-extra ' if not row.startswith('unseen') else ''}{row} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
-    print(table)
-    if arguments.output:
-        arguments.output.write_text(table + "\n")
-    if arguments.json:
-        arguments.json.write_text(json.dumps(results, indent=1) + "\n")
+    if arguments.table:
+        text = table(arguments.table, arguments.rule)
+        print(text)
+        if arguments.output:
+            arguments.output.write_text(text + "\n")
+        return
+    if not (arguments.data and arguments.checkpoint and arguments.json):
+        parser.error("measuring needs --data, --checkpoint and --json")
+    run(arguments)
 
 
 if __name__ == "__main__":

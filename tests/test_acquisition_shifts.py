@@ -15,10 +15,12 @@ from SAMProstateSDGLib.apps.acquisition_shifts import (
     identity_header,
     resample,
     rician_noise,
+    select_shifts,
     shifted_case,
     smooth_bias_field,
     tight_coverage,
 )
+from SAMProstateSDGLib.core.errors import InputError
 
 
 def _case(name: str = "Case29") -> tuple[sitk.Image, np.ndarray]:
@@ -135,3 +137,13 @@ def test_shifts_are_deterministic_per_seed_and_case():
     noise = next(shift for shift in SHIFTS if shift.name == "Rician noise")
     assert not np.array_equal(_voxels(shifted_case(noise, image, labels, 0, "Case29")[0]), _voxels(shifted_case(noise, image, labels, 1, "Case29")[0]))
     assert all(shift.description for shift in SHIFTS)
+
+
+def test_select_shifts_by_name_or_unique_start_in_suite_order():
+    chosen = select_shifts(["strong bias", "ENDORECTAL COIL", "coil site"])
+    assert [shift.name for shift in chosen] == [SHIFTS[0].name, SHIFTS[1].name, SHIFTS[2].name]
+    assert select_shifts([SHIFTS[5].name]) == (SHIFTS[5],)
+    with pytest.raises(InputError, match="not one of"):
+        select_shifts(["motion"])
+    with pytest.raises(InputError, match="matches several"):
+        select_shifts(["co"])  # coil site, coarser pixels

@@ -9,7 +9,7 @@ from conftest import FIXTURES
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.modeling.coarse_net import CoarseNetConfig
 from SAMProstateSDGLib.training.coarse import augmentations
-from SAMProstateSDGLib.training.dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard
+from SAMProstateSDGLib.training.dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,30 @@ def test_dg_augmentations_are_seeded_in_range_and_keep_the_label_on_the_gland(fi
         inside = moved["image"][moved["label"] > 0]
         if len(inside) > 50:
             assert abs(float(inside.mean()) - gland_mean) < 0.05
+
+
+def test_smooth_gain_field_is_seeded_smooth_strong_and_leaves_the_label(fixture_slice):
+    field = RandSmoothGainFieldd("image", prob=1.0)
+    label = fixture_slice["label"].clone()
+    original = fixture_slice["image"]
+    contrasts = []
+    for seed in range(6):
+        shaded = run(field, fixture_slice, seed)
+        assert torch.equal(shaded["image"], run(field, fixture_slice, seed)["image"])  # the same seed, the same field
+        assert torch.equal(shaded["label"], label)
+        assert shaded["image"].shape == original.shape and torch.isfinite(shaded["image"]).all() and shaded["image"].min() >= 0
+        gain = field.log_gain(original.shape[-2:])
+        assert gain.diff(dim=0).abs().max() < 0.25 and gain.diff(dim=1).abs().max() < 0.25  # smooth: no edges of its own
+        # where nothing saturated, the image is the original times the field
+        unsaturated = shaded["image"] < shaded["image"].max()
+        expected = original * torch.exp(gain)
+        assert torch.allclose(shaded["image"][unsaturated], expected[unsaturated], rtol=1e-4, atol=1e-6)
+        contrasts.append(float(gain.max() - gain.min()))
+    assert max(contrasts) > np.log(10)  # the family reaches a tenfold bright-to-dark ratio across the canvas
+    assert len({round(value, 4) for value in contrasts}) == len(contrasts)  # each seed draws another field
+
+
+def test_smooth_gain_field_ignores_the_label(fixture_slice):
+    field = RandSmoothGainFieldd("image", prob=1.0)
+    without_gland = {"image": fixture_slice["image"], "label": torch.zeros_like(fixture_slice["label"])}
+    assert torch.equal(run(field, fixture_slice, 4)["image"], run(field, without_gland, 4)["image"])

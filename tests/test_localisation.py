@@ -45,3 +45,32 @@ def test_the_plausible_component_is_the_gland_not_a_larger_irregular_region():
     boxes = propose_boxes(probabilities, spacing, ProposalOptions(component_filter=ComponentFilter.PLAUSIBLE, margin_mm=0))
     assert sorted(boxes) == [0, 1, 2, 3]
     assert (filtered_mask(probabilities, component_filter=ComponentFilter.PLAUSIBLE, spacing_xyz=spacing) == plausible).all()
+
+
+def test_the_profile_rule_cuts_a_larger_region_joined_to_the_gland_above_it():
+    """The real gland with, on the slices above it and reaching the volume's end, a much larger region touching
+    it (one 3D component, as the bladder side under a coil field): the profile rule keeps the gland's slices."""
+    gland = read_mask(FIXTURES / "Case00_seg.nii.gz")
+    spacing = read_volume(FIXTURES / "Case00.nii.gz").GetSpacing()
+    rows, columns = np.nonzero(gland[-1])
+    region = np.zeros((3, *gland.shape[1:]), dtype=bool)
+    region[:, max(rows.min() - 40, 0) : rows.max() + 40, max(columns.min() - 40, 0) : columns.max() + 40] = True
+    below = np.zeros((1, *gland.shape[1:]), dtype=bool)  # the apex is inside the field of view
+    mask = np.concatenate([below, gland, region])
+    probabilities = np.where(mask, 0.9, 0.0).astype(np.float32)
+    assert filtered_mask(probabilities, component_filter=ComponentFilter.VOLUME, spacing_xyz=spacing)[1 + len(gland) :].any()
+    kept = filtered_mask(probabilities, component_filter=ComponentFilter.PROFILE, spacing_xyz=spacing)
+    assert (kept == np.concatenate([below, gland, np.zeros_like(region)])).all()
+    assert sorted(propose_boxes(probabilities, spacing, ProposalOptions(component_filter=ComponentFilter.PROFILE))) == list(range(1, 1 + len(gland)))
+    # a region cut off by the field of view is kept only when nothing else is plausible: here the gland too reaches an end
+    touching = np.concatenate([gland, region])
+    assert (filtered_mask(touching.astype(np.float32), component_filter=ComponentFilter.PROFILE, spacing_xyz=spacing) == touching).all()
+
+
+def test_the_profile_rule_keeps_a_real_coarse_mask_whole(segmenter):
+    image = read_volume(FIXTURES / "P158-020.nii.gz")
+    probabilities = coarse_probabilities(segmenter.coarse, image, CoarseOptions(reorient=True))
+    spacing = image.GetSpacing()
+    largest = filtered_mask(probabilities, component_filter=ComponentFilter.VOLUME, spacing_xyz=spacing)
+    assert largest.any()
+    assert (filtered_mask(probabilities, component_filter=ComponentFilter.PROFILE, spacing_xyz=spacing) == largest).all()

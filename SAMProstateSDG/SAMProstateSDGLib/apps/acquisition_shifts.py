@@ -13,12 +13,14 @@ or inference path may read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 from monai.transforms import AdjustContrast, RandBiasField, RandRicianNoise
+
+from ..core.errors import InputError
 
 ShiftFunction = Callable[[sitk.Image, np.ndarray, np.random.Generator], tuple[sitk.Image, np.ndarray]]
 
@@ -216,3 +218,18 @@ def shifted_case(shift: AcquisitionShift, image: sitk.Image, labels: np.ndarray,
     """The case under ``shift``; the same seed, shift and case always give the same result."""
     rng = np.random.default_rng([seed, *case_name.encode(), *shift.name.encode()])
     return shift.apply(image, labels, rng)
+
+
+def select_shifts(names: Sequence[str]) -> tuple[AcquisitionShift, ...]:
+    """The suite's shifts named (each name: a shift's name or the start of exactly one, any case), in the suite's order."""
+    chosen = set()
+    for name in names:
+        matches = [shift for shift in SHIFTS if shift.name.lower() == name.strip().lower()] or [
+            shift for shift in SHIFTS if shift.name.lower().startswith(name.strip().lower())
+        ]
+        if len(matches) != 1:
+            known = "; ".join(shift.name for shift in SHIFTS)
+            problem = "matches several of" if matches else "is not one of"
+            raise InputError(f"shift {name!r} {problem} the suite's shifts: {known}")
+        chosen.add(matches[0].name)
+    return tuple(shift for shift in SHIFTS if shift.name in chosen)

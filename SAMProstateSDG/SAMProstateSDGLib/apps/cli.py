@@ -24,7 +24,8 @@ def _add_model_options(parser: argparse.ArgumentParser, default_method: str | No
     parser.add_argument("--coarse-checkpoint", type=Path, help="a coarse network from train-coarse (default: the shipped one)")
     parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default=ProposalOptions().component_filter.value,
                         help="keep the most plausible 3D component (plausible: probability mass x slice continuity, 2-200 mL), "
-                             "the largest in the volume (3d), per slice (2d, as SAMMed), or all (none)")
+                             "the largest in the volume (3d), cut where its cross-sections jump (profile), per slice (2d, as SAMMed), "
+                             "or all (none)")
     parser.add_argument("--reorient", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.reorient,
                         help="the coarse network reads the volume in the training orientation (LPS), whatever the file's voxel order")
     parser.add_argument("--n4", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.n4,

@@ -12,7 +12,7 @@ from enum import Enum
 import numpy as np
 from scipy import ndimage
 
-from .component_choice import choose_component
+from .component_choice import choose_component, choose_z_segment
 
 COARSE_THRESHOLD = 0.75
 IN_PLANE = np.stack([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3))]).astype(bool)  # 4-connected, never across slices
@@ -25,6 +25,7 @@ class ComponentFilter(str, Enum):
     SLICE = "2d"  # the largest connected component of each slice (SAMMed's mask filter)
     VOLUME = "3d"  # the largest 3D connected component, then per-slice boxes
     PLAUSIBLE = "plausible"  # the most plausible 3D component (component_choice), then per-slice boxes
+    PROFILE = "profile"  # the largest 3D component cut at cross-section area jumps, its most plausible z-segment (component_choice)
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ def filter_components(
     """
     if component_filter is ComponentFilter.PLAUSIBLE:
         return choose_component(mask, probabilities, spacing_xyz, plausible=True)
+    if component_filter is ComponentFilter.PROFILE:
+        return choose_z_segment(largest_component(mask), probabilities, spacing_xyz)
     if component_filter is ComponentFilter.VOLUME:
         return largest_component(mask)
     if component_filter is ComponentFilter.SLICE:
@@ -172,8 +175,8 @@ def propose_boxes(probabilities: np.ndarray, spacing_xy: tuple[float, ...], opti
 
     ``spacing_xy`` is the pixel spacing (x, y) in mm; the PLAUSIBLE filter also needs the slice spacing (x, y, z).
     """
-    if options.component_filter is ComponentFilter.PLAUSIBLE and len(spacing_xy) < 3:
-        raise ValueError("the plausible component filter needs the (x, y, z) spacing")
+    if options.component_filter in (ComponentFilter.PLAUSIBLE, ComponentFilter.PROFILE) and len(spacing_xy) < 3:
+        raise ValueError(f"the {options.component_filter.value} component filter needs the (x, y, z) spacing")
     inside, window = _filtered_window(probabilities, options.threshold, options.component_filter, tuple(spacing_xy))
     margin = (options.margin_mm / spacing_xy[0], options.margin_mm / spacing_xy[1])
     origin = (window[2].start or 0, window[1].start or 0)

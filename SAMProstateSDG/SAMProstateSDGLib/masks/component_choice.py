@@ -15,6 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 PLAUSIBLE_VOLUME_ML = (2.0, 200.0)  # coarse components outside this range are not a gland (a coarse mask may hold half a small gland)
+AREA_JUMP = 2.5  # consecutive cross-sections whose areas differ more than this factor belong to different structures ...
+JUMP_FLOOR = 0.5  # ... when the larger one is at least this share of the component's median cross-section (apex and base taper)
 
 
 @dataclass(frozen=True)
@@ -60,3 +62,40 @@ def choose_component(mask: np.ndarray, probabilities: np.ndarray, spacing_xyz: t
         if max(scores) > 0:
             best = int(np.argmax(scores)) + 1
     return labels == best
+
+
+def z_segments(component: np.ndarray) -> list[np.ndarray]:
+    """The component cut between consecutive slices whose cross-section areas jump (``AREA_JUMP``) at gland size (``JUMP_FLOOR``)."""
+    areas = component.reshape(len(component), -1).sum(axis=1)
+    present = np.flatnonzero(areas)
+    if len(present) < 2:
+        return [component]
+    floor = JUMP_FLOOR * float(np.median(areas[present]))
+    starts = [present[0]]
+    for below, above in zip(present[:-1], present[1:]):
+        small, large = sorted((areas[below], areas[above]))
+        if above != below + 1 or (large >= floor and large > AREA_JUMP * max(small, 1)):
+            starts.append(above)
+    bounds = [*starts, present[-1] + 1]
+    segments = []
+    for first, stop in zip(bounds[:-1], bounds[1:]):
+        segment = np.zeros_like(component)
+        segment[first:stop] = component[first:stop]
+        segments.append(segment)
+    return segments
+
+
+def choose_z_segment(component: np.ndarray, probabilities: np.ndarray, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
+    """The most plausible z-segment of a component (``z_segments``): a gland's cross-section grows and shrinks
+    smoothly from apex to base, so an abrupt jump to a much larger region (the bladder side under a coil field)
+    starts another structure. A segment reaching the volume's first or last slice (cut off by the field of view, as
+    the bladder side often is) is chosen only when no other segment is plausible; when none is, the component stays whole."""
+    segments = z_segments(component)
+    if len(segments) == 1:
+        return component
+    scores = []
+    for segment in segments:
+        present = np.flatnonzero(segment.reshape(len(segment), -1).any(axis=1))
+        truncated = present[0] == 0 or present[-1] == len(segment) - 1
+        scores.append(0.0 if truncated else plausibility(component_features(segment, probabilities, spacing_xyz)))
+    return segments[int(np.argmax(scores))] if max(scores) > 0 else component

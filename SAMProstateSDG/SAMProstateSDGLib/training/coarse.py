@@ -40,7 +40,7 @@ from ..io.volume_io import normalised_array
 from ..masks.boxes import COARSE_THRESHOLD
 from ..modeling.coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, load_coarse_checkpoint, save_coarse_checkpoint
 from .defaults import COARSE_TRAINING, VALIDATION_FRACTION
-from .dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard
+from .dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd
 
 
 @dataclass
@@ -150,7 +150,7 @@ def augmentations(size: int, kind: str = "standard") -> Compose:
 def dg_augmentations(size: int) -> Compose:
     """Single-source DG: field of view and zoom, flips along both in-plane axes, anisotropic loss of
     resolution (1-2 mm pixels), strong smooth bias fields of random shape and both polarities,
-    random monotone curves and gamma, and GIN random convolutions; the image ends in 0..1."""
+    random smooth gain fields (Gaussian bumps and a ramp, saturated), random monotone curves and gamma, and GIN random convolutions; the image ends in 0..1."""
     keys = ("image", "label")
     renormalise = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
     return Compose(
@@ -166,6 +166,7 @@ def dg_augmentations(size: int) -> Compose:
                     RandBiasFieldd("image", prob=0.6, degree=4, coeff_range=(-0.5, 0.5)),
                 ]
             ),
+            RandSmoothGainFieldd("image", prob=0.5),
             renormalise,
             RandHistogramShiftd("image", prob=0.3, num_control_points=(4, 10)),
             RandAdjustContrastd("image", prob=0.4, gamma=(0.4, 2.5)),

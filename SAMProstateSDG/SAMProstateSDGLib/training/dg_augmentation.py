@@ -1,14 +1,16 @@
 """Generic single-source domain-generalisation augmentations for 2D slices (MONAI dictionary transforms).
 
-Two families MONAI does not have: global intensity non-linear augmentation (GIN, Ouyang et al.,
-causality-inspired single-source domain generalisation) and anisotropic loss of resolution.
-Both change the image only; the label keeps its grid.
+Three families MONAI does not have: global intensity non-linear augmentation (GIN, Ouyang et al.,
+causality-inspired single-source domain generalisation), anisotropic loss of resolution, and
+random smooth multiplicative fields built from Gaussian bumps and a ramp (bright on one side,
+dark on another, with saturation). All change the image only; the label keeps its grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as functional
 from monai.config import KeysCollection
@@ -94,3 +96,63 @@ class RandAnisotropicLowResolutiond(_RandomImageTransformd):
         coarse = tuple(max(2, int(round(length / factor))) for length, factor in zip(size, self._factors))
         return Resize(size, mode="bilinear", align_corners=False)(Resize(coarse, mode="area")(image))
 
+
+
+class RandSmoothGainFieldd(_RandomImageTransformd):
+    """A random smooth multiplicative field: image x exp(log-gain), then saturation.
+
+    The log-gain is a random linear ramp (slope up to ``ramp`` per half canvas, random direction)
+    plus ``bumps`` Gaussian bumps with random centres (anywhere within 1.2 half-canvases of the
+    middle, so also just outside), widths (``width_range`` times the canvas side) and log-gains of
+    either sign (``log_gain_range``). Intensities above a random quantile of the result
+    (``saturation_quantile``) are clipped to it, as a saturated receiver does. Nothing here knows
+    where the anatomy is: the field is drawn from the canvas alone.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.5,
+        bumps: tuple[int, int] = (1, 3),
+        width_range: tuple[float, float] = (0.08, 0.4),
+        log_gain_range: tuple[float, float] = (-3.0, 3.0),
+        ramp: float = 1.5,
+        saturation_quantile: tuple[float, float] = (0.9, 1.0),
+    ) -> None:
+        super().__init__(keys, prob)
+        self.bumps, self.width_range, self.log_gain_range = bumps, width_range, log_gain_range
+        self.ramp, self.saturation_quantile = ramp, saturation_quantile
+        self._ramp = (0.0, 0.0)
+        self._bumps: list[tuple[float, float, float, float]] = []  # (row centre, column centre, width, log-gain)
+        self._quantile = 1.0
+
+    def randomize(self, data=None) -> None:
+        super().randomize(None)
+        angle, slope = self.R.uniform(0, 2 * np.pi), self.R.uniform(0, self.ramp)
+        self._ramp = (float(slope * np.sin(angle)), float(slope * np.cos(angle)))
+        count = int(self.R.randint(self.bumps[0], self.bumps[1] + 1))
+        self._bumps = [
+            (
+                float(self.R.uniform(-1.2, 1.2)),
+                float(self.R.uniform(-1.2, 1.2)),
+                float(self.R.uniform(*self.width_range)),
+                float(self.R.uniform(*self.log_gain_range)),
+            )
+            for _ in range(count)
+        ]
+        self._quantile = float(self.R.uniform(*self.saturation_quantile))
+
+    def log_gain(self, size: Sequence[int]) -> torch.Tensor:
+        """This draw's log-gain on a [rows, columns] grid (coordinates -1..1 across each axis)."""
+        rows, columns = torch.meshgrid(torch.linspace(-1, 1, size[0]), torch.linspace(-1, 1, size[1]), indexing="ij")
+        field = self._ramp[0] * rows + self._ramp[1] * columns
+        for row, column, width, gain in self._bumps:
+            field = field + gain * torch.exp(-((rows - row) ** 2 + (columns - column) ** 2) / (2 * (2 * width) ** 2))
+        return field
+
+    def apply(self, image):
+        values = torch.as_tensor(image).float()
+        shaded = values * torch.exp(self.log_gain(values.shape[-2:]))
+        ceiling = torch.quantile(shaded.flatten(), self._quantile) if self._quantile < 1.0 else shaded.max()
+        shaded = torch.minimum(shaded, ceiling)
+        return type(image)(shaded) if isinstance(image, torch.Tensor) else shaded.numpy()
