@@ -20,6 +20,7 @@ from SAMProstateSDGLib.apps.robustness import SuiteResult, run_suite
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.masks.boxes import CoarseOptions, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
 from SAMProstateSDGLib.masks.confidence import slice_confidences
+from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, method
 from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 from SAMProstateSDGLib.pipeline.segmenter import PreparedVolume, ProstateSegmenter
 
@@ -77,7 +78,7 @@ def main() -> None:
     predictors = lever_predictors(segmenter)
     merged: SuiteResult | None = None
     for case in cases:
-        result = run_suite(segmenter, [case], arguments.seed, predictors=predictors)
+        result = run_suite(method(DEFAULT_METHOD).load(segmenter), [case], arguments.seed, predictors=predictors)
         if merged is None:
             merged = result
         else:

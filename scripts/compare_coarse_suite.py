@@ -25,6 +25,7 @@ from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, select_shifts
 from SAMProstateSDGLib.apps.robustness import SUITE_SPLITS, run_suite
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.masks.boxes import boxes_from_labels, propose_boxes
+from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, method
 from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 from SAMProstateSDGLib.pipeline.segmenter import PreparedVolume, ProstateSegmenter
 
@@ -77,7 +78,7 @@ def main() -> None:
     scores: dict = {row: {} for row in predictors}
     for case in cases:
         started = time.time()
-        result = run_suite(shipped, [case], arguments.seed, shifts, predictors)
+        result = run_suite(method(DEFAULT_METHOD).load(shipped), [case], arguments.seed, shifts, predictors)
         for row, by_shift in result.scores.items():
             for shift, by_case in by_shift.items():
                 scores[row].setdefault(shift, {}).update({name: asdict(value) for name, value in by_case.items()})
