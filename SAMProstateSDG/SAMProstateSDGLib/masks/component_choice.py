@@ -49,7 +49,7 @@ def plausibility(features: ComponentFeatures) -> float:
     return features.mass * features.continuity
 
 
-def choose_component(mask: np.ndarray, probabilities: np.ndarray, spacing_xyz: tuple[float, float, float], plausible: bool) -> np.ndarray:
+def choose_component(mask: np.ndarray, probabilities: np.ndarray, spacing_xyz: tuple[float, ...], plausible: bool) -> np.ndarray:
     """The 3D component of ``mask`` to prompt with: the largest, or the most plausible (the largest when none is)."""
     labels, count = ndimage.label(mask)
     if count == 0:
@@ -85,7 +85,7 @@ def z_segments(component: np.ndarray) -> list[np.ndarray]:
     return segments
 
 
-def choose_z_segment(component: np.ndarray, probabilities: np.ndarray, spacing_xyz: tuple[float, float, float]) -> np.ndarray:
+def choose_z_segment(component: np.ndarray, probabilities: np.ndarray, spacing_xyz: tuple[float, ...]) -> np.ndarray:
     """The most plausible z-segment of a component (``z_segments``): a gland's cross-section grows and shrinks
     smoothly from apex to base, so an abrupt jump to a much larger region (the bladder side under a coil field)
     starts another structure. A segment reaching the volume's first or last slice (cut off by the field of view, as
