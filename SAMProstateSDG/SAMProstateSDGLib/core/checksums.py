@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from .errors import InputError
+
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
 def sha256_of(path: str | Path) -> str:
@@ -89,7 +92,7 @@ def full_precision(state: Mapping) -> dict:
     return {name: value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value for name, value in state.items()}
 
 
-def load_trained_weights(module: torch.nn.Module, checkpoint: str | Path, description: str, sha256: str | None = None) -> torch.nn.Module:
+def load_trained_weights(module: ModuleT, checkpoint: str | Path, description: str, sha256: str | None = None) -> ModuleT:
     """Load a checkpoint of trained weights (fp16 or fp32) into ``module`` with strict keys; returns it in eval mode."""
     state = load_weights(checkpoint, f"{description} checkpoint", sha256)
     state = full_precision(state) if isinstance(state, Mapping) else state

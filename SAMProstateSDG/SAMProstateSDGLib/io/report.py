@@ -82,7 +82,7 @@ def render_report(
     return page
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
@@ -156,7 +156,7 @@ def _table(draw: ImageDraw.ImageDraw, y: int, title: str, rows: list[tuple[str, 
     return y + 4
 
 
-def _paragraph(draw: ImageDraw.ImageDraw, origin: tuple[int, int], text: str, font: ImageFont.FreeTypeFont, fill, width: int) -> None:
+def _paragraph(draw: ImageDraw.ImageDraw, origin: tuple[int, int], text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, fill, width: int) -> None:
     x, y = origin
     line = ""
     for word in text.split():

@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import torch
@@ -135,7 +135,7 @@ class EncoderBackend(ABC):
     parity_checked: ClassVar[tuple[str, ...]] = ()  # precisions "auto" may choose (Dice parity measured)
     exported: ClassVar[bool] = True  # runs an exported graph on the CPU (not torch)
 
-    def __init__(self, encoder: nn.Module, precision: str, cache: ExportCache):
+    def __init__(self, encoder: nn.Module, precision: str, cache: ExportCache | None):
         self.precision = precision
 
     @classmethod
@@ -190,7 +190,7 @@ class TorchEncoder(EncoderBackend):
 def export_onnx(encoder: nn.Module, path: Path) -> None:
     """The encoder as an ONNX graph (TorchScript exporter, opset 17) for one image at a time:
     TinyViT reads the batch size in Python (``len(x)``), so the trace fixes it at 1."""
-    side = encoder.img_size
+    side = cast(int, encoder.img_size)  # TinyViT's input side in pixels
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about TinyViT's Python-side shape checks
         torch.onnx.export(
@@ -201,7 +201,7 @@ def export_onnx(encoder: nn.Module, path: Path) -> None:
 
 def _check_embedding(backend: EncoderBackend, encoder: nn.Module) -> None:
     """Refuse a freshly built graph whose embedding of a test image strays from torch fp32's."""
-    images = selection_images(encoder.img_size, 1)
+    images = selection_images(cast(int, encoder.img_size), 1)
     reference = TorchEncoder(encoder).encode(images)
     difference = (backend.encode(images) - reference).abs().max().item()
     if not difference <= EMBEDDING_TOLERANCE[backend.precision]:
@@ -484,7 +484,7 @@ def choose_encoder(
             (log or print)(f"samprostate: note: {error}")
     if not built:
         raise BackendError(f"no encoder backend for --backend {backend} --precision {precision} could be built here")
-    timings = time_backends(list(built.values()), selection_images(encoder.img_size, slices), rounds)
+    timings = time_backends(list(built.values()), selection_images(cast(int, encoder.img_size), slices), rounds)
     chosen = min(built, key=lambda option: timings[option.label])
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"key": key, "chosen": chosen.label, "ms_per_slice": timings}, indent=1, sort_keys=True))

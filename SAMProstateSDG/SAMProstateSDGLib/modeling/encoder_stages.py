@@ -14,6 +14,7 @@ Channels and sizes are read from the encoder, never assumed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, Sam
@@ -100,4 +101,5 @@ def _token_map(tokens: torch.Tensor) -> torch.Tensor:
 
 def _out_channels(layer: torch.nn.Module) -> int:
     """A TinyViT stage's output width: its downsampling's, or its blocks' when it keeps the size."""
-    return layer.dim if layer.downsample is None else layer.downsample.out_dim
+    stage = cast(Any, layer)  # TinyViT's BasicLayer / ConvLayer (no type information)
+    return stage.dim if stage.downsample is None else stage.downsample.out_dim

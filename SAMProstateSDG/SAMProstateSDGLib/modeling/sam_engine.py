@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -92,8 +93,8 @@ def load_sam(model_type: str, checkpoint: str | Path, sha256: str | None = None)
 def embedding_grid(encoder: nn.Module) -> tuple[int, int]:
     """Rows and columns of the embeddings an image encoder gives, from its architecture (no forward pass)."""
     if hasattr(encoder, "layers"):  # TinyViT: its last stage's resolution
-        return tuple(encoder.layers[-1].input_resolution)
-    side = encoder.img_size // encoder.patch_embed.proj.stride[0]  # ViT: one embedding per patch
+        return cast(tuple[int, int], tuple(cast(Any, encoder).layers[-1].input_resolution))
+    side = cast(int, encoder.img_size) // cast(Any, encoder).patch_embed.proj.stride[0]  # ViT: one embedding per patch
     return side, side
 
 

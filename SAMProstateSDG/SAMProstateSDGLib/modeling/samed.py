@@ -9,6 +9,8 @@ zone (label 1) and peripheral zone (label 2).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,6 +28,9 @@ ZONE_CLASSES = 3  # background, transition zone, peripheral zone
 
 class LoRAQKV(nn.Module):
     """A frozen fused qkv projection plus trainable low-rank updates of its query and value outputs."""
+
+    query_outputs: torch.Tensor  # buffers (register_buffer)
+    value_outputs: torch.Tensor
 
     def __init__(self, qkv: nn.Linear, query_outputs: torch.Tensor, value_outputs: torch.Tensor, rank: int = LORA_RANK):
         super().__init__()
@@ -50,9 +55,10 @@ def _query_value_outputs(attention: nn.Module) -> tuple[torch.Tensor, torch.Tens
         width = attention.qkv.in_features
         return torch.arange(width), torch.arange(2 * width, 3 * width)
     # TinyViT: per head [q (key_dim) | k (key_dim) | v (d)]
-    block = 2 * attention.key_dim + attention.d
-    starts = torch.arange(attention.num_heads)[:, None] * block
-    return (starts + torch.arange(attention.key_dim)).ravel(), (starts + 2 * attention.key_dim + torch.arange(attention.d)).ravel()
+    tiny: Any = attention  # TinyViT's Attention (no type information): ints key_dim, d, num_heads
+    block = 2 * tiny.key_dim + tiny.d
+    starts = torch.arange(tiny.num_heads)[:, None] * block
+    return (starts + torch.arange(tiny.key_dim)).ravel(), (starts + 2 * tiny.key_dim + torch.arange(tiny.d)).ravel()
 
 
 def add_lora(encoder: nn.Module, rank: int = LORA_RANK) -> nn.ModuleList:
@@ -60,7 +66,7 @@ def add_lora(encoder: nn.Module, rank: int = LORA_RANK) -> nn.ModuleList:
     attentions = [module for module in encoder.modules() if hasattr(module, "qkv") and isinstance(module.qkv, nn.Linear)]
     layers = []
     for attention in attentions:
-        attention.qkv = LoRAQKV(attention.qkv, *_query_value_outputs(attention), rank)
+        attention.qkv = LoRAQKV(cast(nn.Linear, attention.qkv), *_query_value_outputs(attention), rank)
         layers.append(attention.qkv)
     return nn.ModuleList(layers)
 
@@ -91,10 +97,10 @@ class SAMed(nn.Module):
         """The LoRA adapters, prompt encoder and mask decoder; never the frozen encoder weights."""
         return {name: value for name, value in super().state_dict(*args, **kwargs).items() if _is_trained(name)}
 
-    def load_state_dict(self, state, strict: bool = True):
-        if strict and set(state) != set(self.state_dict()):
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        if strict and set(state_dict) != set(self.state_dict()):
             raise RuntimeError("SAMed checkpoint keys do not match this SAM")
-        return super().load_state_dict(state, strict=False)
+        return super().load_state_dict(state_dict, strict=False, assign=assign)
 
     def zone_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Prompt-free low-resolution logits [B, 3, 4h, 4w] of background, TZ and PZ."""

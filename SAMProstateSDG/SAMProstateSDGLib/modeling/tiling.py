@@ -7,10 +7,15 @@ height). SAMMed's published code swaps the offsets of the two off-diagonal tiles
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..masks.boxes import Box
 from .sam_engine import Prompt, SamEngine
+
+if TYPE_CHECKING:
+    import torch
 
 GRID = 2
 TILES = GRID * GRID
@@ -52,7 +57,7 @@ class TiledEncodedVolume:
     def __init__(self, engine: SamEngine, slices: np.ndarray):
         self.engine = engine
         self.slices = slices
-        self.embeddings: dict[int, object] = {}
+        self.embeddings: dict[int, torch.Tensor] = {}
 
     def encode(self, indices) -> None:
         groups = sorted({int(index) // TILES for index in indices} - self.embeddings.keys())
