@@ -8,6 +8,7 @@ series description or protocol name (not T2*, T2 map); slices closest to axial; 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +146,7 @@ def _slice_normal(header: pydicom.Dataset) -> np.ndarray | None:
     return normal / length if length > 0 else None
 
 
-def _sorted_series(uid: str, members: list[tuple[pydicom.Dataset, Path]]) -> DicomSeries:
+def _sorted_series(uid: str, members: Sequence[tuple[pydicom.Dataset, Path]]) -> DicomSeries:
     """Slices sorted by position along the slice normal (as SimpleITK stacks them)."""
     normal = _slice_normal(members[0][0])
     if normal is not None:

@@ -138,11 +138,11 @@ def filter_components(
 
     PLAUSIBLE needs the probabilities (same shape as ``mask``) and the voxel spacing.
     """
-    if component_filter in (ComponentFilter.PLAUSIBLE, ComponentFilter.PROFILE):
-        assert probabilities is not None, f"{component_filter} needs the probabilities"
     if component_filter is ComponentFilter.PLAUSIBLE:
+        assert probabilities is not None, "PLAUSIBLE needs the probabilities"
         return choose_component(mask, probabilities, spacing_xyz, plausible=True)
     if component_filter is ComponentFilter.PROFILE:
+        assert probabilities is not None, "PROFILE needs the probabilities"
         return choose_z_segment(largest_component(mask), probabilities, spacing_xyz)
     if component_filter is ComponentFilter.VOLUME:
         return largest_component(mask)

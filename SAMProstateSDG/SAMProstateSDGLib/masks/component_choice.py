@@ -27,7 +27,7 @@ class ComponentFeatures:
     continuity: float  # mean in-plane overlap (IoU) of consecutive slices' cross-sections
 
 
-def component_features(component: np.ndarray, probabilities: np.ndarray, spacing_xyz: tuple[float, float, float]) -> ComponentFeatures:
+def component_features(component: np.ndarray, probabilities: np.ndarray, spacing_xyz: tuple[float, ...]) -> ComponentFeatures:
     voxel_ml = float(np.prod(spacing_xyz)) / 1000.0
     present = np.flatnonzero(component.reshape(len(component), -1).any(axis=1))
     overlaps = [

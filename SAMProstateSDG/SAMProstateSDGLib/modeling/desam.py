@@ -139,9 +139,9 @@ class DeSAMSegmenter:
         if points is None:
             boxes = torch.cat([transform.apply_boxes_torch(torch.tensor([[0, 0, s[1] - 1, s[0] - 1]], dtype=torch.float32, device=device), s) for s in shapes])
             return self.engine.sam.prompt_encoder(points=None, boxes=boxes, masks=None)
-        points = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=device)[:, None]
-        coordinates = torch.cat([transform.apply_coords_torch(point[None], shape) for point, shape in zip(points, shapes)])
-        labels = torch.ones(len(points), 1, dtype=torch.int, device=device)
+        point_tensor = torch.as_tensor(np.asarray(points), dtype=torch.float32, device=device)[:, None]
+        coordinates = torch.cat([transform.apply_coords_torch(point[None], shape) for point, shape in zip(point_tensor, shapes)])
+        labels = torch.ones(len(point_tensor), 1, dtype=torch.int, device=device)
         return self.engine.sam.prompt_encoder(points=(coordinates, labels), boxes=None, masks=None)
 
     def __call__(self, features: EncoderFeatures, points: np.ndarray | None, shapes: list[tuple[int, int]]):

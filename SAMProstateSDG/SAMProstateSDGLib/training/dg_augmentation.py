@@ -9,6 +9,7 @@ dark on another, with saturation). All change the image only; the label keeps it
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ class _RandomImageTransformd(RandomizableTransform, MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         result = dict(data)
-        self.randomize()
+        self.randomize(None)  # every subclass's randomize(data=None) ignores data
         if not self._do_transform:
             return result
         for key in self.key_iterator(result):
@@ -84,8 +85,8 @@ class RandAnisotropicLowResolutiond(_RandomImageTransformd):
 
     def __init__(self, keys: KeysCollection, prob: float = 0.3, spacing_range: Sequence[float] = (1.0, 2.0)) -> None:
         super().__init__(keys, prob)
-        self.spacing_range = tuple(spacing_range)
-        self._factors = (1.0, 1.0)
+        self.spacing_range = cast(tuple[float, float], tuple(spacing_range))  # (finest, coarsest) factor
+        self._factors: tuple[float, ...] = (1.0, 1.0)
 
     def randomize(self, data=None) -> None:
         super().randomize(None)
