@@ -86,7 +86,11 @@ def simulate_case(
         for index in sorted(gland | boxes.keys()):
             volume.encoded.encode([index])
             embedding = volume.encoded.embeddings[index]
-            step = box_edit_step(segmenter.sam, embedding, shape) if name == BOX_EDIT else interactive_step(interactive, embedding, shape)
+            if name == BOX_EDIT:
+                step = box_edit_step(segmenter.sam, embedding, shape)
+            else:
+                assert interactive is not None  # the interactive decoder is among the decoders only with a refiner
+                step = interactive_step(interactive, embedding, shape)
             masks = simulate_clicks(step, reference[index] > 0, SliceClicks(boxes.get(index)), clicks if index in gland else 0)
             masks += [masks[-1]] * (clicks + 1 - len(masks))
             labels[:, index] = masks

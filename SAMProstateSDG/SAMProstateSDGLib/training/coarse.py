@@ -6,6 +6,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -268,7 +269,7 @@ def train_coarse_net(
             "best_dice": best_dice,
             "history": history,
         }
-        write_atomically(state_path, lambda temporary, state=state: torch.save(state, temporary))  # a stop never leaves half a state
+        write_atomically(state_path, partial(torch.save, state))  # a stop never leaves half a state
         log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))
 
     manifest = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path, g
             "coarse": torch.from_numpy(coarse.astype(np.float16)),
             "spacing_xy": list(spacing_xy),
         }
-        write_atomically(path, lambda temporary, cached=cached: torch.save(cached, temporary))
+        write_atomically(path, partial(torch.save, cached))
     return paths
 
 

@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,7 @@ def train(
             "history": history,
             "generator": generator.getstate(),
         }
-        write_atomically(state_path, lambda temporary, state=state: torch.save(state, temporary))  # a stop never leaves half a state
+        write_atomically(state_path, partial(torch.save, state))  # a stop never leaves half a state
         log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))
     manifest = dict(
         manifest,

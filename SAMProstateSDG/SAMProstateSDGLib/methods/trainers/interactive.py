@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -90,6 +91,7 @@ class InteractiveMethod(FineTuningMethod):
             clicks = [click for click in (next_click(np.zeros_like(reference), reference),) if click is not None]
         else:
             chosen = sample.coarse_box if start == "coarse box" else boxes_from_labels(reference_slice[None])[0]
+            assert chosen is not None  # "coarse box" only starts a sample that has one
             box = self.engine.transform.apply_boxes_torch(
                 torch.tensor([jitter(chosen, shape, generator).as_tuple()], dtype=torch.float32, device=self.engine.device), shape
             )
@@ -124,7 +126,7 @@ class InteractiveMethod(FineTuningMethod):
         for index in sorted(gland | boxes.keys()):
             embedding = case.embeddings[index].to(self.engine.device)
             masks = simulate_clicks(
-                lambda state, embedding=embedding: self.refiner.refine(embedding, shape, state),
+                partial(self.refiner.refine, embedding, shape),
                 case.labels[index] > 0,
                 SliceClicks(boxes.get(index)),
                 VALIDATION_CLICKS if index in gland else 0,
