@@ -8,8 +8,8 @@ series description or protocol name (not T2*, T2 map); slices closest to axial; 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
