@@ -433,10 +433,10 @@ def parity(segmenter: ProstateSegmenter, cases: list[Case], wanted: list[Candida
         for label, encoder in encoders.items():
             with _settings(segmenter.sam, encoder_backend=encoder):
                 embeddings = dict(zip(indices, segmenter.sam.encode(volume.normalised[indices]))) if indices else {}
-                labels = np.zeros(truth.shape, dtype=np.uint8)
+                predicted = np.zeros(truth.shape, dtype=np.uint8)
                 for index in indices:
-                    labels[index] = segmenter.sam.decode(embeddings[index], Prompt(box=boxes[index].as_tuple()), truth.shape[1:])
-            dice[label][case.name] = dice_score(labels, truth)
+                    predicted[index] = segmenter.sam.decode(embeddings[index], Prompt(box=boxes[index].as_tuple()), truth.shape[1:])
+            dice[label][case.name] = dice_score(predicted, truth)
             log(f"{case.name} {label}: Dice {dice[label][case.name]:.4f}")
     base = dice[reference.label]
     summary = {}

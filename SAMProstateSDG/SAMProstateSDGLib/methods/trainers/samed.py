@@ -29,7 +29,7 @@ def training_slices(labels: np.ndarray) -> list[int]:
     """Slices with gland, widened by NEIGHBOUR_SLICES on each side."""
     gland = np.flatnonzero(labels.reshape(len(labels), -1).any(1))
     wanted = {index + offset for index in gland for offset in range(-NEIGHBOUR_SLICES, NEIGHBOUR_SLICES + 1)}
-    return sorted(index for index in wanted if 0 <= index < len(labels))
+    return sorted(int(index) for index in wanted if 0 <= index < len(labels))
 
 
 class SAMedMethod(FineTuningMethod):
@@ -39,7 +39,7 @@ class SAMedMethod(FineTuningMethod):
 
     def __init__(self, engine: SamEngine):
         self.engine = engine
-        self.module = SAMed(engine.sam).to(engine.device)
+        self.module: SAMed = SAMed(engine.sam).to(engine.device)
         self.segmenter = SAMedSegmenter(engine, self.module)
         self.loss_function = DiceCELoss(softmax=True, to_onehot_y=True, lambda_ce=0.2, lambda_dice=0.8, batch=True)
 
