@@ -12,7 +12,7 @@ from ..core.catalog import DEFAULT_GRID_SIDE, SAM_TYPES
 from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
-from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, runnable_methods, trainable_methods
+from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, runnable_methods, trainable_methods, training_defaults
 from ..training.defaults import COARSE_TRAINING, VALIDATION_FRACTION
 
 
@@ -132,9 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="; ".join(f"{key}: {item.title}" for key, item in trainable.items()))
     _add_cache_options(tune)
     tune.add_argument("--output", type=Path, help="folder for METHOD.pt, METHOD.json and the resume state (default runs/METHOD)")
-    tune.add_argument("--epochs", type=int, help="default per method: " + ", ".join(f"{m} {d.training.epochs}" for m, d in trainable.items()))
-    tune.add_argument("--learning-rate", type=float, help="default per method: " + ", ".join(f"{m} {d.training.learning_rate:g}" for m, d in trainable.items()))
-    tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.training.batch_size}" for m, d in trainable.items()))
+    defaults = training_defaults()
+    tune.add_argument("--epochs", type=int, help="default per method: " + ", ".join(f"{m} {d.epochs}" for m, d in defaults.items()))
+    tune.add_argument("--learning-rate", type=float, help="default per method: " + ", ".join(f"{m} {d.learning_rate:g}" for m, d in defaults.items()))
+    tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.batch_size}" for m, d in defaults.items()))
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
     return parser
@@ -467,6 +468,7 @@ def run_train(arguments) -> None:
     _positive(epochs=arguments.epochs, learning_rate=arguments.learning_rate, batch_size=arguments.batch_size)
     trained = method(arguments.method)
     defaults = trained.training
+    assert defaults is not None  # --method offers only trainable methods
     epochs = defaults.epochs if arguments.epochs is None else arguments.epochs
     learning_rate = defaults.learning_rate if arguments.learning_rate is None else arguments.learning_rate
     batch_size = defaults.batch_size if arguments.batch_size is None else arguments.batch_size
@@ -530,6 +532,7 @@ def run_bench(arguments) -> None:
         cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
     if arguments.output:
         inputs = [arguments.data / "cases.csv", *(path for case in cases for path in (case.image, case.mask))]
+        assert json_output is not None  # set whenever --output is
         check_outputs([arguments.output, json_output], inputs, arguments.overwrite)
     if arguments.parity:
         segmenter = ProstateSegmenter.load(arguments.device, backend="torch", precision="fp32")
@@ -541,6 +544,7 @@ def run_bench(arguments) -> None:
     print(report)
     if arguments.output:
         write_text_atomically(arguments.output, report + "\n")
+        assert json_output is not None
         write_json(json_output, data, indent=1)
 
 

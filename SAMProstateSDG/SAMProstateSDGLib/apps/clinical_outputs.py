@@ -67,6 +67,7 @@ def write_clinical_outputs(arguments, source: Path, output: Path, volume, labels
     if arguments.dicom_seg:
         from ..io.dicom_seg import write_dicom_seg
 
+        assert dicom is not None  # --dicom-seg is refused unless the input is a DICOM folder
         write_dicom_seg(arguments.dicom_seg, labels, dicom.series, zonal, provenance)
     return measurements
 

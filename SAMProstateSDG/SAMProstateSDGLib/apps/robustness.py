@@ -92,7 +92,7 @@ def default_predictors(segmenter: MethodSegmenter) -> dict[str, SuitePredictor]:
         result = segmenter.segment(volume)
         return result.labels, result.confidences
 
-    predictors = {
+    predictors: dict[str, SuitePredictor] = {
         f"Coarse net alone (p > {options.threshold})": lambda volume, _: ((base.coarse_probabilities(volume) > options.threshold).astype(np.uint8), None),
         method_row(segmenter): segmented,
     }

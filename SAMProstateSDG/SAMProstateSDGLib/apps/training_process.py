@@ -27,11 +27,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from ..core.catalog import CatalogEntry, default_entry, entry_from_json, entry_to_json
 from ..core.errors import INTERRUPTED
 from ..core.files import write_json
-from ..methods.registry import trainable_methods
+from ..methods.registry import Method, trainable_methods
 from ..training.defaults import COARSE_TRAINING
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
@@ -52,12 +53,16 @@ class TrainingMethod:
     default_epochs: int
 
 
+def _training_method(key: str, item: Method) -> TrainingMethod:
+    assert item.training is not None and item.model_kind is not None  # a trainable method trains a model of its kind
+    return TrainingMethod(("train", "--method", key), key, item.model_kind, item.short_title, item.scene_name, item.training.epochs)
+
+
 COARSE = "coarse"  # what train-coarse trains: the coarse network (not a method)
 TRAINING_METHODS = {
     COARSE: TrainingMethod(("train-coarse",), "coarse", "coarse", "Coarse network (ResNet U-Net)", "coarse", COARSE_TRAINING.epochs),
     **{
-        key: TrainingMethod(("train", "--method", key), key, item.model_kind, item.short_title, item.scene_name, item.training.epochs)
-        for key, item in trainable_methods().items()
+        key: _training_method(key, item) for key, item in trainable_methods().items()
     },
 }
 
@@ -142,7 +147,7 @@ class TrainingProcess:
         self._stopped = False
         self._kill_at: float | None = None  # when a stopped run that has not exited is killed
         self._process: subprocess.Popen | None = None
-        self._log = None  # our own read handle on the child's log
+        self._log: TextIO | None = None  # our own read handle on the child's log
         self._partial = ""  # a last line the child has not finished writing
         self._unread: list[str] = []  # lines read from the log, not yet returned by poll
 
@@ -196,6 +201,7 @@ class TrainingProcess:
         """Whether a process of the child's group is still running (POSIX; on Windows the launcher waits for its child)."""
         if os.name != "posix":
             return False
+        assert self._process is not None  # asked only of a started child
         try:
             os.killpg(self._process.pid, 0)
         except (ProcessLookupError, PermissionError):
@@ -204,7 +210,7 @@ class TrainingProcess:
 
     @property
     def returncode(self) -> int | None:
-        return self._process.returncode if self.finished else None
+        return self._process.returncode if self.finished and self._process is not None else None  # finished: started
 
     def poll(self) -> TrainingUpdate:
         """The lines written since the last poll and the latest progress; never blocks.
@@ -259,6 +265,7 @@ class TrainingProcess:
             subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._process.pid)], capture_output=True, creationflags=NO_WINDOW)
 
     def _signal_group(self, number: int) -> None:
+        assert self._process is not None  # signalled only once started
         try:
             os.killpg(self._process.pid, number)  # the child leads its own session, so its group id is its pid
         except (ProcessLookupError, PermissionError):  # the whole group has exited (and been reaped)

@@ -229,6 +229,11 @@ def trainable_methods() -> dict[str, Method]:
     return {key: item for key, item in methods().items() if item.training is not None}
 
 
+def training_defaults() -> dict[str, TrainingDefaults]:
+    """Each trainable method's training defaults, by key (as ``trainable_methods``)."""
+    return {key: item.training for key, item in methods().items() if item.training is not None}
+
+
 def method_for_model_kind(kind: str) -> Method | None:
     """The method whose trained model has this catalog kind (None for a coarse network)."""
     return next((item for item in methods().values() if item.model_kind == kind), None)

@@ -182,7 +182,7 @@ class BoxSegmentation:
         self.volume = volume
         self.decoder = decoder
         self.boxes: dict[int, Box] = {}
-        self.labels = np.zeros(volume.normalised.shape, dtype=np.uint8)
+        self.labels: np.ndarray = np.zeros(volume.normalised.shape, dtype=np.uint8)
         self.predicted_iou: dict[int, float] = {}  # SAM's own estimate of each segmented slice's IoU
 
     def changed_slices(self, boxes: dict[int, Box]) -> list[int]:

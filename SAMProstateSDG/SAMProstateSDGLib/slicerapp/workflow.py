@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from SAMProstateSDGLib.apps.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
 from SAMProstateSDGLib.core.catalog import catalog
@@ -42,17 +43,18 @@ class ProstateWorkflow:
     """
 
     def __init__(self, userFolder: Path, python: str = sys.executable) -> None:
-        self._bases = {}  # (model, device) -> ProstateSegmenter: the base models
-        self._segmenters = {}  # (model, device, method) -> MethodSegmenter
-        self._sessions = {}  # (volume node ID, model, device, method) -> (volume fingerprint, BoxSegmentation)
-        self._written = {}  # (volume node ID, segmentation node ID) -> ({label: segment ID}, the labels written)
+        # torch-free at import: the models' types are Any here
+        self._bases: dict[tuple, Any] = {}  # (model, device) -> ProstateSegmenter: the base models
+        self._segmenters: dict[tuple, Any] = {}  # (model, device, method) -> MethodSegmenter
+        self._sessions: dict[tuple, tuple[Any, Any]] = {}  # (volume node ID, model, device, method) -> (volume fingerprint, BoxSegmentation)
+        self._written: dict[tuple, tuple[dict, Any]] = {}  # (volume node ID, segmentation node ID) -> ({label: segment ID}, the labels written)
         self.userFolder = Path(userFolder)
         self.python = python  # the Python that runs the training child process
         self._training: TrainingProcess | None = None
         self._trainingStopped = False
         self.trainingError: str | None = None
-        self._pendingEncoding = []  # (volume node ID, EncodedVolume, slice index) still to encode, in order
-        self._observedScenes = {}  # scene -> observer tag of its NodeRemovedEvent
+        self._pendingEncoding: list[tuple[str, Any, int]] = []  # (volume node ID, EncodedVolume, slice index) still to encode, in order
+        self._observedScenes: dict[Any, int] = {}  # scene -> observer tag of its NodeRemovedEvent
 
     @property
     def trainedModelsFile(self) -> Path:
@@ -89,12 +91,14 @@ class ProstateWorkflow:
         epoch stays in the resume state."""
         if self.isTraining():
             self._trainingStopped = True
+            assert self._training is not None  # isTraining
             self._training.stop()
 
     def shutdown(self) -> None:
         """End a training run now (the module is closing) and stop observing scenes."""
         if self.isTraining():
             self._trainingStopped = True
+            assert self._training is not None  # isTraining
             self._training.kill()
         for scene, tag in self._observedScenes.items():
             scene.RemoveObserver(tag)
