@@ -173,6 +173,7 @@ class TrainingProcess:
         """Move the complete lines the child has written since the last read to ``_unread``."""
         if self._log is None:
             return
+        assert self._process is not None  # the log is opened once the child has started
         exited = self._process.poll() is not None and not self._group_alive()
         text = self._partial + self._log.read()
         lines = text.splitlines(keepends=True)

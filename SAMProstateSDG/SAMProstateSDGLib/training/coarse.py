@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -189,7 +190,7 @@ def volume_dice(segmenter: CoarseSegmenter, cases: list[CanvasCase]) -> float:
     for case in cases:
         prediction = segmenter.canvas_probabilities(case.image) > COARSE_THRESHOLD
         metric(torch.from_numpy(prediction)[None, None].float(), torch.from_numpy(case.mask)[None, None])
-    return float(metric.aggregate().item())
+    return float(cast(torch.Tensor, metric.aggregate()).item())  # reduction="mean" aggregates to one tensor
 
 
 def train_coarse_net(
