@@ -25,4 +25,5 @@ evaluate: install
 
 test: install
 	$(BIN)/ruff check SAMProstateSDG tests scripts
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
