@@ -41,7 +41,7 @@ from slicer.util import VTKObservationMixin
 from SAMProstateSDGLib.apps.training_process import COARSE, TRAINING_METHODS
 from SAMProstateSDGLib.core import requirements
 from SAMProstateSDGLib.core.catalog import SAM_TYPES
-from SAMProstateSDGLib.core.devices import DEVICE_CHOICES
+from SAMProstateSDGLib.core.devices import BACKEND_CHOICES, DEVICE_CHOICES
 from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, methods
 from SAMProstateSDGLib.slicerapp.workflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow, checkpointModel
 
@@ -132,6 +132,7 @@ class SAMProstateSDGParameterNode:
     samCheckpoint: Path
     samType: Annotated[str, Choice(list(SAM_TYPES))] = "vit_b"
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
+    encoderBackend: Annotated[str, Choice(list(BACKEND_CHOICES))] = "auto"
     clicks: vtkMRMLMarkupsFiducialNode
     outputSegmentation: vtkMRMLSegmentationNode
     trainingData: Path
@@ -258,7 +259,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         selector.setCurrentIndex(max(selector.findData(selected), 0))
 
     def showDeviceNote(self) -> None:
-        """Say once per session when the networks fall back to the CPU."""
+        """Say once per session when the networks fall back to the CPU (and apply the chosen encoder backend)."""
+        self.logic.workflow.setEncoderBackend(self._parameterNode.encoderBackend)
         note = self.logic.workflow.deviceNote(self._parameterNode.device)
         if note and not getattr(self, "_deviceNoteShown", False):
             self._deviceNoteShown = True

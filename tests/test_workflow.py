@@ -212,3 +212,15 @@ def test_the_segmentation_is_measured_as_slicer_holds_it(workflow, volume_node):
     diameters = ("transverse_mm", "anteroposterior_mm", "craniocaudal_mm")
     assert [getattr(measured, name) for name in diameters] == pytest.approx([getattr(expected, name) for name in diameters], abs=1e-6)
     assert "Gland volume (from the contour)" in measured.as_text()
+
+
+def test_the_encoder_backend_chosen_in_the_module_is_used_and_a_change_drops_the_loaded_models(workflow):
+    workflow.setEncoderBackend("torch")
+    base = workflow.baseSegmenter(SAM_MODELS[0], "cpu")
+    assert base.sam.encoder_backend.name == "torch"
+    workflow.setEncoderBackend("torch")
+    assert workflow.baseSegmenter(SAM_MODELS[0], "cpu") is base  # the same choice keeps the loaded models
+    with pytest.raises(InputError, match="unknown encoder backend 'tensorrt'"):
+        workflow.setEncoderBackend("tensorrt")
+    workflow.setEncoderBackend("auto")
+    assert workflow.encoderBackend == "auto" and workflow.baseSegmenter(SAM_MODELS[0], "cpu") is not base

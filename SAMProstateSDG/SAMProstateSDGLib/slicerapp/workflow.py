@@ -44,6 +44,7 @@ class ProstateWorkflow:
 
     def __init__(self, userFolder: Path, python: str = sys.executable) -> None:
         # torch-free at import: the models' types are Any here
+        self.encoderBackend = "auto"  # SAM's image encoder runtime, as the CLI's --backend (setEncoderBackend)
         self._bases: dict[tuple, Any] = {}  # (model, device) -> ProstateSegmenter: the base models
         self._segmenters: dict[tuple, Any] = {}  # (model, device, method) -> MethodSegmenter
         self._sessions: dict[tuple, tuple[Any, Any]] = {}  # (volume node ID, model, device, method) -> (volume fingerprint, BoxSegmentation)
@@ -171,18 +172,29 @@ class ProstateWorkflow:
             trained = trained_models(self.trainedModelsFile).get(model)
             if model.startswith(CHECKPOINT_PREFIX):
                 samType, path = model.removeprefix(CHECKPOINT_PREFIX).split(":", 1)
-                base = ProstateSegmenter.load(device, samType, path)
+                base = ProstateSegmenter.load(device, samType, path, backend=self.encoderBackend)
             elif trained is not None:
                 base = self.baseSegmenter(default_entry("sam").id, device)
                 if trained.kind == "coarse":
                     base = base.with_coarse(trained.path, trained.sha256)
             elif catalog_entry(model, "sam") == default_entry("sam"):
-                base = ProstateSegmenter.load(device)
+                base = ProstateSegmenter.load(device, backend=self.encoderBackend)
             else:
                 entry = catalog_entry(model, "sam")
-                base = ProstateSegmenter.load(device, entry.model_type, entry.path)
+                base = ProstateSegmenter.load(device, entry.model_type, entry.path, backend=self.encoderBackend)
             self._bases[key] = base
         return self._bases[key]
+
+    def setEncoderBackend(self, backend: str) -> None:
+        """Run SAM's image encoder on ``backend`` (``core.devices.BACKEND_CHOICES``) from now on; a change drops the
+        loaded models and the volumes' cached embeddings, which belong to the previous backend."""
+        from SAMProstateSDGLib.core.devices import BACKEND_CHOICES
+
+        if backend not in BACKEND_CHOICES:
+            raise InputError(f"unknown encoder backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+        if backend != self.encoderBackend:
+            self.encoderBackend = backend
+            self._bases, self._segmenters, self._sessions, self._pendingEncoding = {}, {}, {}, []
 
     def segmenter(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD):
         """``method`` (``methods.registry``) loaded onto the base models of ``model`` on ``device``, once.
