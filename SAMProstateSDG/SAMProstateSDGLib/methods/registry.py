@@ -83,6 +83,7 @@ class Method:
     segments: ClassVar[tuple[Segment, ...]] = PROSTATE_SEGMENTS
     model_kind: ClassVar[str | None] = None  # the catalog kind of its trained model; None: it needs none
     training: ClassVar[TrainingDefaults | None] = None  # None: not trainable with ``samprostate train``
+    row_title: ClassVar[str | None] = None  # its row in ``evaluate`` (default: the title)
 
     @property
     def zonal(self) -> bool:
@@ -115,7 +116,7 @@ class Method:
     def evaluation_rows(self, base: ProstateSegmenter) -> dict[str, Predictor]:
         """Its rows in ``samprostate evaluate``: title -> prediction (one row, unless a method compares variants)."""
         loaded = self.load(base)
-        return {self.title: lambda volume, _: loaded.segment(volume).labels}
+        return {self.row_title or self.title: lambda volume, _: loaded.segment(volume).labels}
 
     def trainer(self, base: ProstateSegmenter) -> FineTuningMethod:
         raise InputError(f"{self.id} is not trained with samprostate train")

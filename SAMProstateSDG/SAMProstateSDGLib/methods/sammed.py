@@ -10,6 +10,7 @@ from .registry import BoxPromptedSegmenter, Method, MethodOptions, register
 class SAMMed(Method):
     id = "sammed"
     title = "SAMMed: decoder fine-tuned on RUNMC"
+    row_title = f"{title} + filtered boxes"
     short_title = "SAMMed mask decoder"
     scene_name = "sammed"
     order = 1
@@ -20,10 +21,6 @@ class SAMMed(Method):
     def load(self, base, model=None, options: MethodOptions = MethodOptions()) -> BoxPromptedSegmenter:
         model = self._model(model)
         return BoxPromptedSegmenter(self, base.with_decoder(model.path, model.sha256), options.merge_slices)
-
-    def evaluation_rows(self, base) -> dict:
-        loaded = self.load(base)
-        return {f"{self.title} + filtered boxes": lambda volume, _: loaded.base.segment_with_boxes(volume, base.propose_boxes(volume))}
 
     def trainer(self, base):
         from .trainers.sammed import SamMedMethod
