@@ -11,7 +11,7 @@ from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.masks.boxes import COARSE_THRESHOLD
-from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter, load_coarse_checkpoint, save_coarse_checkpoint
+from SAMProstateSDGLib.modeling.coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, load_coarse_checkpoint, save_coarse_checkpoint
 from SAMProstateSDGLib.training.coarse import CoarseTrainingOptions, split_cases, train_coarse_net
 
 
@@ -100,3 +100,35 @@ def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp
     assert manifest["augmentation"] == "dg" and "--augmentation dg --initial-weights" in manifest["command"]
     assert manifest["initial_weights"]["sha256"] == entry.sha256
     assert manifest["best_validation_dice"] > 0.7  # the shipped net's skill, barely moved by a tiny learning rate
+
+
+def test_log_contrast_cancels_a_smooth_field_and_a_gamma_change_on_a_real_slice():
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    config = CoarseNetConfig(input_representation="log-contrast")
+    slices = config.canvas.to_canvas(normalised_array(image), image)
+    gland = config.canvas.to_canvas(read_mask(FIXTURES / "Case29_seg.nii.gz").astype(np.float32), image, nearest=True) > 0
+    columns = np.arange(config.canvas.size) / config.canvas.size
+    field = np.exp(3.0 * columns)[None, None, :]  # 20x brighter on one side than the other
+    shifted = np.clip(slices * field / field.max(), 0, 1) ** 0.6
+    represent = build_coarse_net(config).represent
+    assert represent is not None
+    before, after = (represent(torch.from_numpy(array.astype(np.float32))[:, None])[:, 0].numpy() for array in (slices, shifted))
+    assert np.corrcoef(before[gland], after[gland])[0, 1] > 0.98
+    assert np.corrcoef(slices[gland], shifted[gland])[0, 1] < 0.9  # the raw intensities do change
+
+
+def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_read_as_intensity(tmp_path):
+    config = CoarseNetConfig(input_representation="log-contrast", contrast_sigma_mm=6.0)
+    torch.manual_seed(0)
+    network = build_coarse_net(config)
+    save_coarse_checkpoint(tmp_path / "coarse.pt", network, config)
+    reloaded, reloaded_config = load_coarse_checkpoint(tmp_path / "coarse.pt")
+    assert reloaded_config == config
+    assert reloaded.represent is not None and reloaded.represent.keywords == {"sigma_px": 6.0}
+    shipped = torch.load(default_entry("coarse").path, weights_only=True)
+    assert "input_representation" not in json.loads(shipped["config"])
+    assert load_coarse_checkpoint(default_entry("coarse").path)[1].input_representation == "intensity"
+    unknown = {**shipped, "config": json.dumps({**json.loads(shipped["config"]), "input_representation": "fourier"})}
+    torch.save(unknown, tmp_path / "unknown.pt")
+    with pytest.raises(InputError, match="cannot build .*'fourier'"):
+        load_coarse_checkpoint(tmp_path / "unknown.pt")

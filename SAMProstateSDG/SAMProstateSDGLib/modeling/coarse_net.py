@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from monai.networks.layers.simplelayers import gaussian_1d, separable_filtering
 from monai.networks.nets import FlexibleUNet
 
+from ..core.catalog import COARSE_INPUT_REPRESENTATIONS
 from ..core.checksums import full_precision, half_precision, load_state_strictly, load_weights
 from ..core.errors import InputError
 from ..core.files import write_atomically
@@ -24,35 +27,72 @@ class CoarseNetConfig:
     backbone: str = "resnet18"
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
     canvas: Canvas = field(default_factory=Canvas)
+    input_representation: str = "intensity"  # or "log-contrast" (see ``log_contrast``)
+    contrast_sigma_mm: float = 8.0  # the local window of ``log-contrast``
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> CoarseNetConfig:
+        defaults = cls()
         return cls(
             backbone=data["backbone"],
             decoder_channels=tuple(data["decoder_channels"]),
             canvas=Canvas(**data["canvas"]),
+            input_representation=data.get("input_representation", defaults.input_representation),
+            contrast_sigma_mm=data.get("contrast_sigma_mm", defaults.contrast_sigma_mm),
         )
 
 
-def build_coarse_net(config: CoarseNetConfig) -> FlexibleUNet:
-    """One input channel (the normalised T2 slice), one output logit (gland)."""
-    return FlexibleUNet(
-        in_channels=1,
-        out_channels=1,
-        backbone=config.backbone,
-        pretrained=False,
-        spatial_dims=2,
-        decoder_channels=config.decoder_channels,
-    )
+LOG_FLOOR = 0.01  # of the 0..1 slice: air and padding stay finite in the log
+SPREAD_FLOOR = 0.05  # in log units: flat regions are not blown up to noise
+
+
+def log_contrast(slices: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Log intensity minus its local (Gaussian) mean, over its local standard deviation.
+
+    A smooth multiplicative field (an endorectal coil, a bias field) is nearly constant in the log over
+    the window and cancels; a power-law contrast change scales the log and cancels in the ratio.
+    """
+    kernel = gaussian_1d(torch.tensor(sigma_px), truncated=3.0).to(slices)
+    kernels = [kernel, kernel]
+    logarithm = torch.log(slices.clamp(min=0.0) + LOG_FLOOR)
+    centred = logarithm - separable_filtering(logarithm, kernels, mode="reflect")
+    spread = separable_filtering(centred**2, kernels, mode="reflect").sqrt()
+    return centred / (spread + SPREAD_FLOOR)
+
+
+class CoarseNet(FlexibleUNet):
+    """MONAI's FlexibleUNet reading the configured input representation (no extra weights)."""
+
+    def __init__(self, config: CoarseNetConfig):
+        if config.input_representation not in COARSE_INPUT_REPRESENTATIONS:
+            raise ValueError(f"unknown input representation {config.input_representation!r}")
+        super().__init__(
+            in_channels=1,
+            out_channels=1,
+            backbone=config.backbone,
+            pretrained=False,
+            spatial_dims=2,
+            decoder_channels=config.decoder_channels,
+        )
+        sigma_px = config.contrast_sigma_mm / config.canvas.spacing_mm
+        self.represent = partial(log_contrast, sigma_px=sigma_px) if config.input_representation == "log-contrast" else None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(inputs if self.represent is None else self.represent(inputs))
+
+
+def build_coarse_net(config: CoarseNetConfig) -> CoarseNet:
+    """One input channel (the normalised T2 slice, 0..1), one output logit (gland)."""
+    return CoarseNet(config)
 
 
 class CoarseSegmenter:
     """Gland probabilities for a whole volume, on the volume's own grid."""
 
-    def __init__(self, network: FlexibleUNet, config: CoarseNetConfig, device: torch.device):
+    def __init__(self, network: CoarseNet, config: CoarseNetConfig, device: torch.device):
         self.network = network.to(device).eval()
         self.config = config
         self.device = device
@@ -83,7 +123,7 @@ def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: C
     write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
 
 
-def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[FlexibleUNet, CoarseNetConfig]:
+def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[CoarseNet, CoarseNetConfig]:
     checkpoint = load_weights(path, "coarse-model checkpoint", sha256)
     try:
         config = CoarseNetConfig.from_json(json.loads(checkpoint["config"]))
@@ -94,6 +134,6 @@ def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple
     try:
         network = build_coarse_net(config)
     except (ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{path} describes a coarse network this version cannot build (backbone {config.backbone!r}): {error}") from None
+        raise InputError(f"{path} describes a coarse network this version cannot build (backbone {config.backbone!r}, input {config.input_representation!r}): {error}") from None
     load_state_strictly(network, state, f"{path} does not match the coarse network ({config.backbone})")
     return network, config
