@@ -11,6 +11,7 @@ import slicer  # slicer-core, a test requirement: a missing one must fail, never
 
 from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.masks.boxes import Box
 from SAMProstateSDGLib.slicerapp import mrml as bridge
 from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow
 
@@ -78,6 +79,29 @@ def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, ref
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
     np.testing.assert_array_equal(segment_labels(segmentation, volume_node, "prostate"), edited)  # the edit is kept
     np.testing.assert_array_equal(segment_labels(segmentation, volume_node, "prostate (2)"), first)  # the box moved back
+
+
+def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check(workflow, volume_node, reference):
+    rois = workflow.proposeBoxes(volume_node, device="cpu")
+    off_gland = rois[len(rois) // 2]  # a box moved off the gland onto background: SAM and the coarse mask disagree there
+    moved_slice = bridge.box_from_roi_node(volume_node, off_gland)[0]
+    rows, columns = reference.shape[1:]
+    bridge.set_roi_box(volume_node, off_gland, moved_slice, Box(2, 2, columns / 6, rows / 6))
+    workflow.segment(volume_node, device="cpu")
+
+    flags = {bridge.box_from_roi_node(volume_node, roi)[0]: roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) for roi in rois}
+    assert flags[moved_slice] == "1" and "0" in flags.values()
+    assert [index for index, _ in workflow.slicesToCheck(volume_node)] == sorted(index for index, flag in flags.items() if flag == "1")
+    for roi in rois:
+        expected = bridge.CHECK_COLOUR if roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) == "1" else bridge.CONFIDENT_COLOUR
+        assert roi.GetDisplayNode().GetSelectedColor() == pytest.approx(expected)
+    assert off_gland.GetDescription().startswith("check this slice: SAM's predicted IoU")
+
+    red = volume_node.GetScene().AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetOrientationToAxial()
+    workflow.jumpToSlice(volume_node, moved_slice)
+    slice_centre = (bridge.ijk_to_ras(volume_node) @ [0, 0, moved_slice, 1.0])[2]
+    assert slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())[2, 3] == pytest.approx(slice_centre, abs=1e-3)
 
 
 def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, reference):
