@@ -137,7 +137,7 @@ def test_sammed_trains_only_the_mask_decoder_and_resumes(split, tmp_path):
     engine = fresh_engine()
     encoder_before, decoder_before = snapshot(engine.sam.image_encoder), snapshot(engine.sam.mask_decoder)
     options = TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=2)
-    first = train(SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
+    first = train("sammed", SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
     assert [entry["epoch"] for entry in first["history"]] == [0, 1]
     assert unchanged(engine.sam.image_encoder, encoder_before)
     assert not unchanged(engine.sam.mask_decoder, decoder_before)
@@ -145,7 +145,7 @@ def test_sammed_trains_only_the_mask_decoder_and_resumes(split, tmp_path):
     assert_same_weights(reloaded.mask_decoder.state_dict(), best_of_one_epoch(first, decoder_before, snapshot(engine.sam.mask_decoder)),
                         tmp_path / "sammed.pt")
     options.epochs, options.resume = 2, True
-    resumed = train(SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
+    resumed = train("sammed", SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
     assert [entry["epoch"] for entry in resumed["history"]] == [0, 1, 2]
     assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
 
@@ -157,7 +157,7 @@ def test_desam_trains_prim_and_pimm_only_and_its_checkpoint_round_trips(canvas_s
     sam_before = snapshot(engine.sam)
     method = DeSAMMethod(engine, mode)
     trained_before = snapshot(method.module)
-    manifest = train(method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=4), {}, log=quiet)
+    manifest = train(f"desam-{mode}", method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=4), {}, log=quiet)
     assert manifest["method"] == f"desam-{mode}" and manifest["file"] == f"desam-{mode}.pt"
     assert unchanged(engine.sam, sam_before)
     assert not unchanged(method.module, trained_before)
@@ -195,7 +195,7 @@ def test_samed_trains_lora_and_decoder_not_the_base_encoder(canvas_split, tmp_pa
     method = SAMedMethod(engine)
     samed_before = snapshot(method.module)
     base_encoder = {name: value.clone() for name, value in method.module.image_encoder.state_dict().items() if ".qkv.qkv." in name}
-    manifest = train(method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=2), {}, log=quiet)
+    manifest = train("samed", method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=2), {}, log=quiet)
     assert unchanged(engine.sam, sam_before)  # SAMed trains a copy
     encoder_now = method.module.image_encoder.state_dict()
     assert all(torch.equal(encoder_now[name], value) for name, value in base_encoder.items())

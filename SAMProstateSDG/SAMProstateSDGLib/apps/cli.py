@@ -501,6 +501,7 @@ def run_train(arguments) -> None:
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
     manifest = train(
+        arguments.method,
         trainer,
         [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in training],
         [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in validation],
