@@ -11,7 +11,15 @@ from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.masks.boxes import COARSE_THRESHOLD
-from SAMProstateSDGLib.modeling.coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, load_coarse_checkpoint, save_coarse_checkpoint
+from SAMProstateSDGLib.masks.canvas import Canvas
+from SAMProstateSDGLib.modeling.coarse_net import (
+    CoarseNetConfig,
+    CoarseSegmenter,
+    build_coarse_net,
+    load_coarse_checkpoint,
+    save_coarse_checkpoint,
+    save_coarse_ensemble,
+)
 from SAMProstateSDGLib.training.coarse import CoarseTrainingOptions, split_cases, train_coarse_net
 
 
@@ -35,10 +43,10 @@ def test_coarse_network_finds_the_gland_on_each_site(segmenter, case):
 
 def test_checkpoint_round_trip_gives_the_same_probabilities(segmenter, tmp_path):
     path = tmp_path / "coarse.pt"
-    save_coarse_checkpoint(path, segmenter.coarse.network, segmenter.coarse.config)
+    save_coarse_checkpoint(path, segmenter.coarse.networks[0], segmenter.coarse.configs[0])
     network, config = load_coarse_checkpoint(path)
-    assert config == segmenter.coarse.config
-    reloaded = CoarseSegmenter(network, config, torch.device("cpu"))
+    assert [config] == segmenter.coarse.configs
+    reloaded = CoarseSegmenter([network], [config], torch.device("cpu"))
     image = read_volume(FIXTURES / "Case29.nii.gz")
     slices = config.canvas.to_canvas(normalised_array(image), image)
     assert np.allclose(reloaded.canvas_probabilities(slices), segmenter.coarse.canvas_probabilities(slices), atol=1e-6)
@@ -132,3 +140,22 @@ def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_rea
     torch.save(unknown, tmp_path / "unknown.pt")
     with pytest.raises(InputError, match="cannot build .*'fourier'"):
         load_coarse_checkpoint(tmp_path / "unknown.pt")
+
+
+def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path):
+    shipped = default_entry("coarse").path
+    torch.manual_seed(0)
+    other_config = CoarseNetConfig(input_representation="log-contrast")
+    save_coarse_checkpoint(tmp_path / "other.pt", build_coarse_net(other_config), other_config)
+    save_coarse_ensemble(tmp_path / "ensemble.pt", [shipped, tmp_path / "other.pt"])
+    ensemble = CoarseSegmenter.from_checkpoint(tmp_path / "ensemble.pt", torch.device("cpu"))
+    assert [config.input_representation for config in ensemble.configs] == ["intensity", "log-contrast"]
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    slices = ensemble.canvas.to_canvas(normalised_array(image), image)
+    members = [CoarseSegmenter.from_checkpoint(path, torch.device("cpu")).canvas_probabilities(slices) for path in (shipped, tmp_path / "other.pt")]
+    assert not np.allclose(*members, atol=0.05)
+    np.testing.assert_allclose(ensemble.canvas_probabilities(slices), (members[0] + members[1]) / 2, atol=1e-5)
+    with pytest.raises(InputError, match="is an ensemble of 2 coarse networks"):
+        load_coarse_checkpoint(tmp_path / "ensemble.pt")
+    with pytest.raises(ValueError, match="same canvas"):
+        CoarseSegmenter([build_coarse_net(other_config)] * 2, [other_config, CoarseNetConfig(canvas=Canvas(1.5, 128))], torch.device("cpu"))

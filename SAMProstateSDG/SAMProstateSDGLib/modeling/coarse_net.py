@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -90,31 +91,38 @@ def build_coarse_net(config: CoarseNetConfig) -> CoarseNet:
 
 
 class CoarseSegmenter:
-    """Gland probabilities for a whole volume, on the volume's own grid."""
+    """Gland probabilities for a whole volume, on the volume's own grid.
 
-    def __init__(self, network: CoarseNet, config: CoarseNetConfig, device: torch.device):
-        self.network = network.to(device).eval()
-        self.config = config
+    One network, or an ensemble whose probabilities are averaged (networks reading different input
+    representations of the same canvas: their errors under an acquisition shift differ).
+    """
+
+    def __init__(self, networks: Sequence[CoarseNet], configs: Sequence[CoarseNetConfig], device: torch.device):
+        if len({config.canvas for config in configs}) != 1 or len(networks) != len(configs):
+            raise ValueError("the networks of a coarse ensemble must read the same canvas")
+        self.networks = [network.to(device).eval() for network in networks]
+        self.configs = list(configs)
+        self.canvas = configs[0].canvas
         self.device = device
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device, sha256: str | None = None) -> CoarseSegmenter:
-        network, config = load_coarse_checkpoint(path, sha256)
-        return cls(network, config, device)
+        members = load_coarse_members(path, sha256)
+        return cls([network for network, _ in members], [config for _, config in members], device)
 
     @torch.inference_mode()
     def canvas_probabilities(self, canvas_slices: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """Sigmoid outputs for slices already on the canvas ([slices, size, size], 0..1)."""
+        """Mean sigmoid output of the networks for slices already on the canvas ([slices, size, size], 0..1)."""
         outputs = []
         for start in range(0, len(canvas_slices), batch_size):
-            batch = torch.from_numpy(canvas_slices[start : start + batch_size, None]).to(self.device)
-            outputs.append(torch.sigmoid(self.network(batch.float()))[:, 0].float().cpu().numpy())
+            batch = torch.from_numpy(canvas_slices[start : start + batch_size, None]).to(self.device).float()
+            probabilities = torch.stack([torch.sigmoid(network(batch)) for network in self.networks]).mean(dim=0)
+            outputs.append(probabilities[:, 0].float().cpu().numpy())
         return np.concatenate(outputs)
 
     def probabilities(self, normalised: np.ndarray, image: sitk.Image) -> np.ndarray:
         """Gland probability per voxel of ``image`` from its normalised voxels."""
-        canvas = self.config.canvas
-        return canvas.from_canvas(self.canvas_probabilities(canvas.to_canvas(normalised, image)), image)
+        return self.canvas.from_canvas(self.canvas_probabilities(self.canvas.to_canvas(normalised, image)), image)
 
 
 def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: CoarseNetConfig) -> None:
@@ -123,8 +131,30 @@ def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: C
     write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
 
 
-def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[CoarseNet, CoarseNetConfig]:
+def save_coarse_ensemble(path: str | Path, members: Sequence[str | Path]) -> None:
+    """One checkpoint holding several trained coarse networks (each as ``save_coarse_checkpoint`` wrote it)."""
+    for member in members:
+        load_coarse_checkpoint(member)  # refuse anything but a single, loadable network
+    checkpoint = {"members": [torch.load(member, weights_only=True) for member in members]}
+    write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
+
+
+def load_coarse_members(path: str | Path, sha256: str | None = None) -> list[tuple[CoarseNet, CoarseNetConfig]]:
+    """The network(s) of a coarse checkpoint: one, or an ensemble's members."""
     checkpoint = load_weights(path, "coarse-model checkpoint", sha256)
+    members = checkpoint["members"] if isinstance(checkpoint, dict) and "members" in checkpoint else [checkpoint]
+    return [_coarse_network(path, member) for member in members]
+
+
+def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[CoarseNet, CoarseNetConfig]:
+    """The network of a single-network coarse checkpoint (what train-coarse writes)."""
+    members = load_coarse_members(path, sha256)
+    if len(members) != 1:
+        raise InputError(f"{path} is an ensemble of {len(members)} coarse networks; give one network's checkpoint")
+    return members[0]
+
+
+def _coarse_network(path: str | Path, checkpoint: dict) -> tuple[CoarseNet, CoarseNetConfig]:
     try:
         config = CoarseNetConfig.from_json(json.loads(checkpoint["config"]))
         state = full_precision(checkpoint["state_dict"])

@@ -242,7 +242,7 @@ def train_coarse_net(
         start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
         log(f"resuming after epoch {start_epoch} (best validation Dice {best_dice:.4f})")
 
-    segmenter = CoarseSegmenter(network, config, device)
+    segmenter = CoarseSegmenter([network], [config], device)
     started = time.time()
     progress = tqdm(range(start_epoch, options.epochs), desc="epochs", initial=start_epoch, total=options.epochs)
     for epoch in progress:
