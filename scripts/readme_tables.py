@@ -77,7 +77,7 @@ def render(spec: str, folder: Path) -> str:
 
 def rendered_readme(text: str, folder: Path) -> str:
     """The README with every generated block re-rendered; SpecError for an unterminated block."""
-    if text.count("<!-- generated: ") != len(BLOCK.findall(text)):
+    if len(re.findall(r"^<!-- generated: ", text, re.MULTILINE)) != len(BLOCK.findall(text)):
         raise SpecError("a '<!-- generated: ... -->' line has no '<!-- end generated -->' after it")
     return BLOCK.sub(lambda match: f"<!-- generated: {match['spec']} -->\n\n{render(match['spec'], folder)}\n<!-- end generated -->", text)
 
