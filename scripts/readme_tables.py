@@ -17,6 +17,8 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
   ablation  scripts/robustness_tables.py: mean Dice (worst case) per shift and row, of a robustness JSON
             (`samprostate evaluate --shifts --output NAME.md`, scripts/ablate_levers.py)
   hd95      scripts/robustness_tables.py: one row's (row=NAME) mean Dice, worst case and HD95 per shift
+  proxy     scripts/coarse_shift_proxy.py --table: coarse Dice and box placement per shift and checkpoint,
+            for one component rule (rule=3d by default)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from click_table import merged_table
+from coarse_shift_proxy import table as proxy_table
 from robustness_tables import ablation_table, hd95_table
 
 from SAMProstateSDGLib.apps.bench import markdown_report
@@ -52,6 +55,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "clicks": merged_table,
     "ablation": lambda paths: ablation_table(_one(paths)),
     "hd95": lambda paths, row: hd95_table(_one(paths), row),
+    "proxy": lambda paths, rule="3d": proxy_table(paths, rule),
 }
 
 
