@@ -39,7 +39,7 @@ from SAMProstateSDGLib.apps.bench import markdown_report
 from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCK = re.compile(r"^<!-- generated: (?P<spec>.+?) -->\n(?P<body>.*?)^<!-- end generated -->$", re.MULTILINE | re.DOTALL)
+BLOCK = re.compile(r"^<!-- generated: (?P<spec>.+?) -->\n.*?^<!-- end generated -->$", re.MULTILINE | re.DOTALL)
 OPTION = re.compile(r"^(?P<name>[a-z_]+)=(?P<value>.*)$")
 
 

@@ -1,23 +1,38 @@
 """The README's generated tables are what the committed results files render to (scripts/readme_tables.py), and the
 check fails, naming the line, when a table is edited by hand or its results change."""
 
-import os
 import re
+import runpy
 import shlex
-import subprocess
 import sys
+from types import SimpleNamespace
+
+import pytest
 
 from conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "readme_tables.py"
 
 
-def readme_tables(*arguments) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, arguments)], capture_output=True, text=True, timeout=120,
-                          env=os.environ | {"PYTHONPATH": str(ROOT / "SAMProstateSDG")})
+@pytest.fixture
+def readme_tables(monkeypatch, capsys):
+    """Run the script as its command line does, in this process (tests/test_scripts.py runs it as a new one):
+    its exit status and what it wrote to stderr."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its sibling scripts, as when it runs from scripts/
+
+    def run(*arguments) -> SimpleNamespace:
+        monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, arguments)])
+        try:
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+            status = 0
+        except SystemExit as exit:
+            status = exit.code
+        return SimpleNamespace(returncode=status, stderr=capsys.readouterr().err)
+
+    return run
 
 
-def test_the_readme_tables_match_the_committed_results_files():
+def test_the_readme_tables_match_the_committed_results_files(readme_tables):
     result = readme_tables("--check")
     assert result.returncode == 0, result.stderr
     specs = re.findall(r"^<!-- generated: (.+?) -->$", (ROOT / "README.md").read_text(), re.MULTILINE)
@@ -25,7 +40,7 @@ def test_the_readme_tables_match_the_committed_results_files():
     assert set((ROOT / "results").glob("*.json")) == named  # every committed results file backs a table, and only those
 
 
-def test_a_stale_table_fails_the_check_with_its_line_and_write_renders_it(tmp_path):
+def test_a_stale_table_fails_the_check_with_its_line_and_write_renders_it(readme_tables, tmp_path):
     readme = tmp_path / "README.md"
     spec = f"bench {shlex.quote(str(ROOT / 'results' / 'bench.json'))}"
     readme.write_text(f"# Speed\n\n<!-- generated: {spec} -->\n\n| Stage | naive |\n|---|---|\n| total | 1.00 s |\n\n<!-- end generated -->\n\nText kept.\n")
@@ -39,7 +54,7 @@ def test_a_stale_table_fails_the_check_with_its_line_and_write_renders_it(tmp_pa
     assert readme_tables("--check", "--readme", readme).returncode == 0
 
 
-def test_a_block_without_its_results_file_or_renderer_is_an_error(tmp_path):
+def test_a_block_without_its_results_file_or_renderer_is_an_error(readme_tables, tmp_path):
     readme = tmp_path / "README.md"
     for spec, message in [("bench results/missing.json", "bench: no results file"), ("speed results/bench.json", "unknown kind 'speed'")]:
         readme.write_text(f"<!-- generated: {spec} -->\n\n<!-- end generated -->\n")
