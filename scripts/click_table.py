@@ -12,17 +12,20 @@ from SAMProstateSDGLib.apps.click_evaluation import CaseClicks, markdown
 SPLIT_ORDER = {"unseen": 0, "source-extra": 1}
 
 
+def merged_table(paths: list[Path]) -> str:
+    """The click tables of all the files' cases, unseen first, up to the smallest click count among them."""
+    results: list[CaseClicks] = []
+    clicks = min(json.loads(path.read_text())["clicks"] for path in paths)
+    for path in paths:
+        results += [CaseClicks(**case) for case in json.loads(path.read_text())["cases"]]
+    results.sort(key=lambda result: (SPLIT_ORDER.get(result.split, 2), result.decoder, result.case))
+    return markdown(results, clicks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, nargs="+", help="JSON files written by samprostate evaluate --clicks N --output NAME.md")
-    arguments = parser.parse_args()
-    results, clicks = [], None
-    for path in arguments.results:
-        data = json.loads(path.read_text())
-        clicks = data["clicks"] if clicks is None else min(clicks, data["clicks"])
-        results += [CaseClicks(**case) for case in data["cases"]]
-    results.sort(key=lambda result: (SPLIT_ORDER.get(result.split, 2), result.decoder, result.case))
-    print(markdown(results, clicks))
+    print(merged_table(parser.parse_args().results))
 
 
 if __name__ == "__main__":

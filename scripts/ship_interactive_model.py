@@ -1,8 +1,9 @@
 """Ship a trained interactive decoder: copy a ``train --method interactive`` run's checkpoint and manifest into the package.
 
-Usage: python scripts/ship_interactive_model.py --run runs/interactive [--note KEY=VALUE ...]
-Writes models/interactive_litemedsam_runmc.pt and .json (the manifest gets the shipped file name and
-any notes, e.g. the click evaluation's figures) and adds or updates the catalog entry (kind "interactive-decoder").
+Usage: python scripts/ship_interactive_model.py --run runs/interactive
+Writes models/interactive_litemedsam_runmc.pt and .json (the manifest as training wrote it, with the shipped
+file name) and adds or updates the catalog entry (kind "interactive-decoder"). The manifest and the catalog
+must pass models/manifest.schema.json and catalog.schema.json; nothing is written otherwise.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from SAMProstateSDGLib.core.catalog import MODELS_FOLDER
+from SAMProstateSDGLib.core.catalog import CATALOG_SCHEMA, MANIFEST_SCHEMA, MODELS_FOLDER, schema_errors
 from SAMProstateSDGLib.core.checksums import sha256_of
 from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND
 
@@ -24,18 +25,20 @@ TITLE = "Interactive: LiteMedSAM prompt encoder and mask decoder trained on RUNM
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a train --method interactive output folder (interactive.pt, interactive.json)")
-    parser.add_argument("--note", action="append", default=[], help="KEY=VALUE added to the manifest, repeatable")
     arguments = parser.parse_args()
     manifest = json.loads((arguments.run / "interactive.json").read_text())
     if manifest["sha256"] != sha256_of(arguments.run / "interactive.pt"):
         raise SystemExit(f"{arguments.run / 'interactive.pt'} does not match its manifest")
     target = MODELS_FOLDER / FILE
-    shutil.copyfile(arguments.run / "interactive.pt", target)
-    manifest.update({"file": FILE, **dict(note.split("=", 1) for note in arguments.note)})
-    target.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest["file"] = FILE
     catalog_path = MODELS_FOLDER / "catalog.json"
     entries = [item for item in json.loads(catalog_path.read_text()) if item["id"] != MODEL_ID]
     entries.append({"id": MODEL_ID, "kind": INTERACTIVE_KIND, "model_type": "litemedsam", "title": TITLE, "file": FILE, "sha256": manifest["sha256"]})
+    errors = schema_errors(manifest, MANIFEST_SCHEMA) + schema_errors(entries, CATALOG_SCHEMA)
+    if errors:
+        raise SystemExit("not shipped: " + "; ".join(errors))
+    shutil.copyfile(arguments.run / "interactive.pt", target)
+    target.with_suffix(".json").write_text(json.dumps(manifest, indent=2) + "\n")
     catalog_path.write_text(json.dumps(entries, indent=2) + "\n")
     print(f"shipped {target} ({manifest['sha256']})")
 

@@ -69,3 +69,18 @@ def test_peak_memory_is_read_in_the_unit_of_each_platform():
     high_water_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
     assert abs(linux - high_water_kb / 1024) < 0.05 * linux + 8
     assert peak_resident_mb("self", platform="darwin") == pytest.approx(linux / 1024, rel=0.05)
+
+
+def test_the_report_is_rendered_from_the_json_data_of_its_run():
+    """The committed bench run (README, Speed): its own machine line, not this machine's, and its recorded figures."""
+    import json
+
+    from conftest import ROOT
+    from SAMProstateSDGLib.apps.bench import markdown_report
+
+    data = json.loads((ROOT / "results" / "bench.json").read_text())
+    report = markdown_report(data | {"machine": "the benchmarked machine"})
+    assert report.startswith("Machine: the benchmarked machine, device cpu, --backend auto --precision auto chose openvino fp32; 1 volumes")
+    assert "| speed-up vs naive | 1.00× | 1.61× | 1.75× | 4.23× |" in report and "One click" not in report
+    clicked = markdown_report(data | {"click_update_ms": 81.4, "backend": "openvino", "precision": "bf16"})
+    assert "--backend openvino --precision bf16 chose" in clicked and "previous mask; cached embedding, decoder only): median 81 ms\n\n| Encoder variant" in clicked

@@ -10,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES, dice, read_mask
+from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
 from SAMProstateSDGLib.core.catalog import catalog
 
 SAMPROSTATE = Path(sys.executable).with_name("samprostate")
@@ -123,6 +124,7 @@ def test_evaluate_prints_the_table_rows_for_a_folder_of_pairs(tmp_path):
     assert [title.rsplit(": ", 1)[1] for title in trained if "grid points" in title] == ["1 point", "9 points", "25 points", "81 points"]
     assert sum("zone (label" in title for title in trained) == 2
     assert table.read_text().strip() == result.stdout.strip()
+    assert markdown_table(from_json(json.loads(table.with_suffix(".json").read_text()))) == table.read_text().strip()  # the JSON holds the table
     upper_bound = next(line for line in rows if "ground-truth boxes" in line)
     assert float(upper_bound.split("**")[1]) > 0.85
 

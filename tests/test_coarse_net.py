@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.core.catalog import MODELS_FOLDER, default_entry
+from SAMProstateSDGLib.core.catalog import MANIFEST_SCHEMA, MODELS_FOLDER, default_entry, schema_errors
 from SAMProstateSDGLib.core.checksums import sha256_of
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import find_cases
@@ -107,6 +107,7 @@ def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp
     manifest = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
     assert manifest["augmentation"] == "dg" and "--augmentation dg --initial-weights" in manifest["command"]
     assert manifest["initial_weights"]["sha256"] == entry.sha256
+    assert schema_errors(json.loads((tmp_path / "coarse.json").read_text()), MANIFEST_SCHEMA) == []  # what the code writes is what may ship
     assert manifest["best_validation_dice"] > 0.7  # the shipped net's skill, barely moved by a tiny learning rate
 
 

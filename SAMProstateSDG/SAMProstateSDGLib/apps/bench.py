@@ -353,18 +353,13 @@ def benchmark(
     ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
     levers = encoder_levers(segmenter, cases[0], plain, encoders)
     peak_mb = peak_resident_mb("self")
-    chosen = segmenter.sam.encoder_backend.label
     process = {"cold_seconds": cold_seconds, "warm_seconds": warm_seconds, "load_seconds": load_seconds, "process_peak_mb": process_mb}
-    device = f"{segmenter.sam.device}, --backend {backend} --precision {precision} chose {chosen}"
-    report = _report(timings, resegment, waits, ours_ms, python_ms, same_boxes, peak_mb, device, process)
-    if click_ms is not None:
-        report += f"- One click with the interactive decoder (box + the slice's clicks + its previous mask; cached embedding, decoder only): median {click_ms:.0f} ms\n"
-    lever_lines = ["", "| Encoder variant | ms per slice | max abs. embedding difference |", "|---|---|---|"]
-    lever_lines += [f"| {name} | {ms:.0f} | {difference:.2g} |" for name, ms, difference in levers]
     data = {
         "machine": machine(),
         "device": str(segmenter.sam.device),
-        "chosen": chosen,
+        "backend": backend,
+        "precision": precision,
+        "chosen": segmenter.sam.encoder_backend.label,
         "cases": [case.name for case in cases],
         "paths": {path: [{"slices": t.slices, "seconds": t.seconds, "total": t.total, "dice": t.dice} for t in timings[path]] for path in paths},
         "resegment_ms": resegment,
@@ -375,10 +370,28 @@ def benchmark(
         "peak_mb": peak_mb,
         "segment_process": process,
     }
-    return report + "\n".join(lever_lines), data
+    return markdown_report(data), data
 
 
-def _report(timings, resegment_ms, waits, ours_ms, python_ms, same_boxes, peak_mb, device, process=None) -> str:
+def markdown_report(data: dict) -> str:
+    """The report of a ``bench`` run, rendered from its JSON data (``bench --output NAME.md`` writes NAME.json beside it).
+
+    Files written before ``backend``, ``precision`` and ``click_update_ms`` were recorded ran with the defaults (auto) and no click timing."""
+    timings = {path: [VolumeTiming(run["slices"], run["seconds"], run["dice"]) for run in runs] for path, runs in data["paths"].items()}
+    device = f"{data['device']}, --backend {data.get('backend', 'auto')} --precision {data.get('precision', 'auto')} chose {data['chosen']}"
+    waits = {False: data["wait_after_review_s"]["foreground"], True: data["wait_after_review_s"]["background"]}
+    boxes = data["box_proposal_ms"]
+    report = _report(timings, data["resegment_ms"], waits, boxes["ours"], boxes["python_bfs"], boxes["same_boxes"], data["peak_mb"], device,
+                     data["segment_process"], data["machine"])
+    if data.get("click_update_ms") is not None:
+        report += ("- One click with the interactive decoder (box + the slice's clicks + its previous mask; cached embedding, decoder only): "
+                   f"median {data['click_update_ms']:.0f} ms\n")
+    lever_lines = ["", "| Encoder variant | ms per slice | max abs. embedding difference |", "|---|---|---|"]
+    lever_lines += [f"| {lever['name']} | {lever['ms_per_slice']:.0f} | {lever['max_embedding_difference']:.2g} |" for lever in data["encoder_variants"]]
+    return report + "\n".join(lever_lines)
+
+
+def _report(timings, resegment_ms, waits, ours_ms, python_ms, same_boxes, peak_mb, device, process=None, machine_text: str | None = None) -> str:
     paths = list(timings)
 
     def median(path: str, stage: str | None = None, per_slice: bool = False) -> float:
@@ -386,7 +399,7 @@ def _report(timings, resegment_ms, waits, ours_ms, python_ms, same_boxes, peak_m
         return statistics.median(values)
 
     lines = [
-        f"Machine: {machine()}, device {device}; {len(timings['naive'])} volumes, median per volume (per slice).",
+        f"Machine: {machine_text or machine()}, device {device}; {len(timings['naive'])} volumes, median per volume (per slice).",
         "",
         "| Stage | " + " | ".join(paths) + " |",
         "|---" * (len(paths) + 1) + "|",

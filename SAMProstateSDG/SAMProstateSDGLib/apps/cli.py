@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", help="cases.csv split to evaluate, e.g. unseen")
     evaluate.add_argument("--site", help="site to evaluate")
     evaluate.add_argument("--cases", type=int, help="evaluate only the first N cases")
-    evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file (with --shifts, also NAME.json)")
+    evaluate.add_argument("--output", type=Path, help="also write the table to this Markdown file and its data to NAME.json")
     evaluate.add_argument("--shifts", action="store_true",
                           help="the robustness suite: every case clean and under each seeded acquisition shift (default cases: the "
                                "source-extra and unseen splits); Dice and HD95 per shift, and how well the confidence flags catch bad slices")
@@ -343,9 +343,9 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
 
 
 def run_evaluate(arguments) -> None:
-    from ..core.files import check_outputs, write_text_atomically
+    from ..core.files import check_outputs, write_json, write_text_atomically
     from ..io.dataset import find_cases
-    from .evaluation import evaluate, markdown_table
+    from .evaluation import evaluate, markdown_table, to_json
 
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
@@ -360,7 +360,7 @@ def run_evaluate(arguments) -> None:
     cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
     if arguments.output:
         inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
-        check_outputs([arguments.output, *([arguments.output.with_suffix(".json")] if arguments.clicks is not None else [])], inputs, arguments.overwrite)
+        check_outputs([arguments.output, arguments.output.with_suffix(".json")], inputs, arguments.overwrite)
     if arguments.clicks is not None:
         from .click_evaluation import run_from_arguments
 
@@ -369,9 +369,11 @@ def run_evaluate(arguments) -> None:
     chosen = runnable_methods().values() if arguments.method is None else [method(arguments.method)]
     if arguments.sam_checkpoint is not None:  # the trained methods build on the shipped LiteMedSAM
         chosen = [item for item in chosen if item.model_kind is None]
-    table = markdown_table(evaluate(_base_segmenter(arguments), cases, chosen))
+    results = evaluate(_base_segmenter(arguments), cases, chosen)
+    table = markdown_table(results)
     print(table)
     if arguments.output:
+        write_json(arguments.output.with_suffix(".json"), to_json(results), indent=1)
         write_text_atomically(arguments.output, table + "\n")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from tqdm import tqdm
@@ -58,6 +58,15 @@ def evaluate(segmenter: ProstateSegmenter, cases: list[Case], chosen: Iterable[M
             else:
                 results.setdefault(row.title, {})[case.name] = score(prediction == row.zone, labels == row.zone, spacing_zyx)
     return results
+
+
+def to_json(results: dict[str, dict[str, Score]]) -> dict:
+    """The scores as ``evaluate --output NAME.md`` writes them to NAME.json (HD95 NaN where a mask is empty)."""
+    return {"format": "samprostate-evaluation", "version": 1, "scores": {row: {case: asdict(value) for case, value in cases.items()} for row, cases in results.items()}}
+
+
+def from_json(data: dict) -> dict[str, dict[str, Score]]:
+    return {row: {case: Score(**value) for case, value in cases.items()} for row, cases in data["scores"].items()}
 
 
 def markdown_table(results: dict[str, dict[str, Score]]) -> str:

