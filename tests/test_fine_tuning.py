@@ -150,6 +150,37 @@ def test_sammed_trains_only_the_mask_decoder_and_resumes(split, tmp_path):
     assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
 
 
+def test_a_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(split, tmp_path):
+    """Stop after epoch 1 of 2, resume in fresh models (as a new process would): the decoder, Adam's moments, the schedule
+    and the history end exactly as in a run never stopped. Without loading any part of the resume state they would not."""
+    training, validation = split
+
+    def run(folder: Path, log=quiet, resume: bool = False) -> tuple[SamEngine, dict]:
+        engine = fresh_engine()
+        options = TrainingOptions(folder, epochs=2, learning_rate=1e-3, batch_size=2, resume=resume)
+        return engine, train(SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=log)
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1/2"):
+            raise KeyboardInterrupt  # what Stop and Ctrl-C raise
+
+    whole_engine, whole = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped", log=stop_after_epoch_1)
+    assert torch.load(tmp_path / "stopped" / "last_state.pt", weights_only=True)["epoch"] == 1
+    resumed_engine, resumed = run(tmp_path / "stopped", resume=True)
+    assert resumed["history"] == whole["history"]
+    for name, value in snapshot(whole_engine.sam.mask_decoder).items():
+        assert torch.equal(resumed_engine.sam.mask_decoder.state_dict()[name], value), name
+    ends = [torch.load(folder / "last_state.pt", weights_only=True) for folder in (tmp_path / "whole", tmp_path / "stopped")]
+    assert ends[0]["scheduler"] == ends[1]["scheduler"] and ends[0]["generator"] == ends[1]["generator"]
+    moments = [state["optimiser"]["state"] for state in ends]
+    assert moments[0].keys() == moments[1].keys() and moments[0]
+    for parameter, values in moments[0].items():
+        for key, value in values.items():
+            assert torch.equal(moments[1][parameter][key], value), (parameter, key)
+
+
 @pytest.mark.parametrize("mode", ["grid", "box"])
 def test_desam_trains_prim_and_pimm_only_and_its_checkpoint_round_trips(canvas_split, tmp_path, mode):
     training, validation = canvas_split

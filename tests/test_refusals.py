@@ -397,6 +397,34 @@ def test_a_failed_write_keeps_every_earlier_output(tmp_path):
     assert {path.name: path.read_text() for path in tmp_path.iterdir()} == {name: "earlier run" for name in outputs}
 
 
+@pytest.mark.parametrize("failure, raised", [
+    (OSError(28, "No space left on device"), InputError),  # what the writer meets: one line for the user
+    (ValueError("a bug in the writer"), ValueError),  # not the user's mistake: raised as it is
+    (KeyboardInterrupt(), KeyboardInterrupt),  # Stop or Ctrl-C in the middle of a write
+])
+@pytest.mark.parametrize("earlier", [b"the earlier labels", None])
+def test_a_write_that_fails_leaves_no_temporary_file_and_the_earlier_file_as_it_was(tmp_path, failure, raised, earlier):
+    from SAMProstateSDGLib.core.files import write_atomically
+
+    target = tmp_path / "labels.nii.gz"
+    if earlier is not None:
+        target.write_bytes(earlier)
+    written = []
+
+    def fail_half_way(temporary: str) -> None:
+        Path(temporary).write_bytes(b"half")
+        written.append(Path(temporary))
+        raise failure
+
+    with pytest.raises(raised) as caught:
+        write_atomically(target, fail_half_way)
+    if raised is InputError:
+        assert str(caught.value) == f"cannot write {target}: No space left on device"
+    assert written[0].parent == tmp_path and not written[0].exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ([] if earlier is None else ["labels.nii.gz"])
+    assert earlier is None or target.read_bytes() == earlier
+
+
 # 19-20. A batch: volumes read before the models load, errors on their own lines
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
 
-from conftest import FIXTURES, dice, read_mask
+from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.masks.boxes import Box
 from SAMProstateSDGLib.slicerapp import mrml as bridge
@@ -57,6 +57,7 @@ def segment_labels(segmentation_node, volume_node, name: str) -> np.ndarray:
 def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, reference):
     rois = workflow.proposeBoxes(volume_node, device="cpu")
     assert rois and all(roi.GetNodeReferenceID(bridge.BOX_VOLUME_REFERENCE) == volume_node.GetID() for roi in rois)
+    assert_boxes_near_the_reference(dict(bridge.box_from_roi_node(volume_node, roi) for roi in rois), reference, volume_node.GetSpacing()[:2])
     segmentation = workflow.segment(volume_node, device="cpu")
     first = segment_labels(segmentation, volume_node, "prostate")
     assert dice(first, reference) > 0.8
@@ -135,7 +136,14 @@ def test_methods_that_prompt_themselves_need_no_boxes(workflow, scene, method):
         assert dice(segment_labels(segmentation, volume_node, "prostate"), reference) > 0.7
 
 
-def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, data, volume_node):
+def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, data, volume_node, sam_engine):
+    import torch
+
+    from SAMProstateSDGLib.apps.training_process import trained_models
+    from SAMProstateSDGLib.io.volume_io import read_volume
+    from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
+    from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
+
     workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
     with pytest.raises(RuntimeError, match="already in progress"):
         workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
@@ -153,15 +161,25 @@ def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, dat
     assert workflow.segmenter(model_id, "cpu", "sammed").base.coarse is workflow.baseSegmenter(model_id, "cpu").coarse
     with pytest.raises(InputError, match="coarse network, which proposes boxes"):
         workflow.segmenter(model_id, "cpu", "samed")
-    assert workflow.proposeBoxes(volume_node, model=model_id, device="cpu") is not None
+    # the boxes are the trained network's, as the pipeline proposes them with that checkpoint (not the shipped one's)
+    trained = trained_models(workflow.trainedModelsFile)[model_id]
+    pipeline = ProstateSegmenter(sam_engine, CoarseSegmenter.from_checkpoint(trained.path, torch.device("cpu"), trained.sha256))
+    expected = pipeline.propose_boxes(pipeline.prepare(read_volume(FIXTURES / "P158-020.nii.gz")))
+    rois = workflow.proposeBoxes(volume_node, model=model_id, device="cpu")
+    proposed = dict(bridge.box_from_roi_node(volume_node, roi) for roi in rois)
+    assert proposed.keys() == expected.keys()
+    for index, box in expected.items():
+        assert np.allclose(proposed[index].as_tuple(), box.as_tuple(), atol=1e-3), index
 
 
-def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow):
+@pytest.mark.parametrize("cuda, mps, told", [(False, False, True), (True, False, False), (False, True, False)])
+def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow, monkeypatch, cuda, mps, told):
     import torch
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     note = workflow.deviceNote("auto")
-    assert (note is None) == (torch.cuda.is_available() or torch.backends.mps.is_available())
-    assert note is None or "CPU" in note
+    assert (note is not None and "running on the CPU" in note) if told else note is None
     assert workflow.deviceNote("cpu") is None  # chosen on purpose: nothing to tell
 
 
