@@ -65,3 +65,12 @@ def segmenter(sam_engine):
 
     entry = default_entry("coarse")
     return ProstateSegmenter(sam_engine, CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu"), entry.sha256))
+
+
+def shipped_coarse_member(index: int, folder: Path) -> Path:
+    """One network of the shipped coarse ensemble, as the single-network checkpoint train-coarse writes."""
+    from SAMProstateSDGLib.core.catalog import default_entry
+
+    path = folder / f"coarse-member-{index}.pt"
+    torch.save(torch.load(default_entry("coarse").path, weights_only=True)["members"][index], path)
+    return path

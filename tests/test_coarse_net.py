@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, dice, read_mask
+from conftest import FIXTURES, dice, read_mask, shipped_coarse_member
 from SAMProstateSDGLib.core.catalog import MANIFEST_SCHEMA, MODELS_FOLDER, default_entry, schema_errors
 from SAMProstateSDGLib.core.checksums import sha256_of
 from SAMProstateSDGLib.core.errors import InputError
@@ -26,10 +26,15 @@ from SAMProstateSDGLib.training.coarse import CoarseTrainingOptions, split_cases
 def test_shipped_coarse_model_matches_its_manifest_and_size_limit():
     entry = default_entry("coarse")
     manifest = json.loads(entry.path.with_suffix(".json").read_text())
-    assert manifest["sha256"] == entry.sha256 == sha256_of(entry.path)
-    assert manifest["site"] == "RUNMC" and manifest["epochs"] >= 1
-    assert set(manifest["validation_cases"]).isdisjoint(manifest["training_cases"])
-    assert entry.path.stat().st_size < 30 * 2**20
+    assert manifest["model"] == "coarse-ensemble" and manifest["sha256"] == entry.sha256 == sha256_of(entry.path)
+    for member in manifest["members"]:
+        assert member["site"] == "RUNMC" and member["epochs"] >= 1
+        assert set(member["validation_cases"]).isdisjoint(member["training_cases"])
+    configs = [json.loads(json.dumps(config.to_json())) for config in CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu")).configs]
+    assert configs == [member["architecture"] | {"input_representation": config["input_representation"], "contrast_sigma_mm": config["contrast_sigma_mm"]}
+                       for member, config in zip(manifest["members"], configs)]
+    assert [config["input_representation"] for config in configs] == ["intensity", "log-contrast"]
+    assert entry.path.stat().st_size < 50 * 2**20  # two fp16 networks; under GitHub's 50 MB per-file warning
     assert entry.path.parent == MODELS_FOLDER
 
 
@@ -43,20 +48,22 @@ def test_coarse_network_finds_the_gland_on_each_site(segmenter, case):
 
 def test_checkpoint_round_trip_gives_the_same_probabilities(segmenter, tmp_path):
     path = tmp_path / "coarse.pt"
-    save_coarse_checkpoint(path, segmenter.coarse.networks[0], segmenter.coarse.configs[0])
-    network, config = load_coarse_checkpoint(path)
-    assert [config] == segmenter.coarse.configs
-    reloaded = CoarseSegmenter([network], [config], torch.device("cpu"))
-    image = read_volume(FIXTURES / "Case29.nii.gz")
-    slices = config.canvas.to_canvas(normalised_array(image), image)
-    assert np.allclose(reloaded.canvas_probabilities(slices), segmenter.coarse.canvas_probabilities(slices), atol=1e-6)
+    for network, config in zip(segmenter.coarse.networks, segmenter.coarse.configs):
+        save_coarse_checkpoint(path, network, config)
+        reloaded_network, reloaded_config = load_coarse_checkpoint(path)
+        assert reloaded_config == config
+        reloaded = CoarseSegmenter([reloaded_network], [reloaded_config], torch.device("cpu"))
+        image = read_volume(FIXTURES / "Case29.nii.gz")
+        slices = config.canvas.to_canvas(normalised_array(image), image)
+        original = CoarseSegmenter([network], [config], torch.device("cpu"))
+        assert np.allclose(reloaded.canvas_probabilities(slices), original.canvas_probabilities(slices), atol=1e-6)
 
 
 def test_wrong_checkpoints_are_refused(tmp_path):
     entry = default_entry("coarse")
     with pytest.raises(InputError, match="checksum mismatch"):
         load_coarse_checkpoint(entry.path, "f" * 64)
-    checkpoint = torch.load(entry.path, weights_only=True)
+    checkpoint = torch.load(shipped_coarse_member(0, tmp_path), weights_only=True)
     checkpoint["state_dict"].pop(next(iter(checkpoint["state_dict"])))
     torch.save(checkpoint, tmp_path / "missing_key.pt")
     with pytest.raises(InputError, match="wrong keys"):
@@ -99,15 +106,15 @@ def test_another_coarse_network_reuses_the_loaded_sam(segmenter):
 
 
 def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp_path):
-    entry = default_entry("coarse")
+    initial = shipped_coarse_member(0, tmp_path)
     options = CoarseTrainingOptions(
-        data=data, site="RUNMC", output=tmp_path, epochs=1, batch_size=8, learning_rate=1e-6, max_cases=2,
-        augmentation="dg", initial_weights=entry.path,
+        data=data, site="RUNMC", output=tmp_path / "run", epochs=1, batch_size=8, learning_rate=1e-6, max_cases=2,
+        augmentation="dg", initial_weights=initial,
     )
     manifest = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
-    assert manifest["augmentation"] == "dg" and "--augmentation dg --initial-weights" in manifest["command"]
-    assert manifest["initial_weights"]["sha256"] == entry.sha256
-    assert schema_errors(json.loads((tmp_path / "coarse.json").read_text()), MANIFEST_SCHEMA) == []  # what the code writes is what may ship
+    assert manifest["augmentation"] == "dg" and "--augmentation dg --input-representation intensity --initial-weights" in manifest["command"]
+    assert manifest["initial_weights"]["sha256"] == sha256_of(initial)
+    assert schema_errors(json.loads((tmp_path / "run" / "coarse.json").read_text()), MANIFEST_SCHEMA) == []  # what the code writes is what may ship
     assert manifest["best_validation_dice"] > 0.7  # the shipped net's skill, barely moved by a tiny learning rate
 
 
@@ -134,9 +141,10 @@ def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_rea
     reloaded, reloaded_config = load_coarse_checkpoint(tmp_path / "coarse.pt")
     assert reloaded_config == config
     assert reloaded.represent is not None and reloaded.represent.keywords == {"sigma_px": 6.0}
-    shipped = torch.load(default_entry("coarse").path, weights_only=True)
+    older = shipped_coarse_member(0, tmp_path)  # trained before the input representation existed
+    shipped = torch.load(older, weights_only=True)
     assert "input_representation" not in json.loads(shipped["config"])
-    assert load_coarse_checkpoint(default_entry("coarse").path)[1].input_representation == "intensity"
+    assert load_coarse_checkpoint(older)[1].input_representation == "intensity"
     unknown = {**shipped, "config": json.dumps({**json.loads(shipped["config"]), "input_representation": "fourier"})}
     torch.save(unknown, tmp_path / "unknown.pt")
     with pytest.raises(InputError, match="cannot build .*'fourier'"):
@@ -144,7 +152,7 @@ def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_rea
 
 
 def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path):
-    shipped = default_entry("coarse").path
+    shipped = shipped_coarse_member(0, tmp_path)
     torch.manual_seed(0)
     other_config = CoarseNetConfig(input_representation="log-contrast")
     save_coarse_checkpoint(tmp_path / "other.pt", build_coarse_net(other_config), other_config)

@@ -160,7 +160,7 @@ def test_a_crafted_fine_tuning_resume_state_runs_nothing(tmp_path, sam_engine):
     marker = tmp_path / "ran"
     crafted_pickle(tmp_path / "last_state.pt", marker)
     with pytest.raises(InputError, match="not a readable resume state"):
-        train(SamMedMethod(sam_engine), [], [], TrainingOptions(tmp_path, resume=True), {})
+        train("sammed", SamMedMethod(sam_engine), [], [], TrainingOptions(tmp_path, resume=True), {})
     assert not marker.exists()
 
 
@@ -344,7 +344,7 @@ def test_mobilesam_s_vit_t_is_not_offered(capsys, tmp_path):
 def test_a_coarse_checkpoint_with_an_unknown_backbone_is_refused(tmp_path):
     from SAMProstateSDGLib.modeling.coarse_net import load_coarse_checkpoint
 
-    checkpoint = torch.load(default_entry("coarse").path, weights_only=True)
+    checkpoint = torch.load(default_entry("coarse").path, weights_only=True)["members"][0]
     config = json.loads(checkpoint["config"])
     checkpoint["config"] = json.dumps(dict(config, backbone="resnet999"))
     torch.save(checkpoint, tmp_path / "coarse.pt")
