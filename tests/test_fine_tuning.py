@@ -158,7 +158,7 @@ def test_a_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(split, t
     def run(folder: Path, log=quiet, resume: bool = False) -> tuple[SamEngine, dict]:
         engine = fresh_engine()
         options = TrainingOptions(folder, epochs=2, learning_rate=1e-3, batch_size=2, resume=resume)
-        return engine, train(SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=log)
+        return engine, train("sammed", SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=log)
 
     def stop_after_epoch_1(line: str) -> None:
         if line.startswith("epoch 1/2"):
