@@ -165,6 +165,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addBoxButton.connect("clicked(bool)", self.onAddBox)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
+        self.ui.slicesToCheckComboBox.connect("activated(int)", self.onSliceToCheck)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.startTrainingButton.connect("clicked(bool)", self.onStartTraining)
@@ -295,6 +296,23 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     method=parameters.segmentationMethod.value,
                 )
                 self.showMeasurements()
+                self.showSlicesToCheck()
+
+    def showSlicesToCheck(self) -> None:
+        """List the flagged slices (their boxes are orange) so the user can jump to each."""
+        selector = self.ui.slicesToCheckComboBox
+        selector.clear()
+        flagged = self.logic.workflow.slicesToCheck(self._parameterNode.inputVolume)
+        for index, confidence in flagged:
+            text = _("slice {index}: predicted IoU {iou:.2f}, agreement {agreement:.2f}")
+            selector.addItem(text.format(index=index, iou=confidence.predicted_iou, agreement=confidence.coarse_agreement), index)
+        if not flagged:
+            selector.addItem(_("none flagged"), -1)
+
+    def onSliceToCheck(self, row: int) -> None:
+        index = self.ui.slicesToCheckComboBox.itemData(row)
+        if index is not None and index >= 0:
+            self.logic.workflow.jumpToSlice(self._parameterNode.inputVolume, index)
 
     def showMeasurements(self) -> None:
         """The output segmentation's volume and diameters, as text the user can copy."""
@@ -311,6 +329,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     method=parameters.segmentationMethod.value,
                 )
                 self.showMeasurements()
+                self.showSlicesToCheck()
                 mode = self.logic.workflow.clickMode(self.selectedModel(), parameters.device, parameters.segmentationMethod.value)
                 slicer.util.showStatusMessage(mode, 5000)
 

@@ -1,10 +1,10 @@
 """Two coarse networks through the robustness suite with the same SAM (each shifted slice encoded once for both).
 
 Usage: python scripts/compare_coarse_suite.py --data ../shared/data/prostate \
-           --candidate runs/coarse-dg/coarse.pt [--shift "endorectal coil" ...] [--cases Case29,P158-021] --json runs/compare.json
+           --candidate dg=runs/coarse-dg/coarse.pt [--candidate ...] [--shift "endorectal coil" ...] [--cases Case29,P158-021] --json runs/compare.json
 
 Rows, each the shipped default method (reorientation, largest 3D component, 3 mm boxes, LiteMedSAM)
-with one coarse network: ``shipped`` (the catalog's) and ``candidate``; ``--upper-bound`` adds SAM
+with one coarse network: ``shipped`` (the catalog's) and each candidate (by its label); ``--upper-bound`` adds SAM
 with ground-truth boxes. Shifts and seed are the suite's (``samprostate evaluate --shifts``); the
 JSON (row -> shift -> case -> Dice, HD95) is rewritten after every case, so a partial run is usable.
 """
@@ -57,7 +57,7 @@ def table(scores: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--candidate", type=Path, required=True, help="the coarse checkpoint to compare with the shipped one")
+    parser.add_argument("--candidate", action="append", required=True, help="LABEL=PATH: a coarse checkpoint to compare with the shipped one (repeatable)")
     parser.add_argument("--shift", action="append", help="only this suite shift (name or its start; repeatable; default: all)")
     parser.add_argument("--cases", help="only these cases, comma-separated (default: the suite's 12)")
     parser.add_argument("--seed", type=int, default=0)
@@ -71,8 +71,9 @@ def main() -> None:
     if arguments.cases:
         cases = [case for case in cases if case.name in arguments.cases.split(",")]
     shipped = ProstateSegmenter.load(device="cpu")  # the default encoder backend, as evaluate --shifts
-    candidate = shipped.with_coarse(arguments.candidate)
-    predictors = {"shipped": default_method_with(shipped), "candidate": default_method_with(candidate)}
+    candidates = dict(item.split("=", 1) for item in arguments.candidate)
+    predictors = {"shipped": default_method_with(shipped)}
+    predictors.update({label: default_method_with(shipped.with_coarse(path)) for label, path in candidates.items()})
     if arguments.upper_bound:
         predictors["SAM + ground-truth boxes"] = lambda volume, labels: (shipped.segment_with_boxes(volume, boxes_from_labels(labels > 0)), None)
     scores: dict = {row: {} for row in predictors}
@@ -82,7 +83,7 @@ def main() -> None:
         for row, by_shift in result.scores.items():
             for shift, by_case in by_shift.items():
                 scores[row].setdefault(shift, {}).update({name: asdict(value) for name, value in by_case.items()})
-        arguments.json.write_text(json.dumps({"candidate": str(arguments.candidate), "seed": arguments.seed, "scores": scores}, indent=1) + "\n")
+        arguments.json.write_text(json.dumps({"candidates": candidates, "seed": arguments.seed, "scores": scores}, indent=1) + "\n")
         summary = ", ".join(f"{row} {by_shift[shift][case.name]['dice']:.3f}" for row, by_shift in scores.items() for shift in list(by_shift)[:1])
         print(f"{case.name} done in {time.time() - started:.0f} s (clean: {summary})", flush=True)
     print(table(scores))

@@ -19,6 +19,8 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
   hd95      scripts/robustness_tables.py: one row's (row=NAME) mean Dice, worst case and HD95 per shift
   proxy     scripts/coarse_shift_proxy.py --table: coarse Dice and box placement per shift and checkpoint,
             for one component rule (rule=3d by default)
+  compare   scripts/compare_coarse_suite.py: the default method with each coarse network, mean Dice (worst
+            case) and HD95 per shift
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 
 from click_table import merged_table
 from coarse_shift_proxy import table as proxy_table
+from compare_coarse_suite import table as compare_table
 from robustness_tables import ablation_table, hd95_table
 
 from SAMProstateSDGLib.apps.bench import markdown_report
@@ -56,6 +59,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "ablation": lambda paths: ablation_table(_one(paths)),
     "hd95": lambda paths, row: hd95_table(_one(paths), row),
     "proxy": lambda paths, rule="3d": proxy_table(paths, rule),
+    "compare": lambda paths: compare_table(_one(paths)["scores"]),
 }
 
 

@@ -28,6 +28,19 @@ def read_mask(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) > 0
 
 
+def assert_boxes_near_the_reference(boxes: dict, reference: np.ndarray, spacing_xy: tuple[float, float]) -> None:
+    """Proposed boxes ({slice: Box}) against the reference mask's bounding boxes: every edge within 12 mm on the
+    slices both have (apex and base are hard), and half of all edges within 5 mm (the 3 mm margin and a coarse edge)."""
+    from SAMProstateSDGLib.masks.boxes import boxes_from_labels
+
+    expected = boxes_from_labels(reference)
+    both = sorted(boxes.keys() & expected.keys())
+    assert len(both) >= 0.8 * len(expected), (sorted(boxes), sorted(expected))
+    millimetres = np.array([spacing_xy[0], spacing_xy[1]] * 2)
+    errors = np.abs([(np.array(boxes[index].as_tuple()) - expected[index].as_tuple()) * millimetres for index in both])
+    assert errors.max() <= 12.0 and np.median(errors) <= 5.0, np.round(errors, 1)
+
+
 @pytest.fixture(scope="session")
 def data() -> Path:
     if not (DATA / "cases.csv").is_file():
@@ -52,3 +65,12 @@ def segmenter(sam_engine):
 
     entry = default_entry("coarse")
     return ProstateSegmenter(sam_engine, CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu"), entry.sha256))
+
+
+def shipped_coarse_member(index: int, folder: Path) -> Path:
+    """One network of the shipped coarse ensemble, as the single-network checkpoint train-coarse writes."""
+    from SAMProstateSDGLib.core.catalog import default_entry
+
+    path = folder / f"coarse-member-{index}.pt"
+    torch.save(torch.load(default_entry("coarse").path, weights_only=True)["members"][index], path)
+    return path

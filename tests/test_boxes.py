@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.masks.boxes import (
@@ -65,13 +66,19 @@ def test_unfiltered_boxes_span_the_distractor_and_filtered_ones_do_not():
     assert all(unfiltered[index].x0 == 5 for index in reference)
 
 
-def test_boxes_found_in_the_foreground_window_are_placed_and_clamped_in_the_whole_slice():
-    probabilities = _with_distractors(read_mask(FIXTURES / "P158-020_seg.nii.gz")).astype(np.float32)
-    probabilities[0, -4:, 100:140] = 1.0  # touches the bottom edge: its margin must stop at the slice
-    for component_filter in ComponentFilter:
-        options = ProposalOptions(component_filter=component_filter, margin_mm=3.0)
-        whole_slice = slice_boxes(filtered_mask(probabilities, options.threshold, component_filter, (0.4, 0.4, 3.0)), (7.5, 7.5))
-        assert propose_boxes(probabilities, (0.4, 0.4, 3.0), options) == whole_slice
+@pytest.mark.parametrize("component_filter, slice_0", [
+    (ComponentFilter.SLICE, Box(17, 7, 32, 22)),
+    (ComponentFilter.VOLUME, Box(17, 7, 32, 22)),
+    (ComponentFilter.NONE, Box(17, 7, 49, 39)),  # the blob's corner: widened by 3 px, then stopped at the slice's edges
+])
+def test_boxes_found_in_the_foreground_window_are_placed_and_clamped_in_the_whole_slice(component_filter, slice_0):
+    """Components are searched in the foreground's window (here rows 10-39, columns 20-48): boxes come back in slice pixels."""
+    probabilities = np.zeros((2, 40, 50), dtype=np.float32)
+    probabilities[0, 10:20, 20:30] = 0.9  # the gland, 10 x 10
+    probabilities[1, 12:18, 22:28] = 0.9  # and on the next slice, 6 x 6
+    probabilities[0, 37:40, 47:49] = 0.9  # a blob in the corner, touching the bottom and right edges
+    boxes = propose_boxes(probabilities, (0.5, 0.5, 3.0), ProposalOptions(component_filter=component_filter, margin_mm=1.5))
+    assert boxes == {0: slice_0, 1: Box(19, 9, 30, 20)}
 
 
 def test_3d_filter_keeps_only_the_largest_volume_component():

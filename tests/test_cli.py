@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import FIXTURES, dice, read_mask
+from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask
 from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
 from SAMProstateSDGLib.core.catalog import catalog
+from SAMProstateSDGLib.masks.boxes import Box
 
 SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 UNSEEN_DICE_FLOOR = 0.80
@@ -53,6 +54,33 @@ def test_boxes_file_lists_one_box_per_gland_slice(unseen_case, data):
     gland_slices = set(np.flatnonzero(reference.any(axis=(1, 2))).tolist())
     proposed = {entry["slice"] for entry in boxes["boxes"]}
     assert len(proposed & gland_slices) >= 0.8 * len(gland_slices)
+    pixels = {entry["slice"]: Box(*entry["pixel"]) for entry in boxes["boxes"]}
+    assert_boxes_near_the_reference(pixels, reference, sitk.ReadImage(str(data / "Prostate158" / "P158-020.nii.gz")).GetSpacing()[:2])
+
+
+def test_the_overlay_shows_six_gland_slices_with_their_box_and_outline(unseen_case):
+    """Each tile's yellow frame is one of the boxes written (which names its slice); its red outline lies on that slice's labels."""
+    from PIL import Image
+
+    from SAMProstateSDGLib.io.overlay import BOX, OUTLINE
+
+    _, folder = unseen_case
+    boxes = {entry["slice"]: np.array(entry["pixel"]) for entry in json.loads((folder / "boxes.json").read_text())["boxes"]}
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nii.gz"))) > 0
+    with Image.open(folder / "overlay.png") as picture:
+        sheet = np.asarray(picture.convert("RGB"))
+    assert sheet.shape == (2 * 270, 3 * 270, 3)
+    shown = []
+    for row in range(2):
+        for column in range(3):
+            tile = sheet[row * 270 : (row + 1) * 270, column * 270 : (column + 1) * 270]
+            ys, xs = np.nonzero((tile == BOX).all(axis=2))
+            frame = np.array([xs.min(), ys.min(), xs.max(), ys.max()])
+            index = next(index for index, box in boxes.items() if np.abs(box - frame).max() <= 1)
+            outline = (tile == OUTLINE).all(axis=2)
+            assert outline.any() and not (outline & ~labels[index]).any(), index
+            shown.append(index)
+    assert shown == sorted(shown) and len(set(shown)) == 6
 
 
 def test_edited_boxes_are_used_instead_of_proposed_ones(tmp_path):

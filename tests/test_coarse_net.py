@@ -4,24 +4,37 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, dice, read_mask
+from conftest import FIXTURES, dice, read_mask, shipped_coarse_member
 from SAMProstateSDGLib.core.catalog import MANIFEST_SCHEMA, MODELS_FOLDER, default_entry, schema_errors
 from SAMProstateSDGLib.core.checksums import sha256_of
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.masks.boxes import COARSE_THRESHOLD
-from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter, load_coarse_checkpoint, save_coarse_checkpoint
+from SAMProstateSDGLib.masks.canvas import Canvas
+from SAMProstateSDGLib.modeling.coarse_net import (
+    CoarseNetConfig,
+    CoarseSegmenter,
+    build_coarse_net,
+    load_coarse_checkpoint,
+    save_coarse_checkpoint,
+    save_coarse_ensemble,
+)
 from SAMProstateSDGLib.training.coarse import CoarseTrainingOptions, split_cases, train_coarse_net
 
 
 def test_shipped_coarse_model_matches_its_manifest_and_size_limit():
     entry = default_entry("coarse")
     manifest = json.loads(entry.path.with_suffix(".json").read_text())
-    assert manifest["sha256"] == entry.sha256 == sha256_of(entry.path)
-    assert manifest["site"] == "RUNMC" and manifest["epochs"] >= 1
-    assert set(manifest["validation_cases"]).isdisjoint(manifest["training_cases"])
-    assert entry.path.stat().st_size < 30 * 2**20
+    assert manifest["model"] == "coarse-ensemble" and manifest["sha256"] == entry.sha256 == sha256_of(entry.path)
+    for member in manifest["members"]:
+        assert member["site"] == "RUNMC" and member["epochs"] >= 1
+        assert set(member["validation_cases"]).isdisjoint(member["training_cases"])
+    configs = [json.loads(json.dumps(config.to_json())) for config in CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu")).configs]
+    assert configs == [member["architecture"] | {"input_representation": config["input_representation"], "contrast_sigma_mm": config["contrast_sigma_mm"]}
+                       for member, config in zip(manifest["members"], configs)]
+    assert [config["input_representation"] for config in configs] == ["intensity", "log-contrast"]
+    assert entry.path.stat().st_size < 50 * 2**20  # two fp16 networks; under GitHub's 50 MB per-file warning
     assert entry.path.parent == MODELS_FOLDER
 
 
@@ -35,20 +48,22 @@ def test_coarse_network_finds_the_gland_on_each_site(segmenter, case):
 
 def test_checkpoint_round_trip_gives_the_same_probabilities(segmenter, tmp_path):
     path = tmp_path / "coarse.pt"
-    save_coarse_checkpoint(path, segmenter.coarse.network, segmenter.coarse.config)
-    network, config = load_coarse_checkpoint(path)
-    assert config == segmenter.coarse.config
-    reloaded = CoarseSegmenter(network, config, torch.device("cpu"))
-    image = read_volume(FIXTURES / "Case29.nii.gz")
-    slices = config.canvas.to_canvas(normalised_array(image), image)
-    assert np.allclose(reloaded.canvas_probabilities(slices), segmenter.coarse.canvas_probabilities(slices), atol=1e-6)
+    for network, config in zip(segmenter.coarse.networks, segmenter.coarse.configs):
+        save_coarse_checkpoint(path, network, config)
+        reloaded_network, reloaded_config = load_coarse_checkpoint(path)
+        assert reloaded_config == config
+        reloaded = CoarseSegmenter([reloaded_network], [reloaded_config], torch.device("cpu"))
+        image = read_volume(FIXTURES / "Case29.nii.gz")
+        slices = config.canvas.to_canvas(normalised_array(image), image)
+        original = CoarseSegmenter([network], [config], torch.device("cpu"))
+        assert np.allclose(reloaded.canvas_probabilities(slices), original.canvas_probabilities(slices), atol=1e-6)
 
 
 def test_wrong_checkpoints_are_refused(tmp_path):
     entry = default_entry("coarse")
     with pytest.raises(InputError, match="checksum mismatch"):
         load_coarse_checkpoint(entry.path, "f" * 64)
-    checkpoint = torch.load(entry.path, weights_only=True)
+    checkpoint = torch.load(shipped_coarse_member(0, tmp_path), weights_only=True)
     checkpoint["state_dict"].pop(next(iter(checkpoint["state_dict"])))
     torch.save(checkpoint, tmp_path / "missing_key.pt")
     with pytest.raises(InputError, match="wrong keys"):
@@ -91,13 +106,65 @@ def test_another_coarse_network_reuses_the_loaded_sam(segmenter):
 
 
 def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp_path):
-    entry = default_entry("coarse")
+    initial = shipped_coarse_member(0, tmp_path)
     options = CoarseTrainingOptions(
-        data=data, site="RUNMC", output=tmp_path, epochs=1, batch_size=8, learning_rate=1e-6, max_cases=2,
-        augmentation="dg", initial_weights=entry.path,
+        data=data, site="RUNMC", output=tmp_path / "run", epochs=1, batch_size=8, learning_rate=1e-6, max_cases=2,
+        augmentation="dg", initial_weights=initial,
     )
     manifest = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
-    assert manifest["augmentation"] == "dg" and "--augmentation dg --initial-weights" in manifest["command"]
-    assert manifest["initial_weights"]["sha256"] == entry.sha256
-    assert schema_errors(json.loads((tmp_path / "coarse.json").read_text()), MANIFEST_SCHEMA) == []  # what the code writes is what may ship
+    assert manifest["augmentation"] == "dg" and "--augmentation dg --input-representation intensity --initial-weights" in manifest["command"]
+    assert manifest["initial_weights"]["sha256"] == sha256_of(initial)
+    assert schema_errors(json.loads((tmp_path / "run" / "coarse.json").read_text()), MANIFEST_SCHEMA) == []  # what the code writes is what may ship
     assert manifest["best_validation_dice"] > 0.7  # the shipped net's skill, barely moved by a tiny learning rate
+
+
+def test_log_contrast_cancels_a_smooth_field_and_a_gamma_change_on_a_real_slice():
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    config = CoarseNetConfig(input_representation="log-contrast")
+    slices = config.canvas.to_canvas(normalised_array(image), image)
+    gland = config.canvas.to_canvas(read_mask(FIXTURES / "Case29_seg.nii.gz").astype(np.float32), image, nearest=True) > 0
+    columns = np.arange(config.canvas.size) / config.canvas.size
+    field = np.exp(3.0 * columns)[None, None, :]  # 20x brighter on one side than the other
+    shifted = np.clip(slices * field / field.max(), 0, 1) ** 0.6
+    represent = build_coarse_net(config).represent
+    assert represent is not None
+    before, after = (represent(torch.from_numpy(array.astype(np.float32))[:, None])[:, 0].numpy() for array in (slices, shifted))
+    assert np.corrcoef(before[gland], after[gland])[0, 1] > 0.98
+    assert np.corrcoef(slices[gland], shifted[gland])[0, 1] < 0.9  # the raw intensities do change
+
+
+def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_read_as_intensity(tmp_path):
+    config = CoarseNetConfig(input_representation="log-contrast", contrast_sigma_mm=6.0)
+    torch.manual_seed(0)
+    network = build_coarse_net(config)
+    save_coarse_checkpoint(tmp_path / "coarse.pt", network, config)
+    reloaded, reloaded_config = load_coarse_checkpoint(tmp_path / "coarse.pt")
+    assert reloaded_config == config
+    assert reloaded.represent is not None and reloaded.represent.keywords == {"sigma_px": 6.0}
+    older = shipped_coarse_member(0, tmp_path)  # trained before the input representation existed
+    shipped = torch.load(older, weights_only=True)
+    assert "input_representation" not in json.loads(shipped["config"])
+    assert load_coarse_checkpoint(older)[1].input_representation == "intensity"
+    unknown = {**shipped, "config": json.dumps({**json.loads(shipped["config"]), "input_representation": "fourier"})}
+    torch.save(unknown, tmp_path / "unknown.pt")
+    with pytest.raises(InputError, match="cannot build .*'fourier'"):
+        load_coarse_checkpoint(tmp_path / "unknown.pt")
+
+
+def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path):
+    shipped = shipped_coarse_member(0, tmp_path)
+    torch.manual_seed(0)
+    other_config = CoarseNetConfig(input_representation="log-contrast")
+    save_coarse_checkpoint(tmp_path / "other.pt", build_coarse_net(other_config), other_config)
+    save_coarse_ensemble(tmp_path / "ensemble.pt", [shipped, tmp_path / "other.pt"])
+    ensemble = CoarseSegmenter.from_checkpoint(tmp_path / "ensemble.pt", torch.device("cpu"))
+    assert [config.input_representation for config in ensemble.configs] == ["intensity", "log-contrast"]
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    slices = ensemble.canvas.to_canvas(normalised_array(image), image)
+    members = [CoarseSegmenter.from_checkpoint(path, torch.device("cpu")).canvas_probabilities(slices) for path in (shipped, tmp_path / "other.pt")]
+    assert not np.allclose(*members, atol=0.05)
+    np.testing.assert_allclose(ensemble.canvas_probabilities(slices), (members[0] + members[1]) / 2, atol=1e-5)
+    with pytest.raises(InputError, match="is an ensemble of 2 coarse networks"):
+        load_coarse_checkpoint(tmp_path / "ensemble.pt")
+    with pytest.raises(ValueError, match="same canvas"):
+        CoarseSegmenter([build_coarse_net(other_config)] * 2, [other_config, CoarseNetConfig(canvas=Canvas(1.5, 128))], torch.device("cpu"))

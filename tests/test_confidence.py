@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.io.boxes_json import read_boxes, write_boxes
@@ -41,5 +42,9 @@ def test_confidence_is_an_optional_field_of_the_boxes_file(tmp_path, segmenter):
     assert data["version"] == 2
     entry = data["boxes"][0]
     assert set(entry["confidence"]) == {"predicted_iou", "coarse_agreement", "flagged"}
-    assert 0 <= entry["confidence"]["predicted_iou"] <= 1.2 and 0 <= entry["confidence"]["coarse_agreement"] <= 1
+    for entry in data["boxes"]:  # each slice's own values, as computed
+        expected = confidences[entry["slice"]]
+        assert entry["confidence"]["predicted_iou"] == pytest.approx(expected.predicted_iou, abs=1e-4)
+        assert entry["confidence"]["coarse_agreement"] == pytest.approx(expected.coarse_agreement, abs=1e-4)
+        assert entry["confidence"]["flagged"] is expected.flagged
     assert read_boxes(path, image) == boxes  # readers ignore the field

@@ -137,7 +137,7 @@ def test_sammed_trains_only_the_mask_decoder_and_resumes(split, tmp_path):
     engine = fresh_engine()
     encoder_before, decoder_before = snapshot(engine.sam.image_encoder), snapshot(engine.sam.mask_decoder)
     options = TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=2)
-    first = train(SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
+    first = train("sammed", SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
     assert [entry["epoch"] for entry in first["history"]] == [0, 1]
     assert unchanged(engine.sam.image_encoder, encoder_before)
     assert not unchanged(engine.sam.mask_decoder, decoder_before)
@@ -145,9 +145,40 @@ def test_sammed_trains_only_the_mask_decoder_and_resumes(split, tmp_path):
     assert_same_weights(reloaded.mask_decoder.state_dict(), best_of_one_epoch(first, decoder_before, snapshot(engine.sam.mask_decoder)),
                         tmp_path / "sammed.pt")
     options.epochs, options.resume = 2, True
-    resumed = train(SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
+    resumed = train("sammed", SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
     assert [entry["epoch"] for entry in resumed["history"]] == [0, 1, 2]
     assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
+
+
+def test_a_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(split, tmp_path):
+    """Stop after epoch 1 of 2, resume in fresh models (as a new process would): the decoder, Adam's moments, the schedule
+    and the history end exactly as in a run never stopped. Without loading any part of the resume state they would not."""
+    training, validation = split
+
+    def run(folder: Path, log=quiet, resume: bool = False) -> tuple[SamEngine, dict]:
+        engine = fresh_engine()
+        options = TrainingOptions(folder, epochs=2, learning_rate=1e-3, batch_size=2, resume=resume)
+        return engine, train("sammed", SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=log)
+
+    def stop_after_epoch_1(line: str) -> None:
+        if line.startswith("epoch 1/2"):
+            raise KeyboardInterrupt  # what Stop and Ctrl-C raise
+
+    whole_engine, whole = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped", log=stop_after_epoch_1)
+    assert torch.load(tmp_path / "stopped" / "last_state.pt", weights_only=True)["epoch"] == 1
+    resumed_engine, resumed = run(tmp_path / "stopped", resume=True)
+    assert resumed["history"] == whole["history"]
+    for name, value in snapshot(whole_engine.sam.mask_decoder).items():
+        assert torch.equal(resumed_engine.sam.mask_decoder.state_dict()[name], value), name
+    ends = [torch.load(folder / "last_state.pt", weights_only=True) for folder in (tmp_path / "whole", tmp_path / "stopped")]
+    assert ends[0]["scheduler"] == ends[1]["scheduler"] and ends[0]["generator"] == ends[1]["generator"]
+    moments = [state["optimiser"]["state"] for state in ends]
+    assert moments[0].keys() == moments[1].keys() and moments[0]
+    for parameter, values in moments[0].items():
+        for key, value in values.items():
+            assert torch.equal(moments[1][parameter][key], value), (parameter, key)
 
 
 @pytest.mark.parametrize("mode", ["grid", "box"])
@@ -157,7 +188,7 @@ def test_desam_trains_prim_and_pimm_only_and_its_checkpoint_round_trips(canvas_s
     sam_before = snapshot(engine.sam)
     method = DeSAMMethod(engine, mode)
     trained_before = snapshot(method.module)
-    manifest = train(method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=4), {}, log=quiet)
+    manifest = train(f"desam-{mode}", method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=4), {}, log=quiet)
     assert manifest["method"] == f"desam-{mode}" and manifest["file"] == f"desam-{mode}.pt"
     assert unchanged(engine.sam, sam_before)
     assert not unchanged(method.module, trained_before)
@@ -195,7 +226,7 @@ def test_samed_trains_lora_and_decoder_not_the_base_encoder(canvas_split, tmp_pa
     method = SAMedMethod(engine)
     samed_before = snapshot(method.module)
     base_encoder = {name: value.clone() for name, value in method.module.image_encoder.state_dict().items() if ".qkv.qkv." in name}
-    manifest = train(method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=2), {}, log=quiet)
+    manifest = train("samed", method, training, validation, TrainingOptions(tmp_path, epochs=1, learning_rate=1e-3, batch_size=2), {}, log=quiet)
     assert unchanged(engine.sam, sam_before)  # SAMed trains a copy
     encoder_now = method.module.image_encoder.state_dict()
     assert all(torch.equal(encoder_now[name], value) for name, value in base_encoder.items())

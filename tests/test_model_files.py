@@ -35,7 +35,11 @@ def test_each_shipped_manifest_conforms_to_the_manifest_schema(path):
 
 
 def test_the_manifest_schema_refuses_keys_the_code_does_not_write():
-    coarse, fine_tuned = manifest("coarse_resnet18_runmc.json"), manifest("sammed_litemedsam_runmc.json")
+    ensemble, fine_tuned = manifest("coarse_resnet18_runmc.json"), manifest("sammed_litemedsam_runmc.json")
+    coarse = ensemble["members"][0]  # one network's manifest as train-coarse wrote it
+    assert schema_errors(ensemble | {"hardware": "2-core CPU"}, MANIFEST_SCHEMA) == ["(top): Additional properties are not allowed ('hardware' was unexpected)"]
+    (too_few,) = schema_errors(ensemble | {"members": ensemble["members"][:1]}, MANIFEST_SCHEMA)
+    assert too_few.startswith("members: ") and too_few.endswith("is too short")  # an ensemble has at least two networks
     assert schema_errors(coarse | {"hardware": "2-core CPU"}, MANIFEST_SCHEMA) == ["(top): Additional properties are not allowed ('hardware' was unexpected)"]
     assert schema_errors(fine_tuned | {"hardware": "2-core CPU"}, MANIFEST_SCHEMA) == ["(top): Additional properties are not allowed ('hardware' was unexpected)"]
     history = copy.deepcopy(fine_tuned)
@@ -50,7 +54,7 @@ def test_the_manifest_schema_refuses_keys_the_code_does_not_write():
 
 
 def test_the_manifest_schema_accepts_the_optional_keys_newer_training_code_writes():
-    coarse = copy.deepcopy(manifest("coarse_resnet18_runmc.json"))
+    coarse = copy.deepcopy(manifest("coarse_resnet18_runmc.json")["members"][0])
     coarse["architecture"] |= {"input_representation": "log-contrast", "contrast_sigma_mm": 8.0}
     coarse |= {"augmentation": "dg", "initial_weights": {"file": "coarse_resnet18_runmc.pt", "sha256": coarse["sha256"]}}
     assert schema_errors(coarse, MANIFEST_SCHEMA) == []

@@ -160,7 +160,7 @@ def test_a_crafted_fine_tuning_resume_state_runs_nothing(tmp_path, sam_engine):
     marker = tmp_path / "ran"
     crafted_pickle(tmp_path / "last_state.pt", marker)
     with pytest.raises(InputError, match="not a readable resume state"):
-        train(SamMedMethod(sam_engine), [], [], TrainingOptions(tmp_path, resume=True), {})
+        train("sammed", SamMedMethod(sam_engine), [], [], TrainingOptions(tmp_path, resume=True), {})
     assert not marker.exists()
 
 
@@ -344,7 +344,7 @@ def test_mobilesam_s_vit_t_is_not_offered(capsys, tmp_path):
 def test_a_coarse_checkpoint_with_an_unknown_backbone_is_refused(tmp_path):
     from SAMProstateSDGLib.modeling.coarse_net import load_coarse_checkpoint
 
-    checkpoint = torch.load(default_entry("coarse").path, weights_only=True)
+    checkpoint = torch.load(default_entry("coarse").path, weights_only=True)["members"][0]
     config = json.loads(checkpoint["config"])
     checkpoint["config"] = json.dumps(dict(config, backbone="resnet999"))
     torch.save(checkpoint, tmp_path / "coarse.pt")
@@ -395,6 +395,34 @@ def test_a_failed_write_keeps_every_earlier_output(tmp_path):
         write_files_atomically({outputs["labels.nii.gz"]: lambda t: Path(t).write_text("new"),
                                 outputs["boxes.json"]: lambda t: Path(t).write_text("new"), outputs["overlay.png"]: vanish})
     assert {path.name: path.read_text() for path in tmp_path.iterdir()} == {name: "earlier run" for name in outputs}
+
+
+@pytest.mark.parametrize("failure, raised", [
+    (OSError(28, "No space left on device"), InputError),  # what the writer meets: one line for the user
+    (ValueError("a bug in the writer"), ValueError),  # not the user's mistake: raised as it is
+    (KeyboardInterrupt(), KeyboardInterrupt),  # Stop or Ctrl-C in the middle of a write
+])
+@pytest.mark.parametrize("earlier", [b"the earlier labels", None])
+def test_a_write_that_fails_leaves_no_temporary_file_and_the_earlier_file_as_it_was(tmp_path, failure, raised, earlier):
+    from SAMProstateSDGLib.core.files import write_atomically
+
+    target = tmp_path / "labels.nii.gz"
+    if earlier is not None:
+        target.write_bytes(earlier)
+    written = []
+
+    def fail_half_way(temporary: str) -> None:
+        Path(temporary).write_bytes(b"half")
+        written.append(Path(temporary))
+        raise failure
+
+    with pytest.raises(raised) as caught:
+        write_atomically(target, fail_half_way)
+    if raised is InputError:
+        assert str(caught.value) == f"cannot write {target}: No space left on device"
+    assert written[0].parent == tmp_path and not written[0].exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ([] if earlier is None else ["labels.nii.gz"])
+    assert earlier is None or target.read_bytes() == earlier
 
 
 # 19-20. A batch: volumes read before the models load, errors on their own lines

@@ -62,13 +62,35 @@ def test_point_prompts_reach_the_decoder_in_the_box_coordinate_frame(p158, sam_e
     row, column = (int(round(value)) for value in ndimage.center_of_mass(reference[index]))
     alone = volume.segment(index, Prompt(points=((column, row),), point_labels=(1,)))
     boxed = volume.segment(index, Prompt(box=box.as_tuple()))
-    both = volume.segment(index, Prompt(box=box.as_tuple(), points=((column, row), (box.x0 + 2, box.y0 + 2)), point_labels=(1, 0)))
-    assert alone.shape == boxed.shape == both.shape == reference[index].shape
-    assert (both != boxed).any()
+    excluded = volume.segment(index, Prompt(box=box.as_tuple(), points=((column, row),), point_labels=(0,)))
+    assert alone.shape == boxed.shape == excluded.shape == reference[index].shape
+    # a negative click on the gland's centre takes that pixel out of the box's mask, and the mask shrinks
+    assert boxed[row, column] and not excluded[row, column] and excluded.sum() < boxed.sum()
     with pytest.raises(ValueError):
         Prompt()
     with pytest.raises(ValueError):
         Prompt(points=((1, 2),), point_labels=())
+
+
+def test_one_point_alone_keeps_the_mask_sam_predicts_the_highest_iou_for(p158, sam_engine):
+    """One point is ambiguous: SAM proposes three masks with a predicted IoU each and the best-scored one is kept.
+
+    Here (slice 3 of P158-020, point (95, 15)) LiteMedSAM scores its second mask highest, so taking the first would fail."""
+    volume, reference = p158
+    index, point, shape = 3, (95, 15), reference.shape[1:]
+    chosen, score = volume.segment_scored(index, Prompt(points=(point,), point_labels=(1,)))
+    sam = sam_engine.sam
+    coordinates = sam_engine.transform.apply_coords_torch(torch.tensor([[point]], dtype=torch.float32), shape)
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=(coordinates, torch.tensor([[1]], dtype=torch.int)), boxes=None, masks=None)
+        low_resolution, predicted_iou = sam.mask_decoder(image_embeddings=volume.embeddings[index][None], image_pe=sam.prompt_encoder.get_dense_pe(),
+                                                         sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
+        three = (sam.postprocess_masks(low_resolution, sam_engine.input_size(shape), shape)[0] > sam.mask_threshold).numpy()
+    assert predicted_iou.shape == (1, 3)
+    best = int(predicted_iou[0].argmax())
+    assert best == 1 and not np.array_equal(three[0], three[1])
+    np.testing.assert_array_equal(chosen, three[best])
+    assert score == pytest.approx(float(predicted_iou[0, best]), abs=1e-6)
 
 
 def test_the_fast_encoder_folds_its_batch_norms_and_keeps_the_embeddings(sam_engine, p158):

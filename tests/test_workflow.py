@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
 
-from conftest import FIXTURES, dice, read_mask
+from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask
 from SAMProstateSDGLib.core.errors import InputError
+from SAMProstateSDGLib.masks.boxes import Box
 from SAMProstateSDGLib.slicerapp import mrml as bridge
 from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow
 
@@ -56,6 +57,7 @@ def segment_labels(segmentation_node, volume_node, name: str) -> np.ndarray:
 def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, reference):
     rois = workflow.proposeBoxes(volume_node, device="cpu")
     assert rois and all(roi.GetNodeReferenceID(bridge.BOX_VOLUME_REFERENCE) == volume_node.GetID() for roi in rois)
+    assert_boxes_near_the_reference(dict(bridge.box_from_roi_node(volume_node, roi) for roi in rois), reference, volume_node.GetSpacing()[:2])
     segmentation = workflow.segment(volume_node, device="cpu")
     first = segment_labels(segmentation, volume_node, "prostate")
     assert dice(first, reference) > 0.8
@@ -78,6 +80,29 @@ def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, ref
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
     np.testing.assert_array_equal(segment_labels(segmentation, volume_node, "prostate"), edited)  # the edit is kept
     np.testing.assert_array_equal(segment_labels(segmentation, volume_node, "prostate (2)"), first)  # the box moved back
+
+
+def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check(workflow, volume_node, reference):
+    rois = workflow.proposeBoxes(volume_node, device="cpu")
+    off_gland = rois[len(rois) // 2]  # a box moved off the gland onto background: SAM and the coarse mask disagree there
+    moved_slice = bridge.box_from_roi_node(volume_node, off_gland)[0]
+    rows, columns = reference.shape[1:]
+    bridge.set_roi_box(volume_node, off_gland, moved_slice, Box(2, 2, columns / 6, rows / 6))
+    workflow.segment(volume_node, device="cpu")
+
+    flags = {bridge.box_from_roi_node(volume_node, roi)[0]: roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) for roi in rois}
+    assert flags[moved_slice] == "1" and "0" in flags.values()
+    assert [index for index, _ in workflow.slicesToCheck(volume_node)] == sorted(index for index, flag in flags.items() if flag == "1")
+    for roi in rois:
+        expected = bridge.CHECK_COLOUR if roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) == "1" else bridge.CONFIDENT_COLOUR
+        assert roi.GetDisplayNode().GetSelectedColor() == pytest.approx(expected)
+    assert off_gland.GetDescription().startswith("check this slice: SAM's predicted IoU")
+
+    red = volume_node.GetScene().AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetOrientationToAxial()
+    workflow.jumpToSlice(volume_node, moved_slice)
+    slice_centre = (bridge.ijk_to_ras(volume_node) @ [0, 0, moved_slice, 1.0])[2]
+    assert slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())[2, 3] == pytest.approx(slice_centre, abs=1e-3)
 
 
 def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, reference):
@@ -111,7 +136,14 @@ def test_methods_that_prompt_themselves_need_no_boxes(workflow, scene, method):
         assert dice(segment_labels(segmentation, volume_node, "prostate"), reference) > 0.7
 
 
-def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, data, volume_node):
+def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, data, volume_node, sam_engine):
+    import torch
+
+    from SAMProstateSDGLib.apps.training_process import trained_models
+    from SAMProstateSDGLib.io.volume_io import read_volume
+    from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
+    from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
+
     workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
     with pytest.raises(RuntimeError, match="already in progress"):
         workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
@@ -129,15 +161,25 @@ def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, dat
     assert workflow.segmenter(model_id, "cpu", "sammed").base.coarse is workflow.baseSegmenter(model_id, "cpu").coarse
     with pytest.raises(InputError, match="coarse network, which proposes boxes"):
         workflow.segmenter(model_id, "cpu", "samed")
-    assert workflow.proposeBoxes(volume_node, model=model_id, device="cpu") is not None
+    # the boxes are the trained network's, as the pipeline proposes them with that checkpoint (not the shipped one's)
+    trained = trained_models(workflow.trainedModelsFile)[model_id]
+    pipeline = ProstateSegmenter(sam_engine, CoarseSegmenter.from_checkpoint(trained.path, torch.device("cpu"), trained.sha256))
+    expected = pipeline.propose_boxes(pipeline.prepare(read_volume(FIXTURES / "P158-020.nii.gz")))
+    rois = workflow.proposeBoxes(volume_node, model=model_id, device="cpu")
+    proposed = dict(bridge.box_from_roi_node(volume_node, roi) for roi in rois)
+    assert proposed.keys() == expected.keys()
+    for index, box in expected.items():
+        assert np.allclose(proposed[index].as_tuple(), box.as_tuple(), atol=1e-3), index
 
 
-def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow):
+@pytest.mark.parametrize("cuda, mps, told", [(False, False, True), (True, False, False), (False, True, False)])
+def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow, monkeypatch, cuda, mps, told):
     import torch
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
     note = workflow.deviceNote("auto")
-    assert (note is None) == (torch.cuda.is_available() or torch.backends.mps.is_available())
-    assert note is None or "CPU" in note
+    assert (note is not None and "running on the CPU" in note) if told else note is None
     assert workflow.deviceNote("cpu") is None  # chosen on purpose: nothing to tell
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from ..core.catalog import DEFAULT_GRID_SIDE, SAM_TYPES
+from ..core.catalog import COARSE_INPUT_REPRESENTATIONS, DEFAULT_GRID_SIDE, SAM_TYPES
 from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augmentation", choices=("standard", "dg"), default="standard",
                        help="standard: the milder set (default); dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution, flips)")
     train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
+    train.add_argument("--input-representation", choices=COARSE_INPUT_REPRESENTATIONS, default="intensity",
+                       help="intensity: the normalised slice; log-contrast: log intensity over its 8 mm neighbourhood (cancels smooth fields and gamma)")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
     embed = commands.add_parser("embed", help="encode every source-site slice once into the embedding cache")
@@ -421,6 +423,7 @@ def run_train_coarse(arguments) -> None:
         max_cases=arguments.max_cases,
         augmentation=arguments.augmentation,
         initial_weights=arguments.initial_weights,
+        input_representation=arguments.input_representation,
     )
     manifest = train_coarse_net(options, pick_device(arguments.device))
     print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")
@@ -500,6 +503,7 @@ def run_train(arguments) -> None:
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
     manifest = train(
+        arguments.method,
         trainer,
         [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in training],
         [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in validation],

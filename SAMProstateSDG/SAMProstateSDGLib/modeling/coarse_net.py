@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+from monai.networks.layers.simplelayers import gaussian_1d, separable_filtering
 from monai.networks.nets import FlexibleUNet
 
+from ..core.catalog import COARSE_INPUT_REPRESENTATIONS
 from ..core.checksums import full_precision, half_precision, load_state_strictly, load_weights
 from ..core.errors import InputError
 from ..core.files import write_atomically
@@ -24,57 +28,101 @@ class CoarseNetConfig:
     backbone: str = "resnet18"
     decoder_channels: tuple[int, ...] = (128, 64, 32, 16, 16)
     canvas: Canvas = field(default_factory=Canvas)
+    input_representation: str = "intensity"  # or "log-contrast" (see ``log_contrast``)
+    contrast_sigma_mm: float = 8.0  # the local window of ``log-contrast``
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> CoarseNetConfig:
+        defaults = cls()
         return cls(
             backbone=data["backbone"],
             decoder_channels=tuple(data["decoder_channels"]),
             canvas=Canvas(**data["canvas"]),
+            input_representation=data.get("input_representation", defaults.input_representation),
+            contrast_sigma_mm=data.get("contrast_sigma_mm", defaults.contrast_sigma_mm),
         )
 
 
-def build_coarse_net(config: CoarseNetConfig) -> FlexibleUNet:
-    """One input channel (the normalised T2 slice), one output logit (gland)."""
-    return FlexibleUNet(
-        in_channels=1,
-        out_channels=1,
-        backbone=config.backbone,
-        pretrained=False,
-        spatial_dims=2,
-        decoder_channels=config.decoder_channels,
-    )
+LOG_FLOOR = 0.01  # of the 0..1 slice: air and padding stay finite in the log
+SPREAD_FLOOR = 0.05  # in log units: flat regions are not blown up to noise
+
+
+def log_contrast(slices: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Log intensity minus its local (Gaussian) mean, over its local standard deviation.
+
+    A smooth multiplicative field (an endorectal coil, a bias field) is nearly constant in the log over
+    the window and cancels; a power-law contrast change scales the log and cancels in the ratio.
+    """
+    kernel = gaussian_1d(torch.tensor(sigma_px), truncated=3.0).to(slices)
+    kernels = [kernel, kernel]
+    logarithm = torch.log(slices.clamp(min=0.0) + LOG_FLOOR)
+    centred = logarithm - separable_filtering(logarithm, kernels, mode="reflect")
+    spread = separable_filtering(centred**2, kernels, mode="reflect").sqrt()
+    return centred / (spread + SPREAD_FLOOR)
+
+
+class CoarseNet(FlexibleUNet):
+    """MONAI's FlexibleUNet reading the configured input representation (no extra weights)."""
+
+    def __init__(self, config: CoarseNetConfig):
+        if config.input_representation not in COARSE_INPUT_REPRESENTATIONS:
+            raise ValueError(f"unknown input representation {config.input_representation!r}")
+        super().__init__(
+            in_channels=1,
+            out_channels=1,
+            backbone=config.backbone,
+            pretrained=False,
+            spatial_dims=2,
+            decoder_channels=config.decoder_channels,
+        )
+        sigma_px = config.contrast_sigma_mm / config.canvas.spacing_mm
+        self.represent = partial(log_contrast, sigma_px=sigma_px) if config.input_representation == "log-contrast" else None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return super().forward(inputs if self.represent is None else self.represent(inputs))
+
+
+def build_coarse_net(config: CoarseNetConfig) -> CoarseNet:
+    """One input channel (the normalised T2 slice, 0..1), one output logit (gland)."""
+    return CoarseNet(config)
 
 
 class CoarseSegmenter:
-    """Gland probabilities for a whole volume, on the volume's own grid."""
+    """Gland probabilities for a whole volume, on the volume's own grid.
 
-    def __init__(self, network: FlexibleUNet, config: CoarseNetConfig, device: torch.device):
-        self.network = network.to(device).eval()
-        self.config = config
+    One network, or an ensemble whose probabilities are averaged (networks reading different input
+    representations of the same canvas: their errors under an acquisition shift differ).
+    """
+
+    def __init__(self, networks: Sequence[CoarseNet], configs: Sequence[CoarseNetConfig], device: torch.device):
+        if len({config.canvas for config in configs}) != 1 or len(networks) != len(configs):
+            raise ValueError("the networks of a coarse ensemble must read the same canvas")
+        self.networks = [network.to(device).eval() for network in networks]
+        self.configs = list(configs)
+        self.canvas = configs[0].canvas
         self.device = device
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device, sha256: str | None = None) -> CoarseSegmenter:
-        network, config = load_coarse_checkpoint(path, sha256)
-        return cls(network, config, device)
+        members = load_coarse_members(path, sha256)
+        return cls([network for network, _ in members], [config for _, config in members], device)
 
     @torch.inference_mode()
     def canvas_probabilities(self, canvas_slices: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """Sigmoid outputs for slices already on the canvas ([slices, size, size], 0..1)."""
+        """Mean sigmoid output of the networks for slices already on the canvas ([slices, size, size], 0..1)."""
         outputs = []
         for start in range(0, len(canvas_slices), batch_size):
-            batch = torch.from_numpy(canvas_slices[start : start + batch_size, None]).to(self.device)
-            outputs.append(torch.sigmoid(self.network(batch.float()))[:, 0].float().cpu().numpy())
+            batch = torch.from_numpy(canvas_slices[start : start + batch_size, None]).to(self.device).float()
+            probabilities = torch.stack([torch.sigmoid(network(batch)) for network in self.networks]).mean(dim=0)
+            outputs.append(probabilities[:, 0].float().cpu().numpy())
         return np.concatenate(outputs)
 
     def probabilities(self, normalised: np.ndarray, image: sitk.Image) -> np.ndarray:
         """Gland probability per voxel of ``image`` from its normalised voxels."""
-        canvas = self.config.canvas
-        return canvas.from_canvas(self.canvas_probabilities(canvas.to_canvas(normalised, image)), image)
+        return self.canvas.from_canvas(self.canvas_probabilities(self.canvas.to_canvas(normalised, image)), image)
 
 
 def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: CoarseNetConfig) -> None:
@@ -83,8 +131,30 @@ def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: C
     write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
 
 
-def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[FlexibleUNet, CoarseNetConfig]:
+def save_coarse_ensemble(path: str | Path, members: Sequence[str | Path]) -> None:
+    """One checkpoint holding several trained coarse networks (each as ``save_coarse_checkpoint`` wrote it)."""
+    for member in members:
+        load_coarse_checkpoint(member)  # refuse anything but a single, loadable network
+    checkpoint = {"members": [torch.load(member, weights_only=True) for member in members]}
+    write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
+
+
+def load_coarse_members(path: str | Path, sha256: str | None = None) -> list[tuple[CoarseNet, CoarseNetConfig]]:
+    """The network(s) of a coarse checkpoint: one, or an ensemble's members."""
     checkpoint = load_weights(path, "coarse-model checkpoint", sha256)
+    members = checkpoint["members"] if isinstance(checkpoint, dict) and "members" in checkpoint else [checkpoint]
+    return [_coarse_network(path, member) for member in members]
+
+
+def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[CoarseNet, CoarseNetConfig]:
+    """The network of a single-network coarse checkpoint (what train-coarse writes)."""
+    members = load_coarse_members(path, sha256)
+    if len(members) != 1:
+        raise InputError(f"{path} is an ensemble of {len(members)} coarse networks; give one network's checkpoint")
+    return members[0]
+
+
+def _coarse_network(path: str | Path, checkpoint: dict) -> tuple[CoarseNet, CoarseNetConfig]:
     try:
         config = CoarseNetConfig.from_json(json.loads(checkpoint["config"]))
         state = full_precision(checkpoint["state_dict"])
@@ -94,6 +164,6 @@ def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple
     try:
         network = build_coarse_net(config)
     except (ValueError, KeyError, TypeError) as error:
-        raise InputError(f"{path} describes a coarse network this version cannot build (backbone {config.backbone!r}): {error}") from None
+        raise InputError(f"{path} describes a coarse network this version cannot build (backbone {config.backbone!r}, input {config.input_representation!r}): {error}") from None
     load_state_strictly(network, state, f"{path} does not match the coarse network ({config.backbone})")
     return network, config

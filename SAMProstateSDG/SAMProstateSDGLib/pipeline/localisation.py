@@ -58,7 +58,7 @@ def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: Co
     oriented = in_orientation(image) if options.reorient else image
     seen = n4_corrected(oriented) if options.n4 else oriented
     voxels = normalised if normalised is not None and seen is image else normalised_array(seen)
-    canvas = coarse.config.canvas
+    canvas = coarse.canvas
     slices = canvas.to_canvas(voxels, seen)
     on_canvas = coarse.canvas_probabilities(slices)
     if options.tta:

@@ -29,11 +29,15 @@ from vtk.util import numpy_support
 
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.masks.boxes import Box
+from SAMProstateSDGLib.masks.confidence import SliceConfidence
 from SAMProstateSDGLib.methods.registry import PROSTATE_SEGMENTS, Segment
 from SAMProstateSDGLib.modeling.sam_engine import Prompt
 
 BOX_VOLUME_REFERENCE = "SAMProstateSDGBoxVolume"
 BOX_SLICE_ATTRIBUTE = "SAMProstateSDG.Slice"
+BOX_FLAGGED_ATTRIBUTE = "SAMProstateSDG.Flagged"  # "1": check this slice, "0": confident; absent until segmented
+CHECK_COLOUR = (1.0, 0.55, 0.0)  # a flagged slice's box: orange
+CONFIDENT_COLOUR = (0.3, 0.85, 0.3)  # a confident slice's box: green
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
 
 
@@ -116,6 +120,22 @@ def set_roi_box(volume_node: slicer.vtkMRMLScalarVolumeNode, roi, index: int, bo
     roi.SetSize(((box.x1 - box.x0) * spacing[0], (box.y1 - box.y0) * spacing[1], spacing[2]))
     roi.SetNodeReferenceID(BOX_VOLUME_REFERENCE, volume_node.GetID())
     roi.SetAttribute(BOX_SLICE_ATTRIBUTE, str(index))
+
+
+def show_box_confidence(roi_node, confidence: SliceConfidence) -> None:
+    """Colour a box by its slice's confidence (orange: check this slice) and give the figures in its description."""
+    roi_node.SetAttribute(BOX_FLAGGED_ATTRIBUTE, str(int(confidence.flagged)))
+    verdict = "check this slice" if confidence.flagged else "confident"
+    roi_node.SetDescription(
+        f"{verdict}: SAM's predicted IoU {confidence.predicted_iou:.2f}, agreement with the coarse mask {confidence.coarse_agreement:.2f}"
+    )
+    display = roi_node.GetDisplayNode()
+    if display is not None:
+        display.SetSelectedColor(CHECK_COLOUR if confidence.flagged else CONFIDENT_COLOUR)
+
+
+def roi_centre_ras(roi_node) -> np.ndarray:
+    return roi_corners_ras(roi_node).mean(axis=0)
 
 
 def roi_corners_ras(roi_node) -> np.ndarray:

@@ -49,6 +49,7 @@ class ProstateWorkflow:
         self._segmenters: dict[tuple, Any] = {}  # (model, device, method) -> MethodSegmenter
         self._sessions: dict[tuple, tuple[Any, Any]] = {}  # (volume node ID, model, device, method) -> (volume fingerprint, BoxSegmentation)
         self._written: dict[tuple, tuple[dict, Any]] = {}  # (volume node ID, segmentation node ID) -> ({label: segment ID}, the labels written)
+        self._confidences: dict[str, dict] = {}  # volume node ID -> {slice: SliceConfidence} of its last box segmentation
         self.userFolder = Path(userFolder)
         self.python = python  # the Python that runs the training child process
         self._training: TrainingProcess | None = None
@@ -127,6 +128,7 @@ class ProstateWorkflow:
         forget = (lambda volumeID: True) if volumeIDs is None else (lambda volumeID: volumeID in volumeIDs)
         self._sessions = {key: value for key, value in self._sessions.items() if not forget(key[0])}
         self._written = {key: value for key, value in self._written.items() if not forget(key[0])}
+        self._confidences = {key: value for key, value in self._confidences.items() if not forget(key)}
         self._pendingEncoding = [item for item in self._pendingEncoding if not forget(item[0])]
 
     def cachedVolumeIDs(self) -> set:
@@ -291,7 +293,39 @@ class ProstateWorkflow:
         roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
         changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
         logging.info(f"SAMProstateSDG: re-segmented slices {changed}")
+        self._showConfidence(volumeNode, session, segmenter, roiNodes)
         return self._write(session, volumeNode, segmentationNode)
+
+    def _showConfidence(self, volumeNode, session, segmenter, roiNodes) -> None:
+        """Colour each box by its slice's confidence (``masks.confidence``) and keep them for ``slicesToCheck``."""
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        confidences = segmenter.base.slice_confidence(session.volume, session)
+        self._confidences[volumeNode.GetID()] = confidences
+        for roiNode in roiNodes:
+            index = bridge.box_from_roi_node(volumeNode, roiNode)[0]
+            if index in confidences:
+                bridge.show_box_confidence(roiNode, confidences[index])
+
+    def slicesToCheck(self, volumeNode) -> list:
+        """(slice index, SliceConfidence) of the flagged slices of the volume's last box segmentation, in slice order."""
+        confidences = self._confidences.get(volumeNode.GetID(), {})
+        return [(index, confidence) for index, confidence in sorted(confidences.items()) if confidence.flagged]
+
+    @staticmethod
+    def jumpToSlice(volumeNode, sliceIndex: int) -> None:
+        """Centre the slice views on the slice's box (on the slice's centre when it has none)."""
+        import slicer
+
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        boxes = [roi for roi in bridge.box_roi_nodes(volumeNode) if bridge.box_from_roi_node(volumeNode, roi)[0] == sliceIndex]
+        if boxes:
+            centre = bridge.roi_centre_ras(boxes[0])
+        else:
+            columns, rows, _ = volumeNode.GetImageData().GetDimensions()
+            centre = (bridge.ijk_to_ras(volumeNode) @ [(columns - 1) / 2, (rows - 1) / 2, sliceIndex, 1.0])[:3]
+        slicer.vtkMRMLSliceNode.JumpAllSlices(volumeNode.GetScene(), *map(float, centre), slicer.vtkMRMLSliceNode.CenteredJumpSlice)
 
     def segmentSliceWithPoints(
         self, volumeNode, sliceIndex: int, pointListNode, roiNode=None, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto",
@@ -314,9 +348,10 @@ class ProstateWorkflow:
         used = session.refine_slice(sliceIndex, bridge.with_box(prompts[sliceIndex], box))
         if used is not None and used != box:  # clicks edited the box (LiteMedSAM): show it, so a later Segment keeps it
             if roiNode is None:
-                bridge.roi_nodes_from_boxes(volumeNode, {sliceIndex: used})
+                roiNode = bridge.roi_nodes_from_boxes(volumeNode, {sliceIndex: used})[0]
             else:
                 bridge.set_roi_box(volumeNode, roiNode, sliceIndex, used)
+        self._showConfidence(volumeNode, session, self.segmenter(model, device, method), [roiNode] if roiNode is not None else [])
         return self._write(session, volumeNode, segmentationNode)
 
     def clickMode(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> str:

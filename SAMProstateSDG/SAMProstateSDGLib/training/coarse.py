@@ -59,6 +59,7 @@ class CoarseTrainingOptions:
     max_cases: int | None = None
     augmentation: str = "standard"
     initial_weights: Path | None = None
+    input_representation: str = CoarseNetConfig.input_representation
 
 
 RESUME_KEYS = ("network", "optimiser", "scheduler", "epoch", "best_dice", "history")
@@ -200,7 +201,7 @@ def train_coarse_net(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train, keep the best checkpoint by validation Dice, and write its manifest; returns the manifest."""
-    config = config or CoarseNetConfig()
+    config = config or CoarseNetConfig(input_representation=options.input_representation)
     state_path, best_path = options.output / "last_state.pt", options.output / "coarse.pt"
     state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     set_determinism(seed=options.seed)
@@ -241,7 +242,7 @@ def train_coarse_net(
         start_epoch, best_dice, history = state["epoch"], state["best_dice"], state["history"]
         log(f"resuming after epoch {start_epoch} (best validation Dice {best_dice:.4f})")
 
-    segmenter = CoarseSegmenter(network, config, device)
+    segmenter = CoarseSegmenter([network], [config], device)
     started = time.time()
     progress = tqdm(range(start_epoch, options.epochs), desc="epochs", initial=start_epoch, total=options.epochs)
     for epoch in progress:
@@ -283,7 +284,7 @@ def train_coarse_net(
         "command": (
             f"samprostate train-coarse --data {options.data} --site {options.site} --epochs {options.epochs} "
             f"--batch-size {options.batch_size} --learning-rate {options.learning_rate} --seed {options.seed} "
-            f"--augmentation {options.augmentation}"
+            f"--augmentation {options.augmentation} --input-representation {config.input_representation}"
             + (f" --initial-weights {options.initial_weights}" if options.initial_weights else "")
         ),
         "augmentation": options.augmentation,

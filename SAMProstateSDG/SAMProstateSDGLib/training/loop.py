@@ -50,7 +50,6 @@ class TrainingOptions:
 class FineTuningMethod(ABC):
     """What one method trains; ``module`` holds exactly the parameters that are learnt and saved."""
 
-    name: str
     module: torch.nn.Module
     cached_features: tuple[str, ...]  # what it reads from the embedding cache
     encoder_grid: str = "native"  # the cache's grid: slice pixels, or the encoder canvas of self-prompting methods
@@ -87,6 +86,7 @@ def validation_dice(method: FineTuningMethod, cases: list[CachedCase]) -> float:
 
 
 def train(
+    name: str,
     method: FineTuningMethod,
     training: list[CachedCase],
     validation: list[CachedCase],
@@ -94,8 +94,8 @@ def train(
     manifest: dict,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train; keep the best by validation Dice as OUTPUT/NAME.pt; describe it in OUTPUT/NAME.json."""
-    state_path, best_path = options.output / "last_state.pt", options.output / f"{method.name}.pt"
+    """Train; keep the best by validation Dice as OUTPUT/NAME.pt (``name``: the method's registry id); describe it in OUTPUT/NAME.json."""
+    state_path, best_path = options.output / "last_state.pt", options.output / f"{name}.pt"
     state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     require_validation(training, validation, manifest.get("site", "?"))
     options.output.mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def train(
         log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))
     manifest = dict(
         manifest,
-        method=method.name,
+        method=name,
         epochs=options.epochs,
         learning_rate=options.learning_rate,
         batch_size=options.batch_size,
@@ -163,7 +163,7 @@ def train(
         file=best_path.name,
         sha256=sha256_of(best_path),
     )
-    write_json(options.output / f"{method.name}.json", manifest)
+    write_json(options.output / f"{name}.json", manifest)
     return manifest
 
 

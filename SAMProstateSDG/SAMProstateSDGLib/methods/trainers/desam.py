@@ -62,7 +62,6 @@ class DeSAMMethod(FineTuningMethod):
         self.segmenter = DeSAMSegmenter(engine, DeSAM(engine.sam), mode, VALIDATION_GRID_SIDE)
         self.module = self.segmenter.model
         self.mode = mode
-        self.name = f"desam-{mode}"
         self.loss_function = DiceCELoss(sigmoid=True, batch=True)
 
     def samples(self, cases: list[CachedCase]) -> list[SliceSample]:

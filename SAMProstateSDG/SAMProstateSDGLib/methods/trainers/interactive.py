@@ -48,7 +48,6 @@ class GlandSlice:
 class InteractiveMethod(FineTuningMethod):
     """The prompt encoder and mask decoder learn (in a copy: the base SAM is left alone)."""
 
-    name = "interactive"
     cached_features = ("embeddings", "coarse")
 
     def __init__(self, engine: SamEngine, proposal: ProposalOptions = ProposalOptions()):

@@ -33,7 +33,6 @@ def training_slices(labels: np.ndarray) -> list[int]:
 
 
 class SAMedMethod(FineTuningMethod):
-    name = "samed"
     cached_features = ("stem",)
     encoder_grid = "canvas"
 

@@ -51,7 +51,6 @@ def low_resolution_target(engine: SamEngine, mask: np.ndarray, side: int) -> tor
 class SamMedMethod(FineTuningMethod):
     """The mask decoder learns; each sample is one slice with its coarse-network box."""
 
-    name = "sammed"
     cached_features = ("embeddings", "coarse")
 
     def __init__(self, engine: SamEngine, proposal: ProposalOptions = ProposalOptions()):
