@@ -15,9 +15,9 @@ SPLIT_ORDER = {"unseen": 0, "source-extra": 1}
 def merged_table(paths: list[Path]) -> str:
     """The click tables of all the files' cases, unseen first, up to the smallest click count among them."""
     results: list[CaseClicks] = []
-    clicks = min(json.loads(path.read_text())["clicks"] for path in paths)
+    clicks = min(json.loads(path.read_text(encoding="utf-8"))["clicks"] for path in paths)
     for path in paths:
-        results += [CaseClicks(**case) for case in json.loads(path.read_text())["cases"]]
+        results += [CaseClicks(**case) for case in json.loads(path.read_text(encoding="utf-8"))["cases"]]
     results.sort(key=lambda result: (SPLIT_ORDER.get(result.split, 2), result.decoder, result.case))
     return markdown(results, clicks)
 

@@ -100,7 +100,7 @@ def table(files: list[Path], rule: str) -> str:
     """One line per shift; per checkpoint the coarse Dice mean / min, box-centre share and box coverage (means over cases)."""
     merged: dict = {}  # files measured on other shifts or cases add to each other
     for file in files:
-        for label, rules in json.loads(file.read_text()).items():
+        for label, rules in json.loads(file.read_text(encoding="utf-8")).items():
             for rule_name, shifts in rules.items():
                 for shift, cases in shifts.items():
                     merged.setdefault(label, {}).setdefault(rule_name, {}).setdefault(shift, {}).update(cases)

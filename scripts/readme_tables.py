@@ -49,7 +49,7 @@ OPTION = re.compile(r"^(?P<name>[a-z_]+)=(?P<value>.*)$")
 def _one(paths: list[Path]) -> dict:
     if len(paths) != 1:
         raise ValueError(f"takes one results file, not {len(paths)}")
-    return json.loads(paths[0].read_text())
+    return json.loads(paths[0].read_text(encoding="utf-8"))
 
 
 RENDERERS: dict[str, Callable[..., str]] = {
@@ -105,7 +105,7 @@ def main() -> None:
     mode.add_argument("--write", action="store_true", help="rewrite the generated tables from their results files")
     parser.add_argument("--readme", type=Path, default=README, help="the Markdown file (default: the repository's README.md)")
     arguments = parser.parse_args()
-    current = arguments.readme.read_text()
+    current = arguments.readme.read_text(encoding="utf-8")
     try:
         rendered = rendered_readme(current, arguments.readme.parent)
     except SpecError as error:
@@ -113,7 +113,7 @@ def main() -> None:
         sys.exit(2)
     if arguments.write:
         if rendered != current:
-            arguments.readme.write_text(rendered)
+            arguments.readme.write_text(rendered, encoding="utf-8")
         print(f"{arguments.readme}: {len(BLOCK.findall(current))} generated blocks {'rewritten' if rendered != current else 'already current'}")
     elif rendered != current:
         print(f"{arguments.readme} differs from its results files at {first_difference(current, rendered)}; "

@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--flags", action="store_true")
     arguments = parser.parse_args()
     for path in arguments.files:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
         cases = sorted({case for row in data["scores"].values() for cases in row.values() for case in cases})
         print(f"\n### {path} ({len(cases)} cases: {', '.join(cases)}; seed {data['seed']})\n")
         if arguments.describe:
