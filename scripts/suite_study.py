@@ -1,0 +1,218 @@
+"""Study box rules and confidence signals on the robustness suite without re-encoding: cache once, decode many times.
+
+Usage: python scripts/suite_study.py cache --data ../shared/data/prostate --cache runs/suite_cache [--cases Case29,...]
+       python scripts/suite_study.py signals --cache runs/suite_cache --json runs/slice_signals.json
+
+``cache`` runs the shipped coarse network and SAM's image encoder once per volume of the suite (the 12
+source-extra and unseen cases, clean and under each shift, seed 0: exactly what ``samprostate evaluate
+--shifts`` scores) and stores, per volume, the coarse probabilities, the reference, the spacing and the SAM
+embeddings of every slice that has gland, a coarse probability above 0.3, or such a slice next to it.
+
+``signals`` decodes the default method's boxes from the cache and records, per slice with gland in the
+reference, a box, or within two slices of the boxed extent: its Dice and candidate signals for a confidence
+flag (SAM's predicted IoU, agreement with the coarse component, SAM's stability score — the Dice of the mask
+thresholded at logit −1 and +1 —, the neighbouring slices' masks, the position in the boxed extent, the coarse probability) and the Dice SAM reaches
+with the slice's ground-truth box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, shifted_case
+from SAMProstateSDGLib.apps.robustness import CLEAN, SUITE_SPLITS
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.masks.boxes import Box, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
+from SAMProstateSDGLib.masks.confidence import mask_dice
+from SAMProstateSDGLib.modeling.sam_engine import SamEngine
+from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
+
+ENCODE_ABOVE = 0.3  # slices whose coarse probability exceeds this are encoded (and their neighbours)
+
+
+@dataclass
+class CachedVolume:
+    case: str
+    shift: str
+    probabilities: np.ndarray
+    reference: np.ndarray
+    spacing_xyz: tuple[float, float, float]
+    embeddings: dict[int, torch.Tensor]
+
+    @classmethod
+    def read(cls, path: Path) -> CachedVolume:
+        data = np.load(path)
+        embeddings = torch.from_numpy(data["embeddings"])  # an npz member is read again at every access: once
+        return cls(
+            str(data["case"]), str(data["shift"]), data["probabilities"].astype(np.float32), data["reference"],
+            tuple(data["spacing"].tolist()), dict(zip(data["indices"].tolist(), embeddings)),
+        )
+
+
+def cache(arguments: argparse.Namespace) -> None:
+    cases = [case for split in SUITE_SPLITS for case in find_cases(arguments.data, split=split)]
+    if arguments.cases:
+        cases = [case for case in cases if case.name in arguments.cases.split(",")]
+    base = ProstateSegmenter.load(device="cpu")
+    arguments.cache.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        started = time.time()
+        image, labels = case.read()
+        for shift in (None, *SHIFTS):
+            name = CLEAN if shift is None else shift.name
+            path = arguments.cache / f"{case.name}__{name.replace(' ', '_').replace('/', '-')}.npz"
+            if path.exists():
+                continue
+            shifted, reference = (image, labels) if shift is None else shifted_case(shift, image, labels, arguments.seed, case.name)
+            volume = base.prepare(shifted)
+            probabilities = base.coarse_probabilities(volume)
+            wanted = (probabilities.reshape(len(probabilities), -1).max(axis=1) > ENCODE_ABOVE) | (reference > 0).reshape(len(reference), -1).any(axis=1)
+            wanted = ndimage.binary_dilation(wanted)
+            indices = np.flatnonzero(wanted)
+            volume.encoded.encode(indices)
+            embeddings = np.stack([volume.encoded.embeddings[int(index)].float().numpy() for index in indices])
+            np.savez(
+                path, case=case.name, shift=name, probabilities=probabilities.astype(np.float16), reference=reference > 0,
+                spacing=np.array(shifted.GetSpacing()), indices=indices, embeddings=embeddings,
+            )
+        print(f"{case.name} cached in {time.time() - started:.0f} s", flush=True)
+
+
+def cached_volumes(folder: Path) -> Iterator[CachedVolume]:
+    for path in sorted(folder.glob("*.npz")):
+        yield CachedVolume.read(path)
+
+
+@torch.inference_mode()
+def box_logits(engine: SamEngine, embedding: torch.Tensor, box: Box, slice_shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """SAM's full-resolution logits for one box (single-mask output, as the pipeline decodes) and its predicted IoU."""
+    boxes = engine.transform.apply_boxes_torch(torch.tensor([box.as_tuple()], dtype=torch.float32), slice_shape)
+    sparse, dense = engine.sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    low, scores = engine.sam.mask_decoder(
+        image_embeddings=embedding[None], image_pe=engine.sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+    )
+    logits = engine.sam.postprocess_masks(low, engine.input_size(slice_shape), slice_shape)
+    return logits[0, 0].float().numpy(), float(scores[0, 0])
+
+
+def volume_signals(engine: SamEngine, volume: CachedVolume, options: ProposalOptions) -> list[dict]:
+    shape = volume.reference.shape[1:]
+    boxes = propose_boxes(volume.probabilities, volume.spacing_xyz, options)
+    component = filtered_mask(volume.probabilities, options.threshold, options.component_filter, volume.spacing_xyz)
+    truth_boxes = boxes_from_labels(volume.reference)
+    predicted = np.zeros(volume.reference.shape, dtype=bool)
+    decoded: dict[int, tuple[np.ndarray, float]] = {}
+    for index, box in boxes.items():
+        decoded[index] = box_logits(engine, volume.embeddings[index], box, shape)
+        predicted[index] = decoded[index][0] > 0
+    boxed = sorted(boxes)
+    first, last = (boxed[0], boxed[-1]) if boxed else (-1, -1)
+    near = set(range(max(0, first - 2), min(len(predicted), last + 3))) if boxed else set()
+    reference = volume.reference
+    indices = sorted(set(np.flatnonzero(reference.reshape(len(reference), -1).any(axis=1)).tolist()) | set(boxed) | near)
+    records = []
+    for index in indices:
+        record: dict = {
+            "case": volume.case, "shift": volume.shift, "slice": int(index), "boxed": index in boxes,
+            "dice": mask_dice(predicted[index], reference[index]),
+            "reference_area": int(reference[index].sum()), "predicted_area": int(predicted[index].sum()),
+            "from_first": int(index - first) if boxed else None, "to_last": int(last - index) if boxed else None,
+            "boxed_slices": len(boxed), "pixel_mm2": float(volume.spacing_xyz[0] * volume.spacing_xyz[1]),
+            "coarse_max": float(volume.probabilities[index].max()), "component_area": int(component[index].sum()),
+            "coarse_agreement": mask_dice(predicted[index], component[index]),
+            "neighbour_dice": [mask_dice(predicted[index], predicted[other]) for other in (index - 1, index + 1) if 0 <= other < len(predicted)],
+            "neighbour_area": [int(predicted[other].sum()) for other in (index - 1, index + 1) if 0 <= other < len(predicted)],
+        }
+        if index in boxes:
+            box = boxes[index]
+            logits, iou = decoded[index]
+            mask = logits > 0
+            record["predicted_iou"] = iou
+            record["stability"] = mask_dice(logits > 1, logits > -1)
+            record["mean_probability_in_mask"] = float(volume.probabilities[index][mask].mean()) if mask.any() else 0.0
+            record["box_area"] = float((box.x1 - box.x0) * (box.y1 - box.y0))
+        if index in truth_boxes and index in volume.embeddings:
+            truth_logits, truth_iou = box_logits(engine, volume.embeddings[index], truth_boxes[index], shape)
+            record["truth_box_dice"] = mask_dice(truth_logits > 0, reference[index])
+            record["truth_box_iou"] = truth_iou
+        records.append(record)
+    return records
+
+
+def rule_dice(engine: SamEngine, volume: CachedVolume, options: ProposalOptions, trim_iou: float | None = None) -> float:
+    """3D Dice of the default method with ``options`` on one cached volume; ``trim_iou``: end slices of the boxed
+    extent whose predicted IoU is below it are dropped, from each end inwards."""
+    shape = volume.reference.shape[1:]
+    predicted = np.zeros(volume.reference.shape, dtype=bool)
+    scores = {}
+    for index, box in propose_boxes(volume.probabilities, volume.spacing_xyz, options).items():
+        if index not in volume.embeddings:
+            raise KeyError(f"{volume.case} {volume.shift}: slice {index} is not cached")
+        logits, scores[index] = box_logits(engine, volume.embeddings[index], box, shape)
+        predicted[index] = logits > 0
+    if trim_iou is not None and scores:
+        order = sorted(scores)
+        for end in (order, order[::-1]):
+            for index in end[:-1]:
+                if scores[index] >= trim_iou:
+                    break
+                predicted[index] = False
+    return mask_dice(predicted, volume.reference)
+
+
+def rules(arguments: argparse.Namespace) -> None:
+    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")
+    volumes = list(cached_volumes(arguments.cache))
+    results: dict = json.loads(arguments.json.read_text()) if arguments.json.exists() else {}
+    for rule in arguments.rule:
+        threshold, margin, trim = (float(value) if value != "-" else None for value in rule.split(","))
+        options = ProposalOptions(threshold=threshold, margin_mm=margin)
+        started = time.time()
+        results[rule] = {f"{volume.case}|{volume.shift}": rule_dice(base.sam, volume, options, trim) for volume in volumes}
+        arguments.json.write_text(json.dumps(results, indent=1) + "\n")
+        clean = [dice for key, dice in results[rule].items() if key.endswith("|clean")]
+        print(f"{rule}: mean {np.mean(list(results[rule].values())):.4f}, clean {np.mean(clean):.4f} ({time.time() - started:.0f} s)", flush=True)
+
+
+def signals(arguments: argparse.Namespace) -> None:
+    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only: the encoder is never run
+    records: list[dict] = []
+    for volume in cached_volumes(arguments.cache):
+        records += volume_signals(base.sam, volume, base.options)
+    arguments.json.write_text(json.dumps({"slices": records}) + "\n")
+    print(f"{len(records)} slices", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("cache")
+    build.add_argument("--data", type=Path, required=True)
+    build.add_argument("--cases", help="only these cases, comma-separated (default: the suite's 12)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--cache", type=Path, required=True)
+    study = commands.add_parser("signals")
+    study.add_argument("--cache", type=Path, required=True)
+    study.add_argument("--json", type=Path, required=True)
+    sweep = commands.add_parser("rules")
+    sweep.add_argument("--cache", type=Path, required=True)
+    sweep.add_argument("--rule", action="append", required=True, help="THRESHOLD,MARGIN_MM,TRIM_IOU ('-': no trimming)")
+    sweep.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    {"cache": cache, "signals": signals, "rules": rules}[arguments.command](arguments)
+
+
+if __name__ == "__main__":
+    main()
