@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,12 +152,17 @@ def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_rea
         load_coarse_checkpoint(tmp_path / "unknown.pt")
 
 
-def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path):
+def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path, monkeypatch):
     shipped = shipped_coarse_member(0, tmp_path)
     torch.manual_seed(0)
     other_config = CoarseNetConfig(input_representation="log-contrast")
     save_coarse_checkpoint(tmp_path / "other.pt", build_coarse_net(other_config), other_config)
-    save_coarse_ensemble(tmp_path / "ensemble.pt", [shipped, tmp_path / "other.pt"])
+    read = []
+    with monkeypatch.context() as patch:  # count the checkpoint reads (torch.load still does them)
+        load = torch.load
+        patch.setattr(torch, "load", lambda path, *args, **kwargs: read.append(Path(path).name) or load(path, *args, **kwargs))
+        save_coarse_ensemble(tmp_path / "ensemble.pt", [shipped, tmp_path / "other.pt"])
+    assert sorted(read) == sorted([shipped.name, "other.pt"])  # each member read once
     ensemble = CoarseSegmenter.from_checkpoint(tmp_path / "ensemble.pt", torch.device("cpu"))
     assert [config.input_representation for config in ensemble.configs] == ["intensity", "log-contrast"]
     image = read_volume(FIXTURES / "Case29.nii.gz")
