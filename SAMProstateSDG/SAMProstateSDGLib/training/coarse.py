@@ -188,7 +188,7 @@ def epoch_summary(epoch: int, epochs: int, loss: float, dice: float) -> str:
 
 def seed_epoch(seed: int, epoch: int, transform: Compose) -> None:
     """Seed every random draw of an epoch (shuffling, augmentation, dropout) from (seed, epoch) alone, so a
-    resumed training runs the epochs an uninterrupted one would have run, bit for bit."""
+    resumed training runs the epochs an uninterrupted one would have run."""
     epoch_seed = int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
     set_determinism(seed=epoch_seed)
     transform.set_random_state(seed=epoch_seed)  # each random transform's own state, nested ones included
