@@ -302,7 +302,10 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """List the flagged slices (their boxes are orange) so the user can jump to each."""
         selector = self.ui.slicesToCheckComboBox
         selector.clear()
-        flagged = self.logic.workflow.slicesToCheck(self._parameterNode.inputVolume)
+        parameters = self._parameterNode
+        flagged = self.logic.workflow.slicesToCheck(
+            parameters.inputVolume, model=self.selectedModel(), device=parameters.device, method=parameters.segmentationMethod.value
+        )
         for index, confidence in flagged:
             text = _("slice {index}: predicted IoU {iou:.2f}, agreement {agreement:.2f}")
             selector.addItem(text.format(index=index, iou=confidence.predicted_iou, agreement=confidence.coarse_agreement), index)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,17 +82,38 @@ def test_split_is_by_case_nine_to_one_and_reproducible(data):
     assert split_cases(cases, 0.1, seed=0) == (training, validation)
 
 
-def test_training_keeps_the_best_checkpoint_and_resumes(data, tmp_path):
-    options = CoarseTrainingOptions(data=data, site="RUNMC", output=tmp_path, epochs=1, batch_size=8, max_cases=2)
-    first = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
-    assert [entry["epoch"] for entry in first["history"]] == [1]
-    assert first["sha256"] == sha256_of(tmp_path / "coarse.pt")
-    load_coarse_checkpoint(tmp_path / "coarse.pt", first["sha256"])
-    options.epochs, options.resume = 2, True
-    resumed = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
+class Stopped(Exception):
+    pass
+
+
+def stop_after_the_first_epoch(line: str) -> None:
+    """A log that stops the training once epoch 1's state is saved (as Stop in Slicer does)."""
+    if line.startswith("epoch 1/"):
+        raise Stopped
+
+
+def test_training_keeps_the_best_checkpoint_and_a_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    """Stopped after epoch 1 of 2 and resumed, the weights, optimiser state and history equal those of an
+    uninterrupted run, bit for bit (each epoch's randomness comes from the seed and the epoch alone)."""
+    def train(output: Path, resume: bool = False, log=lambda line: None) -> dict:
+        options = CoarseTrainingOptions(data=FIXTURES, site="fixture", output=output, epochs=2, batch_size=4, resume=resume)
+        return train_coarse_net(options, torch.device("cpu"), log=log)
+
+    with pytest.raises(Stopped):
+        train(tmp_path / "stopped", log=stop_after_the_first_epoch)
+    resumed = train(tmp_path / "stopped", resume=True)
     assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
-    assert resumed["history"][0] == first["history"][0]
+    assert resumed["sha256"] == sha256_of(tmp_path / "stopped" / "coarse.pt")
+    load_coarse_checkpoint(tmp_path / "stopped" / "coarse.pt", resumed["sha256"])
     assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
+
+    uninterrupted = train(tmp_path / "uninterrupted")
+    assert uninterrupted["history"] == resumed["history"]
+    states = [torch.load(tmp_path / run / "last_state.pt", weights_only=True) for run in ("stopped", "uninterrupted")]
+    for name, weights in states[0]["network"].items():
+        assert torch.equal(weights, states[1]["network"][name]), name
+    moments = [[value for entry in state["optimiser"]["state"].values() for value in entry.values()] for state in states]
+    assert all(torch.equal(*pair) for pair in zip(*moments))
 
 
 def test_another_coarse_network_reuses_the_loaded_sam(segmenter):
@@ -151,12 +173,17 @@ def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_rea
         load_coarse_checkpoint(tmp_path / "unknown.pt")
 
 
-def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path):
+def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path, monkeypatch):
     shipped = shipped_coarse_member(0, tmp_path)
     torch.manual_seed(0)
     other_config = CoarseNetConfig(input_representation="log-contrast")
     save_coarse_checkpoint(tmp_path / "other.pt", build_coarse_net(other_config), other_config)
-    save_coarse_ensemble(tmp_path / "ensemble.pt", [shipped, tmp_path / "other.pt"])
+    read = []
+    with monkeypatch.context() as patch:  # count the checkpoint reads (torch.load still does them)
+        load = torch.load
+        patch.setattr(torch, "load", lambda path, *args, **kwargs: read.append(Path(path).name) or load(path, *args, **kwargs))
+        save_coarse_ensemble(tmp_path / "ensemble.pt", [shipped, tmp_path / "other.pt"])
+    assert sorted(read) == sorted([shipped.name, "other.pt"])  # each member read once
     ensemble = CoarseSegmenter.from_checkpoint(tmp_path / "ensemble.pt", torch.device("cpu"))
     assert [config.input_representation for config in ensemble.configs] == ["intensity", "log-contrast"]
     image = read_volume(FIXTURES / "Case29.nii.gz")

@@ -8,7 +8,7 @@ import pytest
 from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.io.boxes_json import read_boxes, write_boxes
 from SAMProstateSDGLib.io.volume_io import read_volume
-from SAMProstateSDGLib.masks.boxes import Box, boxes_from_labels
+from SAMProstateSDGLib.masks.boxes import Box, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
 from SAMProstateSDGLib.masks.confidence import flagged_slices
 
 
@@ -48,3 +48,18 @@ def test_confidence_is_an_optional_field_of_the_boxes_file(tmp_path, segmenter):
         assert entry["confidence"]["coarse_agreement"] == pytest.approx(expected.coarse_agreement, abs=1e-4)
         assert entry["confidence"]["flagged"] is expected.flagged
     assert read_boxes(path, image) == boxes  # readers ignore the field
+
+
+@pytest.mark.parametrize("name", ["P158-020", "Case29", "Case00"])
+def test_boxes_and_the_confidence_component_come_from_one_cached_filtering_equal_to_the_uncached_path(segmenter, name):
+    """``ProstateSegmenter.propose_boxes`` and ``slice_confidence`` share the volume's filtered coarse component
+    (filtered once per threshold and filter); the boxes are those ``masks.boxes.propose_boxes`` takes inside its window."""
+    volume = segmenter.prepare(read_volume(FIXTURES / f"{name}.nii.gz"))
+    probabilities, spacing = segmenter.coarse_probabilities(volume), volume.image.GetSpacing()
+    for component_filter in ComponentFilter:
+        options = ProposalOptions(component_filter=component_filter)
+        boxes = segmenter.propose_boxes(volume, options)
+        assert boxes and boxes == propose_boxes(probabilities, spacing, options), component_filter
+        assert (segmenter.coarse_component(volume, options) == filtered_mask(probabilities, options.threshold, component_filter, spacing)).all()
+    assert len(volume.components) == len(ComponentFilter)
+    assert segmenter.coarse_component(volume) is volume.components[segmenter.options.threshold, segmenter.options.component_filter]

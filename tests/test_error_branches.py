@@ -139,13 +139,22 @@ def test_folders_in_a_batch_that_hold_no_or_two_dicom_series_are_named_one_line_
     assert snapshot(tmp_path) == before
 
 
-def test_a_mask_of_another_size_than_its_image_is_one_line(capsys, tmp_path):
-    """Found when the case is read, after the models load (only the progress bar is on stderr before it): one error
-    line, exit 2, no traceback, nothing written."""
+def test_a_mask_of_another_size_than_its_image_is_one_line(capsys, tmp_path, no_model_loads):  # noqa: F811
+    """Found from the files' headers when the cases are listed, before any model loads: one error line naming the case
+    and both sizes, exit 2, no traceback, nothing written."""
     data = _cases_csv(tmp_path, "case,image,mask", f"x,{CASE},{FIXTURES / 'Case29_seg.nii.gz'}")
     before = snapshot(tmp_path)
-    assert run("evaluate", "--data", data, "--method", "zero-shot", "--device", "cpu", "--backend", "torch", "--precision", "fp32") == 2
+    assert run("evaluate", "--data", data, "--method", "zero-shot", "--device", "cpu") == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line for line in lines if not line.startswith("cases: ")] == [
-        f"samprostate: error: mask {FIXTURES / 'Case29_seg.nii.gz'} is (384, 384, 4), image is (270, 270, 4)"], lines
+    assert lines == [f"samprostate: error: case x: mask {FIXTURES / 'Case29_seg.nii.gz'} is (384, 384, 4), image is (270, 270, 4)"], lines
     assert snapshot(tmp_path) == before
+
+
+def test_a_mask_on_another_grid_than_its_image_is_one_line(capsys, tmp_path, no_model_loads):  # noqa: F811
+    """The same size but shifted by half a voxel: the labels would be off, so the case is refused like a wrong size."""
+    mask = sitk.ReadImage(str(FIXTURES / "P158-020_seg.nii.gz"))
+    mask.SetOrigin(tuple(value + 0.2 for value in mask.GetOrigin()))
+    sitk.WriteImage(mask, str(tmp_path / "shifted_seg.nii.gz"))
+    data = _cases_csv(tmp_path, "case,image,mask", f"x,{CASE},{tmp_path / 'shifted_seg.nii.gz'}")
+    assert_refused(capsys, tmp_path, ["evaluate", "--data", data, "--method", "zero-shot", "--device", "cpu"],
+                   f"case x: mask {tmp_path / 'shifted_seg.nii.gz'} has origin")

@@ -88,11 +88,12 @@ def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check
     moved_slice = bridge.box_from_roi_node(volume_node, off_gland)[0]
     rows, columns = reference.shape[1:]
     bridge.set_roi_box(volume_node, off_gland, moved_slice, Box(2, 2, columns / 6, rows / 6))
+    assert workflow.slicesToCheck(volume_node, device="cpu") == []  # nothing segmented yet
     workflow.segment(volume_node, device="cpu")
 
     flags = {bridge.box_from_roi_node(volume_node, roi)[0]: roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) for roi in rois}
     assert flags[moved_slice] == "1" and "0" in flags.values()
-    assert [index for index, _ in workflow.slicesToCheck(volume_node)] == sorted(index for index, flag in flags.items() if flag == "1")
+    assert [index for index, _ in workflow.slicesToCheck(volume_node, device="cpu")] == sorted(index for index, flag in flags.items() if flag == "1")
     for roi in rois:
         expected = bridge.CHECK_COLOUR if roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) == "1" else bridge.CONFIDENT_COLOUR
         assert roi.GetDisplayNode().GetSelectedColor() == pytest.approx(expected)
@@ -103,6 +104,8 @@ def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check
     workflow.jumpToSlice(volume_node, moved_slice)
     slice_centre = (bridge.ijk_to_ras(volume_node) @ [0, 0, moved_slice, 1.0])[2]
     assert slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())[2, 3] == pytest.approx(slice_centre, abs=1e-3)
+    workflow.forgetVolumes({volume_node.GetID()})
+    assert workflow.slicesToCheck(volume_node, device="cpu") == []
 
 
 def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, reference):

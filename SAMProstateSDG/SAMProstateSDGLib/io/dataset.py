@@ -5,13 +5,26 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from ..core.errors import InputError
-from .volume_io import VOLUME_SUFFIXES, read_image, read_volume
+from .volume_io import VOLUME_SUFFIXES, read_header, read_image, read_volume
+
+
+class Grid(Protocol):
+    """What a loaded image and a read header (``sitk.ImageFileReader``) both tell of their voxel grid."""
+
+    def GetSize(self) -> tuple[int, ...]: ...
+    def GetSpacing(self) -> tuple[float, ...]: ...
+    def GetOrigin(self) -> tuple[float, ...]: ...
+    def GetDirection(self) -> tuple[float, ...]: ...
+
+
+GRID_TOLERANCE = 1e-4  # spacing and origin: of the smallest spacing; direction: of the unit cosines
 
 
 @dataclass(frozen=True)
@@ -26,9 +39,26 @@ class Case:
         """The image and its labels as a [slices, rows, columns] uint8 array (gland: labels > 0)."""
         image = read_volume(self.image)
         mask = read_image(self.mask, "mask")
-        if mask.GetSize() != image.GetSize():
-            raise InputError(f"mask {self.mask} is {mask.GetSize()}, image is {image.GetSize()}")
+        self.check_same_grid(image, mask)
         return image, canonical_zones(sitk.GetArrayFromImage(mask).astype(np.uint8))
+
+    def check_same_grid(self, image: Grid, mask: Grid) -> None:
+        """Refuse a mask whose voxel grid (size, spacing, origin, direction) is not the image's."""
+        if mask.GetSize() != image.GetSize():
+            raise InputError(f"case {self.name}: mask {self.mask} is {mask.GetSize()}, image is {image.GetSize()}")
+        tolerance = GRID_TOLERANCE * min(image.GetSpacing())
+        for what, image_value, mask_value, atol in (
+            ("spacing", image.GetSpacing(), mask.GetSpacing(), tolerance),
+            ("origin", image.GetOrigin(), mask.GetOrigin(), tolerance),
+            ("direction", image.GetDirection(), mask.GetDirection(), GRID_TOLERANCE),
+        ):
+            if not np.allclose(image_value, mask_value, rtol=0, atol=atol):
+                raise InputError(f"case {self.name}: mask {self.mask} has {what} {_rounded(mask_value)}, image has {_rounded(image_value)}")
+
+
+def _rounded(values: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(round(value, 4) for value in values)
+
 
 
 TRANSITION_ZONE, PERIPHERAL_ZONE = 1, 2
@@ -70,6 +100,9 @@ def find_cases(data: str | Path, site: str | None = None, split: str | None = No
         for what, path in (("image", case.image), ("mask", case.mask)):
             if not path.exists():
                 raise InputError(f"case {case.name}: {what} {path} not found")
+        image, mask = read_header(case.image), read_header(case.mask)
+        if image is not None and mask is not None:  # a DICOM series' grid is compared when the case is read
+            case.check_same_grid(image, mask)
     return selected
 
 

@@ -50,6 +50,20 @@ def read_image(path: str | os.PathLike, what: str = "input") -> sitk.Image:
         raise InputError(f"cannot read {path}: {_itk_reason(error)}") from None
 
 
+def read_header(path: Path) -> sitk.ImageFileReader | None:
+    """An image file's header (size, spacing, origin, direction) without its voxels; None for a DICOM folder."""
+    if path.is_dir():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _native_messages_kept_if_read():
+            reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(f"cannot read {path}: {_itk_reason(error)}") from None
+    return reader
+
+
 def _itk_reason(error: RuntimeError) -> str:
     """The telling line of an ITK exception: its last, unless that is a stale errno ("Reason: ...")."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]

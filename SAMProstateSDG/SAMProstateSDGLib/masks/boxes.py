@@ -180,9 +180,16 @@ def propose_boxes(probabilities: np.ndarray, spacing_xy: tuple[float, ...], opti
     if options.component_filter in (ComponentFilter.PLAUSIBLE, ComponentFilter.PROFILE) and len(spacing_xy) < 3:
         raise ValueError(f"the {options.component_filter.value} component filter needs the (x, y, z) spacing")
     inside, window = _filtered_window(probabilities, options.threshold, options.component_filter, tuple(spacing_xy))
-    margin = (options.margin_mm / spacing_xy[0], options.margin_mm / spacing_xy[1])
     origin = (window[2].start or 0, window[1].start or 0)
-    return slice_boxes(inside, margin, origin, probabilities.shape[1:])
+    return component_boxes(inside, spacing_xy, options.margin_mm, origin, probabilities.shape[1:])
+
+
+def component_boxes(
+    component: np.ndarray, spacing_xy: tuple[float, ...], margin_mm: float, origin: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None
+) -> dict[int, Box]:
+    """Each slice's box around a filtered coarse component (``filtered_mask``), widened by ``margin_mm``
+    (``origin`` and ``shape`` as in ``slice_boxes``)."""
+    return slice_boxes(component, (margin_mm / spacing_xy[0], margin_mm / spacing_xy[1]), origin, shape)
 
 
 def boxes_from_labels(labels: np.ndarray) -> dict[int, Box]:

@@ -133,25 +133,31 @@ def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: C
 
 def save_coarse_ensemble(path: str | Path, members: Sequence[str | Path]) -> None:
     """One checkpoint holding several trained coarse networks (each as ``save_coarse_checkpoint`` wrote it)."""
-    for member in members:
-        load_coarse_checkpoint(member)  # refuse anything but a single, loadable network
-    checkpoint = {"members": [torch.load(member, weights_only=True) for member in members]}
-    write_atomically(path, lambda temporary: torch.save(checkpoint, temporary))
+    checkpoints = [load_weights(member, "coarse-model checkpoint") for member in members]  # each file read once
+    for member, checkpoint in zip(members, checkpoints):
+        _single_network(member, checkpoint)  # refuse anything but a single, loadable network
+    write_atomically(path, lambda temporary: torch.save({"members": checkpoints}, temporary))
 
 
 def load_coarse_members(path: str | Path, sha256: str | None = None) -> list[tuple[CoarseNet, CoarseNetConfig]]:
     """The network(s) of a coarse checkpoint: one, or an ensemble's members."""
-    checkpoint = load_weights(path, "coarse-model checkpoint", sha256)
-    members = checkpoint["members"] if isinstance(checkpoint, dict) and "members" in checkpoint else [checkpoint]
-    return [_coarse_network(path, member) for member in members]
+    return [_coarse_network(path, member) for member in _members(load_weights(path, "coarse-model checkpoint", sha256))]
 
 
 def load_coarse_checkpoint(path: str | Path, sha256: str | None = None) -> tuple[CoarseNet, CoarseNetConfig]:
     """The network of a single-network coarse checkpoint (what train-coarse writes)."""
-    members = load_coarse_members(path, sha256)
+    return _single_network(path, load_weights(path, "coarse-model checkpoint", sha256))
+
+
+def _members(checkpoint) -> list:
+    return checkpoint["members"] if isinstance(checkpoint, dict) and "members" in checkpoint else [checkpoint]
+
+
+def _single_network(path: str | Path, checkpoint) -> tuple[CoarseNet, CoarseNetConfig]:
+    members = _members(checkpoint)
     if len(members) != 1:
         raise InputError(f"{path} is an ensemble of {len(members)} coarse networks; give one network's checkpoint")
-    return members[0]
+    return _coarse_network(path, members[0])
 
 
 def _coarse_network(path: str | Path, checkpoint: dict) -> tuple[CoarseNet, CoarseNetConfig]:

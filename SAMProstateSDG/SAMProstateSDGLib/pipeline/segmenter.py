@@ -20,10 +20,11 @@ from ..masks.boxes import (
     DEFAULT_COARSE_OPTIONS,
     Box,
     CoarseOptions,
+    ComponentFilter,
     ProposalOptions,
     box_from_clicks,
+    component_boxes,
     filtered_mask,
-    propose_boxes,
     slice_boxes,
 )
 from ..masks.canvas import Canvas, encoder_canvas
@@ -47,6 +48,7 @@ class PreparedVolume:
     coarse: np.ndarray | None = field(default=None, repr=False)
     canvas_slices: np.ndarray | None = field(default=None, repr=False)
     features: EncoderFeatures | None = field(default=None, repr=False)
+    components: dict[tuple[float, ComponentFilter], np.ndarray] = field(default_factory=dict, repr=False)  # by (threshold, filter)
 
     @property
     def spacing_xy(self) -> tuple[float, float]:
@@ -144,13 +146,24 @@ class ProstateSegmenter:
             volume.coarse = coarse_probabilities(self.coarse, volume.image, self.coarse_options, volume.normalised)
         return volume.coarse
 
+    def coarse_component(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> np.ndarray:
+        """The thresholded, component-filtered coarse mask (``filtered_mask``), computed once per threshold and filter."""
+        options = options or self.options
+        key = (options.threshold, options.component_filter)
+        if key not in volume.components:
+            volume.components[key] = filtered_mask(
+                self.coarse_probabilities(volume), options.threshold, options.component_filter, volume.image.GetSpacing()
+            )
+        return volume.components[key]
+
     def propose_boxes(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> dict[int, Box]:
-        return propose_boxes(self.coarse_probabilities(volume), volume.image.GetSpacing(), options or self.options)
+        """``masks.boxes.propose_boxes`` of the volume's coarse probabilities, from its cached coarse component."""
+        options = options or self.options
+        return component_boxes(self.coarse_component(volume, options), volume.image.GetSpacing(), options.margin_mm)
 
     def slice_confidence(self, volume: PreparedVolume, session: BoxSegmentation) -> dict[int, SliceConfidence]:
         """Each segmented slice's confidence: SAM's predicted IoU and its mask's agreement with the coarse component."""
-        component = filtered_mask(self.coarse_probabilities(volume), self.options.threshold, self.options.component_filter, volume.image.GetSpacing())
-        return slice_confidences(session.labels > 0, component, session.predicted_iou)
+        return slice_confidences(session.labels > 0, self.coarse_component(volume), session.predicted_iou)
 
     def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
         """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""

@@ -49,7 +49,6 @@ class ProstateWorkflow:
         self._segmenters: dict[tuple, Any] = {}  # (model, device, method) -> MethodSegmenter
         self._sessions: dict[tuple, tuple[Any, Any]] = {}  # (volume node ID, model, device, method) -> (volume fingerprint, BoxSegmentation)
         self._written: dict[tuple, tuple[dict, Any]] = {}  # (volume node ID, segmentation node ID) -> ({label: segment ID}, the labels written)
-        self._confidences: dict[str, dict] = {}  # volume node ID -> {slice: SliceConfidence} of its last box segmentation
         self.userFolder = Path(userFolder)
         self.python = python  # the Python that runs the training child process
         self._training: TrainingProcess | None = None
@@ -128,7 +127,6 @@ class ProstateWorkflow:
         forget = (lambda volumeID: True) if volumeIDs is None else (lambda volumeID: volumeID in volumeIDs)
         self._sessions = {key: value for key, value in self._sessions.items() if not forget(key[0])}
         self._written = {key: value for key, value in self._written.items() if not forget(key[0])}
-        self._confidences = {key: value for key, value in self._confidences.items() if not forget(key)}
         self._pendingEncoding = [item for item in self._pendingEncoding if not forget(item[0])]
 
     def cachedVolumeIDs(self) -> set:
@@ -297,19 +295,23 @@ class ProstateWorkflow:
         return self._write(session, volumeNode, segmentationNode)
 
     def _showConfidence(self, volumeNode, session, segmenter, roiNodes) -> None:
-        """Colour each box by its slice's confidence (``masks.confidence``) and keep them for ``slicesToCheck``."""
+        """Colour each box by its slice's confidence (``masks.confidence``)."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         confidences = segmenter.base.slice_confidence(session.volume, session)
-        self._confidences[volumeNode.GetID()] = confidences
         for roiNode in roiNodes:
             index = bridge.box_from_roi_node(volumeNode, roiNode)[0]
             if index in confidences:
                 bridge.show_box_confidence(roiNode, confidences[index])
 
-    def slicesToCheck(self, volumeNode) -> list:
-        """(slice index, SliceConfidence) of the flagged slices of the volume's last box segmentation, in slice order."""
-        confidences = self._confidences.get(volumeNode.GetID(), {})
+    def slicesToCheck(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> list:
+        """(slice index, SliceConfidence) of the flagged slices of the volume's box segmentation with this model and
+        method, in slice order; none before its first Segment (nothing is loaded or computed for it)."""
+        cached = self._sessions.get((volumeNode.GetID(), model, device, method))
+        if cached is None or not cached[1].predicted_iou:
+            return []
+        session = cached[1]
+        confidences = self.segmenter(model, device, method).base.slice_confidence(session.volume, session)
         return [(index, confidence) for index, confidence in sorted(confidences.items()) if confidence.flagged]
 
     @staticmethod

@@ -186,6 +186,14 @@ def epoch_summary(epoch: int, epochs: int, loss: float, dice: float) -> str:
     return f"epoch {epoch}/{epochs} loss {loss:.4f} val_dice {dice:.4f}"
 
 
+def seed_epoch(seed: int, epoch: int, transform: Compose) -> None:
+    """Seed every random draw of an epoch (shuffling, augmentation, dropout) from (seed, epoch) alone, so a
+    resumed training runs the epochs an uninterrupted one would have run."""
+    epoch_seed = int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
+    set_determinism(seed=epoch_seed)
+    transform.set_random_state(seed=epoch_seed)  # each random transform's own state, nested ones included
+
+
 def volume_dice(segmenter: CoarseSegmenter, cases: list[CanvasCase]) -> float:
     metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
     for case in cases:
@@ -217,8 +225,9 @@ def train_coarse_net(
         for case in training
         for index in range(len(case.image))
     ]
+    transform = augmentations(config.canvas.size, options.augmentation)
     loader = DataLoader(
-        Dataset(slices, transform=augmentations(config.canvas.size, options.augmentation)),
+        Dataset(slices, transform=transform),
         batch_size=options.batch_size,
         shuffle=True,
         drop_last=len(slices) > options.batch_size,
@@ -246,6 +255,7 @@ def train_coarse_net(
     started = time.time()
     progress = tqdm(range(start_epoch, options.epochs), desc="epochs", initial=start_epoch, total=options.epochs)
     for epoch in progress:
+        seed_epoch(options.seed, epoch, transform)
         network.train()
         losses = []
         for batch in loader:
