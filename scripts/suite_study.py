@@ -1,7 +1,8 @@
-"""Study box rules and confidence signals on the robustness suite without re-encoding: cache once, decode many times.
+"""Study confidence signals and the boxes' z extent on the robustness suite without re-encoding: cache once, decode many times.
 
 Usage: python scripts/suite_study.py cache --data ../shared/data/prostate --cache runs/suite_cache [--cases Case29,...]
        python scripts/suite_study.py signals --cache runs/suite_cache --json runs/slice_signals.json
+       python scripts/suite_study.py extent --data ../shared/data/prostate --signals runs/slice_signals.json
 
 ``cache`` runs the shipped coarse network and SAM's image encoder once per volume of the suite (the 12
 source-extra and unseen cases, clean and under each shift, seed 0: exactly what ``samprostate evaluate
@@ -11,8 +12,12 @@ embeddings of every slice that has gland, a coarse probability above 0.3, or suc
 ``signals`` decodes the default method's boxes from the cache and records, per slice with gland in the
 reference, a box, or within two slices of the boxed extent: its Dice and candidate signals for a confidence
 flag (SAM's predicted IoU, agreement with the coarse component, SAM's stability score — the Dice of the mask
-thresholded at logit −1 and +1 —, the neighbouring slices' masks, the position in the boxed extent, the coarse probability) and the Dice SAM reaches
-with the slice's ground-truth box.
+thresholded at logit −1 and +1 —, the neighbouring slices' masks, the position in the boxed extent, the coarse
+probability), whether the shipped rule (``masks.confidence``) flags it, and the Dice SAM reaches with the slice's
+ground-truth box; it prints how well the shipped flags catch the slices with Dice < 0.8.
+
+``extent`` says where the boxes' z extent ends against the reference (the source site's cases, coarse network
+only) and what the suite's Dice would be without the segmented slices outside the reference's z extent.
 """
 
 from __future__ import annotations
@@ -29,11 +34,14 @@ import torch
 from scipy import ndimage
 
 from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, shifted_case
-from SAMProstateSDGLib.apps.robustness import CLEAN, SUITE_SPLITS
+from SAMProstateSDGLib.apps.robustness import CLEAN, LOW_DICE, SUITE_SPLITS
+from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.io.dataset import find_cases
-from SAMProstateSDGLib.masks.boxes import Box, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
-from SAMProstateSDGLib.masks.confidence import mask_dice
+from SAMProstateSDGLib.masks.boxes import DEFAULT_COARSE_OPTIONS, Box, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
+from SAMProstateSDGLib.masks.confidence import mask_dice, slice_confidences
+from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
 from SAMProstateSDGLib.modeling.sam_engine import SamEngine
+from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
 ENCODE_ABOVE = 0.3  # slices whose coarse probability exceeds this are encoded (and their neighbours)
@@ -115,6 +123,7 @@ def volume_signals(engine: SamEngine, volume: CachedVolume, options: ProposalOpt
     for index, box in boxes.items():
         decoded[index] = box_logits(engine, volume.embeddings[index], box, shape)
         predicted[index] = decoded[index][0] > 0
+    confidences = slice_confidences(predicted, component, {index: score for index, (_, score) in decoded.items()}, volume.probabilities)
     boxed = sorted(boxes)
     first, last = (boxed[0], boxed[-1]) if boxed else (-1, -1)
     near = set(range(max(0, first - 2), min(len(predicted), last + 3))) if boxed else set()
@@ -127,7 +136,7 @@ def volume_signals(engine: SamEngine, volume: CachedVolume, options: ProposalOpt
             "dice": mask_dice(predicted[index], reference[index]),
             "reference_area": int(reference[index].sum()), "predicted_area": int(predicted[index].sum()),
             "from_first": int(index - first) if boxed else None, "to_last": int(last - index) if boxed else None,
-            "boxed_slices": len(boxed), "pixel_mm2": float(volume.spacing_xyz[0] * volume.spacing_xyz[1]),
+            "boxed_slices": len(boxed), "flagged": index in confidences and confidences[index].flagged, "pixel_mm2": float(volume.spacing_xyz[0] * volume.spacing_xyz[1]),
             "coarse_max": float(volume.probabilities[index].max()), "component_area": int(component[index].sum()),
             "coarse_agreement": mask_dice(predicted[index], component[index]),
             "neighbour_dice": [mask_dice(predicted[index], predicted[other]) for other in (index - 1, index + 1) if 0 <= other < len(predicted)],
@@ -149,39 +158,31 @@ def volume_signals(engine: SamEngine, volume: CachedVolume, options: ProposalOpt
     return records
 
 
-def rule_dice(engine: SamEngine, volume: CachedVolume, options: ProposalOptions, trim_iou: float | None = None) -> float:
-    """3D Dice of the default method with ``options`` on one cached volume; ``trim_iou``: end slices of the boxed
-    extent whose predicted IoU is below it are dropped, from each end inwards."""
-    shape = volume.reference.shape[1:]
-    predicted = np.zeros(volume.reference.shape, dtype=bool)
-    scores = {}
-    for index, box in propose_boxes(volume.probabilities, volume.spacing_xyz, options).items():
-        if index not in volume.embeddings:
-            raise KeyError(f"{volume.case} {volume.shift}: slice {index} is not cached")
-        logits, scores[index] = box_logits(engine, volume.embeddings[index], box, shape)
-        predicted[index] = logits > 0
-    if trim_iou is not None and scores:
-        order = sorted(scores)
-        for end in (order, order[::-1]):
-            for index in end[:-1]:
-                if scores[index] >= trim_iou:
-                    break
-                predicted[index] = False
-    return mask_dice(predicted, volume.reference)
+def previous_rule(record: dict) -> bool:
+    """The flag before issue 15's study: predicted IoU or coarse agreement below 0.80, boxed slices only."""
+    return record["boxed"] and (record["predicted_iou"] < 0.8 or record["coarse_agreement"] < 0.8)
 
 
-def rules(arguments: argparse.Namespace) -> None:
-    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")
-    volumes = list(cached_volumes(arguments.cache))
-    results: dict = json.loads(arguments.json.read_text()) if arguments.json.exists() else {}
-    for rule in arguments.rule:
-        threshold, margin, trim = (float(value) if value != "-" else None for value in rule.split(","))
-        options = ProposalOptions(threshold=threshold, margin_mm=margin)
-        started = time.time()
-        results[rule] = {f"{volume.case}|{volume.shift}": rule_dice(base.sam, volume, options, trim) for volume in volumes}
-        arguments.json.write_text(json.dumps(results, indent=1) + "\n")
-        clean = [dice for key, dice in results[rule].items() if key.endswith("|clean")]
-        print(f"{rule}: mean {np.mean(list(results[rule].values())):.4f}, clean {np.mean(clean):.4f} ({time.time() - started:.0f} s)", flush=True)
+def flag_summary(records: list[dict]) -> dict[str, dict[str, float]]:
+    """As ``evaluate --shifts`` counts (``apps.robustness``): slices with gland in the reference or the prediction, or
+    flagged; per split, the share of the slices with Dice < LOW_DICE that are flagged and the share of all flagged, for
+    the shipped rule and the previous one, and the share of the low-Dice slices without a box."""
+    summary = {}
+    for split, chosen in (("source-extra", False), ("unseen", True), ("all", None)):
+        counted = [
+            record for record in records
+            if (record["reference_area"] or record["predicted_area"] or record["flagged"]) and chosen in (None, record["case"].startswith("P158"))
+        ]
+        low = [record for record in counted if record["dice"] < LOW_DICE]
+        summary[split] = {
+            "slices": len(counted), "low_dice_slices": len(low),
+            "low_dice_flagged_share": float(np.mean([record["flagged"] for record in low])),
+            "flagged_share": float(np.mean([record["flagged"] for record in counted])),
+            "low_dice_without_box_share": float(np.mean([not record["boxed"] for record in low])),
+            "previous_rule_low_dice_flagged_share": float(np.mean([previous_rule(record) for record in low])),
+            "previous_rule_flagged_share": float(np.mean([previous_rule(record) for record in counted])),
+        }
+    return summary
 
 
 def signals(arguments: argparse.Namespace) -> None:
@@ -189,8 +190,54 @@ def signals(arguments: argparse.Namespace) -> None:
     records: list[dict] = []
     for volume in cached_volumes(arguments.cache):
         records += volume_signals(base.sam, volume, base.options)
-    arguments.json.write_text(json.dumps({"slices": records}) + "\n")
-    print(f"{len(records)} slices", flush=True)
+    summary = flag_summary(records)
+    arguments.json.write_text(json.dumps({"flags": summary, "slices": records}) + "\n")
+    for split, figures in summary.items():
+        print(
+            f"{split}: {figures['low_dice_flagged_share']:.1%} of {figures['low_dice_slices']} slices with Dice < {LOW_DICE} flagged, "
+            f"{figures['flagged_share']:.1%} of {figures['slices']} slices flagged", flush=True,
+        )
+
+
+def volume_dice(records: list[dict], kept: list[dict]) -> float:
+    """A volume's Dice from its slice records, counting the predicted masks of ``kept`` only."""
+    overlap = sum(record["dice"] * (record["reference_area"] + record["predicted_area"]) / 2 for record in kept)
+    return 2 * overlap / (sum(record["reference_area"] for record in records) + sum(record["predicted_area"] for record in kept))
+
+
+def extent(arguments: argparse.Namespace) -> None:
+    """Where the boxed z extent ends against the reference: on the source site's cases (the coarse network alone)
+    and, from the signals JSON, the suite's Dice with and without the segmented slices outside the reference's extent."""
+    coarse_entry = default_entry("coarse")
+    coarse = CoarseSegmenter.from_checkpoint(coarse_entry.path, torch.device("cpu"), coarse_entry.sha256)
+    overshoot_mm = []
+    for case in find_cases(arguments.data, site=arguments.site):
+        image, labels = case.read()
+        reference = np.flatnonzero((labels > 0).reshape(len(labels), -1).any(axis=1))
+        boxed = sorted(propose_boxes(coarse_probabilities(coarse, image, DEFAULT_COARSE_OPTIONS), image.GetSpacing(), ProposalOptions()))
+        if reference[0] > 0:  # slices below the reference's first slice exist: the boxes may start there
+            overshoot_mm.append((reference[0] - boxed[0]) * image.GetSpacing()[2])
+    print(
+        f"{arguments.site}: on {len(overshoot_mm)} cases with slices below the reference's first slice, the boxes start "
+        f"{np.mean(overshoot_mm):.1f} mm below it on average (max {max(overshoot_mm):.1f} mm; {sum(value > 0 for value in overshoot_mm)} start below it)"
+    )
+    volumes: dict[tuple[str, str], list[dict]] = {}
+    for record in json.loads(arguments.signals.read_text())["slices"]:
+        volumes.setdefault((record["case"], record["shift"]), []).append(record)
+    by_shift: dict[str, list[tuple[float, float]]] = {}
+    for (_case, shift), records in volumes.items():
+        gland = [record["slice"] for record in records if record["reference_area"]]
+        inside = [record for record in records if min(gland) <= record["slice"] <= max(gland)]
+        by_shift.setdefault(shift, []).append((volume_dice(records, records), volume_dice(records, inside)))
+    offsets = []
+    for (case, shift), records in sorted(volumes.items()):
+        gland = [record["slice"] for record in records if record["reference_area"]]
+        boxed = [record["slice"] for record in records if record["boxed"]]
+        if shift == CLEAN and boxed:
+            offsets.append(f"{case} {min(boxed) - min(gland):+d}/{max(boxed) - max(gland):+d}")
+    print("clean, first/last box against the reference's first/last slice (slices):", ", ".join(offsets))
+    for shift, values in by_shift.items():
+        print(f"{shift}: mean Dice {np.mean([value[0] for value in values]):.3f}, without the slices outside the reference's z extent {np.mean([value[1] for value in values]):.3f}")
 
 
 def main() -> None:
@@ -204,14 +251,14 @@ def main() -> None:
     study = commands.add_parser("signals")
     study.add_argument("--cache", type=Path, required=True)
     study.add_argument("--json", type=Path, required=True)
-    sweep = commands.add_parser("rules")
-    sweep.add_argument("--cache", type=Path, required=True)
-    sweep.add_argument("--rule", action="append", required=True, help="THRESHOLD,MARGIN_MM,TRIM_IOU ('-': no trimming)")
-    sweep.add_argument("--json", type=Path, required=True)
+    ends = commands.add_parser("extent")
+    ends.add_argument("--data", type=Path, required=True)
+    ends.add_argument("--site", default="RUNMC")
+    ends.add_argument("--signals", type=Path, required=True, help="the JSON of the signals command")
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    {"cache": cache, "signals": signals, "rules": rules}[arguments.command](arguments)
+    {"cache": cache, "signals": signals, "extent": extent}[arguments.command](arguments)
 
 
 if __name__ == "__main__":
