@@ -97,23 +97,26 @@ def run(arguments) -> None:
 
 
 def table(files: list[Path], rule: str) -> str:
-    """One line per shift; per checkpoint the coarse Dice mean / min, box-centre share and box coverage (means over cases)."""
+    """One line per shift; per checkpoint the coarse Dice mean / min, box-centre share and box coverage (means over cases).
+    ``rule``: a component rule, or several separated by commas (side by side, per checkpoint)."""
     merged: dict = {}  # files measured on other shifts or cases add to each other
     for file in files:
         for label, rules in json.loads(file.read_text(encoding="utf-8")).items():
             for rule_name, shifts in rules.items():
                 for shift, cases in shifts.items():
                     merged.setdefault(label, {}).setdefault(rule_name, {}).setdefault(shift, {}).update(cases)
-    labels = list(merged)
-    shifts = list(merged[labels[0]][rule])
+    rules = rule.split(",")
+    columns = [(label, name) for label in merged for name in rules]
+    titles = [label if len(rules) == 1 else f"{label}, {name}" for label, name in columns]
+    shifts = list(merged[columns[0][0]][rules[0]])
     lines = [
-        f"| shift ({rule} component) | " + " | ".join(f"{label}: coarse Dice mean / min | {label}: box centre in gland / box coverage / boxes off the gland" for label in labels) + " |",
-        "|---|" + "---|---|" * len(labels),
+        f"| shift ({' / '.join(rules)} component) | " + " | ".join(f"{title}: coarse Dice mean / min | {title}: box centre in gland / box coverage / boxes off the gland" for title in titles) + " |",
+        "|---|" + "---|---|" * len(columns),
     ]
     for shift in shifts:
         cells = []
-        for label in labels:
-            figures = list(merged[label][rule].get(shift, {}).values())
+        for label, name in columns:
+            figures = list(merged[label][name].get(shift, {}).values())
             dice = [value["dice"] for value in figures]
             cells.append(f"{np.mean(dice):.3f} / {min(dice):.3f}" if dice else "n/a")
             shares = [np.mean([value.get(key, np.nan) for value in figures]) for key in ("centre_share", "coverage", "extra_boxes")] if dice else []
@@ -133,7 +136,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="keep (and reuse) each volume's probabilities and reference here")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for PyTorch and SimpleITK")
     parser.add_argument("--table", type=Path, nargs="+", help="print the table of these JSON files instead of measuring")
-    parser.add_argument("--rule", default=ComponentFilter.VOLUME.value, help="--table: the component rule to tabulate (3d, plausible, profile)")
+    parser.add_argument("--rule", default=ComponentFilter.VOLUME.value, help="--table: the component rule to tabulate (3d, plausible, profile; several, comma-separated, side by side)")
     parser.add_argument("--output", type=Path, help="--table: also write the Markdown table here")
     arguments = parser.parse_args()
     if arguments.table:

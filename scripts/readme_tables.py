@@ -21,6 +21,10 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
             for one component rule (rule=3d by default)
   compare   scripts/compare_coarse_suite.py: the default method with each coarse network, mean Dice (worst
             case) and HD95 per shift
+  training  the manifests `samprostate train-coarse` writes (OUTPUT/coarse.json): one row per run, its command,
+            training time and validation Dice (and loss) per epoch; names=A;B titles the rows
+  volume    scripts/volume_agreement.py --json: volume agreement with the reference masks per site, from every
+            case's measurements
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from click_table import merged_table
 from coarse_shift_proxy import table as proxy_table
 from compare_coarse_suite import table as compare_table
 from robustness_tables import ablation_table, hd95_table
+from volume_agreement import table as volume_table
 
 from SAMProstateSDGLib.apps.bench import markdown_report
 from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
@@ -52,6 +57,27 @@ def _one(paths: list[Path]) -> dict:
     return json.loads(paths[0].read_text(encoding="utf-8"))
 
 
+def training_table(paths: list[Path], names: str = "") -> str:
+    """One row per training manifest: its command, time and validation Dice per epoch (long runs: first, last and best)."""
+    titles = names.split(";") if names else [path.stem for path in paths]
+    if len(titles) != len(paths):
+        raise ValueError(f"{len(titles)} names for {len(paths)} manifests")
+    lines = ["| run | command | time | RUNMC validation Dice per epoch (loss) |", "|---|---|---|---|"]
+    for title, path in zip(titles, paths):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        dice, loss = ([entry[key] for entry in manifest["history"]] for key in ("validation_dice", "loss"))
+        lines.append(f"| {title} | `{manifest['command']}` | {manifest['training_seconds_last_run'] / 60:.1f} min | {_epochs(dice, best=True)} ({_epochs(loss)}) |")
+    return "\n".join(lines)
+
+
+def _epochs(values: list[float], best: bool = False) -> str:
+    """Every epoch's value, or for a long run the first and last (and the highest, with its epoch)."""
+    if len(values) <= 4:
+        return " → ".join(f"{value:.3f}" for value in values)
+    highest = max(range(len(values)), key=values.__getitem__)
+    return f"{values[0]:.3f} → … → {values[-1]:.3f}" + (f", best {values[highest]:.3f} at epoch {highest + 1} of {len(values)}" if best else "")
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "evaluate": lambda paths: markdown_table(from_json(_one(paths))),
     "bench": lambda paths: markdown_report(_one(paths)),
@@ -60,6 +86,8 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "hd95": lambda paths, row: hd95_table(_one(paths), row),
     "proxy": lambda paths, rule="3d": proxy_table(paths, rule),
     "compare": lambda paths: compare_table(_one(paths)["scores"]),
+    "training": training_table,
+    "volume": lambda paths: volume_table(_one(paths)),
 }
 
 

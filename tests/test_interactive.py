@@ -119,3 +119,64 @@ def test_the_simulated_user_session_gives_a_mask_per_click(sam_engine, decoder, 
     first = next_click(edits[0], reference)
     assert first.positive and first.x < start.box.x0  # the simulated user clicks in the missed left part
     assert (edits[1] != edits[0]).any() and (points[1] != points[0]).any()  # and both decoders answer the click
+
+
+def test_points_in_a_boxes_file_reach_a_point_capable_sams_decoder_as_points(tmp_path, monkeypatch):
+    """A user's SAM ViT (``--sam-checkpoint`` with ``--sam-type vit_b``: not box-only) gets a boxes file's clicks as points:
+    SAM's prompt encoder receives them at the slice's pixel coordinates scaled to the 1024 px input, with their labels
+    and no box, and the written slice is the mask of a direct ``prompt_encoder`` + ``mask_decoder`` call on that slice's
+    embedding with the same prompt. No ViT-B weights are available offline, so the checkpoint is a ViT-B with seeded
+    random weights: this checks the plumbing from the JSON to the decoder and back to the label file, not accuracy."""
+    from segment_anything.modeling import MaskDecoder, PromptEncoder
+
+    from SAMProstateSDGLib.modeling.sam_engine import SAM_BUILDERS
+
+    image_path = FIXTURES / "P158-020.nii.gz"
+    image = read_volume(image_path)
+    columns, rows, slices = image.GetSize()
+    index = 2
+    torch.manual_seed(0)
+    sam = SAM_BUILDERS["vit_b"]().eval()
+    checkpoint = tmp_path / "sam_vit_b.pth"
+    torch.save(sam.state_dict(), checkpoint)
+    prompts = tmp_path / "prompts.json"
+    write_boxes(prompts, {}, image, points={index: (Click(140.0, 125.0, True), Click(60.0, 200.0, False))})
+
+    seen: dict[str, list] = {"prompts": [], "embeddings": []}
+    encode_prompts, decode_masks = PromptEncoder.forward, MaskDecoder.forward
+
+    def record_prompts(self, points, boxes, masks):
+        seen["prompts"].append((points, boxes, masks))
+        return encode_prompts(self, points, boxes, masks)
+
+    def record_embedding(self, image_embeddings, **prompt):
+        seen["embeddings"].append(image_embeddings.clone())
+        return decode_masks(self, image_embeddings, **prompt)
+
+    monkeypatch.setattr(PromptEncoder, "forward", record_prompts)
+    monkeypatch.setattr(MaskDecoder, "forward", record_embedding)
+    output = tmp_path / "seg.nii.gz"
+    arguments = ["segment", str(image_path), "-o", str(output), "--boxes-in", str(prompts), "--sam-checkpoint", str(checkpoint),
+                 "--sam-type", "vit_b", "--backend", "torch", "--precision", "fp32", "--device", "cpu"]
+    assert main(arguments) == 0
+    monkeypatch.undo()
+
+    assert len(seen["prompts"]) == len(seen["embeddings"]) == 1  # one slice has an entry: one decoder call
+    (coordinates, labels), boxes, masks = seen["prompts"][0]
+    assert boxes is None and masks is None
+    scale = 1024 / max(rows, columns)  # SAM's input: the longer side resized to 1024 px
+    resized = (int(rows * scale + 0.5), int(columns * scale + 0.5))
+    expected = torch.tensor([[[140.0 * resized[1] / columns, 125.0 * resized[0] / rows], [60.0 * resized[1] / columns, 200.0 * resized[0] / rows]]])
+    torch.testing.assert_close(coordinates.cpu(), expected)
+    assert labels.tolist() == [[1, 0]]
+
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=(expected, torch.tensor([[1, 0]])), boxes=None, masks=None)
+        low_resolution, _ = sam.mask_decoder(image_embeddings=seen["embeddings"][0], image_pe=sam.prompt_encoder.get_dense_pe(),
+                                             sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+        direct = (sam.postprocess_masks(low_resolution, resized, (rows, columns))[0, 0] > sam.mask_threshold).numpy()
+    written = read_mask(output)
+    assert written.shape == (slices, rows, columns)
+    assert 0 < direct.sum() < direct.size  # a mask with an edge: the comparison below can fail
+    np.testing.assert_array_equal(written[index] > 0, direct)
+    assert not np.delete(written, index, axis=0).any()  # slices without an entry are not segmented
