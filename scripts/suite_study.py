@@ -185,6 +185,19 @@ def flag_summary(records: list[dict]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def flags_table(summary: dict[str, dict[str, float]], budget: float = 0.30) -> str:
+    """Per split: the share of the slices with Dice < LOW_DICE flagged / the share of all slices flagged, for the previous
+    and the shipped rule, and what a perfect flag limited to ``budget`` of the slices would catch."""
+    splits = list(summary)
+    lines = ["| Rule | " + " | ".join(f"{split}: bad slices caught / all flagged" for split in splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    for title, prefix in (("previous: IoU < 0.80 or agreement < 0.80", "previous_rule_"), ("**shipped**: + cross-section < 20 %, + gland past the boxes (p > 0.30)", "")):
+        cells = [f"{summary[split][prefix + 'low_dice_flagged_share']:.1%} / {summary[split][prefix + 'flagged_share']:.1%}" for split in splits]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    best = [f"{min(1.0, budget * summary[split]['slices'] / summary[split]['low_dice_slices']):.0%}" for split in splits]
+    lines.append(f"| the best possible flag at {budget:.0%} flagged (every flag on a bad slice) | " + " | ".join(best) + " |")
+    return "\n".join(lines)
+
+
 def signals(arguments: argparse.Namespace) -> None:
     base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only: the encoder is never run
     records: list[dict] = []
@@ -192,11 +205,7 @@ def signals(arguments: argparse.Namespace) -> None:
         records += volume_signals(base.sam, volume, base.options)
     summary = flag_summary(records)
     arguments.json.write_text(json.dumps({"flags": summary, "slices": records}) + "\n")
-    for split, figures in summary.items():
-        print(
-            f"{split}: {figures['low_dice_flagged_share']:.1%} of {figures['low_dice_slices']} slices with Dice < {LOW_DICE} flagged, "
-            f"{figures['flagged_share']:.1%} of {figures['slices']} slices flagged", flush=True,
-        )
+    print(flags_table(summary))
 
 
 def volume_dice(records: list[dict], kept: list[dict]) -> float:
