@@ -307,8 +307,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             parameters.inputVolume, model=self.selectedModel(), device=parameters.device, method=parameters.segmentationMethod.value
         )
         for index, confidence in flagged:
-            text = _("slice {index}: predicted IoU {iou:.2f}, agreement {agreement:.2f}")
-            selector.addItem(text.format(index=index, iou=confidence.predicted_iou, agreement=confidence.coarse_agreement), index)
+            selector.addItem(_("slice {index}: {figures}").format(index=index, figures=confidence.describe()), index)
         if not flagged:
             selector.addItem(_("none flagged"), -1)
 

@@ -25,6 +25,7 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
             training time and validation Dice (and loss) per epoch; names=A;B titles the rows
   volume    scripts/volume_agreement.py --json: volume agreement with the reference masks per site, from every
             case's measurements
+  flags     scripts/suite_study.py signals: the confidence flags' share of bad slices caught and of all slices flagged
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from click_table import merged_table
 from coarse_shift_proxy import table as proxy_table
 from compare_coarse_suite import table as compare_table
 from robustness_tables import ablation_table, hd95_table
+from suite_study import flags_table
 from volume_agreement import table as volume_table
 
 from SAMProstateSDGLib.apps.bench import markdown_report
@@ -88,6 +90,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "compare": lambda paths: compare_table(_one(paths)["scores"]),
     "training": training_table,
     "volume": lambda paths: volume_table(_one(paths)),
+    "flags": lambda paths: flags_table(_one(paths)["flags"]),
 }
 
 

@@ -9,7 +9,7 @@ from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.io.boxes_json import read_boxes, write_boxes
 from SAMProstateSDGLib.io.volume_io import read_volume
 from SAMProstateSDGLib.masks.boxes import Box, ComponentFilter, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
-from SAMProstateSDGLib.masks.confidence import flagged_slices
+from SAMProstateSDGLib.masks.confidence import SliceConfidence, flagged_slices
 
 
 def test_a_box_on_the_gland_is_confident_and_a_box_beside_it_is_flagged(segmenter):
@@ -23,11 +23,11 @@ def test_a_box_on_the_gland_is_confident_and_a_box_beside_it_is_flagged(segmente
     beside = Box(min(box.x1 + 10, 268 - width), box.y0, min(box.x1 + 10 + width, 268), box.y1)  # same size, beside the gland
     session = segmenter.box_session(volume, {first: good[first], second: beside})
     confidences = segmenter.slice_confidence(volume, session)
-    assert set(confidences) == {first, second}
+    assert {index for index, confidence in confidences.items() if confidence.boxed} == {first, second}
     assert confidences[first].predicted_iou > 0.8 and confidences[first].coarse_agreement > 0.7
     assert not confidences[first].flagged
     assert confidences[second].coarse_agreement < 0.6 and confidences[second].flagged
-    assert flagged_slices(confidences) == [second]
+    assert [index for index in flagged_slices(confidences) if confidences[index].boxed] == [second]
 
 
 def test_confidence_is_an_optional_field_of_the_boxes_file(tmp_path, segmenter):
@@ -41,11 +41,13 @@ def test_confidence_is_an_optional_field_of_the_boxes_file(tmp_path, segmenter):
     data = json.loads(path.read_text())
     assert data["version"] == 2
     entry = data["boxes"][0]
-    assert set(entry["confidence"]) == {"predicted_iou", "coarse_agreement", "flagged"}
+    assert set(entry["confidence"]) == {"predicted_iou", "coarse_agreement", "relative_area", "flagged"}
+    areas = (session.labels > 0).sum(axis=(1, 2))
     for entry in data["boxes"]:  # each slice's own values, as computed
         expected = confidences[entry["slice"]]
         assert entry["confidence"]["predicted_iou"] == pytest.approx(expected.predicted_iou, abs=1e-4)
         assert entry["confidence"]["coarse_agreement"] == pytest.approx(expected.coarse_agreement, abs=1e-4)
+        assert entry["confidence"]["relative_area"] == pytest.approx(areas[entry["slice"]] / areas.max(), abs=1e-4)
         assert entry["confidence"]["flagged"] is expected.flagged
     assert read_boxes(path, image) == boxes  # readers ignore the field
 
@@ -63,3 +65,34 @@ def test_boxes_and_the_confidence_component_come_from_one_cached_filtering_equal
         assert (segmenter.coarse_component(volume, options) == filtered_mask(probabilities, options.threshold, component_filter, spacing)).all()
     assert len(volume.components) == len(ComponentFilter)
     assert segmenter.coarse_component(volume) is volume.components[segmenter.options.threshold, segmenter.options.component_filter]
+
+
+def test_a_small_cross_section_and_gland_past_the_last_box_are_flagged(tmp_path, segmenter):
+    """A slice whose mask is under a fifth of the largest (apex, base) is flagged even where SAM is sure of it; a slice
+    without a box just past the boxed extent is listed when the coarse network still sees gland there, and not when
+    it sees none."""
+    image = read_volume(FIXTURES / "P158-020.nii.gz")
+    reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")
+    volume = segmenter.prepare(image)
+    good = boxes_from_labels(reference)
+    assert sorted(good) == [0, 1, 2, 3]
+    largest = int(np.argmax(reference.sum(axis=(1, 2))))
+    small = next(index for index in (1, 2) if index != largest)
+    box = good[small]
+    centre_x, centre_y = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    tiny = Box(centre_x - 6, centre_y - 6, centre_x + 6, centre_y + 6)  # a box a tenth of the gland's width
+    session = segmenter.box_session(volume, {0: good[0], 1: good[1], 2: good[2]} | {small: tiny})
+    confidences = segmenter.slice_confidence(volume, session)
+    areas = (session.labels > 0).sum(axis=(1, 2))
+    assert confidences[small].relative_area == pytest.approx(areas[small] / areas.max()) and confidences[small].relative_area < 0.2
+    assert confidences[small].flagged
+    past = confidences[3]  # no box on the crop's last slice, which holds gland
+    assert not past.boxed and past.coarse_probability == pytest.approx(float(segmenter.coarse_probabilities(volume)[3].max()))
+    assert past.coarse_probability > 0.9 and past.flagged
+    assert 3 in flagged_slices(confidences) and small in flagged_slices(confidences)
+    path = tmp_path / "boxes.json"
+    write_boxes(path, session.boxes, image, confidences)
+    listed = json.loads(path.read_text())["slices_to_check_without_box"]
+    assert [entry["slice"] for entry in listed] == [3] and listed[0]["flagged"] is True
+    nothing_past = SliceConfidence(coarse_probability=0.1)
+    assert not nothing_past.flagged and "no box" in nothing_past.describe()

@@ -93,7 +93,9 @@ def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check
 
     flags = {bridge.box_from_roi_node(volume_node, roi)[0]: roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) for roi in rois}
     assert flags[moved_slice] == "1" and "0" in flags.values()
-    assert [index for index, _ in workflow.slicesToCheck(volume_node, device="cpu")] == sorted(index for index, flag in flags.items() if flag == "1")
+    to_check = workflow.slicesToCheck(volume_node, device="cpu")
+    assert [index for index, confidence in to_check if confidence.boxed] == sorted(index for index, flag in flags.items() if flag == "1")
+    assert all(confidence.flagged and index not in flags for index, confidence in to_check if not confidence.boxed)  # past the boxes
     for roi in rois:
         expected = bridge.CHECK_COLOUR if roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) == "1" else bridge.CONFIDENT_COLOUR
         assert roi.GetDisplayNode().GetSelectedColor() == pytest.approx(expected)

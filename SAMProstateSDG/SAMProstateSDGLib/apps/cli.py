@@ -333,8 +333,8 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     tqdm.write(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
     flagged = flagged_slices(confidences)
     if flagged:
-        tqdm.write(f"{output}: low confidence on slice(s) {', '.join(map(str, flagged))} (0-based; SAM's predicted IoU or its agreement "
-                   "with the coarse mask is low): check these first")
+        tqdm.write(f"{output}: check slice(s) {', '.join(map(str, flagged))} first (0-based; SAM's predicted IoU or its agreement with the "
+                   "coarse mask is low, the cross-section is small (apex, base), or a slice without a box may still hold gland)")
     if not labels.any():
         tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
     from .clinical_outputs import write_clinical_outputs

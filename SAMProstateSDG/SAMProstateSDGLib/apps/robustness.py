@@ -40,6 +40,7 @@ class SliceRecord:
     dice: float
     predicted_iou: float | None
     coarse_agreement: float | None
+    relative_area: float | None
     flagged: bool
 
 
@@ -102,10 +103,12 @@ def default_predictors(segmenter: MethodSegmenter) -> dict[str, SuitePredictor]:
 
 
 def slice_records(row: str, case: str, shift: str, prediction: np.ndarray, reference: np.ndarray, confidences: dict[int, SliceConfidence]) -> list[SliceRecord]:
-    """One record per slice that has gland in the reference or the prediction; slices with gland but no
-    segmentation have no confidence and count as not flagged."""
+    """One record per slice that has gland in the reference or the prediction, or is flagged (a flagged slice without
+    gland counts among all slices); slices with gland but no confidence count as not flagged."""
     records = []
-    for index in np.flatnonzero((prediction | reference).reshape(len(reference), -1).any(axis=1)):
+    counted = (prediction | reference).reshape(len(reference), -1).any(axis=1)
+    counted[[index for index, confidence in confidences.items() if confidence.flagged]] = True
+    for index in np.flatnonzero(counted):
         confidence = confidences.get(int(index))
         records.append(
             SliceRecord(
@@ -116,6 +119,7 @@ def slice_records(row: str, case: str, shift: str, prediction: np.ndarray, refer
                 mask_dice(prediction[index], reference[index]),
                 None if confidence is None else confidence.predicted_iou,
                 None if confidence is None else confidence.coarse_agreement,
+                None if confidence is None else confidence.relative_area,
                 False if confidence is None else confidence.flagged,
             )
         )

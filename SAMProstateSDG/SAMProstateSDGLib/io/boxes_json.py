@@ -46,7 +46,8 @@ def boxes_to_json(
     points: dict[int, tuple[Click, ...]] | None = None,
 ) -> dict:
     """The file's content; ``confidences`` adds an optional ``confidence`` object to each segmented slice's entry
-    (``predicted_iou``, ``coarse_agreement``, ``flagged``), which readers may ignore; ``points`` the slices' clicks
+    (``predicted_iou``, ``coarse_agreement``, ``relative_area``, ``flagged``) and lists the flagged slices without a box
+    (``slices_to_check_without_box``), which readers may ignore; ``points`` the slices' clicks
     (``points`` [x, y, label] in pixels, ``points_lps`` and ``points_ras`` [x, y, z, label])."""
     confidences, points = confidences or {}, points or {}
     entries = []
@@ -75,6 +76,9 @@ def boxes_to_json(
         "pixel": "x = column, y = row of slice k (0-based indices of the image file); [x0, y0, x1, y1] = first and last covered column and row",
         "physical": "millimetres; 'lps' as in ITK/DICOM, 'ras' as in Slicer; the two corners (x0, y0) and (x1, y1) on the slice's plane",
         "boxes": entries,
+        "slices_to_check_without_box": [
+            {"slice": index, **confidence.to_json()} for index, confidence in confidences.items() if confidence.flagged and index not in boxes
+        ],
     }
 
 

@@ -1,10 +1,12 @@
 """Per-slice confidence of a box-prompted segmentation: where the clinician should look first.
 
-Two signals, both free once the slice is segmented: SAM's own predicted IoU of its mask, and the
-agreement (Dice) between SAM's mask and the coarse network's component on that slice. A slice is
-flagged when either is low. The thresholds were chosen on the robustness suite's source-extra case
-(README, "Robustness to acquisition shifts"): 0.80 / 0.80 caught half of the slices with Dice < 0.8
-while flagging about a quarter of all slices; the signal is weaker than the issue's target.
+A boxed slice is flagged when SAM's own predicted IoU of its mask is low, when SAM's mask and the
+coarse network's component disagree on that slice, or when the mask is a small cross-section of
+the gland (under a fifth of the volume's largest: apex and base, where a few pixels decide the
+Dice). A slice without a box next to either end of the boxed extent is flagged when the coarse
+network still gives gland a probability above ``PAST_THE_BOXES_PROBABILITY`` there: the gland
+may go on. Thresholds chosen on the source-extra cases of the robustness suite, checked on the
+unseen ones (``scripts/suite_study.py``; README, "Where to look: per-slice confidence").
 """
 
 from __future__ import annotations
@@ -15,19 +17,42 @@ import numpy as np
 
 PREDICTED_IOU_FLAG = 0.80  # flag a slice when SAM's predicted IoU is below this
 AGREEMENT_FLAG = 0.80  # ... or when SAM's mask and the coarse component agree less than this (Dice)
+RELATIVE_AREA_FLAG = 0.20  # ... or when its mask is smaller than this share of the volume's largest mask
+PAST_THE_BOXES_PROBABILITY = 0.30  # a slice just past the boxes is flagged when the coarse probability exceeds this
 
 
 @dataclass(frozen=True)
 class SliceConfidence:
-    predicted_iou: float
-    coarse_agreement: float
+    """A boxed slice's figures; a slice without a box (just past the boxed extent) has only its coarse probability."""
+
+    predicted_iou: float | None = None
+    coarse_agreement: float | None = None
+    relative_area: float | None = None  # the slice's mask area over the largest mask area of the volume
+    coarse_probability: float | None = None  # the highest coarse probability of a slice without a box
+
+    @property
+    def boxed(self) -> bool:
+        return self.predicted_iou is not None
 
     @property
     def flagged(self) -> bool:
-        return self.predicted_iou < PREDICTED_IOU_FLAG or self.coarse_agreement < AGREEMENT_FLAG
+        iou, agreement, area = self.predicted_iou, self.coarse_agreement, self.relative_area
+        if iou is None or agreement is None or area is None:
+            return (self.coarse_probability or 0.0) > PAST_THE_BOXES_PROBABILITY
+        return iou < PREDICTED_IOU_FLAG or agreement < AGREEMENT_FLAG or area < RELATIVE_AREA_FLAG
+
+    def describe(self) -> str:
+        """What the figures say, for a tooltip or a list."""
+        if not self.boxed:
+            return f"no box, but the coarse network sees gland here (probability {self.coarse_probability:.2f}): the gland may go on"
+        return (
+            f"SAM's predicted IoU {self.predicted_iou:.2f}, agreement with the coarse mask {self.coarse_agreement:.2f}, "
+            f"cross-section {self.relative_area:.0%} of the largest"
+        )
 
     def to_json(self) -> dict:
-        return {"predicted_iou": round(self.predicted_iou, 4), "coarse_agreement": round(self.coarse_agreement, 4), "flagged": self.flagged}
+        figures = {name: round(value, 4) for name, value in vars(self).items() if value is not None}
+        return {**figures, "flagged": self.flagged}
 
 
 def mask_dice(first: np.ndarray, second: np.ndarray) -> float:
@@ -36,12 +61,22 @@ def mask_dice(first: np.ndarray, second: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((first & second).sum()) / total
 
 
-def slice_confidences(sam_mask: np.ndarray, coarse_component: np.ndarray, predicted_iou: dict[int, float]) -> dict[int, SliceConfidence]:
-    """The confidence of each slice SAM segmented (the keys of ``predicted_iou``), masks [slices, rows, columns]."""
-    return {
-        index: SliceConfidence(float(score), mask_dice(sam_mask[index], coarse_component[index]))
+def slice_confidences(
+    sam_mask: np.ndarray, coarse_component: np.ndarray, predicted_iou: dict[int, float], coarse_probabilities: np.ndarray
+) -> dict[int, SliceConfidence]:
+    """The confidence of each slice SAM segmented (the keys of ``predicted_iou``) and of the slices without a box
+    just past either end of them; masks and probabilities [slices, rows, columns]."""
+    areas = sam_mask.reshape(len(sam_mask), -1).sum(axis=1)
+    largest = max(int(areas.max()), 1) if len(areas) else 1
+    confidences = {
+        index: SliceConfidence(float(score), mask_dice(sam_mask[index], coarse_component[index]), float(areas[index]) / largest)
         for index, score in sorted(predicted_iou.items())
     }
+    if confidences:
+        for index in (min(confidences) - 1, max(confidences) + 1):
+            if 0 <= index < len(sam_mask) and index not in confidences:
+                confidences[index] = SliceConfidence(coarse_probability=float(coarse_probabilities[index].max()))
+    return dict(sorted(confidences.items()))
 
 
 def flagged_slices(confidences: dict[int, SliceConfidence]) -> list[int]:

@@ -162,8 +162,8 @@ class ProstateSegmenter:
         return component_boxes(self.coarse_component(volume, options), volume.image.GetSpacing(), options.margin_mm)
 
     def slice_confidence(self, volume: PreparedVolume, session: BoxSegmentation) -> dict[int, SliceConfidence]:
-        """Each segmented slice's confidence: SAM's predicted IoU and its mask's agreement with the coarse component."""
-        return slice_confidences(session.labels > 0, self.coarse_component(volume), session.predicted_iou)
+        """Each segmented slice's confidence (``masks.confidence``), and that of the slices without a box just past them."""
+        return slice_confidences(session.labels > 0, self.coarse_component(volume), session.predicted_iou, self.coarse_probabilities(volume))
 
     def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
         """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""

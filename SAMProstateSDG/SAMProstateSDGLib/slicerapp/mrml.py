@@ -126,9 +126,7 @@ def show_box_confidence(roi_node, confidence: SliceConfidence) -> None:
     """Colour a box by its slice's confidence (orange: check this slice) and give the figures in its description."""
     roi_node.SetAttribute(BOX_FLAGGED_ATTRIBUTE, str(int(confidence.flagged)))
     verdict = "check this slice" if confidence.flagged else "confident"
-    roi_node.SetDescription(
-        f"{verdict}: SAM's predicted IoU {confidence.predicted_iou:.2f}, agreement with the coarse mask {confidence.coarse_agreement:.2f}"
-    )
+    roi_node.SetDescription(f"{verdict}: {confidence.describe()}")
     display = roi_node.GetDisplayNode()
     if display is not None:
         display.SetSelectedColor(CHECK_COLOUR if confidence.flagged else CONFIDENT_COLOUR)

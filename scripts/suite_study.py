@@ -1,0 +1,274 @@
+"""Study confidence signals and the boxes' z extent on the robustness suite without re-encoding: cache once, decode many times.
+
+Usage: python scripts/suite_study.py cache --data ../shared/data/prostate --cache runs/suite_cache [--cases Case29,...]
+       python scripts/suite_study.py signals --cache runs/suite_cache --json runs/slice_signals.json
+       python scripts/suite_study.py extent --data ../shared/data/prostate --signals runs/slice_signals.json
+
+``cache`` runs the shipped coarse network and SAM's image encoder once per volume of the suite (the 12
+source-extra and unseen cases, clean and under each shift, seed 0: exactly what ``samprostate evaluate
+--shifts`` scores) and stores, per volume, the coarse probabilities, the reference, the spacing and the SAM
+embeddings of every slice that has gland, a coarse probability above 0.3, or such a slice next to it.
+
+``signals`` decodes the default method's boxes from the cache and records, per slice with gland in the
+reference, a box, or within two slices of the boxed extent: its Dice and candidate signals for a confidence
+flag (SAM's predicted IoU, agreement with the coarse component, SAM's stability score — the Dice of the mask
+thresholded at logit −1 and +1 —, the neighbouring slices' masks, the position in the boxed extent, the coarse
+probability), whether the shipped rule (``masks.confidence``) flags it, and the Dice SAM reaches with the slice's
+ground-truth box; it prints how well the shipped flags catch the slices with Dice < 0.8.
+
+``extent`` says where the boxes' z extent ends against the reference (the source site's cases, coarse network
+only) and what the suite's Dice would be without the segmented slices outside the reference's z extent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, shifted_case
+from SAMProstateSDGLib.apps.robustness import CLEAN, LOW_DICE, SUITE_SPLITS
+from SAMProstateSDGLib.core.catalog import default_entry
+from SAMProstateSDGLib.io.dataset import find_cases
+from SAMProstateSDGLib.masks.boxes import DEFAULT_COARSE_OPTIONS, Box, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
+from SAMProstateSDGLib.masks.confidence import mask_dice, slice_confidences
+from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
+from SAMProstateSDGLib.modeling.sam_engine import SamEngine
+from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
+from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
+
+ENCODE_ABOVE = 0.3  # slices whose coarse probability exceeds this are encoded (and their neighbours)
+
+
+@dataclass
+class CachedVolume:
+    case: str
+    shift: str
+    probabilities: np.ndarray
+    reference: np.ndarray
+    spacing_xyz: tuple[float, float, float]
+    embeddings: dict[int, torch.Tensor]
+
+    @classmethod
+    def read(cls, path: Path) -> CachedVolume:
+        data = np.load(path)
+        embeddings = torch.from_numpy(data["embeddings"])  # an npz member is read again at every access: once
+        return cls(
+            str(data["case"]), str(data["shift"]), data["probabilities"].astype(np.float32), data["reference"],
+            tuple(data["spacing"].tolist()), dict(zip(data["indices"].tolist(), embeddings)),
+        )
+
+
+def cache(arguments: argparse.Namespace) -> None:
+    cases = [case for split in SUITE_SPLITS for case in find_cases(arguments.data, split=split)]
+    if arguments.cases:
+        cases = [case for case in cases if case.name in arguments.cases.split(",")]
+    base = ProstateSegmenter.load(device="cpu")
+    arguments.cache.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        started = time.time()
+        image, labels = case.read()
+        for shift in (None, *SHIFTS):
+            name = CLEAN if shift is None else shift.name
+            path = arguments.cache / f"{case.name}__{name.replace(' ', '_').replace('/', '-')}.npz"
+            if path.exists():
+                continue
+            shifted, reference = (image, labels) if shift is None else shifted_case(shift, image, labels, arguments.seed, case.name)
+            volume = base.prepare(shifted)
+            probabilities = base.coarse_probabilities(volume)
+            wanted = (probabilities.reshape(len(probabilities), -1).max(axis=1) > ENCODE_ABOVE) | (reference > 0).reshape(len(reference), -1).any(axis=1)
+            wanted = ndimage.binary_dilation(wanted)
+            indices = np.flatnonzero(wanted)
+            volume.encoded.encode(indices)
+            embeddings = np.stack([volume.encoded.embeddings[int(index)].float().numpy() for index in indices])
+            np.savez(
+                path, case=case.name, shift=name, probabilities=probabilities.astype(np.float16), reference=reference > 0,
+                spacing=np.array(shifted.GetSpacing()), indices=indices, embeddings=embeddings,
+            )
+        print(f"{case.name} cached in {time.time() - started:.0f} s", flush=True)
+
+
+def cached_volumes(folder: Path) -> Iterator[CachedVolume]:
+    for path in sorted(folder.glob("*.npz")):
+        yield CachedVolume.read(path)
+
+
+@torch.inference_mode()
+def box_logits(engine: SamEngine, embedding: torch.Tensor, box: Box, slice_shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """SAM's full-resolution logits for one box (single-mask output, as the pipeline decodes) and its predicted IoU."""
+    boxes = engine.transform.apply_boxes_torch(torch.tensor([box.as_tuple()], dtype=torch.float32), slice_shape)
+    sparse, dense = engine.sam.prompt_encoder(points=None, boxes=boxes, masks=None)
+    low, scores = engine.sam.mask_decoder(
+        image_embeddings=embedding[None], image_pe=engine.sam.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False,
+    )
+    logits = engine.sam.postprocess_masks(low, engine.input_size(slice_shape), slice_shape)
+    return logits[0, 0].float().numpy(), float(scores[0, 0])
+
+
+def volume_signals(engine: SamEngine, volume: CachedVolume, options: ProposalOptions) -> list[dict]:
+    shape = volume.reference.shape[1:]
+    boxes = propose_boxes(volume.probabilities, volume.spacing_xyz, options)
+    component = filtered_mask(volume.probabilities, options.threshold, options.component_filter, volume.spacing_xyz)
+    truth_boxes = boxes_from_labels(volume.reference)
+    predicted = np.zeros(volume.reference.shape, dtype=bool)
+    decoded: dict[int, tuple[np.ndarray, float]] = {}
+    for index, box in boxes.items():
+        decoded[index] = box_logits(engine, volume.embeddings[index], box, shape)
+        predicted[index] = decoded[index][0] > 0
+    confidences = slice_confidences(predicted, component, {index: score for index, (_, score) in decoded.items()}, volume.probabilities)
+    boxed = sorted(boxes)
+    first, last = (boxed[0], boxed[-1]) if boxed else (-1, -1)
+    near = set(range(max(0, first - 2), min(len(predicted), last + 3))) if boxed else set()
+    reference = volume.reference
+    indices = sorted(set(np.flatnonzero(reference.reshape(len(reference), -1).any(axis=1)).tolist()) | set(boxed) | near)
+    records = []
+    for index in indices:
+        record: dict = {
+            "case": volume.case, "shift": volume.shift, "slice": int(index), "boxed": index in boxes,
+            "dice": mask_dice(predicted[index], reference[index]),
+            "reference_area": int(reference[index].sum()), "predicted_area": int(predicted[index].sum()),
+            "from_first": int(index - first) if boxed else None, "to_last": int(last - index) if boxed else None,
+            "boxed_slices": len(boxed), "flagged": index in confidences and confidences[index].flagged, "pixel_mm2": float(volume.spacing_xyz[0] * volume.spacing_xyz[1]),
+            "coarse_max": float(volume.probabilities[index].max()), "component_area": int(component[index].sum()),
+            "coarse_agreement": mask_dice(predicted[index], component[index]),
+            "neighbour_dice": [mask_dice(predicted[index], predicted[other]) for other in (index - 1, index + 1) if 0 <= other < len(predicted)],
+            "neighbour_area": [int(predicted[other].sum()) for other in (index - 1, index + 1) if 0 <= other < len(predicted)],
+        }
+        if index in boxes:
+            box = boxes[index]
+            logits, iou = decoded[index]
+            mask = logits > 0
+            record["predicted_iou"] = iou
+            record["stability"] = mask_dice(logits > 1, logits > -1)
+            record["mean_probability_in_mask"] = float(volume.probabilities[index][mask].mean()) if mask.any() else 0.0
+            record["box_area"] = float((box.x1 - box.x0) * (box.y1 - box.y0))
+        if index in truth_boxes and index in volume.embeddings:
+            truth_logits, truth_iou = box_logits(engine, volume.embeddings[index], truth_boxes[index], shape)
+            record["truth_box_dice"] = mask_dice(truth_logits > 0, reference[index])
+            record["truth_box_iou"] = truth_iou
+        records.append(record)
+    return records
+
+
+def previous_rule(record: dict) -> bool:
+    """The flag before issue 15's study: predicted IoU or coarse agreement below 0.80, boxed slices only."""
+    return record["boxed"] and (record["predicted_iou"] < 0.8 or record["coarse_agreement"] < 0.8)
+
+
+def flag_summary(records: list[dict]) -> dict[str, dict[str, float]]:
+    """As ``evaluate --shifts`` counts (``apps.robustness``): slices with gland in the reference or the prediction, or
+    flagged; per split, the share of the slices with Dice < LOW_DICE that are flagged and the share of all flagged, for
+    the shipped rule and the previous one, and the share of the low-Dice slices without a box."""
+    summary = {}
+    for split, chosen in (("source-extra", False), ("unseen", True), ("all", None)):
+        counted = [
+            record for record in records
+            if (record["reference_area"] or record["predicted_area"] or record["flagged"]) and chosen in (None, record["case"].startswith("P158"))
+        ]
+        low = [record for record in counted if record["dice"] < LOW_DICE]
+        summary[split] = {
+            "slices": len(counted), "low_dice_slices": len(low),
+            "low_dice_flagged_share": float(np.mean([record["flagged"] for record in low])),
+            "flagged_share": float(np.mean([record["flagged"] for record in counted])),
+            "low_dice_without_box_share": float(np.mean([not record["boxed"] for record in low])),
+            "previous_rule_low_dice_flagged_share": float(np.mean([previous_rule(record) for record in low])),
+            "previous_rule_flagged_share": float(np.mean([previous_rule(record) for record in counted])),
+        }
+    return summary
+
+
+def flags_table(summary: dict[str, dict[str, float]], budget: float = 0.30) -> str:
+    """Per split: the share of the slices with Dice < LOW_DICE flagged / the share of all slices flagged, for the previous
+    and the shipped rule, and what a perfect flag limited to ``budget`` of the slices would catch."""
+    splits = list(summary)
+    lines = ["| Rule | " + " | ".join(f"{split}: bad slices caught / all flagged" for split in splits) + " |", "|---" * (len(splits) + 1) + "|"]
+    for title, prefix in (("previous: IoU < 0.80 or agreement < 0.80", "previous_rule_"), ("**shipped**: + cross-section < 20 %, + gland past the boxes (p > 0.30)", "")):
+        cells = [f"{summary[split][prefix + 'low_dice_flagged_share']:.1%} / {summary[split][prefix + 'flagged_share']:.1%}" for split in splits]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    best = [f"{min(1.0, budget * summary[split]['slices'] / summary[split]['low_dice_slices']):.0%}" for split in splits]
+    lines.append(f"| the best possible flag at {budget:.0%} flagged (every flag on a bad slice) | " + " | ".join(best) + " |")
+    return "\n".join(lines)
+
+
+def signals(arguments: argparse.Namespace) -> None:
+    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only: the encoder is never run
+    records: list[dict] = []
+    for volume in cached_volumes(arguments.cache):
+        records += volume_signals(base.sam, volume, base.options)
+    summary = flag_summary(records)
+    arguments.json.write_text(json.dumps({"flags": summary, "slices": records}) + "\n")
+    print(flags_table(summary))
+
+
+def volume_dice(records: list[dict], kept: list[dict]) -> float:
+    """A volume's Dice from its slice records, counting the predicted masks of ``kept`` only."""
+    overlap = sum(record["dice"] * (record["reference_area"] + record["predicted_area"]) / 2 for record in kept)
+    return 2 * overlap / (sum(record["reference_area"] for record in records) + sum(record["predicted_area"] for record in kept))
+
+
+def extent(arguments: argparse.Namespace) -> None:
+    """Where the boxed z extent ends against the reference: on the source site's cases (the coarse network alone)
+    and, from the signals JSON, the suite's Dice with and without the segmented slices outside the reference's extent."""
+    coarse_entry = default_entry("coarse")
+    coarse = CoarseSegmenter.from_checkpoint(coarse_entry.path, torch.device("cpu"), coarse_entry.sha256)
+    overshoot_mm = []
+    for case in find_cases(arguments.data, site=arguments.site):
+        image, labels = case.read()
+        reference = np.flatnonzero((labels > 0).reshape(len(labels), -1).any(axis=1))
+        boxed = sorted(propose_boxes(coarse_probabilities(coarse, image, DEFAULT_COARSE_OPTIONS), image.GetSpacing(), ProposalOptions()))
+        if reference[0] > 0:  # slices below the reference's first slice exist: the boxes may start there
+            overshoot_mm.append((reference[0] - boxed[0]) * image.GetSpacing()[2])
+    print(
+        f"{arguments.site}: on {len(overshoot_mm)} cases with slices below the reference's first slice, the boxes start "
+        f"{np.mean(overshoot_mm):.1f} mm below it on average (max {max(overshoot_mm):.1f} mm; {sum(value > 0 for value in overshoot_mm)} start below it)"
+    )
+    volumes: dict[tuple[str, str], list[dict]] = {}
+    for record in json.loads(arguments.signals.read_text())["slices"]:
+        volumes.setdefault((record["case"], record["shift"]), []).append(record)
+    by_shift: dict[str, list[tuple[float, float]]] = {}
+    for (_case, shift), records in volumes.items():
+        gland = [record["slice"] for record in records if record["reference_area"]]
+        inside = [record for record in records if min(gland) <= record["slice"] <= max(gland)]
+        by_shift.setdefault(shift, []).append((volume_dice(records, records), volume_dice(records, inside)))
+    offsets = []
+    for (case, shift), records in sorted(volumes.items()):
+        gland = [record["slice"] for record in records if record["reference_area"]]
+        boxed = [record["slice"] for record in records if record["boxed"]]
+        if shift == CLEAN and boxed:
+            offsets.append(f"{case} {min(boxed) - min(gland):+d}/{max(boxed) - max(gland):+d}")
+    print("clean, first/last box against the reference's first/last slice (slices):", ", ".join(offsets))
+    for shift, values in by_shift.items():
+        print(f"{shift}: mean Dice {np.mean([value[0] for value in values]):.3f}, without the slices outside the reference's z extent {np.mean([value[1] for value in values]):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser("cache")
+    build.add_argument("--data", type=Path, required=True)
+    build.add_argument("--cases", help="only these cases, comma-separated (default: the suite's 12)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--cache", type=Path, required=True)
+    study = commands.add_parser("signals")
+    study.add_argument("--cache", type=Path, required=True)
+    study.add_argument("--json", type=Path, required=True)
+    ends = commands.add_parser("extent")
+    ends.add_argument("--data", type=Path, required=True)
+    ends.add_argument("--site", default="RUNMC")
+    ends.add_argument("--signals", type=Path, required=True, help="the JSON of the signals command")
+    parser.add_argument("--threads", type=int, default=2)
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    {"cache": cache, "signals": signals, "extent": extent}[arguments.command](arguments)
+
+
+if __name__ == "__main__":
+    main()
