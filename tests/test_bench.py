@@ -65,10 +65,26 @@ def test_peak_memory_is_read_in_the_unit_of_each_platform():
 
     from SAMProstateSDGLib.apps.bench import peak_resident_mb
 
-    linux = peak_resident_mb("self", platform="linux")
+    linux = peak_resident_mb(platform="linux")
     high_water_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
     assert abs(linux - high_water_kb / 1024) < 0.05 * linux + 8
-    assert peak_resident_mb("self", platform="darwin") == pytest.approx(linux / 1024, rel=0.05)
+    assert peak_resident_mb(platform="darwin") == pytest.approx(linux / 1024, rel=0.05)
+
+
+def test_a_child_process_peak_is_its_own_not_the_benchmark_processes():
+    """Linux keeps the high-water mark across exec: a plain child of a 400 MB process would report 400 MB."""
+    import subprocess
+    import sys
+
+    from SAMProstateSDGLib.apps.bench import run_with_peak_memory
+
+    pytest.importorskip("resource")
+    large = b"x" * (400 << 20)  # this process's peak is now over 400 MB
+    del large
+    child = run_with_peak_memory([sys.executable, "-c", "data = b'x' * (100 << 20)"])
+    assert 100 < child < 400
+    with pytest.raises(subprocess.CalledProcessError):
+        run_with_peak_memory([sys.executable, "-c", "raise SystemExit(3)"])
 
 
 def test_the_report_is_rendered_from_the_json_data_of_its_run():

@@ -290,22 +290,46 @@ def segment_process(case: Case, folder: Path, backend: str, precision: str) -> t
     command = [sys.executable, "-m", "SAMProstateSDGLib.apps.cli", "segment", str(case.image), "-o", str(output), "--overwrite",
                "--device", "cpu", "--backend", backend, "--precision", precision]
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])))
-    before = peak_resident_mb("children")
     started = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, env=environment)
-    seconds = time.perf_counter() - started
-    return seconds, max(peak_resident_mb("children"), before)
+    peak_mb = run_with_peak_memory(command, environment)
+    return time.perf_counter() - started, peak_mb
 
 
-def peak_resident_mb(whose: str, platform: str = sys.platform) -> float:
-    """Peak resident memory in MB of this process (``self``) or of its finished children; nan where the
-    ``resource`` module does not exist (Windows). ``ru_maxrss`` is in kB on Linux, in bytes on macOS."""
+# Run by a fresh, small Python process: runs its arguments as a command and prints that child's peak ru_maxrss.
+PEAK_LAUNCHER = """
+import subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+try:
+    import resource
+    print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+except ImportError:
+    print("nan")
+sys.exit(code)
+"""
+
+
+def run_with_peak_memory(command: list[str], environment: dict[str, str] | None = None) -> float:
+    """Run ``command`` (an error if it fails) and return its own peak resident memory in MB (nan on Windows).
+
+    Not this process's RUSAGE_CHILDREN: Linux keeps a process's high-water mark across exec, so a
+    child of this large process would report at least this process's peak at the spawn. The command
+    runs under a small launcher (``PEAK_LAUNCHER``) instead, which reports its one child's peak."""
+    launched = subprocess.run([sys.executable, "-c", PEAK_LAUNCHER, *command], check=True, capture_output=True, text=True, env=environment)
+    return resident_mb(float(launched.stdout.split()[-1]))
+
+
+def peak_resident_mb(platform: str = sys.platform) -> float:
+    """Peak resident memory in MB of this process; nan where the ``resource`` module does not exist (Windows)."""
     try:
         import resource
     except ImportError:
         return math.nan
-    usage = resource.getrusage(resource.RUSAGE_SELF if whose == "self" else resource.RUSAGE_CHILDREN).ru_maxrss
-    return usage / 2**20 if platform == "darwin" else usage / 1024
+    return resident_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, platform)
+
+
+def resident_mb(max_rss: float, platform: str = sys.platform) -> float:
+    """``ru_maxrss`` in MB: it is in kB on Linux, in bytes on macOS."""
+    return max_rss / 2**20 if platform == "darwin" else max_rss / 1024
 
 
 def warm_segment_seconds(segmenter: ProstateSegmenter, case: Case, folder: Path) -> float:
@@ -352,7 +376,7 @@ def benchmark(
     waits = {background: wait_after_review(segmenter, cases[0], background) for background in (False, True)}
     ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
     levers = encoder_levers(segmenter, cases[0], plain, encoders)
-    peak_mb = peak_resident_mb("self")
+    peak_mb = peak_resident_mb()
     process = {"cold_seconds": cold_seconds, "warm_seconds": warm_seconds, "load_seconds": load_seconds, "process_peak_mb": process_mb}
     data = {
         "machine": machine(),
