@@ -116,17 +116,15 @@ class ProstateSegmenter:
             sam = load_sam(sam_entry.model_type, sam_entry.path, sam_entry.sha256)
         else:
             sam = load_sam(sam_type or "vit_b", sam_checkpoint)
-        box_only = sam_checkpoint is None or sam_type == "litemedsam"
-        # on a CPU, batches of slices encode slower per slice than one at a time (samprostate bench)
-        batch_size = 1 if torch_device.type == "cpu" else 4
-        engine = SamEngine(sam, torch_device, batch_size, box_only)
-        # the backend before the coarse network: the coarse weights then reuse the memory a first use's
-        # export, compile and timing freed, instead of adding to it (peak memory, README: Encoder backends)
-        engine.use_backend(backend, precision, log)
         if coarse_checkpoint is None:
             coarse = CoarseSegmenter.from_checkpoint(coarse_entry.path, torch_device, coarse_entry.sha256)
         else:
             coarse = CoarseSegmenter.from_checkpoint(coarse_checkpoint, torch_device)
+        box_only = sam_checkpoint is None or sam_type == "litemedsam"
+        # on a CPU, batches of slices encode slower per slice than one at a time (samprostate bench)
+        batch_size = 1 if torch_device.type == "cpu" else 4
+        engine = SamEngine(sam, torch_device, batch_size, box_only)
+        engine.use_backend(backend, precision, log)
         return cls(engine, coarse, options, coarse_options)
 
     def with_decoder(self, checkpoint: str | Path, sha256: str | None = None) -> ProstateSegmenter:
