@@ -25,6 +25,7 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
             training time and validation Dice (and loss) per epoch; names=A;B titles the rows
   volume    scripts/volume_agreement.py --json: volume agreement with the reference masks per site, from every
             case's measurements
+  parity    apps/bench.parity_markdown of `samprostate bench --parity --output NAME.md` (NAME.json)
   flags     scripts/suite_study.py signals: the confidence flags' share of bad slices caught and of all slices flagged
 """
 
@@ -45,7 +46,7 @@ from robustness_tables import ablation_table, hd95_table
 from suite_study import flags_table
 from volume_agreement import table as volume_table
 
-from SAMProstateSDGLib.apps.bench import markdown_report
+from SAMProstateSDGLib.apps.bench import markdown_report, parity_markdown
 from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -91,6 +92,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "training": training_table,
     "volume": lambda paths: volume_table(_one(paths)),
     "flags": lambda paths: flags_table(_one(paths)["flags"]),
+    "parity": lambda paths: parity_markdown(_one(paths)),
 }
 
 

@@ -483,14 +483,21 @@ def parity(segmenter: ProstateSegmenter, cases: list[Case], wanted: list[Candida
         summary[label] = {"mean_dice": float(np.mean(list(scores.values()))), "mean_difference": mean_move,
                           "largest_case_move": float(max(abs(move) for move in moves)),
                           "passes": abs(mean_move) <= DICE_TOLERANCE and max(abs(move) for move in moves) <= CASE_TOLERANCE}
-    labels = list(dice)
-    lines = [f"Machine: {machine()}; Dice of the box-prompted LiteMedSAM masks (whole gland) per encoder backend × precision, same coarse boxes.", "",
+    data = {"machine": machine(), "cases": [case.name for case in cases], "dice": dice, "summary": summary}
+    return parity_markdown(data), data
+
+
+def parity_markdown(data: dict) -> str:
+    """The parity table of ``parity``'s JSON data: each case's Dice per backend × precision, the mean and the verdict."""
+    dice, summary, reference = data["dice"], data["summary"], Candidate("torch", "fp32").label
+    base, labels = dice[reference], list(dice)
+    lines = [f"Machine: {data['machine']}; Dice of the box-prompted LiteMedSAM masks (whole gland) per encoder backend × precision, same coarse boxes.", "",
              "| Case | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-    for case in cases:
-        cells = [f"{dice[label][case.name]:.4f}" + ("" if label == reference.label else f" ({dice[label][case.name] - base[case.name]:+.4f})") for label in labels]
-        lines.append(f"| {case.name} | " + " | ".join(cells) + " |")
+    for name in data["cases"]:
+        cells = [f"{dice[label][name]:.4f}" + ("" if label == reference else f" ({dice[label][name] - base[name]:+.4f})") for label in labels]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{summary[label]['mean_dice']:.4f}** ({summary[label]['mean_difference']:+.4f})" for label in labels) + " |")
     lines.append("| largest case move | " + " | ".join(f"{summary[label]['largest_case_move']:.4f}" for label in labels) + " |")
     lines.append(f"| parity (mean within {DICE_TOLERANCE}, every case within {CASE_TOLERANCE}) | "
                  + " | ".join("yes" if summary[label]["passes"] else "**NO**" for label in labels) + " |")
-    return "\n".join(lines) + "\n", {"machine": machine(), "cases": [case.name for case in cases], "dice": dice, "summary": summary}
+    return "\n".join(lines) + "\n"
