@@ -280,8 +280,8 @@ class OpenVINOEncoder(ExportedEncoder):
 
     name = "openvino"
     precisions = ("fp32", "bf16")
-    # fp32: the same embeddings as torch (4e-6) and the same Dice on every case measured; bf16 waits
-    # for its 12-case parity run to finish (11 of 12 done, mean +0.0002, largest move 0.0051: README, Speed)
+    # fp32: the same embeddings as torch (4e-6) and the same Dice on all 12 cases; bf16 passed its 12-case
+    # parity run (mean +0.0004, largest move 0.0079: README, Speed) and is still to be offered to "auto"
     parity_checked = ("fp32",)
     modules = ("openvino", "onnx")
     BLOB = "encoder.blob"
@@ -338,7 +338,7 @@ class OnnxRuntimeEncoder(ExportedEncoder):
 
     name = "onnxruntime"
     precisions = ("fp32",)
-    parity_checked = ()  # its Dice parity run is still to be made (README, Speed): "auto" does not offer it
+    parity_checked = ()  # passed its 12-case parity run (README, Speed); not yet offered to "auto"
     modules = ("onnxruntime", "onnx")
     GRAPH = "encoder.onnx"
 
