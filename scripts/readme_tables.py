@@ -27,6 +27,8 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
             case's measurements
   parity    apps/bench.parity_markdown of `samprostate bench --parity --output NAME.md` (NAME.json)
   flags     scripts/suite_study.py signals: the confidence flags' share of bad slices caught and of all slices flagged
+  trim      scripts/suite_study.py trim: mean Dice per split, clean and over the shifts, with the z extent ended by each rule
+  margins   scripts/tune_box_proposal.py --json: mean Dice of SAM + proposed boxes per component filter and box margin
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from click_table import merged_table
 from coarse_shift_proxy import table as proxy_table
 from compare_coarse_suite import table as compare_table
 from robustness_tables import ablation_table, hd95_table
-from suite_study import flags_table
+from suite_study import flags_table, trim_table
+from tune_box_proposal import table as margins_table
 from volume_agreement import table as volume_table
 
 from SAMProstateSDGLib.apps.bench import markdown_report, parity_markdown
@@ -93,6 +96,8 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "volume": lambda paths: volume_table(_one(paths)),
     "flags": lambda paths: flags_table(_one(paths)["flags"]),
     "parity": lambda paths: parity_markdown(_one(paths)),
+    "margins": lambda paths: margins_table(_one(paths)),
+    "trim": lambda paths: trim_table(_one(paths)),
 }
 
 

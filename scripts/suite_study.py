@@ -3,6 +3,7 @@
 Usage: python scripts/suite_study.py cache --data ../shared/data/prostate --cache runs/suite_cache [--cases Case29,...]
        python scripts/suite_study.py signals --cache runs/suite_cache --json runs/slice_signals.json
        python scripts/suite_study.py extent --data ../shared/data/prostate --signals runs/slice_signals.json
+       python scripts/suite_study.py trim --signals runs/slice_signals.json --json results/end_trim.json
 
 ``cache`` runs the shipped coarse network and SAM's image encoder once per volume of the suite (the 12
 source-extra and unseen cases, clean and under each shift, seed 0: exactly what ``samprostate evaluate
@@ -18,6 +19,10 @@ ground-truth box; it prints how well the shipped flags catch the slices with Dic
 
 ``extent`` says where the boxes' z extent ends against the reference (the source site's cases, coarse network
 only) and what the suite's Dice would be without the segmented slices outside the reference's z extent.
+
+``trim`` scores rules that end the z extent from the boxes' own signals, without the reference: boxed slices are
+dropped from each end of the extent while the rule holds (the coarse component's cross-section under a fraction of
+the volume's largest, or SAM's predicted IoU under a threshold); mean Dice per split and shift, before and after.
 """
 
 from __future__ import annotations
@@ -249,6 +254,63 @@ def extent(arguments: argparse.Namespace) -> None:
         print(f"{shift}: mean Dice {np.mean([value[0] for value in values]):.3f}, without the slices outside the reference's z extent {np.mean([value[1] for value in values]):.3f}")
 
 
+TRIM_RULES = {
+    "component < 10 % of the largest": ("component_area", 0.10),
+    "component < 20 % of the largest": ("component_area", 0.20),
+    "component < 30 % of the largest": ("component_area", 0.30),
+    "predicted IoU < 0.80": ("predicted_iou", 0.80),
+    "predicted IoU < 0.85": ("predicted_iou", 0.85),
+}
+
+
+def trimmed_ends(records: list[dict], signal: str, threshold: float) -> set[int]:
+    """The boxed slices a trim rule drops: from each end of the boxed extent inwards while the signal is below the
+    threshold (areas relative to the volume's largest), always keeping one boxed slice."""
+    boxed = sorted((record for record in records if record["boxed"]), key=lambda record: record["slice"])
+    largest = max((record[signal] for record in boxed), default=0) if signal.endswith("area") else 1.0
+    low = [record[signal] / max(largest, 1e-9) < threshold for record in boxed]
+    first = next((position for position, below in enumerate(low) if not below), len(boxed) - 1)
+    last = next((position for position in range(len(boxed) - 1, first - 1, -1) if not low[position]), first)
+    return {record["slice"] for position, record in enumerate(boxed) if not first <= position <= last}
+
+
+def trim_study(records: list[dict]) -> dict:
+    """Per split, shift and rule: mean Dice over the split's cases before and after trimming."""
+    volumes: dict[tuple[str, str], list[dict]] = {}
+    for record in records:
+        volumes.setdefault((record["case"], record["shift"]), []).append(record)
+    results: dict = {}
+    for (case, shift), volume in volumes.items():
+        split = "unseen" if case.startswith("P158") else "source-extra"
+        row = results.setdefault(split, {}).setdefault(shift, {"none": []})
+        row["none"].append(volume_dice(volume, volume))
+        for name, (signal, threshold) in TRIM_RULES.items():
+            dropped = trimmed_ends(volume, signal, threshold)
+            row.setdefault(name, []).append(volume_dice(volume, [record for record in volume if record["slice"] not in dropped]))
+    return {split: {shift: {rule: round(float(np.mean(values)), 4) for rule, values in rules.items()} for shift, rules in shifts.items()}
+            for split, shifts in results.items()}
+
+
+def trim_table(study: dict) -> str:
+    """Per rule: mean Dice of each split clean and over all shifts (clean included), and its change from no trimming."""
+    splits = list(study)
+    lines = ["| Rule | " + " | ".join(f"{split} clean | {split} all shifts" for split in splits) + " |", "|---" * (1 + 2 * len(splits)) + "|"]
+    for rule in ("none", *TRIM_RULES):
+        cells = []
+        for split in splits:
+            for values in ([study[split][CLEAN]], list(study[split].values())):
+                mean, base = np.mean([value[rule] for value in values]), np.mean([value["none"] for value in values])
+                cells.append(f"{mean:.3f}" if rule == "none" else f"{mean:.3f} ({mean - base:+.3f})")
+        lines.append(f"| {'no trimming (shipped)' if rule == 'none' else rule} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def trim(arguments: argparse.Namespace) -> None:
+    study = trim_study(json.loads(arguments.signals.read_text())["slices"])
+    arguments.json.write_text(json.dumps(study, indent=1) + "\n")
+    print(trim_table(study))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -264,10 +326,13 @@ def main() -> None:
     ends.add_argument("--data", type=Path, required=True)
     ends.add_argument("--site", default="RUNMC")
     ends.add_argument("--signals", type=Path, required=True, help="the JSON of the signals command")
+    trimming = commands.add_parser("trim")
+    trimming.add_argument("--signals", type=Path, required=True, help="the JSON of the signals command")
+    trimming.add_argument("--json", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    {"cache": cache, "signals": signals, "extent": extent}[arguments.command](arguments)
+    {"cache": cache, "signals": signals, "extent": extent, "trim": trim}[arguments.command](arguments)
 
 
 if __name__ == "__main__":
