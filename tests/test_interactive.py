@@ -16,7 +16,7 @@ from SAMProstateSDGLib.io.boxes_json import read_prompts, write_boxes
 from SAMProstateSDGLib.io.volume_io import read_volume
 from SAMProstateSDGLib.masks.boxes import boxes_from_labels
 from SAMProstateSDGLib.masks.clicks import Click
-from SAMProstateSDGLib.methods.trainers.interactive import GlandSlice, InteractiveMethod
+from SAMProstateSDGLib.methods.trainers.interactive import InteractiveMethod
 from SAMProstateSDGLib.modeling.interactive import ClickRefiner, InteractiveDecoder, InteractiveEngine, SliceClicks
 from SAMProstateSDGLib.modeling.sam_engine import Prompt
 from SAMProstateSDGLib.training.embedding_cache import CachedCase
@@ -27,7 +27,7 @@ def decoder(sam_engine, tmp_path_factory) -> InteractiveDecoder:
     """LiteMedSAM's own prompt encoder and mask decoder as an interactive decoder, through a checkpoint written as training
     writes it (no trained interactive decoder is shipped: README, Click to segment)."""
     checkpoint = tmp_path_factory.mktemp("interactive") / "interactive.pt"
-    torch.save(half_precision(InteractiveDecoder(sam_engine.sam).state_dict()), checkpoint)
+    torch.save(half_precision(InteractiveDecoder(sam_engine.sam).trained_parts().state_dict()), checkpoint)
     return InteractiveDecoder.from_checkpoint(sam_engine.sam, checkpoint)
 
 
@@ -64,24 +64,43 @@ def test_the_engine_replays_clicks_in_order_and_reuses_what_it_decoded(sam_engin
     np.testing.assert_array_equal(box_only, refiner.refine(embedding, reference.shape, SliceClicks(box)).mask)
 
 
-def test_a_training_step_trains_the_copy_and_leaves_the_base_sam_alone(segmenter, mid_slice):
+def test_a_training_step_trains_only_the_click_parts_of_a_copy(segmenter, mid_slice):
+    """Only the click embeddings and the mask-prompt branch learn; the mask decoder and the box embeddings stay, so a box
+    alone decodes as LiteMedSAM does; a coarse box on a slice without gland is a sample too (clicked away)."""
     volume, index, embedding, reference = mid_slice
-    labels = np.zeros((1, *reference.shape), dtype=np.uint8)
+    labels = np.zeros((2, *reference.shape), dtype=np.uint8)
     labels[0] = reference
-    case = CachedCase("P158-020", embedding[None].half(), [], labels, np.zeros((1, *reference.shape), np.float16), volume.spacing_xy)
+    coarse = np.zeros(labels.shape, dtype=np.float16)
+    coarse[1, 40:80, 50:100] = 1.0  # the coarse network's false positive on the slice without gland
+    case = CachedCase("P158-020", torch.stack([embedding, embedding]).half(), [], labels, coarse, volume.spacing_xy)
     method = InteractiveMethod(segmenter.sam)
-    assert method.samples([case]) == [GlandSlice(0, 0, None)]  # a gland slice without a coarse box
-    base = {name: value.clone() for name, value in segmenter.sam.sam.prompt_encoder.state_dict().items()}
+    samples = method.samples([case])
+    assert [(sample.slice, sample.coarse_box is None) for sample in samples] == [(0, True), (1, False)]
+    false_positive_box = samples[1].coarse_box
+    assert false_positive_box is not None and false_positive_box.x0 <= 50 and false_positive_box.x1 >= 99
+    trainable = {name for name, parameter in method.module.named_parameters() if parameter.requires_grad}
+    clicks_and_mask_prompt = ("prompt_encoder.point_embeddings.0.", "prompt_encoder.point_embeddings.1.", "prompt_encoder.not_a_point_embed.", "prompt_encoder.mask_downscaling.")
+    assert all(any(name.startswith(prefix) for name in trainable) for prefix in clicks_and_mask_prompt)
+    assert all(name.startswith(clicks_and_mask_prompt) for name in trainable)
+    mask_prompt = {f"mask_prompt.{name}" for name, _ in segmenter.sam.sam.prompt_encoder.mask_downscaling.named_parameters()}
+    assert set(method.checkpoint_state()) == {"negative_click.weight", "positive_click.weight", "padding_point.weight"} | mask_prompt
+    base = {name: value.clone() for name, value in segmenter.sam.sam.state_dict().items() if not name.startswith("image_encoder.")}
     before = {name: value.clone() for name, value in method.module.state_dict().items()}
     optimiser = torch.optim.Adam(method.trainable_parameters(), lr=1e-3)
-    loss = method.loss([case], [GlandSlice(0, 0, None)] * 2, random.Random(0))
+    loss = method.loss([case], [samples[0]] * 4 + [samples[1]] * 2, random.Random(0))
     assert torch.isfinite(loss)
     loss.backward()
-    assert method.module.mask_decoder.output_hypernetworks_mlps[0].layers[0].weight.grad.abs().sum() > 0
     optimiser.step()
-    changed = [name for name, value in method.module.state_dict().items() if not torch.equal(value, before[name])]
-    assert any(name.startswith("mask_decoder.") for name in changed)
-    assert all(torch.equal(value, base[name]) for name, value in segmenter.sam.sam.prompt_encoder.state_dict().items())
+    changed = {name for name, value in method.module.state_dict().items() if not torch.equal(value, before[name])}
+    assert {"prompt_encoder.point_embeddings.0.weight", "prompt_encoder.point_embeddings.1.weight"} <= changed
+    assert any(name.startswith("prompt_encoder.mask_downscaling.") for name in changed)
+    assert changed <= trainable
+    assert all(torch.equal(value, base[name]) for name, value in segmenter.sam.sam.state_dict().items() if name in base)
+    box = boxes_from_labels(reference[None])[0]
+    np.testing.assert_array_equal(
+        ClickRefiner(segmenter.sam, method.module).refine(embedding, reference.shape, SliceClicks(box)).mask,
+        segmenter.sam.decode_scored(embedding, Prompt(box.as_tuple()), reference.shape)[0],
+    )
 
 
 def test_points_in_a_boxes_file_are_refused_with_a_box_only_decoder(tmp_path, capsys):

@@ -1,9 +1,9 @@
 """``samprostate evaluate --clicks N``: a simulated user corrects the automatic result, slice by slice.
 
 Each case starts from the automatic result (coarse boxes + SAM). On every slice with gland in
-the reference, the simulated user (``masks.clicks.next_click``) adds up to N clicks, one at a
-time, and the slice is re-decoded from its box, all its clicks and (for the interactive
-decoder) its previous low-resolution mask. Slices without gland keep their automatic mask. Two
+the reference or a proposed box, the simulated user (``masks.clicks.next_click``) adds up to N
+clicks, one at a time (negative ones on a box over no gland), and the slice is re-decoded from its
+box, all its clicks and (for the interactive decoder) its previous low-resolution mask. Two
 decoders are compared on the same embeddings: LiteMedSAM zero-shot with clicks as box edits
 (``box_from_clicks``: today's behaviour) and the point-trained interactive decoder.
 Reported: whole-gland Dice per case after 0, 1, 2, 3, 5 clicks (mean over cases) and NoC@90,
@@ -91,7 +91,7 @@ def simulate_case(
             else:
                 assert interactive is not None  # the interactive decoder is among the decoders only with a refiner
                 step = interactive_step(interactive, embedding, shape)
-            masks = simulate_clicks(step, reference[index] > 0, SliceClicks(boxes.get(index)), clicks if index in gland else 0)
+            masks = simulate_clicks(step, reference[index] > 0, SliceClicks(boxes.get(index)), clicks)
             masks += [masks[-1]] * (clicks + 1 - len(masks))
             labels[:, index] = masks
             if index in gland:

@@ -1,5 +1,5 @@
-"""Click-to-segment: SAM's prompt encoder and mask decoder trained with a box and simulated clicks, the previous
-mask fed back (``modeling.interactive``); the coarse network's boxes start it, clicks are points."""
+"""Click-to-segment: SAM's prompt encoder taught clicks and the fed-back previous mask, its mask decoder unchanged
+(``modeling.interactive``); the coarse network's boxes start it, clicks are points."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class Interactive(Method):
     order = 5
     takes_boxes = True
     model_kind = "interactive-decoder"  # as modeling.interactive.INTERACTIVE_KIND (imported lazily: it needs torch)
-    training = TrainingDefaults(4, 4e-4, 2)  # up to 4 decoder passes per sample (start + clicks)
+    training = TrainingDefaults(8, 1e-3, 2)  # a few embeddings learn (the decoder stays): a higher rate; up to 4 decoder passes per sample
 
     def load(self, base, model=None, options: MethodOptions = MethodOptions()) -> BoxPromptedSegmenter:
         from ..modeling.interactive import InteractiveDecoder, InteractiveEngine

@@ -1,8 +1,9 @@
 """Click-to-segment with a point-trained decoder: one slice re-decoded from its box, all its clicks
 and its previous low-resolution mask (SAM's interactive loop; the cached embedding is reused).
 
-``InteractiveDecoder`` holds copies of SAM's prompt encoder and mask decoder trained with clicks
-(``methods.trainers.interactive``); the image encoder stays the base model's. ``ClickRefiner`` is the
+``InteractiveDecoder`` holds copies of SAM's prompt encoder and mask decoder whose click and
+mask-prompt parts were trained with clicks (``methods.trainers.interactive``); the image encoder
+stays the base model's. ``ClickRefiner`` is the
 inference step (used by the click evaluation); ``InteractiveEngine`` is a SamEngine built on it,
 so ``BoxSegmentation.refine_slice`` (the Slicer module) and ``segment --boxes-in`` with points
 decode clicks as points, with the previous mask fed back.
@@ -30,12 +31,29 @@ INTERACTIVE_KIND = "interactive-decoder"  # the catalog kind of a point-trained 
 
 
 class InteractiveDecoder(nn.Module):
-    """SAM's prompt encoder and mask decoder, copied from ``sam`` (so training them leaves the base model alone)."""
+    """SAM's prompt encoder and mask decoder, copied from ``sam`` (so training leaves the base model alone).
+
+    Training teaches only ``trained_parts`` (the click embeddings and the mask-prompt branch), and a
+    checkpoint holds only those: the box embeddings and the mask decoder stay the base model's, in
+    full precision, so a box alone decodes exactly as the base SAM does.
+    """
 
     def __init__(self, sam: Sam):
         super().__init__()
         self.prompt_encoder = copy.deepcopy(sam.prompt_encoder)
         self.mask_decoder = copy.deepcopy(sam.mask_decoder)
+
+    def trained_parts(self) -> nn.ModuleDict:
+        """The prompt encoder's modules that clicks and the fed-back mask go through (not those of a box alone)."""
+        encoder = self.prompt_encoder
+        return nn.ModuleDict(
+            {
+                "negative_click": encoder.point_embeddings[0],
+                "positive_click": encoder.point_embeddings[1],
+                "padding_point": encoder.not_a_point_embed,  # after clicks without a box
+                "mask_prompt": encoder.mask_downscaling,  # the previous low-resolution logits
+            }
+        )
 
     def forward(
         self, embedding: torch.Tensor, boxes: torch.Tensor | None, points: tuple[torch.Tensor, torch.Tensor] | None, previous: torch.Tensor | None
@@ -56,7 +74,9 @@ class InteractiveDecoder(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, sam: Sam, checkpoint: str | Path, sha256: str | None = None) -> InteractiveDecoder:
-        return load_trained_weights(cls(sam), checkpoint, "interactive decoder", sha256)
+        decoder = cls(sam)
+        load_trained_weights(decoder.trained_parts(), checkpoint, "interactive decoder", sha256)
+        return decoder.eval()
 
 
 @dataclass(frozen=True)
