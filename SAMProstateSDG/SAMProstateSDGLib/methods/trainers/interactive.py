@@ -61,6 +61,7 @@ class InteractiveMethod(FineTuningMethod):
     """The prompt encoder's click and mask-prompt parts learn (in a copy: the base SAM is left alone)."""
 
     cached_features = ("embeddings", "coarse")
+    module: InteractiveDecoder
 
     def __init__(self, engine: SamEngine, proposal: ProposalOptions = ProposalOptions()):
         self.engine = engine
