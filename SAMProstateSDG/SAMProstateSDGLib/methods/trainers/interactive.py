@@ -5,13 +5,14 @@ branch learn (``InteractiveDecoder.trained_parts``, all a checkpoint holds); the
 the box embeddings stay LiteMedSAM's,
 so a box alone (the automatic result, 0 clicks) decodes exactly as the default model does. A
 fine-tuned whole decoder lost that: its automatic result fell from 0.841 to 0.730 on the unseen
-cases (README, *Clicking on a slice*).
+cases (README, *Click to segment*).
 
 Each sample is one slice of a cached source-site case with gland or a coarse box (a box on a
 slice without gland is a false positive a user would click away). It starts from a prompt drawn
 at random (the coarse network's box jittered, the reference's box jittered, or a single click at
-the centre of the gland; a slice without gland always starts from its coarse box), then runs 0 to ``MAX_CLICK_ROUNDS`` rounds (drawn per sample) in which the next click is the
-simulated user's (``masks.clicks.next_click`` on the previous prediction) and the previous
+the centre of the gland; a slice without gland always starts from its coarse box), then runs 1
+to ``MAX_CLICK_ROUNDS`` rounds (0 to 3 after a single click; drawn per sample) in which the next
+click is the simulated user's (``masks.clicks.next_click`` on the previous prediction) and the previous
 low-resolution logits are fed back as the mask prompt, as SAM and its interactive successors
 train. The last round's prediction is scored (Dice + CE, plus the squared error of the predicted
 IoU); the earlier rounds run without gradients (they only place the clicks and the fed-back mask),
@@ -42,7 +43,7 @@ from ...training.embedding_cache import CachedCase
 from ...training.loop import FineTuningMethod
 from .sammed import jitter, low_resolution_target
 
-MAX_CLICK_ROUNDS = 3  # clicks added after the start prompt, drawn 0..3 per sample
+MAX_CLICK_ROUNDS = 3  # clicks added after the start prompt, drawn per sample
 START_PROMPTS = {"coarse box": 0.5, "reference box": 0.3, "one click": 0.2}  # how a sample starts (probabilities)
 VALIDATION_CLICKS = 3
 IOU_LOSS_WEIGHT = 1.0
@@ -116,15 +117,16 @@ class InteractiveMethod(FineTuningMethod):
             box = self.engine.transform.apply_boxes_torch(
                 torch.tensor([jitter(chosen, shape, generator).as_tuple()], dtype=torch.float32, device=self.engine.device), shape
             )
-        previous, rounds = None, generator.randint(0, MAX_CLICK_ROUNDS)
+        # a box alone decodes with frozen parts only: such a start gets at least one round (a click or the fed-back mask)
+        previous, rounds = None, generator.randint(0 if clicks else 1, MAX_CLICK_ROUNDS)
         with torch.no_grad():  # the rounds before the last one only place the clicks and the fed-back mask
             for _ in range(rounds):
                 logits, _ = self.module(embedding, box, self._points(clicks, scale), previous)
+                previous = logits
                 click = next_click(logits[0, 0, :rows, :columns].cpu().numpy() > 0, reference)
                 if click is None:
                     break
                 clicks.append(click)
-                previous = logits
         logits, predicted_iou = self.module(embedding, box, self._points(clicks, scale), previous)
         prediction = logits[0, 0, :rows, :columns].detach().cpu().numpy() > 0
         iou = (prediction & reference).sum() / max((prediction | reference).sum(), 1)
