@@ -19,7 +19,7 @@ from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND
 
 MODEL_ID = "interactive-litemedsam-runmc"
 FILE = "interactive_litemedsam_runmc.pt"
-TITLE = "Interactive: LiteMedSAM prompt encoder and mask decoder trained on RUNMC with box + simulated clicks + the previous mask"
+TITLE = "Interactive: LiteMedSAM with its prompt encoder taught clicks and the fed-back mask on RUNMC (mask decoder unchanged)"
 
 
 def main() -> None:

@@ -11,24 +11,23 @@ import torch
 
 from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.apps.cli import main
-from SAMProstateSDGLib.core.checksums import half_precision
 from SAMProstateSDGLib.io.boxes_json import read_prompts, write_boxes
 from SAMProstateSDGLib.io.volume_io import read_volume
 from SAMProstateSDGLib.masks.boxes import boxes_from_labels
 from SAMProstateSDGLib.masks.clicks import Click
 from SAMProstateSDGLib.methods.trainers.interactive import InteractiveMethod
-from SAMProstateSDGLib.modeling.interactive import ClickRefiner, InteractiveDecoder, InteractiveEngine, SliceClicks
+from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, InteractiveEngine, SliceClicks
 from SAMProstateSDGLib.modeling.sam_engine import Prompt
 from SAMProstateSDGLib.training.embedding_cache import CachedCase
 
 
 @pytest.fixture(scope="module")
-def decoder(sam_engine, tmp_path_factory) -> InteractiveDecoder:
-    """LiteMedSAM's own prompt encoder and mask decoder as an interactive decoder, through a checkpoint written as training
-    writes it (no trained interactive decoder is shipped: README, Click to segment)."""
-    checkpoint = tmp_path_factory.mktemp("interactive") / "interactive.pt"
-    torch.save(half_precision(InteractiveDecoder(sam_engine.sam).trained_parts().state_dict()), checkpoint)
-    return InteractiveDecoder.from_checkpoint(sam_engine.sam, checkpoint)
+def decoder(sam_engine) -> InteractiveDecoder:
+    """The shipped interactive decoder (catalog kind ``interactive-decoder``), loaded from its checksummed checkpoint."""
+    from SAMProstateSDGLib.core.catalog import default_entry
+
+    entry = default_entry(INTERACTIVE_KIND)
+    return InteractiveDecoder.from_checkpoint(sam_engine.sam, entry.path, entry.sha256)
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +126,7 @@ def test_the_simulated_user_session_gives_a_mask_per_click(sam_engine, decoder, 
     from SAMProstateSDGLib.apps.click_evaluation import box_edit_step, interactive_step
     from SAMProstateSDGLib.masks.boxes import Box
     from SAMProstateSDGLib.masks.clicks import next_click
+    from SAMProstateSDGLib.masks.metrics import dice_score
     from SAMProstateSDGLib.modeling.interactive import simulate_clicks
 
     _, _, embedding, reference = mid_slice
@@ -138,6 +138,34 @@ def test_the_simulated_user_session_gives_a_mask_per_click(sam_engine, decoder, 
     first = next_click(edits[0], reference)
     assert first.positive and first.x < start.box.x0  # the simulated user clicks in the missed left part
     assert (edits[1] != edits[0]).any() and (points[1] != points[0]).any()  # and both decoders answer the click
+    np.testing.assert_array_equal(points[0], edits[0])  # a box alone decodes as LiteMedSAM: the trained parts are not used
+    assert dice_score(points[2], reference) > dice_score(points[0], reference) + 0.02  # the clicks add the missed part
+
+
+def test_segment_with_the_interactive_method_keeps_the_automatic_result_and_takes_clicks_as_points(tmp_path):
+    """``segment --method interactive`` (the shipped decoder) writes the default's labels when there are no clicks; a
+    boxes file with the simulated user's click on one slice changes that slice only, towards the reference."""
+    from SAMProstateSDGLib.masks.clicks import next_click
+    from SAMProstateSDGLib.masks.metrics import dice_score
+
+    image_path = FIXTURES / "P158-020.nii.gz"
+    image, reference = read_volume(image_path), read_mask(FIXTURES / "P158-020_seg.nii.gz")
+    default, automatic, clicked = (tmp_path / f"{name}.nii.gz" for name in ("default", "automatic", "clicked"))
+    common = ["--device", "cpu", "--backend", "torch", "--precision", "fp32"]
+    assert main(["segment", str(image_path), "-o", str(default), "--boxes-out", str(tmp_path / "boxes.json"), *common]) == 0
+    assert main(["segment", str(image_path), "-o", str(automatic), "--method", "interactive", *common]) == 0
+    np.testing.assert_array_equal(read_mask(automatic), read_mask(default))
+
+    labels = read_mask(automatic)
+    boxes, _ = read_prompts(tmp_path / "boxes.json", image)
+    index = max(boxes, key=lambda key: reference[key].sum())
+    click = next_click(labels[index], reference[index])
+    assert click is not None
+    write_boxes(tmp_path / "clicked.json", boxes, image, points={index: (click,)})
+    assert main(["segment", str(image_path), "-o", str(clicked), "--method", "interactive", "--boxes-in", str(tmp_path / "clicked.json"), *common]) == 0
+    after = read_mask(clicked)
+    assert [int(changed) for changed in np.flatnonzero((after != labels).any(axis=(1, 2)))] == [index]
+    assert dice_score(after[index], reference[index]) > dice_score(labels[index], reference[index])
 
 
 def test_points_in_a_boxes_file_reach_a_point_capable_sams_decoder_as_points(tmp_path, monkeypatch):

@@ -257,14 +257,15 @@ def run_segment(arguments) -> None:
 
 
 def _check_point_decoder(arguments, points: dict) -> None:
-    """Points need a point-trained decoder: a user's SAM ViT with a method that keeps SAM's own decoder (the shipped
-    decoders were trained with boxes only; README: Click to segment)."""
-    own_vit = arguments.sam_checkpoint is not None and (arguments.sam_type or "vit_b") != "litemedsam" and method(arguments.method).model_kind is None
-    if arguments.merge_slices or not own_vit:
+    """Points need a point-trained decoder: the interactive method's, or a user's SAM ViT with a method that keeps SAM's
+    own decoder (the other shipped decoders were trained with boxes only; README: Click to segment)."""
+    chosen = method(arguments.method)
+    own_vit = arguments.sam_checkpoint is not None and (arguments.sam_type or "vit_b") != "litemedsam" and chosen.model_kind is None
+    if arguments.merge_slices or not (own_vit or chosen.takes_points):
         slices = ", ".join(map(str, sorted(points)))
         raise InputError(f"{arguments.boxes_in} has points on slice(s) {slices}, but the {arguments.method} decoder was trained with boxes only"
-                         f"{' (and --merge-slices takes boxes only)' if arguments.merge_slices else ''}: remove the points, or use a "
-                         "point-trained SAM (--sam-checkpoint with --sam-type vit_b, vit_l or vit_h)")
+                         f"{' (and --merge-slices takes boxes only)' if arguments.merge_slices else ''}: remove the points, or use "
+                         "--method interactive or a point-trained SAM (--sam-checkpoint with --sam-type vit_b, vit_l or vit_h)")
 
 
 def _run_batch(batch: list[Path], arguments) -> None:

@@ -15,6 +15,7 @@ class Interactive(Method):
     scene_name = "interactive"
     order = 5
     takes_boxes = True
+    takes_points = True
     model_kind = "interactive-decoder"  # as modeling.interactive.INTERACTIVE_KIND (imported lazily: it needs torch)
     training = TrainingDefaults(8, 1e-3, 2)  # a few embeddings learn (the decoder stays): a higher rate; up to 4 decoder passes per sample
 

@@ -80,6 +80,7 @@ class Method:
     scene_name: ClassVar[str]  # the stable name Slicer scenes store (an enum member name)
     order: ClassVar[int]  # position in menus and tables
     takes_boxes: ClassVar[bool] = False  # segments inside boxes (the coarse network's, or the user's)
+    takes_points: ClassVar[bool] = False  # its decoder was trained with clicks (points), not boxes only
     segments: ClassVar[tuple[Segment, ...]] = PROSTATE_SEGMENTS
     model_kind: ClassVar[str | None] = None  # the catalog kind of its trained model; None: it needs none
     training: ClassVar[TrainingDefaults | None] = None  # None: not trainable with ``samprostate train``
