@@ -2,18 +2,17 @@
 
 Only the prompt encoder's click embeddings (positive, negative, padding) and its mask-prompt
 branch learn (``InteractiveDecoder.trained_parts``, all a checkpoint holds); the mask decoder and
-the box embeddings stay LiteMedSAM's,
-so a box alone (the automatic result, 0 clicks) decodes exactly as the default model does. A
-fine-tuned whole decoder lost that: its automatic result fell from 0.841 to 0.730 on the unseen
-cases (README, *Click to segment*).
+the box embeddings stay LiteMedSAM's, so a box alone (the automatic result, 0 clicks) decodes
+exactly as the default model does. A fine-tuned whole decoder lost that: its automatic result
+fell from 0.841 to 0.730 on the unseen cases (README, *Click to segment*).
 
 Each sample is one slice of a cached source-site case with gland or a coarse box (a box on a
 slice without gland is a false positive a user would click away). It starts from a prompt drawn
 at random (the coarse network's box jittered, the reference's box jittered, or a single click at
 the centre of the gland; a slice without gland always starts from its coarse box), then runs 1
 to ``MAX_CLICK_ROUNDS`` rounds (0 to 3 after a single click; drawn per sample) in which the next
-click is the simulated user's (``masks.clicks.next_click`` on the previous prediction) and the previous
-low-resolution logits are fed back as the mask prompt, as SAM and its interactive successors
+click is the simulated user's (``masks.clicks.next_click`` on the previous prediction) and the
+previous low-resolution logits are fed back as the mask prompt, as SAM and its interactive successors
 train. The last round's prediction is scored (Dice + CE, plus the squared error of the predicted
 IoU); the earlier rounds run without gradients (they only place the clicks and the fed-back mask),
 which keeps a sample at about one backward pass on a CPU.
