@@ -19,7 +19,7 @@ from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND
 
 MODEL_ID = "interactive-litemedsam-runmc"
 FILE = "interactive_litemedsam_runmc.pt"
-TITLE = "Interactive: LiteMedSAM with its prompt encoder taught clicks and the fed-back mask on RUNMC (mask decoder unchanged)"
+TITLE = "Interactive: LiteMedSAM with its prompt encoder and a click decoder taught clicks and the fed-back mask on RUNMC (a box alone decodes as LiteMedSAM)"
 
 
 def main() -> None:

@@ -15,10 +15,11 @@ from SAMProstateSDGLib.io.boxes_json import read_prompts, write_boxes
 from SAMProstateSDGLib.io.volume_io import read_volume
 from SAMProstateSDGLib.masks.boxes import boxes_from_labels
 from SAMProstateSDGLib.masks.clicks import Click
-from SAMProstateSDGLib.methods.trainers.interactive import InteractiveMethod
+from SAMProstateSDGLib.methods.trainers.interactive import DECODER_RATE_FACTOR, InteractiveMethod
 from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, InteractiveEngine, SliceClicks
 from SAMProstateSDGLib.modeling.sam_engine import Prompt
 from SAMProstateSDGLib.training.embedding_cache import CachedCase
+from SAMProstateSDGLib.training.loop import TrainingOptions
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +64,10 @@ def test_the_engine_replays_clicks_in_order_and_reuses_what_it_decoded(sam_engin
     np.testing.assert_array_equal(box_only, refiner.refine(embedding, reference.shape, SliceClicks(box)).mask)
 
 
-def test_a_training_step_trains_only_the_click_parts_of_a_copy(segmenter, mid_slice):
-    """Only the click embeddings and the mask-prompt branch learn; the mask decoder and the box embeddings stay, so a box
-    alone decodes as LiteMedSAM does; a coarse box on a slice without gland is a sample too (clicked away)."""
+def test_a_training_step_trains_only_the_click_parts_of_a_copy(segmenter, mid_slice, tmp_path):
+    """Only the click embeddings, the mask-prompt branch and the click decoder learn; the box embeddings and the mask
+    decoder a box alone goes through stay, so a box alone decodes as LiteMedSAM does; a coarse box on a slice without
+    gland is a sample too (clicked away)."""
     volume, index, embedding, reference = mid_slice
     labels = np.zeros((2, *reference.shape), dtype=np.uint8)
     labels[0] = reference
@@ -78,14 +80,23 @@ def test_a_training_step_trains_only_the_click_parts_of_a_copy(segmenter, mid_sl
     false_positive_box = samples[1].coarse_box
     assert false_positive_box is not None and false_positive_box.x0 <= 50 and false_positive_box.x1 >= 99
     trainable = {name for name, parameter in method.module.named_parameters() if parameter.requires_grad}
-    clicks_and_mask_prompt = ("prompt_encoder.point_embeddings.0.", "prompt_encoder.point_embeddings.1.", "prompt_encoder.not_a_point_embed.", "prompt_encoder.mask_downscaling.")
-    assert all(any(name.startswith(prefix) for name in trainable) for prefix in clicks_and_mask_prompt)
-    assert all(name.startswith(clicks_and_mask_prompt) for name in trainable)
+    click_parts = (
+        "prompt_encoder.point_embeddings.0.", "prompt_encoder.point_embeddings.1.", "prompt_encoder.not_a_point_embed.",
+        "prompt_encoder.mask_downscaling.", "click_decoder.",
+    )
+    assert all(any(name.startswith(prefix) for name in trainable) for prefix in click_parts)
+    assert all(name.startswith(click_parts) for name in trainable)
     mask_prompt = {f"mask_prompt.{name}" for name, _ in segmenter.sam.sam.prompt_encoder.mask_downscaling.named_parameters()}
-    assert set(method.checkpoint_state()) == {"negative_click.weight", "positive_click.weight", "padding_point.weight"} | mask_prompt
+    click_decoder = {f"click_decoder.{name}" for name in segmenter.sam.sam.mask_decoder.state_dict()}
+    assert set(method.checkpoint_state()) == {"negative_click.weight", "positive_click.weight", "padding_point.weight"} | mask_prompt | click_decoder
     base = {name: value.clone() for name, value in segmenter.sam.sam.state_dict().items() if not name.startswith("image_encoder.")}
     before = {name: value.clone() for name, value in method.module.state_dict().items()}
-    optimiser = torch.optim.Adam(method.trainable_parameters(), lr=1e-3)
+    optimiser, _ = method.optimiser(TrainingOptions(tmp_path, learning_rate=1e-3), steps=1)
+    decoder = list(method.module.click_decoder.parameters())
+    prompt_parts = [parameter for parameter in method.trainable_parameters() if all(parameter is not other for other in decoder)]
+    assert [group["lr"] for group in optimiser.param_groups] == [1e-3, 1e-3 * DECODER_RATE_FACTOR]
+    for group, expected in zip(optimiser.param_groups, (prompt_parts, decoder)):  # the module's order: a resumed state maps back
+        assert len(group["params"]) == len(expected) and all(a is b for a, b in zip(group["params"], expected))
     loss = method.loss([case], [samples[0]] * 4 + [samples[1]] * 2, random.Random(0))
     assert torch.isfinite(loss)
     loss.backward()
@@ -93,6 +104,7 @@ def test_a_training_step_trains_only_the_click_parts_of_a_copy(segmenter, mid_sl
     changed = {name for name, value in method.module.state_dict().items() if not torch.equal(value, before[name])}
     assert {"prompt_encoder.point_embeddings.0.weight", "prompt_encoder.point_embeddings.1.weight"} <= changed
     assert any(name.startswith("prompt_encoder.mask_downscaling.") for name in changed)
+    assert any(name.startswith("click_decoder.") for name in changed)
     assert changed <= trainable
     assert all(torch.equal(value, base[name]) for name, value in segmenter.sam.sam.state_dict().items() if name in base)
     box = boxes_from_labels(reference[None])[0]

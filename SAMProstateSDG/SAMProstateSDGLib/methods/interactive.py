@@ -1,5 +1,5 @@
-"""Click-to-segment: SAM's prompt encoder taught clicks and the fed-back previous mask, its mask decoder unchanged
-(``modeling.interactive``); the coarse network's boxes start it, clicks are points."""
+"""Click-to-segment: SAM's prompt encoder and a copy of its mask decoder taught clicks and the fed-back previous mask,
+a box alone decoded as LiteMedSAM does (``modeling.interactive``); the coarse network's boxes start it, clicks are points."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class Interactive(Method):
     takes_boxes = True
     takes_points = True
     model_kind = "interactive-decoder"  # as modeling.interactive.INTERACTIVE_KIND (imported lazily: it needs torch)
-    training = TrainingDefaults(8, 1e-3, 2)  # a few embeddings learn (the decoder stays): a higher rate; up to 4 decoder passes per sample
+    training = TrainingDefaults(12, 1e-3, 2)  # the prompt embeddings' rate (the click decoder: a tenth); up to 4 decoder passes per sample
 
     def load(self, base, model=None, options: MethodOptions = MethodOptions()) -> BoxPromptedSegmenter:
         from ..modeling.interactive import InteractiveDecoder, InteractiveEngine

@@ -1,9 +1,9 @@
 """Click-to-segment with a point-trained decoder: one slice re-decoded from its box, all its clicks
 and its previous low-resolution mask (SAM's interactive loop; the cached embedding is reused).
 
-``InteractiveDecoder`` holds copies of SAM's prompt encoder and mask decoder whose click and
-mask-prompt parts were trained with clicks (``methods.trainers.interactive``); the image encoder
-stays the base model's. ``ClickRefiner`` is the
+``InteractiveDecoder`` holds copies of SAM's prompt encoder and mask decoder, whose click and
+mask-prompt parts were trained with clicks, and a click decoder trained with them
+(``methods.trainers.interactive``); the image encoder stays the base model's. ``ClickRefiner`` is the
 inference step (used by the click evaluation); ``InteractiveEngine`` is a SamEngine built on it,
 so ``BoxSegmentation.refine_slice`` (the Slicer module) and ``segment --boxes-in`` with points
 decode clicks as points, with the previous mask fed back.
@@ -31,17 +31,19 @@ INTERACTIVE_KIND = "interactive-decoder"  # the catalog kind of a point-trained 
 
 
 class InteractiveDecoder(nn.Module):
-    """SAM's prompt encoder and mask decoder, copied from ``sam`` (so training leaves the base model alone).
+    """SAM's prompt encoder and two copies of its mask decoder, copied from ``sam`` (so training leaves the base model alone).
 
-    Training teaches only ``trained_parts`` (the click embeddings and the mask-prompt branch), and a
-    checkpoint holds only those: the box embeddings and the mask decoder stay the base model's, in
-    full precision, so a box alone decodes exactly as the base SAM does.
+    A box alone decodes with ``mask_decoder``, the base model's, in full precision: exactly as the base
+    SAM does (the automatic result). A prompt with clicks or a fed-back mask decodes with
+    ``click_decoder``. Training teaches only ``trained_parts`` (the click embeddings, the mask-prompt
+    branch and the click decoder), and a checkpoint holds only those.
     """
 
     def __init__(self, sam: Sam):
         super().__init__()
         self.prompt_encoder = copy.deepcopy(sam.prompt_encoder)
         self.mask_decoder = copy.deepcopy(sam.mask_decoder)
+        self.click_decoder = copy.deepcopy(sam.mask_decoder)
 
     def trained_parts(self) -> nn.ModuleDict:
         """The prompt encoder's modules that clicks and the fed-back mask go through (not those of a box alone)."""
@@ -52,6 +54,7 @@ class InteractiveDecoder(nn.Module):
                 "positive_click": encoder.point_embeddings[1],
                 "padding_point": encoder.not_a_point_embed,  # after clicks without a box
                 "mask_prompt": encoder.mask_downscaling,  # the previous low-resolution logits
+                "click_decoder": self.click_decoder,
             }
         )
 
@@ -64,7 +67,8 @@ class InteractiveDecoder(nn.Module):
         encoder's input frame; ``previous``: the last low-resolution logits of this slice, or None.
         """
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=previous)
-        return self.mask_decoder(
+        decoder = self.mask_decoder if points is None and previous is None else self.click_decoder
+        return decoder(
             image_embeddings=embedding,
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
