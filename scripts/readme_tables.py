@@ -29,6 +29,7 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
   flags     scripts/suite_study.py signals: the confidence flags' share of bad slices caught and of all slices flagged
   trim      scripts/suite_study.py trim: mean Dice per split, clean and over the shifts, with the z extent ended by each rule
   margins   scripts/tune_box_proposal.py --json: mean Dice of SAM + proposed boxes per component filter and box margin
+  proposals scripts/suite_study.py proposals: mean Dice per split, clean and over the shifts, per coarse threshold and box margin
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from click_table import merged_table
 from coarse_shift_proxy import table as proxy_table
 from compare_coarse_suite import table as compare_table
 from robustness_tables import ablation_table, hd95_table
-from suite_study import flags_table, trim_table
+from suite_study import flags_table, proposal_table, trim_table
 from tune_box_proposal import table as margins_table
 from volume_agreement import table as volume_table
 
@@ -98,6 +99,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "parity": lambda paths: parity_markdown(_one(paths)),
     "margins": lambda paths: margins_table(_one(paths)),
     "trim": lambda paths: trim_table(_one(paths)),
+    "proposals": lambda paths: proposal_table(_one(paths)),
 }
 
 

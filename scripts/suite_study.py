@@ -4,6 +4,7 @@ Usage: python scripts/suite_study.py cache --data ../shared/data/prostate --cach
        python scripts/suite_study.py signals --cache runs/suite_cache --json runs/slice_signals.json
        python scripts/suite_study.py extent --data ../shared/data/prostate --signals runs/slice_signals.json
        python scripts/suite_study.py trim --signals runs/slice_signals.json --json results/end_trim.json
+       python scripts/suite_study.py proposals --cache runs/suite_cache --json results/box_proposals.json
 
 ``cache`` runs the shipped coarse network and SAM's image encoder once per volume of the suite (the 12
 source-extra and unseen cases, clean and under each shift, seed 0: exactly what ``samprostate evaluate
@@ -23,6 +24,10 @@ only) and what the suite's Dice would be without the segmented slices outside th
 ``trim`` scores rules that end the z extent from the boxes' own signals, without the reference: boxed slices are
 dropped from each end of the extent while the rule holds (the coarse component's cross-section under a fraction of
 the volume's largest, or SAM's predicted IoU under a threshold); mean Dice per split and shift, before and after.
+
+``proposals`` scores box proposals on the cached volumes (decoder only): the coarse threshold and box margin, and boxes
+combined per slice (SAM's logits averaged over several margins, or the margin whose mask SAM's predicted IoU rates
+best); the volume's Dice per split and shift, clean and under all shifts.
 """
 
 from __future__ import annotations
@@ -42,7 +47,17 @@ from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, shifted_case
 from SAMProstateSDGLib.apps.robustness import CLEAN, LOW_DICE, SUITE_SPLITS
 from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.io.dataset import find_cases
-from SAMProstateSDGLib.masks.boxes import DEFAULT_COARSE_OPTIONS, Box, ProposalOptions, boxes_from_labels, filtered_mask, propose_boxes
+from SAMProstateSDGLib.masks.boxes import (
+    DEFAULT_COARSE_OPTIONS,
+    IN_PLANE,
+    Box,
+    ComponentFilter,
+    ProposalOptions,
+    boxes_from_labels,
+    component_boxes,
+    filtered_mask,
+    propose_boxes,
+)
 from SAMProstateSDGLib.masks.confidence import mask_dice, slice_confidences
 from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
 from SAMProstateSDGLib.modeling.sam_engine import SamEngine
@@ -311,6 +326,88 @@ def trim(arguments: argparse.Namespace) -> None:
     print(trim_table(study))
 
 
+@dataclass(frozen=True)
+class ProposalRule:
+    """Boxes from the coarse component at ``threshold``, one per margin; one margin decodes as the pipeline does, several
+    are combined per slice by ``combine``: 'mean' averages SAM's logits, 'best' keeps the mask with the highest predicted IoU."""
+
+    threshold: float
+    margins_mm: tuple[float, ...]
+    combine: str = "mean"
+    grow_to: float | None = None  # in-plane hysteresis: on the component's slices, grown into p > grow_to
+
+    @property
+    def name(self) -> str:
+        margins = "/".join(f"{margin:g}" for margin in self.margins_mm)
+        grown = f" grown to {self.grow_to:g} in-plane" if self.grow_to else ""
+        return f"p > {self.threshold:g}{grown}, {margins} mm" + (f" ({self.combine})" if len(self.margins_mm) > 1 else "")
+
+    def component(self, probabilities: np.ndarray) -> np.ndarray:
+        seed = filtered_mask(probabilities, self.threshold, ComponentFilter.VOLUME)
+        if self.grow_to is None:
+            return seed
+        labels, _ = ndimage.label(probabilities > self.grow_to, structure=IN_PLANE)
+        return np.isin(labels, np.unique(labels[seed & (labels > 0)]))
+
+
+PROPOSAL_RULES = (
+    *(ProposalRule(threshold, (margin,)) for threshold in (0.5, 0.75) for margin in (2.0, 3.0, 4.0, 5.0, 6.0)),
+    *(ProposalRule(threshold, (2.0, 4.0, 6.0), combine) for threshold in (0.5, 0.75) for combine in ("mean", "best")),
+    ProposalRule(0.75, (3.0, 5.0, 7.0), "mean"),
+    *(ProposalRule(0.75, (margin,), grow_to=0.5) for margin in (3.0, 5.0)),
+)
+
+
+def rule_dice(engine: SamEngine, volume: CachedVolume, rules: tuple[ProposalRule, ...]) -> dict[str, float]:
+    """Each rule's whole-volume Dice on one cached volume; a box shared by rules is decoded once."""
+    shape = volume.reference.shape[1:]
+    decoded: dict[tuple[int, tuple[float, ...]], tuple[np.ndarray, float]] = {}
+    components = {(rule.threshold, rule.grow_to): rule.component(volume.probabilities) for rule in rules}
+    dice = {}
+    for rule in rules:
+        predicted = np.zeros(volume.reference.shape, dtype=bool)
+        per_margin = [component_boxes(components[rule.threshold, rule.grow_to], volume.spacing_xyz, margin) for margin in rule.margins_mm]
+        for index in sorted(set().union(*per_margin)):
+            candidates = []
+            for boxes in per_margin:
+                if index in boxes:
+                    key = (index, boxes[index].as_tuple())
+                    if key not in decoded:
+                        decoded[key] = box_logits(engine, volume.embeddings[index], boxes[index], shape)
+                    candidates.append(decoded[key])
+            if rule.combine == "best":
+                predicted[index] = max(candidates, key=lambda candidate: candidate[1])[0] > 0
+            else:
+                predicted[index] = np.mean([logits for logits, _ in candidates], axis=0) > 0
+        dice[rule.name] = mask_dice(predicted, volume.reference)
+    return dice
+
+
+def proposals(arguments: argparse.Namespace) -> None:
+    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only
+    results: dict = {}
+    for volume in cached_volumes(arguments.cache):
+        split = "unseen" if volume.case.startswith("P158") else "source-extra"
+        results.setdefault(split, {}).setdefault(volume.shift, {})[volume.case] = rule_dice(base.sam, volume, PROPOSAL_RULES)
+        arguments.json.write_text(json.dumps(results, indent=1) + "\n")
+        print(volume.case, volume.shift, flush=True)
+    print(proposal_table(results))
+
+
+def proposal_table(results: dict) -> str:
+    """Per rule: mean Dice of each split clean and over all shifts (clean included), and the worst shift's mean."""
+    splits = sorted(results)
+    lines = ["| Boxes | " + " | ".join(f"{split} clean | {split} all shifts (worst shift)" for split in splits) + " |", "|---" * (1 + 2 * len(splits)) + "|"]
+    for rule in PROPOSAL_RULES:
+        cells = []
+        for split in splits:
+            by_shift = {shift: np.mean([case[rule.name] for case in cases.values()]) for shift, cases in results[split].items()}
+            cells += [f"{by_shift.get(CLEAN, float('nan')):.3f}", f"{np.mean(list(by_shift.values())):.3f} ({min(by_shift.values()):.3f})"]
+        shipped = rule == ProposalRule(ProposalOptions().threshold, (ProposalOptions().margin_mm,))
+        lines.append(f"| {f'**{rule.name}** (shipped)' if shipped else rule.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -329,10 +426,13 @@ def main() -> None:
     trimming = commands.add_parser("trim")
     trimming.add_argument("--signals", type=Path, required=True, help="the JSON of the signals command")
     trimming.add_argument("--json", type=Path, required=True)
+    proposal = commands.add_parser("proposals")
+    proposal.add_argument("--cache", type=Path, required=True)
+    proposal.add_argument("--json", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    {"cache": cache, "signals": signals, "extent": extent, "trim": trim}[arguments.command](arguments)
+    {"cache": cache, "signals": signals, "extent": extent, "trim": trim, "proposals": proposals}[arguments.command](arguments)
 
 
 if __name__ == "__main__":

@@ -29,16 +29,18 @@ def read_mask(path: Path) -> np.ndarray:
 
 
 def assert_boxes_near_the_reference(boxes: dict, reference: np.ndarray, spacing_xy: tuple[float, float]) -> None:
-    """Proposed boxes ({slice: Box}) against the reference mask's bounding boxes: every edge within 12 mm on the
-    slices both have (apex and base are hard), and half of all edges within 5 mm (the 3 mm margin and a coarse edge)."""
-    from SAMProstateSDGLib.masks.boxes import boxes_from_labels
+    """Proposed boxes ({slice: Box}) against the reference mask's bounding boxes widened by the default margin (so the
+    coarse network's own edge error is measured): every edge within 15 mm on the slices both have (apex and base are
+    hard), and half of all edges within 3 mm."""
+    from SAMProstateSDGLib.masks.boxes import ProposalOptions, slice_boxes
 
-    expected = boxes_from_labels(reference)
+    millimetres = np.array([spacing_xy[0], spacing_xy[1]] * 2)
+    margin = ProposalOptions().margin_mm
+    expected = slice_boxes(reference > 0, (margin / spacing_xy[0], margin / spacing_xy[1]))
     both = sorted(boxes.keys() & expected.keys())
     assert len(both) >= 0.8 * len(expected), (sorted(boxes), sorted(expected))
-    millimetres = np.array([spacing_xy[0], spacing_xy[1]] * 2)
     errors = np.abs([(np.array(boxes[index].as_tuple()) - expected[index].as_tuple()) * millimetres for index in both])
-    assert errors.max() <= 12.0 and np.median(errors) <= 5.0, np.round(errors, 1)
+    assert errors.max() <= 15.0 and np.median(errors) <= 3.0, np.round(errors, 1)
 
 
 @pytest.fixture(scope="session")

@@ -36,7 +36,7 @@ def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter
         assert (tmp_path / f"P158-020_{path.replace(' ', '_')}.nii.gz").is_file()
     naive, fast = results["naive"][1], results["torch fp32"][1]
     assert np.array_equal(naive, fast)  # the fast encoder, on boxed slices only, changes nothing
-    assert abs(results["merged"][0].dice - results["torch fp32"][0].dice) < 0.03
+    assert results["merged"][0].dice > results["torch fp32"][0].dice - 0.03  # merging may only cost little (on this fixture it gains)
     assert abs(results["torch bf16"][0].dice - results["torch fp32"][0].dice) < 0.01 and not np.array_equal(results["torch bf16"][1], fast)
     assert segmenter.sam.encoder_backend.label == "torch fp32"  # each path restores the engine's encoder
     process = {"cold_seconds": 12.0, "warm_seconds": 8.0, "load_seconds": 2.0, "process_peak_mb": 1200.0}
