@@ -34,7 +34,7 @@ class ProposalOptions:
 
     threshold: float = COARSE_THRESHOLD
     component_filter: ComponentFilter = ComponentFilter.VOLUME  # chosen on in-domain cases (README)
-    margin_mm: float = 5.0  # chosen on source-extra under the robustness suite (README: "Box margin under the suite")
+    margin_mm: float = 5.0  # chosen on source-extra under the robustness suite (README: "Box threshold and margin under the suite")
 
 
 @dataclass(frozen=True)
