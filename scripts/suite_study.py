@@ -115,6 +115,11 @@ def cache(arguments: argparse.Namespace) -> None:
         print(f"{case.name} cached in {time.time() - started:.0f} s", flush=True)
 
 
+def suite_split(case: str) -> str:
+    """The suite split a cached case belongs to (the cache stores the case name only)."""
+    return "unseen" if case.startswith("P158") else "source-extra"
+
+
 def cached_volumes(folder: Path) -> Iterator[CachedVolume]:
     for path in sorted(folder.glob("*.npz")):
         yield CachedVolume.read(path)
@@ -191,7 +196,7 @@ def flag_summary(records: list[dict]) -> dict[str, dict[str, float]]:
     for split, chosen in (("source-extra", False), ("unseen", True), ("all", None)):
         counted = [
             record for record in records
-            if (record["reference_area"] or record["predicted_area"] or record["flagged"]) and chosen in (None, record["case"].startswith("P158"))
+            if (record["reference_area"] or record["predicted_area"] or record["flagged"]) and chosen in (None, suite_split(record["case"]) == "unseen")
         ]
         low = [record for record in counted if record["dice"] < LOW_DICE]
         summary[split] = {
@@ -296,7 +301,7 @@ def trim_study(records: list[dict]) -> dict:
         volumes.setdefault((record["case"], record["shift"]), []).append(record)
     results: dict = {}
     for (case, shift), volume in volumes.items():
-        split = "unseen" if case.startswith("P158") else "source-extra"
+        split = suite_split(case)
         row = results.setdefault(split, {}).setdefault(shift, {"none": []})
         row["none"].append(volume_dice(volume, volume))
         for name, (signal, threshold) in TRIM_RULES.items():
@@ -387,8 +392,7 @@ def proposals(arguments: argparse.Namespace) -> None:
     base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only
     results: dict = {}
     for volume in cached_volumes(arguments.cache):
-        split = "unseen" if volume.case.startswith("P158") else "source-extra"
-        results.setdefault(split, {}).setdefault(volume.shift, {})[volume.case] = rule_dice(base.sam, volume, PROPOSAL_RULES)
+        results.setdefault(suite_split(volume.case), {}).setdefault(volume.shift, {})[volume.case] = rule_dice(base.sam, volume, PROPOSAL_RULES)
         arguments.json.write_text(json.dumps(results, indent=1) + "\n")
         print(volume.case, volume.shift, flush=True)
     print(proposal_table(results))

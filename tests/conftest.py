@@ -32,11 +32,10 @@ def assert_boxes_near_the_reference(boxes: dict, reference: np.ndarray, spacing_
     """Proposed boxes ({slice: Box}) against the reference mask's bounding boxes widened by the default margin (so the
     coarse network's own edge error is measured): every edge within 15 mm on the slices both have (apex and base are
     hard), and half of all edges within 3 mm."""
-    from SAMProstateSDGLib.masks.boxes import ProposalOptions, slice_boxes
+    from SAMProstateSDGLib.masks.boxes import ProposalOptions, component_boxes
 
     millimetres = np.array([spacing_xy[0], spacing_xy[1]] * 2)
-    margin = ProposalOptions().margin_mm
-    expected = slice_boxes(reference > 0, (margin / spacing_xy[0], margin / spacing_xy[1]))
+    expected = component_boxes(reference > 0, spacing_xy, ProposalOptions().margin_mm)
     both = sorted(boxes.keys() & expected.keys())
     assert len(both) >= 0.8 * len(expected), (sorted(boxes), sorted(expected))
     errors = np.abs([(np.array(boxes[index].as_tuple()) - expected[index].as_tuple()) * millimetres for index in both])
