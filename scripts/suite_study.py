@@ -367,7 +367,10 @@ def rule_dice(engine: SamEngine, volume: CachedVolume, rules: tuple[ProposalRule
     """Each rule's whole-volume Dice on one cached volume; a box shared by rules is decoded once."""
     shape = volume.reference.shape[1:]
     decoded: dict[tuple[int, tuple[float, ...]], tuple[np.ndarray, float]] = {}
-    components = {(rule.threshold, rule.grow_to): rule.component(volume.probabilities) for rule in rules}
+    components: dict[tuple[float, float | None], np.ndarray] = {}
+    for rule in rules:  # rules sharing a threshold and growth share the component
+        if (rule.threshold, rule.grow_to) not in components:
+            components[rule.threshold, rule.grow_to] = rule.component(volume.probabilities)
     dice = {}
     for rule in rules:
         predicted = np.zeros(volume.reference.shape, dtype=bool)
