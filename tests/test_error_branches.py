@@ -96,6 +96,7 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
     ("train into a file", lambda f: (f / "runs").write_text("mine") and ["train", "--data", FIXTURES, "--site", "fixture", "--output", f / "runs"],
      "is a file; training writes into a folder"),
     ("train-coarse on no cases", lambda f: ["train-coarse", "--data", FIXTURES, "--site", "fixture", "--max-cases", "0", "--output", f / "r"], "--max-cases must be positive, not 0"),
+    ("negative z context", lambda f: ["train-coarse", "--data", FIXTURES, "--site", "fixture", "--context-mm", "-4", "--output", f / "r"], "--context-mm must be a number of millimetres"),
     ("embed on no cases", lambda f: ["embed", "--data", FIXTURES, "--site", "fixture", "--max-cases", "-2", "--cache", f / "c"], "--max-cases must be positive, not -2"),
     ("bench report not Markdown", lambda f: ["bench", "--data", FIXTURES, "--output", f / "bench.txt"], "--output is the Markdown report"),
     ("bench no cases", lambda f: ["bench", "--data", FIXTURES, "--cases", "0"], "--cases must be at least 1"),

@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
     train.add_argument("--input-representation", choices=COARSE_INPUT_REPRESENTATIONS, default="intensity",
                        help="intensity: the normalised slice; log-contrast: log intensity over its 8 mm neighbourhood (cancels smooth fields and gamma)")
+    train.add_argument("--context-mm", type=float, default=0.0,
+                       help="also read the volume this many mm below and above each slice (z context; 0: the slice alone)")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
     embed = commands.add_parser("embed", help="encode every source-site slice once into the embedding cache")
@@ -411,6 +413,8 @@ def run_train_coarse(arguments) -> None:
     from ..training.coarse import CoarseTrainingOptions, train_coarse_net
 
     _positive(epochs=arguments.epochs, batch_size=arguments.batch_size, learning_rate=arguments.learning_rate, max_cases=arguments.max_cases)
+    if not arguments.context_mm >= 0:  # NaN too
+        raise InputError("--context-mm must be a number of millimetres, not negative")
     _check_training_output(arguments.output)
     options = CoarseTrainingOptions(
         data=arguments.data,
@@ -425,6 +429,7 @@ def run_train_coarse(arguments) -> None:
         augmentation=arguments.augmentation,
         initial_weights=arguments.initial_weights,
         input_representation=arguments.input_representation,
+        context_mm=arguments.context_mm,
     )
     manifest = train_coarse_net(options, pick_device(arguments.device))
     print(f"best validation Dice {manifest['best_validation_dice']:.4f}; wrote {arguments.output / manifest['file']}")

@@ -87,9 +87,28 @@ def half_precision(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in state.items()}
 
 
+def int8_per_channel(state: dict[str, torch.Tensor]) -> dict:
+    """Weight tensors (two or more dimensions) as int8 with one fp32 scale per output channel (symmetric,
+    largest magnitude to 127: the error per weight is at most half a step); the rest as ``half_precision``."""
+    stored: dict = half_precision(state)
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and tensor.dim() >= 2:
+            largest = tensor.detach().float().abs().amax(dim=tuple(range(1, tensor.dim())), keepdim=True)
+            scale = torch.where(largest > 0, largest / 127, torch.ones_like(largest))
+            stored[name] = {"int8": torch.round(tensor.float() / scale).to(torch.int8), "scale": scale}
+    return stored
+
+
 def full_precision(state: Mapping) -> dict:
-    """Floating-point tensors in fp32; anything else unchanged (a strict load refuses what is not a tensor)."""
-    return {name: value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value for name, value in state.items()}
+    """Floating-point tensors in fp32, ``int8_per_channel`` entries dequantised; anything else unchanged
+    (a strict load refuses what is not a tensor)."""
+    return {name: _in_fp32(value) for name, value in state.items()}
+
+
+def _in_fp32(value):
+    if isinstance(value, Mapping) and set(value) == {"int8", "scale"}:
+        return value["int8"].float() * value["scale"].float()
+    return value.float() if isinstance(value, torch.Tensor) and value.is_floating_point() else value
 
 
 def load_trained_weights(module: ModuleT, checkpoint: str | Path, description: str, sha256: str | None = None) -> ModuleT:

@@ -15,7 +15,7 @@ from monai.networks.layers.simplelayers import gaussian_1d, separable_filtering
 from monai.networks.nets import FlexibleUNet
 
 from ..core.catalog import COARSE_INPUT_REPRESENTATIONS
-from ..core.checksums import full_precision, half_precision, load_state_strictly, load_weights
+from ..core.checksums import full_precision, half_precision, int8_per_channel, load_state_strictly, load_weights
 from ..core.errors import InputError
 from ..core.files import write_atomically
 from ..masks.canvas import Canvas
@@ -30,6 +30,11 @@ class CoarseNetConfig:
     canvas: Canvas = field(default_factory=Canvas)
     input_representation: str = "intensity"  # or "log-contrast" (see ``log_contrast``)
     contrast_sigma_mm: float = 8.0  # the local window of ``log-contrast``
+    context_mm: float = 0.0  # > 0: the volume this far above and below the slice as two more channels
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.context_mm > 0 else 1
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -43,6 +48,7 @@ class CoarseNetConfig:
             canvas=Canvas(**data["canvas"]),
             input_representation=data.get("input_representation", defaults.input_representation),
             contrast_sigma_mm=data.get("contrast_sigma_mm", defaults.contrast_sigma_mm),
+            context_mm=data.get("context_mm", defaults.context_mm),
         )
 
 
@@ -64,6 +70,24 @@ def log_contrast(slices: torch.Tensor, sigma_px: float) -> torch.Tensor:
     return centred / (spread + SPREAD_FLOOR)
 
 
+def with_context(slices: np.ndarray, slice_spacing_mm: float, context_mm: float) -> np.ndarray:
+    """[slices, 1 or 3, rows, columns]: each slice alone, or between the volume ``context_mm`` below and
+    above it (linear along z, the end slices repeated past the volume), whatever the slice spacing."""
+    if context_mm <= 0:
+        return slices[:, None]
+    positions = np.arange(len(slices), dtype=np.float64)
+    offset = context_mm / slice_spacing_mm
+    channels = [_along_z(slices, np.clip(positions + shift, 0, len(slices) - 1)) for shift in (-offset, 0.0, offset)]
+    return np.stack(channels, axis=1)
+
+
+def _along_z(slices: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    below = np.floor(positions).astype(int)
+    above = np.minimum(below + 1, len(slices) - 1)
+    weight = (positions - below).astype(slices.dtype)[:, None, None]
+    return (1 - weight) * slices[below] + weight * slices[above]
+
+
 class CoarseNet(FlexibleUNet):
     """MONAI's FlexibleUNet reading the configured input representation (no extra weights)."""
 
@@ -71,7 +95,7 @@ class CoarseNet(FlexibleUNet):
         if config.input_representation not in COARSE_INPUT_REPRESENTATIONS:
             raise ValueError(f"unknown input representation {config.input_representation!r}")
         super().__init__(
-            in_channels=1,
+            in_channels=config.in_channels,
             out_channels=1,
             backbone=config.backbone,
             pretrained=False,
@@ -86,7 +110,7 @@ class CoarseNet(FlexibleUNet):
 
 
 def build_coarse_net(config: CoarseNetConfig) -> CoarseNet:
-    """One input channel (the normalised T2 slice, 0..1), one output logit (gland)."""
+    """The normalised T2 slice (0..1; with its z context when configured) in, one output logit (gland) out."""
     return CoarseNet(config)
 
 
@@ -111,18 +135,20 @@ class CoarseSegmenter:
         return cls([network for network, _ in members], [config for _, config in members], device)
 
     @torch.inference_mode()
-    def canvas_probabilities(self, canvas_slices: np.ndarray, batch_size: int = 8) -> np.ndarray:
-        """Mean sigmoid output of the networks for slices already on the canvas ([slices, size, size], 0..1)."""
+    def canvas_probabilities(self, canvas_slices: np.ndarray, slice_spacing_mm: float, batch_size: int = 8) -> np.ndarray:
+        """Mean sigmoid output of the networks for a volume's slices already on the canvas ([slices, size, size], 0..1)."""
+        inputs = [with_context(canvas_slices, slice_spacing_mm, config.context_mm) for config in self.configs]
         outputs = []
         for start in range(0, len(canvas_slices), batch_size):
-            batch = torch.from_numpy(canvas_slices[start : start + batch_size, None]).to(self.device).float()
-            probabilities = torch.stack([torch.sigmoid(network(batch)) for network in self.networks]).mean(dim=0)
+            batches = [torch.from_numpy(member[start : start + batch_size]).to(self.device).float() for member in inputs]
+            probabilities = torch.stack([torch.sigmoid(network(batch)) for network, batch in zip(self.networks, batches)]).mean(dim=0)
             outputs.append(probabilities[:, 0].float().cpu().numpy())
         return np.concatenate(outputs)
 
     def probabilities(self, normalised: np.ndarray, image: sitk.Image) -> np.ndarray:
         """Gland probability per voxel of ``image`` from its normalised voxels."""
-        return self.canvas.from_canvas(self.canvas_probabilities(self.canvas.to_canvas(normalised, image)), image)
+        slices = self.canvas.to_canvas(normalised, image)
+        return self.canvas.from_canvas(self.canvas_probabilities(slices, image.GetSpacing()[2]), image)
 
 
 def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: CoarseNetConfig) -> None:
@@ -132,10 +158,12 @@ def save_coarse_checkpoint(path: str | Path, network: torch.nn.Module, config: C
 
 
 def save_coarse_ensemble(path: str | Path, members: Sequence[str | Path]) -> None:
-    """One checkpoint holding several trained coarse networks (each as ``save_coarse_checkpoint`` wrote it)."""
+    """One checkpoint holding several trained coarse networks (each as ``save_coarse_checkpoint`` wrote it),
+    their weights stored as int8 per output channel (half the size of fp16; see ``int8_per_channel``)."""
     checkpoints = [load_weights(member, "coarse-model checkpoint") for member in members]  # each file read once
     for member, checkpoint in zip(members, checkpoints):
         _single_network(member, checkpoint)  # refuse anything but a single, loadable network
+        checkpoint["state_dict"] = int8_per_channel(full_precision(checkpoint["state_dict"]))
     write_atomically(path, lambda temporary: torch.save({"members": checkpoints}, temporary))
 
 

@@ -59,10 +59,10 @@ def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: Co
     seen = n4_corrected(oriented) if options.n4 else oriented
     voxels = normalised if normalised is not None and seen is image else normalised_array(seen)
     canvas = coarse.canvas
-    slices = canvas.to_canvas(voxels, seen)
-    on_canvas = coarse.canvas_probabilities(slices)
+    slices, slice_spacing_mm = canvas.to_canvas(voxels, seen), seen.GetSpacing()[2]
+    on_canvas = coarse.canvas_probabilities(slices, slice_spacing_mm)
     if options.tta:
-        mirrored = coarse.canvas_probabilities(np.ascontiguousarray(slices[:, :, ::-1]))[:, :, ::-1]
+        mirrored = coarse.canvas_probabilities(np.ascontiguousarray(slices[:, :, ::-1]), slice_spacing_mm)[:, :, ::-1]
         on_canvas = (on_canvas + mirrored) / 2
     probabilities = canvas.from_canvas(on_canvas, seen)
     return probabilities if oriented is image else onto_grid(probabilities, seen, image)

@@ -40,7 +40,14 @@ from ..core.files import write_atomically, write_json
 from ..io.dataset import Case, find_cases
 from ..io.volume_io import normalised_array
 from ..masks.boxes import COARSE_THRESHOLD
-from ..modeling.coarse_net import CoarseNetConfig, CoarseSegmenter, build_coarse_net, load_coarse_checkpoint, save_coarse_checkpoint
+from ..modeling.coarse_net import (
+    CoarseNetConfig,
+    CoarseSegmenter,
+    build_coarse_net,
+    load_coarse_checkpoint,
+    save_coarse_checkpoint,
+    with_context,
+)
 from .defaults import COARSE_TRAINING, VALIDATION_FRACTION
 from .dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd
 
@@ -60,6 +67,7 @@ class CoarseTrainingOptions:
     augmentation: str = "standard"
     initial_weights: Path | None = None
     input_representation: str = CoarseNetConfig.input_representation
+    context_mm: float = CoarseNetConfig.context_mm
 
 
 RESUME_KEYS = ("network", "optimiser", "scheduler", "epoch", "best_dice", "history")
@@ -70,6 +78,7 @@ class CanvasCase:
     name: str
     image: np.ndarray  # [slices, size, size] float32, 0..1
     mask: np.ndarray  # [slices, size, size] float32, 0/1
+    slice_spacing_mm: float
 
 
 def split_cases(cases: list[Case], validation_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -100,6 +109,7 @@ def to_canvas_case(case: Case, config: CoarseNetConfig) -> CanvasCase:
         case.name,
         canvas.to_canvas(normalised_array(image), image),
         canvas.to_canvas((labels > 0).astype(np.float32), image, nearest=True),
+        image.GetSpacing()[2],
     )
 
 
@@ -197,7 +207,7 @@ def seed_epoch(seed: int, epoch: int, transform: Compose) -> None:
 def volume_dice(segmenter: CoarseSegmenter, cases: list[CanvasCase]) -> float:
     metric = DiceMetric(include_background=True, reduction="mean", ignore_empty=False)
     for case in cases:
-        prediction = segmenter.canvas_probabilities(case.image) > COARSE_THRESHOLD
+        prediction = segmenter.canvas_probabilities(case.image, case.slice_spacing_mm) > COARSE_THRESHOLD
         metric(torch.from_numpy(prediction)[None, None].float(), torch.from_numpy(case.mask)[None, None])
     return float(cast(torch.Tensor, metric.aggregate()).item())  # reduction="mean" aggregates to one tensor
 
@@ -209,7 +219,7 @@ def train_coarse_net(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train, keep the best checkpoint by validation Dice, and write its manifest; returns the manifest."""
-    config = config or CoarseNetConfig(input_representation=options.input_representation)
+    config = config or CoarseNetConfig(input_representation=options.input_representation, context_mm=options.context_mm)
     state_path, best_path = options.output / "last_state.pt", options.output / "coarse.pt"
     state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     set_determinism(seed=options.seed)
@@ -221,9 +231,9 @@ def train_coarse_net(
     validation = [to_canvas_case(case, config) for case in validation_cases]
     options.output.mkdir(parents=True, exist_ok=True)
     slices = [
-        {"image": case.image[index][None], "label": case.mask[index][None]}
+        {"image": image, "label": mask[None]}
         for case in training
-        for index in range(len(case.image))
+        for image, mask in zip(with_context(case.image, case.slice_spacing_mm, config.context_mm), case.mask)
     ]
     transform = augmentations(config.canvas.size, options.augmentation)
     loader = DataLoader(
@@ -295,6 +305,7 @@ def train_coarse_net(
             f"samprostate train-coarse --data {options.data} --site {options.site} --epochs {options.epochs} "
             f"--batch-size {options.batch_size} --learning-rate {options.learning_rate} --seed {options.seed} "
             f"--augmentation {options.augmentation} --input-representation {config.input_representation}"
+            + (f" --context-mm {config.context_mm}" if config.context_mm else "")
             + (f" --initial-weights {options.initial_weights}" if options.initial_weights else "")
         ),
         "augmentation": options.augmentation,
