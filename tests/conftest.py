@@ -68,10 +68,8 @@ def segmenter(sam_engine):
     return ProstateSegmenter(sam_engine, CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu"), entry.sha256))
 
 
-def shipped_coarse_member(index: int, folder: Path) -> Path:
-    """One network of the shipped coarse ensemble, as the single-network checkpoint train-coarse writes."""
+def shipped_coarse_network() -> Path:
+    """The shipped coarse network: one network, the checkpoint train-coarse wrote (read it, never write it)."""
     from SAMProstateSDGLib.core.catalog import default_entry
 
-    path = folder / f"coarse-member-{index}.pt"
-    torch.save(torch.load(default_entry("coarse").path, weights_only=True)["members"][index], path)
-    return path
+    return default_entry("coarse").path

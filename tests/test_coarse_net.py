@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, dice, read_mask, shipped_coarse_member
+from conftest import FIXTURES, dice, read_mask, shipped_coarse_network
 from SAMProstateSDGLib.core.catalog import MANIFEST_SCHEMA, MODELS_FOLDER, default_entry, schema_errors
-from SAMProstateSDGLib.core.checksums import sha256_of
+from SAMProstateSDGLib.core.checksums import full_precision, int8_per_channel, sha256_of
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
@@ -20,6 +20,7 @@ from SAMProstateSDGLib.modeling.coarse_net import (
     load_coarse_checkpoint,
     save_coarse_checkpoint,
     save_coarse_ensemble,
+    with_context,
 )
 from SAMProstateSDGLib.training.coarse import CoarseTrainingOptions, split_cases, train_coarse_net
 
@@ -27,15 +28,13 @@ from SAMProstateSDGLib.training.coarse import CoarseTrainingOptions, split_cases
 def test_shipped_coarse_model_matches_its_manifest_and_size_limit():
     entry = default_entry("coarse")
     manifest = json.loads(entry.path.with_suffix(".json").read_text())
-    assert manifest["model"] == "coarse-ensemble" and manifest["sha256"] == entry.sha256 == sha256_of(entry.path)
-    for member in manifest["members"]:
-        assert member["site"] == "RUNMC" and member["epochs"] >= 1
-        assert set(member["validation_cases"]).isdisjoint(member["training_cases"])
-    configs = [json.loads(json.dumps(config.to_json())) for config in CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu")).configs]
-    assert configs == [member["architecture"] | {"input_representation": config["input_representation"], "contrast_sigma_mm": config["contrast_sigma_mm"]}
-                       for member, config in zip(manifest["members"], configs)]
-    assert [config["input_representation"] for config in configs] == ["intensity", "log-contrast"]
-    assert entry.path.stat().st_size < 50 * 2**20  # two fp16 networks; under GitHub's 50 MB per-file warning
+    assert manifest["model"] == "coarse" and manifest["sha256"] == entry.sha256 == sha256_of(entry.path)
+    assert manifest["site"] == "RUNMC" and manifest["epochs"] >= 1
+    assert set(manifest["validation_cases"]).isdisjoint(manifest["training_cases"])
+    (config,) = CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu")).configs
+    assert config == CoarseNetConfig.from_json(manifest["architecture"]) == CoarseNetConfig(input_representation="log-contrast", context_mm=4.0)
+    assert f"--input-representation log-contrast --context-mm {config.context_mm}" in manifest["command"]
+    assert entry.path.stat().st_size < 30 * 2**20
     assert entry.path.parent == MODELS_FOLDER
 
 
@@ -57,14 +56,15 @@ def test_checkpoint_round_trip_gives_the_same_probabilities(segmenter, tmp_path)
         image = read_volume(FIXTURES / "Case29.nii.gz")
         slices = config.canvas.to_canvas(normalised_array(image), image)
         original = CoarseSegmenter([network], [config], torch.device("cpu"))
-        assert np.allclose(reloaded.canvas_probabilities(slices), original.canvas_probabilities(slices), atol=1e-6)
+        spacing = image.GetSpacing()[2]
+        assert np.allclose(reloaded.canvas_probabilities(slices, spacing), original.canvas_probabilities(slices, spacing), atol=1e-6)
 
 
 def test_wrong_checkpoints_are_refused(tmp_path):
     entry = default_entry("coarse")
     with pytest.raises(InputError, match="checksum mismatch"):
         load_coarse_checkpoint(entry.path, "f" * 64)
-    checkpoint = torch.load(shipped_coarse_member(0, tmp_path), weights_only=True)
+    checkpoint = torch.load(shipped_coarse_network(), weights_only=True)
     checkpoint["state_dict"].pop(next(iter(checkpoint["state_dict"])))
     torch.save(checkpoint, tmp_path / "missing_key.pt")
     with pytest.raises(InputError, match="wrong keys"):
@@ -128,13 +128,13 @@ def test_another_coarse_network_reuses_the_loaded_sam(segmenter):
 
 
 def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp_path):
-    initial = shipped_coarse_member(0, tmp_path)
+    initial = shipped_coarse_network()
     options = CoarseTrainingOptions(
         data=data, site="RUNMC", output=tmp_path / "run", epochs=1, batch_size=8, learning_rate=1e-6, max_cases=2,
-        augmentation="dg", initial_weights=initial,
+        augmentation="dg", initial_weights=initial, input_representation="log-contrast", context_mm=4.0,
     )
     manifest = train_coarse_net(options, torch.device("cpu"), log=lambda message: None)
-    assert manifest["augmentation"] == "dg" and "--augmentation dg --input-representation intensity --initial-weights" in manifest["command"]
+    assert manifest["augmentation"] == "dg" and "--augmentation dg --input-representation log-contrast --context-mm 4.0 --initial-weights" in manifest["command"]
     assert manifest["initial_weights"]["sha256"] == sha256_of(initial)
     assert schema_errors(json.loads((tmp_path / "run" / "coarse.json").read_text()), MANIFEST_SCHEMA) == []  # what the code writes is what may ship
     assert manifest["best_validation_dice"] > 0.7  # the shipped net's skill, barely moved by a tiny learning rate
@@ -155,7 +155,7 @@ def test_log_contrast_cancels_a_smooth_field_and_a_gamma_change_on_a_real_slice(
     assert np.corrcoef(slices[gland], shifted[gland])[0, 1] < 0.9  # the raw intensities do change
 
 
-def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_read_as_intensity(tmp_path):
+def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_read_as_intensity_without_z_context(tmp_path):
     config = CoarseNetConfig(input_representation="log-contrast", contrast_sigma_mm=6.0)
     torch.manual_seed(0)
     network = build_coarse_net(config)
@@ -163,20 +163,22 @@ def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_rea
     reloaded, reloaded_config = load_coarse_checkpoint(tmp_path / "coarse.pt")
     assert reloaded_config == config
     assert reloaded.represent is not None and reloaded.represent.keywords == {"sigma_px": 6.0}
-    older = shipped_coarse_member(0, tmp_path)  # trained before the input representation existed
-    shipped = torch.load(older, weights_only=True)
-    assert "input_representation" not in json.loads(shipped["config"])
-    assert load_coarse_checkpoint(older)[1].input_representation == "intensity"
-    unknown = {**shipped, "config": json.dumps({**json.loads(shipped["config"]), "input_representation": "fourier"})}
+    save_coarse_checkpoint(tmp_path / "older.pt", build_coarse_net(CoarseNetConfig()), CoarseNetConfig())
+    older = torch.load(tmp_path / "older.pt", weights_only=True)  # as written before these settings existed:
+    older["config"] = json.dumps({key: value for key, value in json.loads(older["config"]).items()
+                                  if key not in ("input_representation", "contrast_sigma_mm", "context_mm")})
+    torch.save(older, tmp_path / "older.pt")
+    assert load_coarse_checkpoint(tmp_path / "older.pt")[1] == CoarseNetConfig()  # intensity, no z context
+    unknown = {**older, "config": json.dumps({**json.loads(older["config"]), "input_representation": "fourier"})}
     torch.save(unknown, tmp_path / "unknown.pt")
     with pytest.raises(InputError, match="cannot build .*'fourier'"):
         load_coarse_checkpoint(tmp_path / "unknown.pt")
 
 
 def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path, monkeypatch):
-    shipped = shipped_coarse_member(0, tmp_path)
+    shipped = shipped_coarse_network()
     torch.manual_seed(0)
-    other_config = CoarseNetConfig(input_representation="log-contrast")
+    other_config = CoarseNetConfig()  # intensity, no z context
     save_coarse_checkpoint(tmp_path / "other.pt", build_coarse_net(other_config), other_config)
     read = []
     with monkeypatch.context() as patch:  # count the checkpoint reads (torch.load still does them)
@@ -185,13 +187,47 @@ def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path, mo
         save_coarse_ensemble(tmp_path / "ensemble.pt", [shipped, tmp_path / "other.pt"])
     assert sorted(read) == sorted([shipped.name, "other.pt"])  # each member read once
     ensemble = CoarseSegmenter.from_checkpoint(tmp_path / "ensemble.pt", torch.device("cpu"))
-    assert [config.input_representation for config in ensemble.configs] == ["intensity", "log-contrast"]
+    assert [config.input_representation for config in ensemble.configs] == ["log-contrast", "intensity"]
     image = read_volume(FIXTURES / "Case29.nii.gz")
-    slices = ensemble.canvas.to_canvas(normalised_array(image), image)
-    members = [CoarseSegmenter.from_checkpoint(path, torch.device("cpu")).canvas_probabilities(slices) for path in (shipped, tmp_path / "other.pt")]
+    slices, spacing = ensemble.canvas.to_canvas(normalised_array(image), image), image.GetSpacing()[2]
+    members = [CoarseSegmenter.from_checkpoint(path, torch.device("cpu")).canvas_probabilities(slices, spacing) for path in (shipped, tmp_path / "other.pt")]
     assert not np.allclose(*members, atol=0.05)
-    np.testing.assert_allclose(ensemble.canvas_probabilities(slices), (members[0] + members[1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(ensemble.canvas_probabilities(slices, spacing), (members[0] + members[1]) / 2, atol=0.02)  # int8 weights
+    assert (tmp_path / "ensemble.pt").stat().st_size < 0.6 * (shipped.stat().st_size + (tmp_path / "other.pt").stat().st_size)
     with pytest.raises(InputError, match="is an ensemble of 2 coarse networks"):
         load_coarse_checkpoint(tmp_path / "ensemble.pt")
     with pytest.raises(ValueError, match="same canvas"):
         CoarseSegmenter([build_coarse_net(other_config)] * 2, [other_config, CoarseNetConfig(canvas=Canvas(1.5, 128))], torch.device("cpu"))
+
+
+@pytest.mark.parametrize("spacing_mm", [1.6, 3.0, 4.0])
+def test_z_context_reads_the_volume_the_same_millimetres_away_at_any_slice_spacing(spacing_mm):
+    heights = np.arange(12) * spacing_mm  # each slice holds its own height in mm
+    slices = np.broadcast_to(heights[:, None, None], (12, 5, 5)).astype(np.float32)
+    context = with_context(slices, spacing_mm, context_mm=4.0)
+    assert context.shape == (12, 3, 5, 5)
+    expected = np.stack([np.clip(heights + shift, 0, heights[-1]) for shift in (-4.0, 0.0, 4.0)], axis=1)
+    np.testing.assert_allclose(context[:, :, 2, 2], expected, atol=1e-5)
+    assert with_context(slices, spacing_mm, context_mm=0.0).shape == (12, 1, 5, 5)
+
+
+def test_a_z_context_network_reads_three_channels_and_its_checkpoint_says_so(tmp_path):
+    config = CoarseNetConfig(context_mm=4.0)
+    network = build_coarse_net(config)
+    assert network.encoder.conv1.in_channels == 3
+    save_coarse_checkpoint(tmp_path / "coarse.pt", network, config)
+    assert load_coarse_checkpoint(tmp_path / "coarse.pt")[1] == config
+
+
+def test_int8_storage_moves_each_trained_weight_by_at_most_half_a_step(tmp_path):
+    state = full_precision(torch.load(shipped_coarse_network(), weights_only=True)["state_dict"])
+    stored = int8_per_channel(state)
+    restored = full_precision(stored)
+    assert restored.keys() == state.keys()
+    for name, weights in state.items():
+        if isinstance(stored[name], dict):
+            step = stored[name]["scale"]
+            assert stored[name]["int8"].dtype == torch.int8 and step.shape[0] == weights.shape[0]
+            assert torch.all((restored[name] - weights).abs() <= step / 2 + 1e-6), name
+        else:
+            assert weights.dim() < 2 and torch.allclose(restored[name], weights, rtol=1e-3, atol=1e-4), name

@@ -35,8 +35,10 @@ def test_each_shipped_manifest_conforms_to_the_manifest_schema(path):
 
 
 def test_the_manifest_schema_refuses_keys_the_code_does_not_write():
-    ensemble, fine_tuned = manifest("coarse_resnet18_runmc.json"), manifest("sammed_litemedsam_runmc.json")
-    coarse = ensemble["members"][0]  # one network's manifest as train-coarse wrote it
+    coarse, fine_tuned = manifest("coarse_resnet18_runmc.json"), manifest("sammed_litemedsam_runmc.json")  # coarse: as train-coarse wrote it
+    ensemble = {"model": "coarse-ensemble", "members": [coarse, coarse], "command": "python scripts/ship_coarse_model.py --run a --run b",
+                "file": coarse["file"], "sha256": coarse["sha256"]}  # as scripts/ship_coarse_model.py writes one
+    assert schema_errors(ensemble, MANIFEST_SCHEMA) == []
     assert schema_errors(ensemble | {"hardware": "2-core CPU"}, MANIFEST_SCHEMA) == ["(top): Additional properties are not allowed ('hardware' was unexpected)"]
     (too_few,) = schema_errors(ensemble | {"members": ensemble["members"][:1]}, MANIFEST_SCHEMA)
     assert too_few.startswith("members: ") and too_few.endswith("is too short")  # an ensemble has at least two networks
@@ -54,8 +56,8 @@ def test_the_manifest_schema_refuses_keys_the_code_does_not_write():
 
 
 def test_the_manifest_schema_accepts_the_optional_keys_newer_training_code_writes():
-    coarse = copy.deepcopy(manifest("coarse_resnet18_runmc.json")["members"][0])
-    coarse["architecture"] |= {"input_representation": "log-contrast", "contrast_sigma_mm": 8.0}
+    coarse = copy.deepcopy(manifest("coarse_resnet18_runmc.json"))
+    coarse["architecture"] |= {"input_representation": "intensity", "contrast_sigma_mm": 8.0, "context_mm": 0.0}
     coarse |= {"augmentation": "dg", "initial_weights": {"file": "coarse_resnet18_runmc.pt", "sha256": coarse["sha256"]}}
     assert schema_errors(coarse, MANIFEST_SCHEMA) == []
     assert schema_errors(coarse | {"initial_weights": None}, MANIFEST_SCHEMA) == []

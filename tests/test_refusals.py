@@ -344,7 +344,7 @@ def test_mobilesam_s_vit_t_is_not_offered(capsys, tmp_path):
 def test_a_coarse_checkpoint_with_an_unknown_backbone_is_refused(tmp_path):
     from SAMProstateSDGLib.modeling.coarse_net import load_coarse_checkpoint
 
-    checkpoint = torch.load(default_entry("coarse").path, weights_only=True)["members"][0]
+    checkpoint = torch.load(default_entry("coarse").path, weights_only=True)
     config = json.loads(checkpoint["config"])
     checkpoint["config"] = json.dumps(dict(config, backbone="resnet999"))
     torch.save(checkpoint, tmp_path / "coarse.pt")

@@ -13,7 +13,7 @@ from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
 from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, runnable_methods, trainable_methods, training_defaults
-from ..training.defaults import COARSE_TRAINING, VALIDATION_FRACTION
+from ..training.defaults import COARSE_INPUT, COARSE_TRAINING, VALIDATION_FRACTION
 
 
 def _add_model_options(parser: argparse.ArgumentParser, default_method: str | None = DEFAULT_METHOD) -> None:
@@ -121,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augmentation", choices=("standard", "dg"), default="standard",
                        help="standard: the milder set (default); dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution, flips)")
     train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
-    train.add_argument("--input-representation", choices=COARSE_INPUT_REPRESENTATIONS, default="intensity",
-                       help="intensity: the normalised slice; log-contrast: log intensity over its 8 mm neighbourhood (cancels smooth fields and gamma)")
-    train.add_argument("--context-mm", type=float, default=0.0,
-                       help="also read the volume this many mm below and above each slice (z context; 0: the slice alone)")
+    train.add_argument("--input-representation", choices=COARSE_INPUT_REPRESENTATIONS, default=COARSE_INPUT[0],
+                       help="intensity: the normalised slice; log-contrast (default, as shipped): log intensity over its 8 mm neighbourhood (cancels smooth fields and gamma)")
+    train.add_argument("--context-mm", type=float, default=COARSE_INPUT[1],
+                       help=f"also read the volume this many mm below and above each slice (z context; default {COARSE_INPUT[1]}, as shipped; 0: the slice alone)")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
     embed = commands.add_parser("embed", help="encode every source-site slice once into the embedding cache")

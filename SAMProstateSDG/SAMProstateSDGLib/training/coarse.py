@@ -48,7 +48,7 @@ from ..modeling.coarse_net import (
     save_coarse_checkpoint,
     with_context,
 )
-from .defaults import COARSE_TRAINING, VALIDATION_FRACTION
+from .defaults import COARSE_INPUT, COARSE_TRAINING, VALIDATION_FRACTION
 from .dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd
 
 
@@ -66,8 +66,8 @@ class CoarseTrainingOptions:
     max_cases: int | None = None
     augmentation: str = "standard"
     initial_weights: Path | None = None
-    input_representation: str = CoarseNetConfig.input_representation
-    context_mm: float = CoarseNetConfig.context_mm
+    input_representation: str = COARSE_INPUT[0]
+    context_mm: float = COARSE_INPUT[1]
 
 
 RESUME_KEYS = ("network", "optimiser", "scheduler", "epoch", "best_dice", "history")
@@ -305,7 +305,7 @@ def train_coarse_net(
             f"samprostate train-coarse --data {options.data} --site {options.site} --epochs {options.epochs} "
             f"--batch-size {options.batch_size} --learning-rate {options.learning_rate} --seed {options.seed} "
             f"--augmentation {options.augmentation} --input-representation {config.input_representation}"
-            + (f" --context-mm {config.context_mm}" if config.context_mm else "")
+            + f" --context-mm {config.context_mm}"
             + (f" --initial-weights {options.initial_weights}" if options.initial_weights else "")
         ),
         "augmentation": options.augmentation,
