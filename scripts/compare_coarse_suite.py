@@ -3,7 +3,7 @@
 Usage: python scripts/compare_coarse_suite.py --data ../shared/data/prostate \
            --candidate dg=runs/coarse-dg/coarse.pt [--candidate ...] [--shift "endorectal coil" ...] [--cases Case29,P158-021] --json runs/compare.json
 
-Rows, each the shipped default method (reorientation, largest 3D component, 3 mm boxes, LiteMedSAM)
+Rows, each the shipped default method (reorientation, largest 3D component, the default box margin, LiteMedSAM)
 with one coarse network: ``shipped`` (the catalog's) and each candidate (by its label); ``--upper-bound`` adds SAM
 with ground-truth boxes. Shifts and seed are the suite's (``samprostate evaluate --shifts``); the
 JSON (row -> shift -> case -> Dice, HD95) is rewritten after every case, so a partial run is usable.

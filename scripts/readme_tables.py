@@ -21,6 +21,8 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
             for one component rule (rule=3d by default)
   compare   scripts/compare_coarse_suite.py: the default method with each coarse network, mean Dice (worst
             case) and HD95 per shift
+  suites    scripts/compare_coarse_suite.py's table of one row (row=NAME) of several robustness JSONs
+            (`samprostate evaluate --shifts`, e.g. before and after a model change); names=A;B titles them
   training  the manifests `samprostate train-coarse` writes (OUTPUT/coarse.json): one row per run, its command,
             training time and validation Dice (and loss) per epoch; names=A;B titles the rows
   volume    scripts/volume_agreement.py --json: volume agreement with the reference masks per site, from every
@@ -77,6 +79,14 @@ def training_table(paths: list[Path], names: str = "") -> str:
     return "\n".join(lines)
 
 
+def suites_table(paths: list[Path], row: str, names: str) -> str:
+    """One row (a method) of several robustness JSONs side by side, as ``compare`` renders coarse networks."""
+    titles = names.split(";")
+    if len(titles) != len(paths):
+        raise ValueError(f"{len(titles)} names for {len(paths)} robustness files")
+    return compare_table({title: json.loads(path.read_text(encoding="utf-8"))["scores"][row] for title, path in zip(titles, paths)})
+
+
 def _epochs(values: list[float], best: bool = False) -> str:
     """Every epoch's value, or for a long run the first and last (and the highest, with its epoch)."""
     if len(values) <= 4:
@@ -93,6 +103,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "hd95": lambda paths, row: hd95_table(_one(paths), row),
     "proxy": lambda paths, rule="3d": proxy_table(paths, rule),
     "compare": lambda paths: compare_table(_one(paths)["scores"]),
+    "suites": suites_table,
     "training": training_table,
     "volume": lambda paths: volume_table(_one(paths)),
     "flags": lambda paths: flags_table(_one(paths)["flags"]),
