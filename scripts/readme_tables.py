@@ -68,9 +68,7 @@ def _one(paths: list[Path]) -> dict:
 
 def training_table(paths: list[Path], names: str = "") -> str:
     """One row per training manifest: its command, time and validation Dice per epoch (long runs: first, last and best)."""
-    titles = names.split(";") if names else [path.stem for path in paths]
-    if len(titles) != len(paths):
-        raise ValueError(f"{len(titles)} names for {len(paths)} manifests")
+    titles = _titles(names, paths) if names else [path.stem for path in paths]
     lines = ["| run | command | time | RUNMC validation Dice per epoch (loss) |", "|---|---|---|---|"]
     for title, path in zip(titles, paths):
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -81,10 +79,15 @@ def training_table(paths: list[Path], names: str = "") -> str:
 
 def suites_table(paths: list[Path], row: str, names: str) -> str:
     """One row (a method) of several robustness JSONs side by side, as ``compare`` renders coarse networks."""
+    return compare_table({title: json.loads(path.read_text(encoding="utf-8"))["scores"][row] for title, path in zip(_titles(names, paths), paths)})
+
+
+def _titles(names: str, paths: list[Path]) -> list[str]:
+    """``names=A;B``: one title per results file."""
     titles = names.split(";")
     if len(titles) != len(paths):
-        raise ValueError(f"{len(titles)} names for {len(paths)} robustness files")
-    return compare_table({title: json.loads(path.read_text(encoding="utf-8"))["scores"][row] for title, path in zip(titles, paths)})
+        raise ValueError(f"{len(titles)} names for {len(paths)} results files")
+    return titles
 
 
 def _epochs(values: list[float], best: bool = False) -> str:

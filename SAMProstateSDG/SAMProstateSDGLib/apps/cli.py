@@ -13,7 +13,7 @@ from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
 from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, runnable_methods, trainable_methods, training_defaults
-from ..training.defaults import COARSE_INPUT, COARSE_TRAINING, VALIDATION_FRACTION
+from ..training.defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, VALIDATION_FRACTION
 
 
 def _add_model_options(parser: argparse.ArgumentParser, default_method: str | None = DEFAULT_METHOD) -> None:
@@ -121,10 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augmentation", choices=("standard", "dg"), default="standard",
                        help="standard: the milder set (default); dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution, flips)")
     train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
-    train.add_argument("--input-representation", choices=COARSE_INPUT_REPRESENTATIONS, default=COARSE_INPUT[0],
+    train.add_argument("--input-representation", choices=COARSE_INPUT_REPRESENTATIONS, default=COARSE_INPUT_REPRESENTATION,
                        help="intensity: the normalised slice; log-contrast (default, as shipped): log intensity over its 8 mm neighbourhood (cancels smooth fields and gamma)")
-    train.add_argument("--context-mm", type=float, default=COARSE_INPUT[1],
-                       help=f"also read the volume this many mm below and above each slice (z context; default {COARSE_INPUT[1]}, as shipped; 0: the slice alone)")
+    train.add_argument("--context-mm", type=float, default=COARSE_CONTEXT_MM,
+                       help=f"also read the volume this many mm below and above each slice (z context; default {COARSE_CONTEXT_MM}, as shipped; 0: the slice alone)")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
     embed = commands.add_parser("embed", help="encode every source-site slice once into the embedding cache")
@@ -164,8 +164,7 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 def _check_model_options(arguments) -> None:
     """The model options' values and files, before any volume is read or model loaded."""
-    if not math.isfinite(arguments.margin_mm) or arguments.margin_mm < 0:
-        raise InputError("--margin-mm must be a number of millimetres, not negative")
+    _millimetres(margin_mm=arguments.margin_mm)
     if arguments.grid_points < 1:
         raise InputError("--grid-points must be at least 1")
     if arguments.method is not None:
@@ -180,6 +179,13 @@ def _check_model_options(arguments) -> None:
 
 def _model_files(arguments) -> list[Path | None]:
     return [arguments.sam_checkpoint, arguments.coarse_checkpoint]
+
+
+def _millimetres(**values: float) -> None:
+    """Refuse an option value that is not a finite, non-negative number of millimetres."""
+    for name, value in values.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"--{name.replace('_', '-')} must be a number of millimetres, not negative")
 
 
 def _positive(**values: float | None) -> None:
@@ -413,8 +419,7 @@ def run_train_coarse(arguments) -> None:
     from ..training.coarse import CoarseTrainingOptions, train_coarse_net
 
     _positive(epochs=arguments.epochs, batch_size=arguments.batch_size, learning_rate=arguments.learning_rate, max_cases=arguments.max_cases)
-    if not arguments.context_mm >= 0:  # NaN too
-        raise InputError("--context-mm must be a number of millimetres, not negative")
+    _millimetres(context_mm=arguments.context_mm)
     _check_training_output(arguments.output)
     options = CoarseTrainingOptions(
         data=arguments.data,

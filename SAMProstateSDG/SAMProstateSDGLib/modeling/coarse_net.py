@@ -13,6 +13,7 @@ import SimpleITK as sitk
 import torch
 from monai.networks.layers.simplelayers import gaussian_1d, separable_filtering
 from monai.networks.nets import FlexibleUNet
+from scipy import ndimage
 
 from ..core.catalog import COARSE_INPUT_REPRESENTATIONS
 from ..core.checksums import full_precision, half_precision, int8_per_channel, load_state_strictly, load_weights
@@ -75,17 +76,9 @@ def with_context(slices: np.ndarray, slice_spacing_mm: float, context_mm: float)
     above it (linear along z, the end slices repeated past the volume), whatever the slice spacing."""
     if context_mm <= 0:
         return slices[:, None]
-    positions = np.arange(len(slices), dtype=np.float64)
     offset = context_mm / slice_spacing_mm
-    channels = [_along_z(slices, np.clip(positions + shift, 0, len(slices) - 1)) for shift in (-offset, 0.0, offset)]
-    return np.stack(channels, axis=1)
-
-
-def _along_z(slices: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    below = np.floor(positions).astype(int)
-    above = np.minimum(below + 1, len(slices) - 1)
-    weight = (positions - below).astype(slices.dtype)[:, None, None]
-    return (1 - weight) * slices[below] + weight * slices[above]
+    below, above = (ndimage.shift(slices, (shift, 0, 0), order=1, mode="nearest") for shift in (offset, -offset))
+    return np.stack([below, slices, above], axis=1)
 
 
 class CoarseNet(FlexibleUNet):
@@ -137,7 +130,8 @@ class CoarseSegmenter:
     @torch.inference_mode()
     def canvas_probabilities(self, canvas_slices: np.ndarray, slice_spacing_mm: float, batch_size: int = 8) -> np.ndarray:
         """Mean sigmoid output of the networks for a volume's slices already on the canvas ([slices, size, size], 0..1)."""
-        inputs = [with_context(canvas_slices, slice_spacing_mm, config.context_mm) for config in self.configs]
+        contexts = {config.context_mm: with_context(canvas_slices, slice_spacing_mm, config.context_mm) for config in self.configs}
+        inputs = [contexts[config.context_mm] for config in self.configs]  # built once per distinct z context
         outputs = []
         for start in range(0, len(canvas_slices), batch_size):
             batches = [torch.from_numpy(member[start : start + batch_size]).to(self.device).float() for member in inputs]

@@ -48,7 +48,7 @@ from ..modeling.coarse_net import (
     save_coarse_checkpoint,
     with_context,
 )
-from .defaults import COARSE_INPUT, COARSE_TRAINING, VALIDATION_FRACTION
+from .defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, VALIDATION_FRACTION
 from .dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd
 
 
@@ -66,8 +66,8 @@ class CoarseTrainingOptions:
     max_cases: int | None = None
     augmentation: str = "standard"
     initial_weights: Path | None = None
-    input_representation: str = COARSE_INPUT[0]
-    context_mm: float = COARSE_INPUT[1]
+    input_representation: str = COARSE_INPUT_REPRESENTATION
+    context_mm: float = COARSE_CONTEXT_MM
 
 
 RESUME_KEYS = ("network", "optimiser", "scheduler", "epoch", "best_dice", "history")

@@ -13,5 +13,6 @@ class TrainingDefaults:
 
 
 COARSE_TRAINING = TrainingDefaults(24, 1e-3, 16)
-COARSE_INPUT = ("log-contrast", 4.0)  # the shipped network's input representation and z context (mm)
+COARSE_INPUT_REPRESENTATION = "log-contrast"  # the shipped coarse network's input ...
+COARSE_CONTEXT_MM = 4.0  # ... and z context
 VALIDATION_FRACTION = 0.1  # of the source site's cases, held out to choose the best epoch
