@@ -66,10 +66,3 @@ def segmenter(sam_engine):
 
     entry = default_entry("coarse")
     return ProstateSegmenter(sam_engine, CoarseSegmenter.from_checkpoint(entry.path, torch.device("cpu"), entry.sha256))
-
-
-def shipped_coarse_network() -> Path:
-    """The shipped coarse network: one network, the checkpoint train-coarse wrote (read it, never write it)."""
-    from SAMProstateSDGLib.core.catalog import default_entry
-
-    return default_entry("coarse").path

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, dice, read_mask, shipped_coarse_network
+from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib.core.catalog import MANIFEST_SCHEMA, MODELS_FOLDER, default_entry, schema_errors
 from SAMProstateSDGLib.core.checksums import full_precision, int8_per_channel, sha256_of
 from SAMProstateSDGLib.core.errors import InputError
@@ -64,7 +64,7 @@ def test_wrong_checkpoints_are_refused(tmp_path):
     entry = default_entry("coarse")
     with pytest.raises(InputError, match="checksum mismatch"):
         load_coarse_checkpoint(entry.path, "f" * 64)
-    checkpoint = torch.load(shipped_coarse_network(), weights_only=True)
+    checkpoint = torch.load(entry.path, weights_only=True)
     checkpoint["state_dict"].pop(next(iter(checkpoint["state_dict"])))
     torch.save(checkpoint, tmp_path / "missing_key.pt")
     with pytest.raises(InputError, match="wrong keys"):
@@ -128,7 +128,7 @@ def test_another_coarse_network_reuses_the_loaded_sam(segmenter):
 
 
 def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp_path):
-    initial = shipped_coarse_network()
+    initial = default_entry("coarse").path
     options = CoarseTrainingOptions(
         data=data, site="RUNMC", output=tmp_path / "run", epochs=1, batch_size=8, learning_rate=1e-6, max_cases=2,
         augmentation="dg", initial_weights=initial, input_representation="log-contrast", context_mm=4.0,
@@ -176,7 +176,7 @@ def test_the_input_representation_is_stored_in_the_checkpoint_and_older_ones_rea
 
 
 def test_an_ensemble_checkpoint_averages_its_networks_probabilities(tmp_path, monkeypatch):
-    shipped = shipped_coarse_network()
+    shipped = default_entry("coarse").path
     torch.manual_seed(0)
     other_config = CoarseNetConfig()  # intensity, no z context
     save_coarse_checkpoint(tmp_path / "other.pt", build_coarse_net(other_config), other_config)
@@ -220,7 +220,7 @@ def test_a_z_context_network_reads_three_channels_and_its_checkpoint_says_so(tmp
 
 
 def test_int8_storage_moves_each_trained_weight_by_at_most_half_a_step(tmp_path):
-    state = full_precision(torch.load(shipped_coarse_network(), weights_only=True)["state_dict"])
+    state = full_precision(torch.load(default_entry("coarse").path, weights_only=True)["state_dict"])
     stored = int8_per_channel(state)
     restored = full_precision(stored)
     assert restored.keys() == state.keys()

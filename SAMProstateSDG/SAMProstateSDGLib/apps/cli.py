@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="standard: the milder set (default); dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution, flips)")
     train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
     train.add_argument("--input-representation", choices=COARSE_INPUT_REPRESENTATIONS, default=COARSE_INPUT_REPRESENTATION,
-                       help="intensity: the normalised slice; log-contrast (default, as shipped): log intensity over its 8 mm neighbourhood (cancels smooth fields and gamma)")
+                       help=f"intensity: the normalised slice; log-contrast: log intensity over its 8 mm neighbourhood (cancels smooth fields and gamma); default {COARSE_INPUT_REPRESENTATION}, as shipped")
     train.add_argument("--context-mm", type=float, default=COARSE_CONTEXT_MM,
                        help=f"also read the volume this many mm below and above each slice (z context; default {COARSE_CONTEXT_MM}, as shipped; 0: the slice alone)")
     train.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
