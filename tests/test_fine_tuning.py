@@ -13,11 +13,12 @@ from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.io.volume_io import read_volume
+from SAMProstateSDGLib.masks.boxes import Box
 from SAMProstateSDGLib.methods.registry import MethodOptions
 from SAMProstateSDGLib.methods.registry import method as registered
 from SAMProstateSDGLib.methods.trainers.desam import DeSAMMethod, mask_iou
 from SAMProstateSDGLib.methods.trainers.samed import SAMedMethod
-from SAMProstateSDGLib.methods.trainers.sammed import SamMedMethod
+from SAMProstateSDGLib.methods.trainers.sammed import SamMedMethod, jitter
 from SAMProstateSDGLib.modeling.desam import load_desam
 from SAMProstateSDGLib.modeling.sam_engine import SamEngine, load_mask_decoder, load_sam
 from SAMProstateSDGLib.modeling.samed import SAMed, load_samed
@@ -217,6 +218,14 @@ def test_mask_iou_counts_empty_against_empty_as_perfect():
     logits = torch.full((3, 1, 4, 4), -1.0)
     logits[2, 0, :1] = 1.0
     assert mask_iou(logits, target).flatten().tolist() == [1.0, 0.0, 0.5]
+
+
+def test_jitter_moves_each_edge_by_at_most_a_tenth_of_the_box_and_stays_in_the_slice():
+    box, shape, generator = Box(100, 50, 200, 150), (220, 240), random.Random(0)
+    jittered = [jitter(box, shape, generator) for _ in range(500)]
+    shifts = np.abs([np.subtract(moved.as_tuple(), box.as_tuple()) for moved in jittered])
+    assert 9 < shifts.max() <= 10  # up to 10 % of the 100-pixel sides, the whole range used
+    assert all(0 <= moved.x0 < moved.x1 <= shape[1] - 1 and 0 <= moved.y0 < moved.y1 <= shape[0] - 1 for moved in jittered)
 
 
 def test_samed_trains_lora_and_decoder_not_the_base_encoder(canvas_split, tmp_path):
