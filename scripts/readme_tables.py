@@ -21,8 +21,8 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
             for one component rule (rule=3d by default)
   compare   scripts/compare_coarse_suite.py: the default method with each coarse network, mean Dice (worst
             case) and HD95 per shift
-  suites    scripts/compare_coarse_suite.py's table of one row (row=NAME) of several robustness JSONs
-            (`samprostate evaluate --shifts`, e.g. before and after a model change); names=A;B titles them
+  suites    scripts/compare_coarse_suite.py's table of one row (row=NAME, or row=A;B one per file) of several
+            robustness JSONs (`samprostate evaluate --shifts`, e.g. before and after a model change); names=A;B titles them
   training  the manifests `samprostate train-coarse` writes (OUTPUT/coarse.json): one row per run, its command,
             training time and validation Dice (and loss) per epoch; names=A;B titles the rows
   volume    scripts/volume_agreement.py --json: volume agreement with the reference masks per site, from every
@@ -32,6 +32,7 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
   trim      scripts/suite_study.py trim: mean Dice per split, clean and over the shifts, with the z extent ended by each rule
   margins   scripts/tune_box_proposal.py --json: mean Dice of SAM + proposed boxes per component filter and box margin
   proposals scripts/suite_study.py proposals: mean Dice per split, clean and over the shifts, per coarse threshold and box margin
+  decoders  scripts/suite_study.py decoders: mean Dice per split, clean and over the shifts, per decoder of the shipped boxes
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from click_table import merged_table
 from coarse_shift_proxy import table as proxy_table
 from compare_coarse_suite import table as compare_table
 from robustness_tables import ablation_table, hd95_table
-from suite_study import flags_table, proposal_table, trim_table
+from suite_study import decoder_table, flags_table, proposal_table, trim_table
 from tune_box_proposal import table as margins_table
 from volume_agreement import table as volume_table
 
@@ -78,8 +79,13 @@ def training_table(paths: list[Path], names: str = "") -> str:
 
 
 def suites_table(paths: list[Path], row: str, names: str) -> str:
-    """One row (a method) of several robustness JSONs side by side, as ``compare`` renders coarse networks."""
-    return compare_table({title: json.loads(path.read_text(encoding="utf-8"))["scores"][row] for title, path in zip(_titles(names, paths), paths)})
+    """One row (a method) of several robustness JSONs side by side, as ``compare`` renders coarse networks;
+    ``row=A;B`` names each file's row (one name: the same row in every file)."""
+    rows = row.split(";") if ";" in row else [row] * len(paths)
+    if len(rows) != len(paths):
+        raise ValueError(f"{len(rows)} rows for {len(paths)} results files")
+    titles = _titles(names, paths)
+    return compare_table({title: json.loads(path.read_text(encoding="utf-8"))["scores"][name] for title, name, path in zip(titles, rows, paths)})
 
 
 def _titles(names: str, paths: list[Path]) -> list[str]:
@@ -114,6 +120,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "margins": lambda paths: margins_table(_one(paths)),
     "trim": lambda paths: trim_table(_one(paths)),
     "proposals": lambda paths: proposal_table(_one(paths)),
+    "decoders": lambda paths: decoder_table(_one(paths)),
 }
 
 

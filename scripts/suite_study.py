@@ -5,6 +5,7 @@ Usage: python scripts/suite_study.py cache --data ../shared/data/prostate --cach
        python scripts/suite_study.py extent --data ../shared/data/prostate --signals runs/slice_signals.json
        python scripts/suite_study.py trim --signals runs/slice_signals.json --json results/end_trim.json
        python scripts/suite_study.py proposals --cache runs/suite_cache --json results/box_proposals.json
+       python scripts/suite_study.py decoders --cache runs/suite_cache --json results/suite_decoders.json
 
 ``cache`` runs the shipped coarse network and SAM's image encoder once per volume of the suite (the 12
 source-extra and unseen cases, clean and under each shift, seed 0: exactly what ``samprostate evaluate
@@ -28,6 +29,9 @@ the volume's largest, or SAM's predicted IoU under a threshold); mean Dice per s
 ``proposals`` scores box proposals on the cached volumes (decoder only): the coarse threshold and box margin, and boxes
 combined per slice (SAM's logits averaged over several margins, or the margin whose mask SAM's predicted IoU rates
 best); the volume's Dice per split and shift, clean and under all shifts.
+
+``decoders`` decodes the shipped boxes with LiteMedSAM's decoder (the default), the SAMMed decoder fine-tuned on
+RUNMC (``--method sammed``) and the mean of their logits: the volume's Dice per split and shift.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from scipy import ndimage
 
 from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, shifted_case
 from SAMProstateSDGLib.apps.robustness import CLEAN, LOW_DICE, SUITE_SPLITS
-from SAMProstateSDGLib.core.catalog import default_entry
+from SAMProstateSDGLib.core.catalog import catalog_entry, default_entry
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.masks.boxes import (
     DEFAULT_COARSE_OPTIONS,
@@ -391,28 +395,64 @@ def rule_dice(engine: SamEngine, volume: CachedVolume, rules: tuple[ProposalRule
     return dice
 
 
-def proposals(arguments: argparse.Namespace) -> None:
-    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only
+def score_cached_volumes(arguments: argparse.Namespace, score) -> dict:
+    """``score(volume)`` (a Dice per row) of every cached volume, by split, shift and case; written to ``--json`` as it goes."""
     results: dict = {}
     for volume in cached_volumes(arguments.cache):
-        results.setdefault(suite_split(volume.case), {}).setdefault(volume.shift, {})[volume.case] = rule_dice(base.sam, volume, PROPOSAL_RULES)
+        results.setdefault(suite_split(volume.case), {}).setdefault(volume.shift, {})[volume.case] = score(volume)
         arguments.json.write_text(json.dumps(results, indent=1) + "\n")
         print(volume.case, volume.shift, flush=True)
-    print(proposal_table(results))
+    return results
+
+
+def proposals(arguments: argparse.Namespace) -> None:
+    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only
+    print(proposal_table(score_cached_volumes(arguments, lambda volume: rule_dice(base.sam, volume, PROPOSAL_RULES))))
+
+
+SHIPPED_DECODER, SAMMED_DECODER, MEAN_OF_DECODERS = "LiteMedSAM's decoder (shipped)", "SAMMed decoder (fine-tuned on RUNMC)", "mean of both decoders' logits"
+
+
+def decoder_dice(shipped: SamEngine, tuned: SamEngine, volume: CachedVolume) -> dict[str, float]:
+    """The volume's Dice with the shipped boxes decoded by each decoder, and by the mean of their logits."""
+    shape = volume.reference.shape[1:]
+    predicted = {name: np.zeros(volume.reference.shape, dtype=bool) for name in (SHIPPED_DECODER, SAMMED_DECODER, MEAN_OF_DECODERS)}
+    for index, box in propose_boxes(volume.probabilities, volume.spacing_xyz, ProposalOptions()).items():
+        base_logits, tuned_logits = (box_logits(engine, volume.embeddings[index], box, shape)[0] for engine in (shipped, tuned))
+        predicted[SHIPPED_DECODER][index] = base_logits > 0
+        predicted[SAMMED_DECODER][index] = tuned_logits > 0
+        predicted[MEAN_OF_DECODERS][index] = base_logits + tuned_logits > 0
+    return {name: mask_dice(mask, volume.reference) for name, mask in predicted.items()}
+
+
+def decoders(arguments: argparse.Namespace) -> None:
+    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only
+    entry = catalog_entry("sammed-litemedsam-runmc", "decoder")
+    tuned = base.sam.with_mask_decoder(entry.path, entry.sha256)
+    print(decoder_table(score_cached_volumes(arguments, lambda volume: decoder_dice(base.sam, tuned, volume))))
+
+
+def split_means_table(results: dict, rows: list[str], label: str) -> str:
+    """Per row: mean Dice of each split clean and over all shifts (clean included), and the worst shift's mean."""
+    splits = sorted(results)
+    lines = [f"| {label} | " + " | ".join(f"{split} clean | {split} all shifts (worst shift)" for split in splits) + " |", "|---" * (1 + 2 * len(splits)) + "|"]
+    for row in rows:
+        cells = []
+        for split in splits:
+            by_shift = {shift: np.mean([case[row] for case in cases.values()]) for shift, cases in results[split].items()}
+            cells += [f"{by_shift.get(CLEAN, float('nan')):.3f}", f"{np.mean(list(by_shift.values())):.3f} ({min(by_shift.values()):.3f})"]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def proposal_table(results: dict) -> str:
-    """Per rule: mean Dice of each split clean and over all shifts (clean included), and the worst shift's mean."""
-    splits = sorted(results)
-    lines = ["| Boxes | " + " | ".join(f"{split} clean | {split} all shifts (worst shift)" for split in splits) + " |", "|---" * (1 + 2 * len(splits)) + "|"]
-    for rule in PROPOSAL_RULES:
-        cells = []
-        for split in splits:
-            by_shift = {shift: np.mean([case[rule.name] for case in cases.values()]) for shift, cases in results[split].items()}
-            cells += [f"{by_shift.get(CLEAN, float('nan')):.3f}", f"{np.mean(list(by_shift.values())):.3f} ({min(by_shift.values()):.3f})"]
-        shipped = rule == ProposalRule(ProposalOptions().threshold, (ProposalOptions().margin_mm,))
-        lines.append(f"| {f'**{rule.name}** (shipped)' if shipped else rule.name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    shipped = ProposalRule(ProposalOptions().threshold, (ProposalOptions().margin_mm,))
+    table = split_means_table(results, [rule.name for rule in PROPOSAL_RULES], "Boxes")
+    return table.replace(f"| {shipped.name} |", f"| **{shipped.name}** (shipped) |", 1)
+
+
+def decoder_table(results: dict) -> str:
+    return split_means_table(results, [SHIPPED_DECODER, SAMMED_DECODER, MEAN_OF_DECODERS], "Decoder (the shipped boxes)")
 
 
 def main() -> None:
@@ -436,10 +476,13 @@ def main() -> None:
     proposal = commands.add_parser("proposals")
     proposal.add_argument("--cache", type=Path, required=True)
     proposal.add_argument("--json", type=Path, required=True)
+    decoding = commands.add_parser("decoders")
+    decoding.add_argument("--cache", type=Path, required=True)
+    decoding.add_argument("--json", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    {"cache": cache, "signals": signals, "extent": extent, "trim": trim, "proposals": proposals}[arguments.command](arguments)
+    {"cache": cache, "signals": signals, "extent": extent, "trim": trim, "proposals": proposals, "decoders": decoders}[arguments.command](arguments)
 
 
 if __name__ == "__main__":
