@@ -432,8 +432,8 @@ def decoders(arguments: argparse.Namespace) -> None:
     print(decoder_table(score_cached_volumes(arguments, lambda volume: decoder_dice(base.sam, tuned, volume))))
 
 
-def split_means_table(results: dict, rows: list[str], label: str) -> str:
-    """Per row: mean Dice of each split clean and over all shifts (clean included), and the worst shift's mean."""
+def split_means_table(results: dict, rows: list[str], label: str, shipped: str | None = None) -> str:
+    """Per row: mean Dice of each split clean and over all shifts (clean included), and the worst shift's mean; ``shipped`` in bold."""
     splits = sorted(results)
     lines = [f"| {label} | " + " | ".join(f"{split} clean | {split} all shifts (worst shift)" for split in splits) + " |", "|---" * (1 + 2 * len(splits)) + "|"]
     for row in rows:
@@ -441,14 +441,13 @@ def split_means_table(results: dict, rows: list[str], label: str) -> str:
         for split in splits:
             by_shift = {shift: np.mean([case[row] for case in cases.values()]) for shift, cases in results[split].items()}
             cells += [f"{by_shift.get(CLEAN, float('nan')):.3f}", f"{np.mean(list(by_shift.values())):.3f} ({min(by_shift.values()):.3f})"]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(f"| {f'**{row}** (shipped)' if row == shipped else row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def proposal_table(results: dict) -> str:
     shipped = ProposalRule(ProposalOptions().threshold, (ProposalOptions().margin_mm,))
-    table = split_means_table(results, [rule.name for rule in PROPOSAL_RULES], "Boxes")
-    return table.replace(f"| {shipped.name} |", f"| **{shipped.name}** (shipped) |", 1)
+    return split_means_table(results, [rule.name for rule in PROPOSAL_RULES], "Boxes", shipped.name)
 
 
 def decoder_table(results: dict) -> str:
