@@ -22,7 +22,8 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
   compare   scripts/compare_coarse_suite.py: the default method with each coarse network, mean Dice (worst
             case) and HD95 per shift
   suites    scripts/compare_coarse_suite.py's table of one row (row=NAME, or row=A;B one per file) of several
-            robustness JSONs (`samprostate evaluate --shifts`, e.g. before and after a model change); names=A;B titles them
+            robustness JSONs (`samprostate evaluate --shifts`, e.g. before and after a model change); names=A;B titles
+            them, cases=A,B keeps only those cases
   training  the manifests `samprostate train-coarse` writes (OUTPUT/coarse.json): one row per run, its command,
             training time and validation Dice (and loss) per epoch; names=A;B titles the rows
   volume    scripts/volume_agreement.py --json: volume agreement with the reference masks per site, from every
@@ -78,14 +79,20 @@ def training_table(paths: list[Path], names: str = "") -> str:
     return "\n".join(lines)
 
 
-def suites_table(paths: list[Path], row: str, names: str) -> str:
+def suites_table(paths: list[Path], row: str, names: str, cases: str = "") -> str:
     """One row (a method) of several robustness JSONs side by side, as ``compare`` renders coarse networks;
-    ``row=A;B`` names each file's row (one name: the same row in every file)."""
-    rows = row.split(";") if ";" in row else [row] * len(paths)
+    ``row=A;B`` names each file's row (one name: the same row in every file), ``cases=A,B`` keeps only those cases."""
+    rows = row.split(";")
+    if len(rows) == 1:
+        rows *= len(paths)
     if len(rows) != len(paths):
         raise ValueError(f"{len(rows)} rows for {len(paths)} results files")
-    titles = _titles(names, paths)
-    return compare_table({title: json.loads(path.read_text(encoding="utf-8"))["scores"][name] for title, name, path in zip(titles, rows, paths)})
+    kept = set(cases.split(",")) if cases else None
+    scores = {}
+    for title, name, path in zip(_titles(names, paths), rows, paths):
+        by_shift = json.loads(path.read_text(encoding="utf-8"))["scores"][name]
+        scores[title] = {shift: {case: value for case, value in by_case.items() if kept is None or case in kept} for shift, by_case in by_shift.items()}
+    return compare_table(scores)
 
 
 def _titles(names: str, paths: list[Path]) -> list[str]:

@@ -411,12 +411,13 @@ def proposals(arguments: argparse.Namespace) -> None:
 
 
 SHIPPED_DECODER, SAMMED_DECODER, MEAN_OF_DECODERS = "LiteMedSAM's decoder (shipped)", "SAMMed decoder (fine-tuned on RUNMC)", "mean of both decoders' logits"
+DECODER_ROWS = (SHIPPED_DECODER, SAMMED_DECODER, MEAN_OF_DECODERS)
 
 
 def decoder_dice(shipped: SamEngine, tuned: SamEngine, volume: CachedVolume) -> dict[str, float]:
     """The volume's Dice with the shipped boxes decoded by each decoder, and by the mean of their logits."""
     shape = volume.reference.shape[1:]
-    predicted = {name: np.zeros(volume.reference.shape, dtype=bool) for name in (SHIPPED_DECODER, SAMMED_DECODER, MEAN_OF_DECODERS)}
+    predicted = {name: np.zeros(volume.reference.shape, dtype=bool) for name in DECODER_ROWS}
     for index, box in propose_boxes(volume.probabilities, volume.spacing_xyz, ProposalOptions()).items():
         base_logits, tuned_logits = (box_logits(engine, volume.embeddings[index], box, shape)[0] for engine in (shipped, tuned))
         predicted[SHIPPED_DECODER][index] = base_logits > 0
@@ -451,7 +452,7 @@ def proposal_table(results: dict) -> str:
 
 
 def decoder_table(results: dict) -> str:
-    return split_means_table(results, [SHIPPED_DECODER, SAMMED_DECODER, MEAN_OF_DECODERS], "Decoder (the shipped boxes)")
+    return split_means_table(results, list(DECODER_ROWS), "Decoder (the shipped boxes)")
 
 
 def main() -> None:
