@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, read_mask
-from SAMProstateSDGLib.masks.clicks import Click, largest_error_region, next_click
+from SAMProstateSDGLib.masks.clicks import CLICK_LOGIT_MARGIN, CLICK_THRESHOLD_REACH, Click, click_threshold, largest_error_region, next_click
 
 
 def disc(shape, centre, radius):
@@ -74,3 +74,43 @@ def test_a_click_on_a_real_fixture_slice_lies_in_the_error_and_deep_inside_it():
     prediction |= gland  # the whole gland found: only the blob is left, and it is removed by a negative click
     click = next_click(prediction, gland)
     assert not click.positive and outside[int(click.y), int(click.x)]
+
+
+def cone(shape=(64, 64), centre=(32, 32)) -> np.ndarray:
+    """Logits falling by one per pixel from 10 at ``centre``: the level sets are discs."""
+    rows, columns = np.ogrid[: shape[0], : shape[1]]
+    return 10.0 - np.hypot(rows - centre[0], columns - centre[1])
+
+
+def test_a_click_the_decoder_already_honours_keeps_its_threshold():
+    logits = cone()
+    assert click_threshold(logits, (), 0.0) == 0.0
+    assert click_threshold(logits, (Click(32, 35, True), Click(32, 50, False)), 0.0) == 0.0
+
+
+def test_a_negative_click_inside_the_mask_moves_the_threshold_just_past_it():
+    """A negative click 8 pixels from the centre (logit 2) of a disc of radius 10: the disc shrinks to radius 8 − margin."""
+    threshold = click_threshold(cone(), (Click(40, 32, False),), 0.0)
+    assert threshold == pytest.approx(2.0 + CLICK_LOGIT_MARGIN)
+    mask = cone() > threshold
+    assert not mask[32, 40] and mask[32, 39 - round(CLICK_LOGIT_MARGIN)]
+
+
+def test_a_positive_click_outside_the_mask_grows_it_to_take_the_click_in():
+    threshold = click_threshold(cone(), (Click(32, 44, True),), 0.0)
+    assert threshold == pytest.approx(-2.0 - CLICK_LOGIT_MARGIN)
+    assert (cone() > threshold)[44, 32]
+
+
+def test_clicks_that_no_threshold_satisfies_leave_the_decision_to_the_latest():
+    """A negative click at logit 3 and a positive one at logit 2: no level set has both, the latest decides."""
+    clicks = (Click(32, 39, False), Click(32, 40, True))
+    assert click_threshold(cone(), clicks, 0.0) == 0.0  # the latest (positive) click is inside already
+    clicks = (Click(32, 40, True), Click(32, 39, False))
+    assert click_threshold(cone(), clicks, 0.0) == pytest.approx(3.0 + CLICK_LOGIT_MARGIN)
+
+
+def test_the_threshold_moves_at_most_its_reach():
+    """A negative click at the centre (logit 10) of a confident region does not empty the slice."""
+    assert click_threshold(cone(), (Click(32, 32, False),), 0.0) == CLICK_THRESHOLD_REACH
+    assert click_threshold(cone(), (Click(0, 0, True),), 0.0) == -CLICK_THRESHOLD_REACH

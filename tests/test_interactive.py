@@ -64,6 +64,28 @@ def test_the_engine_replays_clicks_in_order_and_reuses_what_it_decoded(sam_engin
     np.testing.assert_array_equal(box_only, refiner.refine(embedding, reference.shape, SliceClicks(box)).mask)
 
 
+def test_every_click_gets_its_label_even_where_the_decoder_only_half_answers_it(sam_engine, decoder, mid_slice):
+    """Three simulated clicks on the unseen slice: the clicked pixel always ends up on the side the click says, and at
+    least once only because the slice's threshold moved past it (the decoder's own logits had it wrong)."""
+    from SAMProstateSDGLib.masks.clicks import next_click
+
+    _, _, embedding, reference = mid_slice
+    refiner, box = ClickRefiner(sam_engine, decoder), boxes_from_labels(reference[None])[0]
+    refined = refiner.refine(embedding, reference.shape, SliceClicks(box))
+    state, decoder_wrong = SliceClicks(box, (), refined.logits), 0
+    for _ in range(3):
+        click = next_click(refined.mask, reference > 0)
+        state = state.with_click(click)
+        refined = refiner.refine(embedding, reference.shape, state)
+        state = SliceClicks(box, state.clicks, refined.logits)
+        row, column = int(click.y), int(click.x)
+        assert refined.mask[row, column] == click.positive
+        own = sam_engine.sam.postprocess_masks(refined.logits, sam_engine.input_size(reference.shape), reference.shape)[0, 0].numpy() > 0
+        decoder_wrong += own[row, column] != click.positive
+        assert (refined.mask <= own).all() or (refined.mask >= own).all()  # a level set of the same logits
+    assert decoder_wrong >= 1
+
+
 def test_a_training_step_trains_only_the_click_parts_of_a_copy(segmenter, mid_slice, tmp_path):
     """Only the click embeddings, the mask-prompt branch and the click decoder learn; the box embeddings and the mask
     decoder a box alone goes through stay, so a box alone decodes as LiteMedSAM does; a coarse box on a slice without

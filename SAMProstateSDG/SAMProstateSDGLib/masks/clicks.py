@@ -58,3 +58,35 @@ def next_click(prediction: np.ndarray, reference: np.ndarray) -> Click | None:
     # several equally deep pixels (a ridge): the one nearest their centroid, the first in raster order among equals
     nearest = int(np.argmin((rows - rows.mean()) ** 2 + (columns - columns.mean()) ** 2))
     return Click(float(columns[nearest]), float(rows[nearest]), positive)
+
+
+CLICK_LOGIT_MARGIN = 0.5  # how far past a clicked pixel's logit the threshold moves
+CLICK_THRESHOLD_REACH = 4.0  # at most this far (in logits) from the decoder's own threshold
+
+
+def click_threshold(logits: np.ndarray, clicks: tuple[Click, ...], threshold: float) -> float:
+    """The mask threshold, nearest ``threshold``, at which every click's pixel has its label.
+
+    A decoder answers a click only in part: after a negative click on a band of over-segmentation the
+    clicked pixel is often still inside. Moving the slice's threshold past the clicked pixel's logit
+    (by ``CLICK_LOGIT_MARGIN``) removes it, and every pixel the decoder rates less likely, and a
+    positive click adds what it rates more likely. When the clicks disagree no threshold suits them
+    all, and the latest click decides. The move is at most ``CLICK_THRESHOLD_REACH``, so a click deep
+    in a confident region does not empty the slice.
+    """
+    if not clicks:
+        return threshold
+    rows, columns = logits.shape
+    values = [(float(logits[min(max(round(c.y), 0), rows - 1), min(max(round(c.x), 0), columns - 1)]), c.positive) for c in clicks]
+    low, high = _label_interval(values)
+    if low >= high:  # the clicks disagree: the latest one decides
+        low, high = _label_interval(values[-1:])
+    moved = min(max(threshold, low), high)
+    return min(max(moved, threshold - CLICK_THRESHOLD_REACH), threshold + CLICK_THRESHOLD_REACH)
+
+
+def _label_interval(values: list[tuple[float, bool]]) -> tuple[float, float]:
+    """The thresholds that keep every positive click's logit above and every negative one's below, with the margin."""
+    low = max((value for value, positive in values if not positive), default=-np.inf) + CLICK_LOGIT_MARGIN
+    high = min((value for value, positive in values if positive), default=np.inf) - CLICK_LOGIT_MARGIN
+    return low, high

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..core.checksums import load_trained_weights
 from ..masks.boxes import Box
-from ..masks.clicks import Click, next_click
+from ..masks.clicks import Click, click_threshold, next_click
 from .sam_engine import Prompt, SamEngine
 
 INTERACTIVE_KIND = "interactive-decoder"  # the catalog kind of a point-trained decoder (methods.interactive's model_kind)
@@ -111,7 +111,8 @@ class ClickRefiner:
 
     @torch.inference_mode()
     def refine(self, embedding: torch.Tensor, slice_shape: tuple[int, int], state: SliceClicks) -> Refined:
-        """The slice's mask from ``state`` (a box, clicks, or both)."""
+        """The slice's mask from ``state`` (a box, clicks, or both), thresholded so that every click's pixel has
+        its label (``click_threshold``); the decoder's own logits are what the next click feeds back."""
         if state.box is None and not state.clicks:
             raise ValueError("a slice needs a box or a click to be segmented")
         device, transform = self.engine.device, self.engine.transform
@@ -123,8 +124,9 @@ class ClickRefiner:
             labels = torch.tensor([[click.label for click in state.clicks]], dtype=torch.int, device=device)
             points = (transform.apply_coords_torch(coordinates, slice_shape), labels)
         logits, iou = self.decoder(embedding.float()[None].to(device), boxes, points, state.previous)
-        upsampled = self.engine.sam.postprocess_masks(logits, self.engine.input_size(slice_shape), slice_shape)
-        return Refined((upsampled[0, 0] > self.engine.sam.mask_threshold).cpu().numpy(), logits, float(iou[0, 0]))
+        upsampled = self.engine.sam.postprocess_masks(logits, self.engine.input_size(slice_shape), slice_shape)[0, 0].cpu().numpy()
+        threshold = click_threshold(upsampled, state.clicks, self.engine.sam.mask_threshold)
+        return Refined(upsampled > threshold, logits, float(iou[0, 0]))
 
 
 RefineStep = Callable[[SliceClicks], Refined]  # one decoder update of a slice from its box, clicks and previous mask
