@@ -5,6 +5,9 @@ counting as border; on a ridge of equally deep points, its middle) the largest e
 positive click inside a missed region (false negative), a negative one inside a region that
 should not be there (false positive). This is the click model of interactive segmentation
 benchmarks (RITM, SAM's simulated-click training, nnInteractive's evaluation).
+
+``click_threshold`` is the other side of a click: the mask threshold at which the clicked pixels,
+real or simulated, get the labels the clicks give them.
 """
 
 from __future__ import annotations
