@@ -6,6 +6,7 @@ from SAMProstateSDGLib.masks.boxes import (
     Box,
     ComponentFilter,
     ProposalOptions,
+    borrowed_box,
     boxes_from_labels,
     filtered_mask,
     largest_component,
@@ -102,3 +103,16 @@ def test_clicks_edit_a_box_for_box_only_models():
     assert box_from_clicks(None, ((15.0, 15.0),), (1,), (64, 64)) is None
     assert box_from_clicks(None, ((5.0, 6.0), (40.0, 30.0)), (1, 1), (64, 64)) == Box(3.0, 4.0, 42.0, 32.0)
     assert box_from_clicks(box, ((70.0, -5.0),), (1,), (64, 64)) == Box(10.0, 0.0, 63.0, 20.0)  # kept inside the slice
+
+
+def test_a_slice_without_a_box_borrows_the_nearest_box_shrunk_around_its_first_positive_click():
+    from SAMProstateSDGLib.masks.boxes import BORROWED_BOX_SCALE
+
+    boxes = {3: Box(10.0, 10.0, 30.0, 20.0), 7: Box(0.0, 0.0, 50.0, 50.0)}
+    box = borrowed_box(boxes, 4, ((5.0, 5.0), (40.0, 30.0)), (0, 1), (64, 64))  # slice 3 is nearest; the negative click is not a centre
+    half_width, half_height = BORROWED_BOX_SCALE * 10.0, BORROWED_BOX_SCALE * 5.0
+    assert box == Box(40.0 - half_width, 30.0 - half_height, 40.0 + half_width, 30.0 + half_height)
+    assert borrowed_box(boxes, 5, ((40.0, 30.0),), (1,), (64, 64)) == box  # equally near: the lower slice
+    assert borrowed_box(boxes, 9, ((60.0, 2.0),), (1,), (64, 64)) == Box(60.0 - 20.0, 0.0, 63.0, 2.0 + 20.0)  # kept inside the slice
+    assert borrowed_box(boxes, 4, ((40.0, 30.0),), (0,), (64, 64)) is None  # no positive click to centre it on
+    assert borrowed_box({}, 4, ((40.0, 30.0),), (1,), (64, 64)) is None

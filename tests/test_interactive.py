@@ -86,6 +86,31 @@ def test_every_click_gets_its_label_even_where_the_decoder_only_half_answers_it(
     assert decoder_wrong >= 1
 
 
+def test_a_click_on_a_slice_without_a_box_starts_from_the_nearest_box(data, segmenter, sam_engine, decoder):
+    """The whole unseen P158-020 with its proposed boxes: the first gland slice past them has no box. A click there
+    segments it from the nearest box, shrunk around the click, which the slice keeps, and comes far closer to the
+    reference than the lone click does."""
+    from SAMProstateSDGLib.io.dataset import find_cases
+    from SAMProstateSDGLib.masks.boxes import borrowed_box
+    from SAMProstateSDGLib.masks.clicks import next_click
+    from SAMProstateSDGLib.masks.metrics import dice_score
+    from SAMProstateSDGLib.pipeline.segmenter import BoxSegmentation
+
+    image, reference = next(case for case in find_cases(data, split="unseen") if case.name == "P158-020").read()
+    volume = segmenter.prepare(image)
+    boxes = segmenter.propose_boxes(volume)
+    index = max(boxes) + 1
+    assert reference[index].any(), "the gland goes on past the proposed boxes"
+    session = BoxSegmentation(volume, InteractiveEngine(sam_engine, decoder))
+    session.update(boxes)
+    click = next_click(session.labels[index] > 0, reference[index] > 0)
+    assert click is not None and click.positive
+    used = session.refine_slice(index, Prompt(None, ((click.x, click.y),), (1,)))
+    assert used == borrowed_box(boxes, index, ((click.x, click.y),), (1,), reference.shape[1:]) and session.boxes[index] == used
+    alone = ClickRefiner(sam_engine, decoder).refine(volume.encoded.embeddings[index], reference.shape[1:], SliceClicks(None, (click,))).mask
+    assert dice_score(session.labels[index] > 0, reference[index] > 0) > dice_score(alone, reference[index] > 0) + 0.05
+
+
 def test_a_training_step_trains_only_the_click_parts_of_a_copy(segmenter, mid_slice, tmp_path):
     """Only the click embeddings, the mask-prompt branch and the click decoder learn; the box embeddings and the mask
     decoder a box alone goes through stay, so a box alone decodes as LiteMedSAM does; a coarse box on a slice without

@@ -123,6 +123,27 @@ def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, ref
     assert dice(labels[index], reference[index]) > 0.8 and not np.delete(labels, index, 0).any()
 
 
+def test_a_click_with_the_interactive_decoder_on_a_slice_without_a_box_borrows_the_nearest_box(workflow, volume_node, reference):
+    """Boxes proposed, the smallest slice's ROI deleted by the user, a click inside the gland there: the interactive
+    decoder segments the slice from the nearest ROI's box shrunk around the click, and shows that box as the slice's ROI."""
+    from SAMProstateSDGLib.masks.boxes import borrowed_box
+
+    assert workflow.clickMode(device="cpu", method="interactive").startswith("Clicks are points")
+    rois = {bridge.box_from_roi_node(volume_node, roi)[0]: roi for roi in workflow.proposeBoxes(volume_node, device="cpu")}
+    index = min(rois, key=lambda key: reference[key].sum())
+    volume_node.GetScene().RemoveNode(rois[index])
+    remaining = dict(bridge.box_from_roi_node(volume_node, roi) for roi in bridge.box_roi_nodes(volume_node))
+    rows, columns = np.nonzero(reference[index])
+    points = volume_node.GetScene().AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "clicks")
+    points.AddControlPoint((bridge.ijk_to_ras(volume_node) @ [columns.mean(), rows.mean(), index, 1.0])[:3].tolist())
+    segmentation = workflow.refineWithPoints(volume_node, points, device="cpu", method="interactive")
+    shown = dict(bridge.box_from_roi_node(volume_node, roi) for roi in bridge.box_roi_nodes(volume_node))
+    expected = borrowed_box(remaining, index, ((columns.mean(), rows.mean()),), (1,), reference.shape[1:])
+    assert shown.keys() == remaining.keys() | {index}
+    assert np.allclose(shown[index].as_tuple(), expected.as_tuple(), atol=1.0)
+    assert dice(segment_labels(segmentation, volume_node, "prostate")[index], reference[index]) > 0.8
+
+
 @pytest.mark.parametrize("method", ["desam-box", "samed"])
 def test_methods_that_prompt_themselves_need_no_boxes(workflow, scene, method):
     """On Case29 (NCI-ISBI, not trained on): on the unseen site these methods are still weak (README)."""

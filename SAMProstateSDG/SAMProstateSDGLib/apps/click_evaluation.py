@@ -13,6 +13,7 @@ the clicks a slice needs to reach Dice 0.90 (N when it never does), averaged ove
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ from ..core.catalog import catalog
 from ..core.errors import InputError
 from ..core.files import write_json, write_text_atomically
 from ..io.dataset import Case
-from ..masks.boxes import Box, box_from_clicks
+from ..masks.boxes import Box, borrowed_box, box_from_clicks
+from ..masks.clicks import Click
 from ..masks.metrics import dice_score
 from ..modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, Refined, RefineStep, SliceClicks, simulate_clicks
 from ..modeling.sam_engine import Prompt, SamEngine
@@ -70,6 +72,11 @@ def clicks_to_reach(dice_by_click: list[float], target: float = NOC_DICE) -> int
     return next((clicks for clicks, dice in enumerate(dice_by_click) if dice >= target), len(dice_by_click) - 1)
 
 
+def borrowed_first_box(boxes: dict[int, Box], index: int, shape: tuple[int, int], click: Click) -> Box | None:
+    """The box a first click on a slice without one starts from (``masks.boxes.borrowed_box``)."""
+    return borrowed_box(boxes, index, ((click.x, click.y),), (click.label,), shape)
+
+
 def simulate_case(
     segmenter: ProstateSegmenter, decoders: list[str], case: Case, clicks: int, interactive: ClickRefiner | None
 ) -> list[CaseClicks]:
@@ -86,12 +93,14 @@ def simulate_case(
         for index in sorted(gland | boxes.keys()):
             volume.encoded.encode([index])
             embedding = volume.encoded.embeddings[index]
+            first_click_box = None
             if name == BOX_EDIT:
                 step = box_edit_step(segmenter.sam, embedding, shape)
             else:
                 assert interactive is not None  # the interactive decoder is among the decoders only with a refiner
                 step = interactive_step(interactive, embedding, shape)
-            masks = simulate_clicks(step, reference[index] > 0, SliceClicks(boxes.get(index)), clicks)
+                first_click_box = partial(borrowed_first_box, boxes, index, shape)  # as BoxSegmentation.refine_slice does
+            masks = simulate_clicks(step, reference[index] > 0, SliceClicks(boxes.get(index)), clicks, first_click_box)
             masks += [masks[-1]] * (clicks + 1 - len(masks))
             labels[:, index] = masks
             if index in gland:

@@ -132,12 +132,15 @@ class ClickRefiner:
 RefineStep = Callable[[SliceClicks], Refined]  # one decoder update of a slice from its box, clicks and previous mask
 
 
-def simulate_clicks(step: RefineStep, reference: np.ndarray, start: SliceClicks, clicks: int) -> list[np.ndarray]:
+def simulate_clicks(
+    step: RefineStep, reference: np.ndarray, start: SliceClicks, clicks: int, first_click_box: Callable[[Click], Box | None] | None = None
+) -> list[np.ndarray]:
     """A simulated user's session on one slice: its masks after 0, 1, …, ``clicks`` clicks.
 
     The start (0 clicks) is ``step(start)``, or an empty mask when ``start`` has neither a box nor
     a click; each click is ``next_click`` on the current mask, added to all earlier ones, with the
-    last logits fed back. Once the mask equals the reference, it stays.
+    last logits fed back. On an empty start, ``first_click_box`` may give the first click a box to
+    start from (decoded first, as the engine replays a slice). Once the mask equals the reference, it stays.
     """
     state, mask = start, np.zeros(reference.shape, dtype=bool)
     if start.box is not None or start.clicks:
@@ -147,6 +150,9 @@ def simulate_clicks(step: RefineStep, reference: np.ndarray, start: SliceClicks,
     for _ in range(clicks):
         click = next_click(mask, reference)
         if click is not None:
+            box = first_click_box(click) if first_click_box is not None and state.box is None and not state.clicks else None
+            if box is not None:
+                state = replace(state, box=box, previous=step(SliceClicks(box)).logits)
             state = state.with_click(click)
             refined = step(state)
             state, mask = replace(state, previous=refined.logits), refined.mask

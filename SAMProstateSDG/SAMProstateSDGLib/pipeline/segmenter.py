@@ -5,7 +5,7 @@ A method (``methods.registry``) loads onto the base models of a ``ProstateSegmen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from ..masks.boxes import (
     CoarseOptions,
     ComponentFilter,
     ProposalOptions,
+    borrowed_box,
     box_from_clicks,
     component_boxes,
     filtered_mask,
@@ -32,6 +33,7 @@ from ..masks.confidence import SliceConfidence, slice_confidences
 from ..modeling.backends import candidates
 from ..modeling.coarse_net import CoarseSegmenter
 from ..modeling.encoder_stages import EncoderFeatures
+from ..modeling.interactive import InteractiveEngine
 from ..modeling.sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
 from .localisation import coarse_probabilities
 
@@ -214,11 +216,13 @@ class BoxSegmentation:
         self.boxes = dict(boxes)
         return changed
 
-    def refine_slice(self, index: int, prompt: Prompt) -> Box | None:
+    def refine_slice(self, index: int, prompt: Prompt, neighbours: dict[int, Box] | None = None) -> Box | None:
         """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves.
 
-        A box-only SAM (LiteMedSAM) gets the clicks as a box edit (``box_from_clicks``); returns the
-        box the slice was segmented with, if any.
+        A box-only SAM (LiteMedSAM) gets the clicks as a box edit (``box_from_clicks``). The interactive
+        decoder, on a slice without a box, starts from the nearest box among ``neighbours`` (default: the
+        session's boxes) shrunk around the first positive click (``borrowed_box``).
+        Returns the box the slice was segmented with, if any.
         """
         engine = self.decoder or self.volume.encoded.engine
         if engine.box_only:
@@ -226,6 +230,11 @@ class BoxSegmentation:
             if box is None:
                 raise InputError(f"LiteMedSAM segments from a box: add a box on slice {index}, or click two opposite corners of the gland")
             prompt = Prompt(box=box.as_tuple())
+        elif prompt.box is None and isinstance(engine, InteractiveEngine):
+            others = {boxed: box for boxed, box in (self.boxes if neighbours is None else neighbours).items() if boxed != index}
+            borrowed = borrowed_box(others, index, prompt.points, prompt.point_labels, self.labels.shape[1:])
+            if borrowed is not None:
+                prompt = replace(prompt, box=borrowed.as_tuple())
         self.labels[index] = 0
         self._segment_slice(index, prompt)
         if prompt.box is not None:
