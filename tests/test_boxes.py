@@ -13,6 +13,7 @@ from SAMProstateSDGLib.masks.boxes import (
     largest_component_per_slice,
     propose_boxes,
     slice_boxes,
+    start_box,
 )
 
 
@@ -116,3 +117,19 @@ def test_a_slice_without_a_box_borrows_the_nearest_box_shrunk_around_its_first_p
     assert borrowed_box(boxes, 9, ((60.0, 2.0),), (1,), (64, 64)) == Box(60.0 - 20.0, 0.0, 63.0, 2.0 + 20.0)  # kept inside the slice
     assert borrowed_box(boxes, 4, ((40.0, 30.0),), (0,), (64, 64)) is None  # no positive click to centre it on
     assert borrowed_box({}, 4, ((40.0, 30.0),), (1,), (64, 64)) is None
+
+
+def test_a_click_where_the_coarse_network_still_sees_gland_starts_from_that_region_grown_2_mm():
+    """Below the proposals' threshold but above the flags' 0.30, the region under the first positive click gives the
+    box (0.5 mm pixels: 2 mm is 4 columns, 0.25 mm rows: 8 rows); elsewhere the borrowed box, as without probabilities."""
+    probabilities = np.zeros((64, 64), dtype=np.float32)
+    probabilities[20:31, 30:41] = 0.5  # the gland past the boxes, seen at p 0.5
+    probabilities[50:55, 5:10] = 0.9  # another region, not under the click
+    boxes = {3: Box(10.0, 10.0, 30.0, 20.0)}
+    box = start_box(boxes, 4, ((33.0, 25.0),), (1,), (64, 64), probabilities, (0.5, 0.25))
+    assert box == Box(30.0 - 4, 20.0 - 8, 40.0 + 4, 30.0 + 8)
+    assert start_box(boxes, 4, ((5.0, 5.0), (33.0, 25.0)), (0, 1), (64, 64), probabilities, (0.5, 0.25)) == box  # the first positive click
+    outside = ((15.0, 45.0),)
+    assert start_box(boxes, 4, outside, (1,), (64, 64), probabilities, (0.5, 0.25)) == borrowed_box(boxes, 4, outside, (1,), (64, 64))
+    assert start_box(boxes, 4, ((33.0, 25.0),), (1,), (64, 64), None, (0.5, 0.25)) == borrowed_box(boxes, 4, ((33.0, 25.0),), (1,), (64, 64))
+    assert start_box(boxes, 4, ((33.0, 25.0),), (0,), (64, 64), probabilities, (0.5, 0.25)) is None  # no positive click

@@ -86,12 +86,13 @@ def test_every_click_gets_its_label_even_where_the_decoder_only_half_answers_it(
     assert decoder_wrong >= 1
 
 
-def test_a_click_on_a_slice_without_a_box_starts_from_the_nearest_box(data, segmenter, sam_engine, decoder):
-    """The whole unseen P158-020 with its proposed boxes: the first gland slice past them has no box. A click there
-    segments it from the nearest box, shrunk around the click, which the slice keeps, and comes far closer to the
-    reference than the lone click does."""
+def test_a_click_on_a_slice_without_a_box_starts_from_the_coarse_region_under_it_or_the_nearest_box(data, segmenter, sam_engine, decoder):
+    """The whole unseen P158-020 with its proposed boxes: the gland goes on for three slices past them. A click on the
+    first, where the coarse network sees no region above 0.30 under it, segments it from the nearest box shrunk
+    around the click, far closer to the reference than the lone click; a click on the last (700 pixels of gland),
+    where it does, from that region's box, far closer than from the nearest box. Each slice keeps its box."""
     from SAMProstateSDGLib.io.dataset import find_cases
-    from SAMProstateSDGLib.masks.boxes import borrowed_box
+    from SAMProstateSDGLib.masks.boxes import borrowed_box, start_box
     from SAMProstateSDGLib.masks.clicks import next_click
     from SAMProstateSDGLib.masks.metrics import dice_score
     from SAMProstateSDGLib.pipeline.segmenter import BoxSegmentation
@@ -99,16 +100,28 @@ def test_a_click_on_a_slice_without_a_box_starts_from_the_nearest_box(data, segm
     image, reference = next(case for case in find_cases(data, split="unseen") if case.name == "P158-020").read()
     volume = segmenter.prepare(image)
     boxes = segmenter.propose_boxes(volume)
-    index = max(boxes) + 1
-    assert reference[index].any(), "the gland goes on past the proposed boxes"
+    probabilities, shape = segmenter.coarse_probabilities(volume), reference.shape[1:]
+    first, last = max(boxes) + 1, int(np.flatnonzero(reference.any(axis=(1, 2))).max())
+    assert last == first + 2, "the gland goes on for three slices past the proposed boxes"
     session = BoxSegmentation(volume, InteractiveEngine(sam_engine, decoder))
     session.update(boxes)
-    click = next_click(session.labels[index] > 0, reference[index] > 0)
-    assert click is not None and click.positive
-    used = session.refine_slice(index, Prompt(None, ((click.x, click.y),), (1,)))
-    assert used == borrowed_box(boxes, index, ((click.x, click.y),), (1,), reference.shape[1:]) and session.boxes[index] == used
-    alone = ClickRefiner(sam_engine, decoder).refine(volume.encoded.embeddings[index], reference.shape[1:], SliceClicks(None, (click,))).mask
-    assert dice_score(session.labels[index] > 0, reference[index] > 0) > dice_score(alone, reference[index] > 0) + 0.05
+    for index in (first, last):
+        click = next_click(session.labels[index] > 0, reference[index] > 0)
+        assert click is not None and click.positive
+        points = ((click.x, click.y),)
+        borrowed = borrowed_box(boxes, index, points, (1,), shape)
+        used = session.refine_slice(index, Prompt(None, points, (1,)))
+        assert used == start_box(boxes, index, points, (1,), shape, probabilities[index], volume.spacing_xy) and session.boxes[index] == used
+        dice = dice_score(session.labels[index] > 0, reference[index] > 0)
+        if index == first:
+            assert used == borrowed
+            alone = ClickRefiner(sam_engine, decoder).refine(volume.encoded.embeddings[index], shape, SliceClicks(None, (click,))).mask
+            assert dice > dice_score(alone, reference[index] > 0) + 0.05
+        else:
+            assert used != borrowed
+            from_borrowed = BoxSegmentation(volume, InteractiveEngine(sam_engine, decoder))
+            from_borrowed.refine_slice(index, Prompt(borrowed.as_tuple(), points, (1,)))
+            assert dice > dice_score(from_borrowed.labels[index] > 0, reference[index] > 0) + 0.2
 
 
 def test_a_training_step_trains_only_the_click_parts_of_a_copy(segmenter, mid_slice, tmp_path):

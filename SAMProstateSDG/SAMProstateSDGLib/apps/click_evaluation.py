@@ -23,7 +23,7 @@ from ..core.catalog import catalog
 from ..core.errors import InputError
 from ..core.files import write_json, write_text_atomically
 from ..io.dataset import Case
-from ..masks.boxes import Box, borrowed_box, box_from_clicks
+from ..masks.boxes import Box, box_from_clicks, start_box
 from ..masks.clicks import Click
 from ..masks.metrics import dice_score
 from ..modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, Refined, RefineStep, SliceClicks, simulate_clicks
@@ -72,9 +72,11 @@ def clicks_to_reach(dice_by_click: list[float], target: float = NOC_DICE) -> int
     return next((clicks for clicks, dice in enumerate(dice_by_click) if dice >= target), len(dice_by_click) - 1)
 
 
-def borrowed_first_box(boxes: dict[int, Box], index: int, shape: tuple[int, int], click: Click) -> Box | None:
-    """The box a first click on a slice without one starts from (``masks.boxes.borrowed_box``)."""
-    return borrowed_box(boxes, index, ((click.x, click.y),), (click.label,), shape)
+def first_click_start(
+    boxes: dict[int, Box], index: int, shape: tuple[int, int], probabilities: np.ndarray, spacing_xy: tuple[float, ...], click: Click
+) -> Box | None:
+    """The box a first click on a slice without one starts from (``masks.boxes.start_box``)."""
+    return start_box(boxes, index, ((click.x, click.y),), (click.label,), shape, probabilities, spacing_xy)
 
 
 def simulate_case(
@@ -84,6 +86,7 @@ def simulate_case(
     image, reference = case.read()
     volume = segmenter.prepare(image)
     boxes: dict[int, Box] = segmenter.propose_boxes(volume)
+    probabilities = segmenter.coarse_probabilities(volume)
     gland = {int(index) for index in np.flatnonzero((reference > 0).any(axis=(1, 2)))}
     shape = reference.shape[1:]
     results = []
@@ -99,7 +102,7 @@ def simulate_case(
             else:
                 assert interactive is not None  # the interactive decoder is among the decoders only with a refiner
                 step = interactive_step(interactive, embedding, shape)
-                first_click_box = partial(borrowed_first_box, boxes, index, shape)  # as BoxSegmentation.refine_slice does
+                first_click_box = partial(first_click_start, boxes, index, shape, probabilities[index], volume.spacing_xy)  # as refine_slice does
             masks = simulate_clicks(step, reference[index] > 0, SliceClicks(boxes.get(index)), clicks, first_click_box)
             masks += [masks[-1]] * (clicks + 1 - len(masks))
             labels[:, index] = masks

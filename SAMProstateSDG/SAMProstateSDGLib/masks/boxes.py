@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from .component_choice import choose_component, choose_z_segment
+from .confidence import PAST_THE_BOXES_PROBABILITY
 
 COARSE_THRESHOLD = 0.75
 IN_PLANE = np.stack([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3))]).astype(bool)  # 4-connected, never across slices
@@ -250,3 +251,32 @@ def borrowed_box(
     (x, y), height, width = positives[0], *shape
     half_width, half_height = BORROWED_BOX_SCALE * (nearest.x1 - nearest.x0) / 2, BORROWED_BOX_SCALE * (nearest.y1 - nearest.y0) / 2
     return Box(max(x - half_width, 0.0), max(y - half_height, 0.0), min(x + half_width, width - 1.0), min(y + half_height, height - 1.0))
+
+
+START_MARGIN_MM = 2.0  # chosen on the suite's gland slices without a box (README: "Click to segment")
+
+
+def start_box(
+    boxes: dict[int, Box],
+    index: int,
+    points: tuple[tuple[float, float], ...],
+    labels: tuple[int, ...],
+    shape: tuple[int, int],
+    probabilities: np.ndarray | None,
+    spacing_xy: tuple[float, ...],
+) -> Box | None:
+    """A start box for clicks on a slice without one (None without a positive click).
+
+    Where the coarse network's ``probabilities`` on the slice exceed ``PAST_THE_BOXES_PROBABILITY``
+    at the first positive click (the gland may go on there, as the flags say), the box of that
+    connected region grown by ``START_MARGIN_MM``: the network's own evidence on this slice, below
+    the proposals' threshold. Otherwise the nearest box, shrunk around the click (``borrowed_box``).
+    """
+    positives = [point for point, label in zip(points, labels) if label == 1]
+    if probabilities is not None and positives:
+        height, width = shape
+        column, row = (min(max(round(value), 0), side - 1) for value, side in zip(positives[0], (width, height)))
+        regions, _ = ndimage.label(probabilities > PAST_THE_BOXES_PROBABILITY)
+        if regions[row, column]:
+            return component_boxes((regions == regions[row, column])[None], spacing_xy, START_MARGIN_MM)[0]
+    return borrowed_box(boxes, index, points, labels, shape)

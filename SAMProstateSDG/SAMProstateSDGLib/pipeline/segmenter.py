@@ -22,11 +22,11 @@ from ..masks.boxes import (
     CoarseOptions,
     ComponentFilter,
     ProposalOptions,
-    borrowed_box,
     box_from_clicks,
     component_boxes,
     filtered_mask,
     slice_boxes,
+    start_box,
 )
 from ..masks.canvas import Canvas, encoder_canvas
 from ..masks.confidence import SliceConfidence, slice_confidences
@@ -220,8 +220,9 @@ class BoxSegmentation:
         """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves.
 
         A box-only SAM (LiteMedSAM) gets the clicks as a box edit (``box_from_clicks``). The interactive
-        decoder, on a slice without a box, starts from the nearest box among ``neighbours`` (default: the
-        session's boxes) shrunk around the first positive click (``borrowed_box``).
+        decoder, on a slice without a box, starts from the box of the coarse network's region under the
+        first positive click, or else the nearest box among ``neighbours`` (default: the session's boxes)
+        shrunk around it (``start_box``).
         Returns the box the slice was segmented with, if any.
         """
         engine = self.decoder or self.volume.encoded.engine
@@ -232,9 +233,10 @@ class BoxSegmentation:
             prompt = Prompt(box=box.as_tuple())
         elif prompt.box is None and isinstance(engine, InteractiveEngine):
             others = {boxed: box for boxed, box in (self.boxes if neighbours is None else neighbours).items() if boxed != index}
-            borrowed = borrowed_box(others, index, prompt.points, prompt.point_labels, self.labels.shape[1:])
-            if borrowed is not None:
-                prompt = replace(prompt, box=borrowed.as_tuple())
+            coarse = None if self.volume.coarse is None else self.volume.coarse[index]
+            start = start_box(others, index, prompt.points, prompt.point_labels, self.labels.shape[1:], coarse, self.volume.spacing_xy)
+            if start is not None:
+                prompt = replace(prompt, box=start.as_tuple())
         self.labels[index] = 0
         self._segment_slice(index, prompt)
         if prompt.box is not None:

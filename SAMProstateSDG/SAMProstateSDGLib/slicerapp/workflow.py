@@ -347,9 +347,9 @@ class ProstateWorkflow:
             if roiSlice != sliceIndex:
                 raise InputError(f"{roiNode.GetName()} lies on slice {roiSlice}, not on slice {sliceIndex}")
         session = self.session(volumeNode, model, device, method)
-        shown = None if box is not None else dict(bridge.box_from_roi_node(volumeNode, roi) for roi in bridge.box_roi_nodes(volumeNode))  # to borrow from
+        shown = None if box is not None else dict(bridge.box_from_roi_node(volumeNode, roi) for roi in bridge.box_roi_nodes(volumeNode))  # the boxes a slice without one may start from
         used = session.refine_slice(sliceIndex, bridge.with_box(prompts[sliceIndex], box), shown)
-        if used is not None and used != box:  # clicks edited the box (LiteMedSAM) or borrowed one: show it, so a later Segment keeps it
+        if used is not None and used != box:  # clicks edited the box (LiteMedSAM) or gave the slice a start box: show it, so a later Segment keeps it
             if roiNode is None:
                 roiNode = bridge.roi_nodes_from_boxes(volumeNode, {sliceIndex: used})[0]
             else:
