@@ -253,7 +253,7 @@ def borrowed_box(
     return Box(max(x - half_width, 0.0), max(y - half_height, 0.0), min(x + half_width, width - 1.0), min(y + half_height, height - 1.0))
 
 
-START_MARGIN_MM = 2.0  # chosen on the suite's gland slices without a box (README: "Click to segment")
+START_MARGIN_MM = 2.0  # the smaller of the two margins tried on the suite's gland slices without a box, equal there (README: History)
 
 
 def start_box(

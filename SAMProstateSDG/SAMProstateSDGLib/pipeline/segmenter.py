@@ -221,8 +221,9 @@ class BoxSegmentation:
 
         A box-only SAM (LiteMedSAM) gets the clicks as a box edit (``box_from_clicks``). The interactive
         decoder, on a slice without a box, starts from the box of the coarse network's region under the
-        first positive click, or else the nearest box among ``neighbours`` (default: the session's boxes)
-        shrunk around it (``start_box``).
+        first positive click (when the volume's coarse probabilities are at hand, as after proposing
+        boxes), or else the nearest box among ``neighbours`` (default: the session's boxes) shrunk around
+        it (``start_box``).
         Returns the box the slice was segmented with, if any.
         """
         engine = self.decoder or self.volume.encoded.engine
