@@ -123,13 +123,10 @@ def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, ref
     assert dice(labels[index], reference[index]) > 0.8 and not np.delete(labels, index, 0).any()
 
 
-def test_a_click_with_the_interactive_decoder_on_a_slice_without_a_box_starts_from_the_coarse_region_under_it(
-    workflow, volume_node, reference, segmenter
-):
+def test_a_click_with_the_interactive_decoder_on_a_slice_without_a_box_starts_from_the_coarse_region_under_it(workflow, volume_node, reference):
     """Boxes proposed, the smallest slice's ROI deleted by the user, a click inside the gland there: the coarse network
     sees gland under the click, so the interactive decoder segments the slice from that region's box (``start_box``,
     not the nearest ROI's), and shows that box as the slice's ROI."""
-    from SAMProstateSDGLib.io.volume_io import read_volume
     from SAMProstateSDGLib.masks.boxes import borrowed_box, start_box
 
     assert workflow.clickMode(device="cpu", method="interactive").startswith("Clicks are points")
@@ -142,10 +139,10 @@ def test_a_click_with_the_interactive_decoder_on_a_slice_without_a_box_starts_fr
     points.AddControlPoint((bridge.ijk_to_ras(volume_node) @ [columns.mean(), rows.mean(), index, 1.0])[:3].tolist())
     segmentation = workflow.refineWithPoints(volume_node, points, device="cpu", method="interactive")
     shown = dict(bridge.box_from_roi_node(volume_node, roi) for roi in bridge.box_roi_nodes(volume_node))
-    image = read_volume(FIXTURES / "P158-020.nii.gz")
-    probabilities = segmenter.coarse_probabilities(segmenter.prepare(image))
+    prepared = workflow.session(volume_node, device="cpu", method="interactive").volume  # what the click was decoded on
+    assert prepared.coarse is not None, "proposing the boxes left the coarse probabilities with the volume"
     click = ((columns.mean(), rows.mean()),)
-    expected = start_box(remaining, index, click, (1,), reference.shape[1:], probabilities[index], image.GetSpacing()[:2])
+    expected = start_box(remaining, index, click, (1,), reference.shape[1:], prepared.coarse[index], prepared.spacing_xy)
     assert expected is not None and not np.allclose(expected.as_tuple(), borrowed_box(remaining, index, click, (1,), reference.shape[1:]).as_tuple(), atol=1.0)
     assert shown.keys() == remaining.keys() | {index}
     assert np.allclose(shown[index].as_tuple(), expected.as_tuple(), atol=1.0)

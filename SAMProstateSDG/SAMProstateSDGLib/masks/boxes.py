@@ -12,6 +12,7 @@ from enum import Enum
 import numpy as np
 from scipy import ndimage
 
+from .clicks import clicked_pixel
 from .component_choice import choose_component, choose_z_segment
 from .confidence import PAST_THE_BOXES_PROBABILITY
 
@@ -274,9 +275,8 @@ def start_box(
     """
     positives = [point for point, label in zip(points, labels) if label == 1]
     if probabilities is not None and positives:
-        height, width = shape
-        column, row = (min(max(round(value), 0), side - 1) for value, side in zip(positives[0], (width, height)))
         regions, _ = ndimage.label(probabilities > PAST_THE_BOXES_PROBABILITY)
-        if regions[row, column]:
-            return component_boxes((regions == regions[row, column])[None], spacing_xy, START_MARGIN_MM)[0]
+        region = regions[clicked_pixel(positives[0], shape)]
+        if region:
+            return component_boxes((regions == region)[None], spacing_xy, START_MARGIN_MM)[0]
     return borrowed_box(boxes, index, points, labels, shape)

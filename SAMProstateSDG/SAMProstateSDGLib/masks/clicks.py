@@ -63,6 +63,12 @@ def next_click(prediction: np.ndarray, reference: np.ndarray) -> Click | None:
     return Click(float(columns[nearest]), float(rows[nearest]), positive)
 
 
+def clicked_pixel(point: tuple[float, float], shape: tuple[int, ...]) -> tuple[int, int]:
+    """The (row, column) of the pixel an (x, y) click lands on, kept inside a slice of ``shape`` (rows, columns)."""
+    (x, y), (rows, columns) = point, shape[:2]
+    return min(max(round(y), 0), rows - 1), min(max(round(x), 0), columns - 1)
+
+
 CLICK_LOGIT_MARGIN = 0.5  # how far past a clicked pixel's logit the threshold moves
 CLICK_THRESHOLD_REACH = 4.0  # at most this far (in logits) from the decoder's own threshold
 
@@ -79,8 +85,7 @@ def click_threshold(logits: np.ndarray, clicks: tuple[Click, ...], threshold: fl
     """
     if not clicks:
         return threshold
-    rows, columns = logits.shape
-    values = [(float(logits[min(max(round(c.y), 0), rows - 1), min(max(round(c.x), 0), columns - 1)]), c.positive) for c in clicks]
+    values = [(float(logits[clicked_pixel((c.x, c.y), logits.shape)]), c.positive) for c in clicks]
     low, high = _label_interval(values)
     if low >= high:  # the clicks disagree: the latest one decides
         low, high = _label_interval(values[-1:])
