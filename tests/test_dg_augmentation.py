@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from monai.transforms import Compose
+from scipy import ndimage
 
 from conftest import FIXTURES
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.modeling.coarse_net import CoarseNetConfig
 from SAMProstateSDGLib.training.coarse import augmentations
-from SAMProstateSDGLib.training.dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd
+from SAMProstateSDGLib.training.dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd, dg_appearance
 
 
 @pytest.fixture(scope="module")
@@ -100,3 +102,17 @@ def test_smooth_gain_field_ignores_the_label(fixture_slice):
     field = RandSmoothGainFieldd("image", prob=1.0)
     without_gland = {"image": fixture_slice["image"], "label": torch.zeros_like(fixture_slice["label"])}
     assert torch.equal(run(field, fixture_slice, 4)["image"], run(field, without_gland, 4)["image"])
+
+
+def test_dg_appearance_changes_a_volume_as_one_acquisition(fixture_slice):
+    """The same slice twice as a two-slice volume stays alike under every draw (fields, curves, resolution and random
+    convolutions are drawn once per volume; only the noise differs), while the draws change the slice itself."""
+    volume = {"image": fixture_slice["image"].repeat(2, 1, 1)}
+    changes = []
+    for seed in range(8):
+        image = run(Compose(dg_appearance()), volume, seed)["image"]
+        assert image.shape == volume["image"].shape and 0 <= float(image.min()) and float(image.max()) <= 1
+        local_means = [ndimage.uniform_filter(slice_.numpy(), 5) for slice_ in image]  # the noise (per pixel) averaged out
+        assert np.corrcoef(local_means[0].ravel(), local_means[1].ravel())[0, 1] > 0.98
+        changes.append(float((image[0] - volume["image"][0]).abs().mean()))
+    assert max(changes) > 0.1

@@ -98,6 +98,8 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
     ("train-coarse on no cases", lambda f: ["train-coarse", "--data", FIXTURES, "--site", "fixture", "--max-cases", "0", "--output", f / "r"], "--max-cases must be positive, not 0"),
     ("negative z context", lambda f: ["train-coarse", "--data", FIXTURES, "--site", "fixture", "--context-mm", "-4", "--output", f / "r"], "--context-mm must be a number of millimetres"),
     ("embed on no cases", lambda f: ["embed", "--data", FIXTURES, "--site", "fixture", "--max-cases", "-2", "--cache", f / "c"], "--max-cases must be positive, not -2"),
+    ("negative augmented copies", lambda f: ["train", "--data", FIXTURES, "--site", "fixture", "--augmented-copies", "-1", "--cache", f / "c"],
+     "--augmented-copies must be 0 or more, not -1"),
     ("bench report not Markdown", lambda f: ["bench", "--data", FIXTURES, "--output", f / "bench.txt"], "--output is the Markdown report"),
     ("bench no cases", lambda f: ["bench", "--data", FIXTURES, "--cases", "0"], "--cases must be at least 1"),
     # io/volume_io.py

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from conftest import FIXTURES, dice, read_mask
@@ -22,7 +23,7 @@ from SAMProstateSDGLib.methods.trainers.sammed import SamMedMethod, jitter
 from SAMProstateSDGLib.modeling.desam import load_desam
 from SAMProstateSDGLib.modeling.sam_engine import SamEngine, load_mask_decoder, load_sam
 from SAMProstateSDGLib.modeling.samed import SAMed, load_samed
-from SAMProstateSDGLib.training.embedding_cache import build_cache, cache_key, load_cached_case
+from SAMProstateSDGLib.training.embedding_cache import augmented_image, build_cache, cache_key, load_cached_case
 from SAMProstateSDGLib.training.loop import TrainingOptions, train
 
 
@@ -109,6 +110,25 @@ def test_cache_holds_fp16_embeddings_and_skips_and_is_not_rebuilt(cached, segmen
     assert set(case.labels.ravel().tolist()) <= {0, 1, 2}
     monkeypatch.setattr(segmenter.sam, "encode_features", lambda slices: pytest.fail("cached case encoded again"))
     assert build_cache(segmenter, cases, folder) == paths
+
+
+def test_augmented_copies_encode_the_same_case_looking_like_another_scanner(cached, segmenter, tmp_path):
+    """A copy keeps the case's grid and labels; its voxels, coarse probabilities and embeddings change; the draw is seeded by case and copy."""
+    cases, _, originals = cached
+    case = cases[0]
+    paths = build_cache(segmenter, [case], tmp_path, augmented_copies=2)
+    assert [path.name for path in paths] == [f"{case.name}.pt", f"{case.name}~dg1.pt", f"{case.name}~dg2.pt"]
+    original, first, second = (load_cached_case(path) for path in paths)
+    assert torch.equal(original.embeddings, load_cached_case(originals[0]).embeddings)  # the original is encoded as without copies
+    for copy in (first, second):
+        assert np.array_equal(copy.labels, original.labels) and copy.spacing_xy == original.spacing_xy
+        assert (copy.embeddings.float() - original.embeddings.float()).abs().mean() > 0.05 * original.embeddings.float().abs().mean()
+        assert not np.array_equal(copy.coarse, original.coarse)
+    image, _ = case.read()
+    again = augmented_image(image, case.name, 1)
+    assert np.array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(augmented_image(image, case.name, 1)))
+    assert not np.array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(augmented_image(image, case.name, 2)))
+    assert (again.GetOrigin(), again.GetSpacing(), again.GetDirection()) == (image.GetOrigin(), image.GetSpacing(), image.GetDirection())
 
 
 def test_canvas_cache_shows_every_site_at_the_same_scale(cached, canvas_cached):

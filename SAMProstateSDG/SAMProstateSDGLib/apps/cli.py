@@ -159,6 +159,9 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="the source site, as in cases.csv's site column")
     parser.add_argument("--cache", type=Path, default=Path("runs/embeddings"), help="embedding cache folder")
     parser.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
+    parser.add_argument("--augmented-copies", type=int, default=0, metavar="N",
+                        help="also encode N copies of each case under seeded DG appearance augmentation (resolution, smooth fields, "
+                        "curves, random convolutions, noise) and train on them with the originals; validation stays on the originals (default 0)")
     parser.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
 
 
@@ -445,6 +448,8 @@ def _source_cases(arguments):
     from ..io.dataset import find_cases
 
     _positive(max_cases=arguments.max_cases)
+    if arguments.augmented_copies < 0:
+        raise InputError(f"--augmented-copies must be 0 or more, not {arguments.augmented_copies}")
     return find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
 
 
@@ -455,13 +460,16 @@ def _base_models(arguments):
     return ProstateSegmenter.load(arguments.device, precision="fp32", backend="torch")
 
 
-def _cache_folder(segmenter, cases, arguments, grid: str) -> Path:
-    """The cache folder of the base models on ``grid``, with every case encoded (those missing are encoded now)."""
+def _cache_folder(segmenter, cases, arguments, grid: str, augmented=None) -> Path:
+    """The cache folder of the base models on ``grid``, with every case encoded and the ``--augmented-copies`` of the
+    ``augmented`` ones (default: all); those missing are encoded now."""
     from ..core.catalog import default_entry
     from ..training.embedding_cache import build_cache, cache_key
 
     folder = arguments.cache / cache_key(default_entry("sam").path, default_entry("coarse").path, grid)
-    build_cache(segmenter, cases, folder, grid)
+    augmented = cases if augmented is None else augmented
+    build_cache(segmenter, [case for case in cases if case not in augmented], folder, grid)
+    build_cache(segmenter, augmented, folder, grid, arguments.augmented_copies)
     return folder
 
 
@@ -470,15 +478,16 @@ def run_embed(arguments) -> None:
 
     cases = _source_cases(arguments)
     segmenter = _base_models(arguments)
+    copies = f" with {arguments.augmented_copies} augmented copies each" if arguments.augmented_copies else ""
     for grid in ENCODER_GRIDS:
-        print(f"{len(cases)} cases encoded on the {grid} grid in {_cache_folder(segmenter, cases, arguments, grid)}")
+        print(f"{len(cases)} cases{copies} encoded on the {grid} grid in {_cache_folder(segmenter, cases, arguments, grid)}")
 
 
 def run_train(arguments) -> None:
     from ..core.catalog import default_entry
     from ..core.checksums import require_resume_state
     from ..training.coarse import require_validation, split_cases
-    from ..training.embedding_cache import load_cached_case, preprocessing
+    from ..training.embedding_cache import augmented_name, load_cached_case, preprocessing
     from ..training.loop import TrainingOptions, train
 
     _positive(epochs=arguments.epochs, learning_rate=arguments.learning_rate, batch_size=arguments.batch_size)
@@ -497,7 +506,7 @@ def run_train(arguments) -> None:
     require_validation(training, validation, arguments.site)
     segmenter = _base_models(arguments)
     trainer = trained.trainer(segmenter)
-    folder = _cache_folder(segmenter, cases, arguments, trainer.encoder_grid)
+    folder = _cache_folder(segmenter, cases, arguments, trainer.encoder_grid, augmented=training)  # validation reads the originals only
     base = default_entry("sam")
     manifest = {
         "base_model": base.id,
@@ -505,18 +514,21 @@ def run_train(arguments) -> None:
         "data": str(arguments.data),
         "site": arguments.site,
         "training_cases": [case.name for case in training],
+        "augmented_copies": arguments.augmented_copies,
         "validation_cases": [case.name for case in validation],
         "device": str(segmenter.sam.device),
         "encoder_input": preprocessing(trainer.encoder_grid)["encoder_input"],
         "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
         f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}"
-        + (f" --max-cases {arguments.max_cases}" if arguments.max_cases else ""),
+        + (f" --max-cases {arguments.max_cases}" if arguments.max_cases else "")
+        + (f" --augmented-copies {arguments.augmented_copies}" if arguments.augmented_copies else ""),
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
+    training_names = [name for case in training for name in [case.name, *(augmented_name(case.name, copy) for copy in range(1, arguments.augmented_copies + 1))]]
     manifest = train(
         arguments.method,
         trainer,
-        [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in training],
+        [load_cached_case(folder / f"{name}.pt", trainer.cached_features) for name in training_names],
         [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in validation],
         options,
         manifest,

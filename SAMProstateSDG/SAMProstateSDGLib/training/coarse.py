@@ -25,11 +25,9 @@ from monai.transforms import (
     RandFlipd,
     RandGaussianNoised,
     RandGaussianSmoothd,
-    RandHistogramShiftd,
     RandScaleIntensityd,
     RandSpatialCropd,
     ResizeWithPadOrCropd,
-    ScaleIntensityRangePercentilesd,
 )
 from monai.utils import set_determinism
 from tqdm import tqdm
@@ -49,7 +47,7 @@ from ..modeling.coarse_net import (
     with_context,
 )
 from .defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, VALIDATION_FRACTION
-from .dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd
+from .dg_augmentation import dg_appearance
 
 
 @dataclass
@@ -161,32 +159,15 @@ def augmentations(size: int, kind: str = "standard") -> Compose:
 
 
 def dg_augmentations(size: int) -> Compose:
-    """Single-source DG: field of view and zoom, flips along both in-plane axes, anisotropic loss of
-    resolution (1-2 mm pixels), strong smooth bias fields of random shape and both polarities,
-    random smooth gain fields (Gaussian bumps and a ramp, saturated), random monotone curves and gamma, and GIN random convolutions; the image ends in 0..1."""
+    """Single-source DG: field of view and zoom, flips along both in-plane axes, then the appearance
+    families of ``dg_appearance`` (resolution, fields, curves, GIN, blur, noise); the image ends in 0..1."""
     keys = ("image", "label")
-    renormalise = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
     return Compose(
         [
             *_geometry(size, field_of_view_share=0.4, probability=0.8, rotation=0.35, scale=0.3, translation=16),
             RandFlipd(keys, prob=0.5, spatial_axis=1),
             RandFlipd(keys, prob=0.3, spatial_axis=0),
-            RandAnisotropicLowResolutiond("image", prob=0.35, spacing_range=(1.0, 2.0)),
-            OneOf(
-                [
-                    RandBiasFieldd("image", prob=0.6, degree=2, coeff_range=(-0.8, 0.8)),
-                    RandBiasFieldd("image", prob=0.6, degree=3, coeff_range=(-0.6, 0.6)),
-                    RandBiasFieldd("image", prob=0.6, degree=4, coeff_range=(-0.5, 0.5)),
-                ]
-            ),
-            RandSmoothGainFieldd("image", prob=0.5),
-            renormalise,
-            RandHistogramShiftd("image", prob=0.3, num_control_points=(4, 10)),
-            RandAdjustContrastd("image", prob=0.4, gamma=(0.4, 2.5)),
-            RandGlobalIntensityNonlineard("image", prob=0.5, layers=4, channels=2),
-            RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
-            RandGaussianNoised("image", prob=0.3, std=0.04),
-            renormalise,
+            *dg_appearance(),
         ]
     )
 

@@ -15,7 +15,18 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandomizableTransform, Resize
+from monai.transforms import (
+    MapTransform,
+    OneOf,
+    RandAdjustContrastd,
+    RandBiasFieldd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandHistogramShiftd,
+    RandomizableTransform,
+    Resize,
+    ScaleIntensityRangePercentilesd,
+)
 
 
 class _RandomImageTransformd(RandomizableTransform, MapTransform):
@@ -157,3 +168,29 @@ class RandSmoothGainFieldd(_RandomImageTransformd):
         ceiling = torch.quantile(shaded.flatten(), self._quantile) if self._quantile < 1.0 else shaded.max()
         shaded = torch.minimum(shaded, ceiling)
         return type(image)(shaded) if isinstance(image, torch.Tensor) else shaded.numpy()
+
+
+def dg_appearance() -> list:
+    """The appearance half of the DG augmentation (the image changes, its grid and the label do not): anisotropic
+    loss of resolution (1-2 pixels), strong smooth bias fields of random shape and both polarities, random smooth
+    gain fields, random monotone curves and gamma, GIN random convolutions, blur and noise; the image ends in 0..1.
+    Each draw treats the channels alike, so a volume given as [slices, rows, columns] changes as one acquisition."""
+    renormalise = ScaleIntensityRangePercentilesd("image", lower=0.5, upper=99.5, b_min=0.0, b_max=1.0, clip=True)
+    return [
+        RandAnisotropicLowResolutiond("image", prob=0.35, spacing_range=(1.0, 2.0)),
+        OneOf(
+            [
+                RandBiasFieldd("image", prob=0.6, degree=2, coeff_range=(-0.8, 0.8)),
+                RandBiasFieldd("image", prob=0.6, degree=3, coeff_range=(-0.6, 0.6)),
+                RandBiasFieldd("image", prob=0.6, degree=4, coeff_range=(-0.5, 0.5)),
+            ]
+        ),
+        RandSmoothGainFieldd("image", prob=0.5),
+        renormalise,
+        RandHistogramShiftd("image", prob=0.3, num_control_points=(4, 10)),
+        RandAdjustContrastd("image", prob=0.4, gamma=(0.4, 2.5)),
+        RandGlobalIntensityNonlineard("image", prob=0.5, layers=4, channels=2),
+        RandGaussianSmoothd("image", prob=0.2, sigma_x=(0.3, 1.2), sigma_y=(0.3, 1.2)),
+        RandGaussianNoised("image", prob=0.3, std=0.04),
+        renormalise,
+    ]

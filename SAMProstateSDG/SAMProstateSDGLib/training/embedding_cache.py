@@ -7,6 +7,12 @@ prompts live in) or the fixed-field-of-view encoder canvas ("canvas", what the s
 methods read). The cache folder is named by a hash of the base SAM checkpoint, the coarse
 checkpoint and the preprocessing, so a change to any of them starts a new cache instead of
 reusing stale embeddings.
+
+Augmented copies (``augmented_copies``) are more files in the same folder, ``CASE~dgK.pt``: the case's
+volume under one seeded draw of the DG appearance augmentation (``dg_appearance``: resolution, smooth
+fields, curves, random convolutions, noise), then the coarse network and the encoder as for the original.
+A decoder trained on them sees other-looking scanners and the coarse network's boxes on them, which are
+less exact than on the site it was trained on. The draw depends only on the case's name and K.
 """
 
 from __future__ import annotations
@@ -18,14 +24,18 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
+from monai.transforms import Compose
 from tqdm import tqdm
 
 from ..core.checksums import load_weights, sha256_of
 from ..core.files import write_atomically
 from ..io.dataset import Case, canonical_zones
+from ..io.volume_io import normalised_array
 from ..masks.canvas import ENCODER_FIELD_OF_VIEW_MM
 from ..pipeline.segmenter import ProstateSegmenter
+from .dg_augmentation import dg_appearance
 
 PREPROCESSING = {
     "normalisation": "percentile 0.5-99.5 per volume to 0..1",
@@ -61,34 +71,54 @@ def cache_key(sam_checkpoint: Path, coarse_checkpoint: Path, grid: str = "native
     return hashlib.sha256(signature.encode()).hexdigest()[:16]
 
 
-def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path, grid: str = "native") -> list[Path]:
-    """Encode every slice of every case once, on the ``grid``; cases already cached are skipped."""
+def augmented_name(case_name: str, copy: int) -> str:
+    """The cache file stem of a case's ``copy``-th augmented copy (1, 2, ...)."""
+    return f"{case_name}~dg{copy}"
+
+
+def augmented_image(image: sitk.Image, case_name: str, copy: int) -> sitk.Image:
+    """``image`` under one draw of the DG appearance augmentation, the same for the same case and copy; its geometry kept."""
+    augmentation = Compose(dg_appearance())
+    augmentation.set_random_state(int.from_bytes(hashlib.sha256(augmented_name(case_name, copy).encode()).digest()[:4], "little"))
+    voxels = np.asarray(augmentation({"image": normalised_array(image)})["image"], dtype=np.float32)
+    augmented = sitk.GetImageFromArray(voxels)
+    augmented.CopyInformation(image)
+    return augmented
+
+
+def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path, grid: str = "native", augmented_copies: int = 0) -> list[Path]:
+    """Encode every slice of every case once, on the ``grid``, and of ``augmented_copies`` augmented copies of each;
+    files already cached are skipped. Returns the paths of the cases, each followed by its copies."""
     preprocessing(grid)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for case in tqdm(cases, desc=f"encoding cases ({grid} grid)"):
-        path = folder / f"{case.name}.pt"
-        paths.append(path)
-        if path.is_file():
-            continue
-        image, labels = case.read()
-        volume = segmenter.prepare(image)
-        coarse, spacing_xy = segmenter.coarse_probabilities(volume), volume.spacing_xy
-        if grid == "canvas":
-            features = volume.encoder_features()
-            labels = volume.canvas.to_canvas(labels, image, nearest=True).astype(np.uint8)
-            coarse, spacing_xy = volume.canvas.to_canvas(coarse, image), (volume.canvas.spacing_mm,) * 2
-        else:
-            features = segmenter.sam.encode_features(volume.normalised)
-        cached = {
-            "embeddings": features.embedding.half().cpu(),
-            "skips": [skip.half().cpu() for skip in features.skips],
-            "labels": torch.from_numpy(labels),
-            "coarse": torch.from_numpy(coarse.astype(np.float16)),
-            "spacing_xy": list(spacing_xy),
-        }
-        write_atomically(path, partial(torch.save, cached))
+        names = [case.name] + [augmented_name(case.name, copy) for copy in range(1, augmented_copies + 1)]
+        paths += [folder / f"{name}.pt" for name in names]
+        for copy, name in enumerate(names):
+            if not (folder / f"{name}.pt").is_file():
+                image, labels = case.read()
+                _encode(segmenter, image if copy == 0 else augmented_image(image, case.name, copy), labels, folder / f"{name}.pt", grid)
     return paths
+
+
+def _encode(segmenter: ProstateSegmenter, image: sitk.Image, labels: np.ndarray, path: Path, grid: str) -> None:
+    volume = segmenter.prepare(image)
+    coarse, spacing_xy = segmenter.coarse_probabilities(volume), volume.spacing_xy
+    if grid == "canvas":
+        features = volume.encoder_features()
+        labels = volume.canvas.to_canvas(labels, image, nearest=True).astype(np.uint8)
+        coarse, spacing_xy = volume.canvas.to_canvas(coarse, image), (volume.canvas.spacing_mm,) * 2
+    else:
+        features = segmenter.sam.encode_features(volume.normalised)
+    cached = {
+        "embeddings": features.embedding.half().cpu(),
+        "skips": [skip.half().cpu() for skip in features.skips],
+        "labels": torch.from_numpy(labels),
+        "coarse": torch.from_numpy(coarse.astype(np.float16)),
+        "spacing_xy": list(spacing_xy),
+    }
+    write_atomically(path, partial(torch.save, cached))
 
 
 CACHED_FEATURES = ("embeddings", "skips", "coarse")
