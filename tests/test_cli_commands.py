@@ -57,7 +57,8 @@ def test_embed_encodes_every_slice_of_the_site_on_both_grids(embedded):
 
 
 def test_train_fine_tunes_the_decoder_from_the_cache_for_one_epoch(embedded, tiny_site, tmp_path):
-    """The case already cached is read, not encoded again; the two missing ones are encoded first."""
+    """The case already cached is read, not encoded again; the two missing ones are encoded first. The trained decoder
+    then segments with --method-model."""
     from SAMProstateSDGLib.core.catalog import default_entry
 
     cache, _ = embedded
@@ -78,6 +79,18 @@ def test_train_fine_tunes_the_decoder_from_the_cache_for_one_epoch(embedded, tin
                if key.startswith("mask_decoder.")}
     assert trained.keys() == shipped.keys()
     assert any(not torch.equal(trained[key].float(), shipped[key].float()) for key in trained)  # one epoch moved the decoder
+
+    # segment runs the trained decoder with --method-model, and its report names that file
+    from SAMProstateSDGLib.apps.cli import _method_segmenter, build_parser
+
+    model = tmp_path / "run" / "sammed.pt"
+    options = ["segment", tiny_site / "P158-020.nii.gz", "-o", tmp_path / "seg.nii.gz", "--method", "sammed", "--method-model", model,
+               "--device", "cpu", "--backend", "torch", "--precision", "fp32"]
+    decoder = _method_segmenter(build_parser().parse_args(map(str, options))).base.sam.sam.mask_decoder.state_dict()
+    assert all(torch.equal(decoder[key], trained[key].to(decoder[key].dtype)) for key in trained)
+    samprostate(*options, "--report", tmp_path / "report.json")
+    models = {item["role"]: item for item in json.loads((tmp_path / "report.json").read_text())["provenance"]["models"]}
+    assert models["method"] == {"role": "method", "id": str(model.resolve()), "sha256": manifest["sha256"]}
 
 
 def test_bench_times_each_path_on_a_small_data_folder(tiny_site, tmp_path):

@@ -359,6 +359,41 @@ def test_wrong_keys_are_named(tmp_path):
         load_state_strictly(torch.nn.Linear(2, 2), {"weight": torch.zeros(3, 3), "extra": torch.zeros(1)}, "test")
 
 
+# 21. A trained method model that is not what --method runs, checked before any model loads
+
+
+def method_model_run(work: Path, model: Path, *options) -> list:
+    return ["segment", work / "x.nii.gz", "-o", work / "y.nii.gz", "--method-model", model, *options]
+
+
+def test_a_method_model_is_run_only_by_the_method_it_was_trained_for(capsys, work, no_model_loads):
+    shipped = default_entry("decoder").path  # the SAMMed decoder, with the manifest its training wrote beside it
+    assert_refused(capsys, work, method_model_run(work, shipped), "is a sammed model: run it with --method sammed")
+    assert_refused(capsys, work, method_model_run(work, shipped, "--method", "samed"), "is a sammed model: run it with --method sammed")
+    assert_refused(capsys, work, ["evaluate", "--data", FIXTURES, "--shifts", "--method-model", shipped], "run it with --method sammed")
+    assert_refused(capsys, work, ["evaluate", "--data", FIXTURES, "--clicks", "1", "--method", "sammed", "--method-model", shipped], "--interactive-decoder")
+
+
+def test_a_method_model_needs_the_manifest_its_training_wrote(capsys, work, no_model_loads):
+    lone = work / "sammed.pt"
+    lone.write_bytes(default_entry("decoder").path.read_bytes())
+    assert_refused(capsys, work, method_model_run(work, lone, "--method", "sammed"), "sammed.json beside it is missing")
+    coarse = default_entry("coarse").path  # train-coarse's manifest names no method
+    assert_refused(capsys, work, method_model_run(work, coarse, "--method", "sammed"), "a coarse network goes to --coarse-checkpoint")
+    (work / "sammed.json").write_text(json.dumps({"method": "sammed", "file": "other.pt"}))
+    assert_refused(capsys, work, method_model_run(work, lone, "--method", "sammed"), "describes other.pt")
+    assert_refused(capsys, work, method_model_run(work, work / "gone.pt", "--method", "sammed"), "gone.pt not found")
+
+
+def test_a_method_model_changed_after_training_is_refused_by_its_checksum(capsys, work, no_model_loads):
+    shipped = default_entry("decoder")
+    weights = torch.load(shipped.path, weights_only=True)
+    torch.save({key: value + 1 if value.is_floating_point() else value for key, value in weights.items()}, work / "sammed.pt")
+    manifest = json.loads(shipped.path.with_suffix(".json").read_text())
+    (work / "sammed.json").write_text(json.dumps(dict(manifest, file="sammed.pt")))
+    assert_refused(capsys, work, method_model_run(work, work / "sammed.pt", "--method", "sammed"), "checksum mismatch")
+
+
 # 18 and Also. Temporary files: recognisable, removed after a kill, never half an output set
 
 

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from ..core.catalog import COARSE_INPUT_REPRESENTATIONS, DEFAULT_GRID_SIDE, SAM_TYPES
+from ..core.catalog import COARSE_INPUT_REPRESENTATIONS, DEFAULT_GRID_SIDE, SAM_TYPES, CatalogEntry
 from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
 from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, runnable_methods, trainable_methods, training_defaults
 from ..training.defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, VALIDATION_FRACTION
+from .training_process import trained_model_file
 
 
 def _add_model_options(parser: argparse.ArgumentParser, default_method: str | None = DEFAULT_METHOD) -> None:
@@ -22,6 +23,9 @@ def _add_model_options(parser: argparse.ArgumentParser, default_method: str | No
     parser.add_argument("--sam-checkpoint", type=Path, help="your own SAM checkpoint (default: the shipped LiteMedSAM)")
     parser.add_argument("--sam-type", choices=SAM_TYPES, help="architecture of --sam-checkpoint (default vit_b)")
     parser.add_argument("--coarse-checkpoint", type=Path, help="a coarse network from train-coarse (default: the shipped one)")
+    parser.add_argument("--method-model", type=Path,
+                        help="a model from train --method METHOD (METHOD.pt, with the METHOD.json written beside it) in place of the "
+                        "shipped model of --method METHOD")
     parser.add_argument("--component-filter", choices=[item.value for item in ComponentFilter], default=ProposalOptions().component_filter.value,
                         help="keep the most plausible 3D component (plausible: probability mass x slice continuity, 2-200 mL), "
                              "the largest in the volume (3d), cut where its cross-sections jump (profile), per slice (2d, as SAMMed), "
@@ -178,10 +182,16 @@ def _check_model_options(arguments) -> None:
     for option, path in (("--sam-checkpoint", arguments.sam_checkpoint), ("--coarse-checkpoint", arguments.coarse_checkpoint)):
         if path is not None and not path.is_file():
             raise InputError(f"{option} {path} not found" if not path.exists() else f"{option} {path} is not a file")
+    _method_model(arguments)
+
+
+def _method_model(arguments) -> CatalogEntry | None:
+    return trained_model_file(arguments.method_model, arguments.method)
 
 
 def _model_files(arguments) -> list[Path | None]:
-    return [arguments.sam_checkpoint, arguments.coarse_checkpoint]
+    method_model = arguments.method_model
+    return [arguments.sam_checkpoint, arguments.coarse_checkpoint, method_model, method_model and method_model.with_suffix(".json")]
 
 
 def _millimetres(**values: float) -> None:
@@ -213,7 +223,7 @@ def _base_segmenter(arguments):
 def _method_segmenter(arguments):
     """The chosen method loaded onto the base models."""
     options = MethodOptions(arguments.grid_points, getattr(arguments, "merge_slices", False))
-    return method(arguments.method).load(_base_segmenter(arguments), options=options)
+    return method(arguments.method).load(_base_segmenter(arguments), _method_model(arguments), options)
 
 
 def _note(line: str) -> None:
@@ -381,7 +391,7 @@ def run_evaluate(arguments) -> None:
     chosen = runnable_methods().values() if arguments.method is None else [method(arguments.method)]
     if arguments.sam_checkpoint is not None:  # the trained methods build on the shipped LiteMedSAM
         chosen = [item for item in chosen if item.model_kind is None]
-    results = evaluate(_base_segmenter(arguments), cases, chosen)
+    results = evaluate(_base_segmenter(arguments), cases, chosen, _method_model(arguments))
     table = markdown_table(results)
     print(table)
     if arguments.output:

@@ -192,6 +192,8 @@ def check_click_options(arguments) -> None:
         raise InputError(f"--clicks must be 0 or more, not {arguments.clicks}")
     if arguments.shifts:
         raise InputError("--clicks and --shifts are two separate evaluations; run them one at a time")
+    if arguments.method_model is not None:
+        raise InputError("--clicks takes a trained click decoder from --interactive-decoder, not --method-model")
     path = arguments.interactive_decoder
     if path is not None and not path.is_file():
         raise InputError(f"--interactive-decoder {path} not found" if not path.exists() else f"--interactive-decoder {path} is not a file")

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from tqdm import tqdm
 
+from ..core.catalog import CatalogEntry
 from ..core.labels import ZONE_NAMES
 from ..io.dataset import Case
 from ..masks.metrics import Score, score
@@ -34,14 +35,16 @@ def _rows(predictors: dict[str, Predictor], zonal: set[str]) -> list[Row]:
     return rows
 
 
-def evaluate(segmenter: ProstateSegmenter, cases: list[Case], chosen: Iterable[Method]) -> dict[str, dict[str, Score]]:
-    """Scores by row, then by case: the rows of each chosen method (those whose trained model is not
-    installed are left out); each slice is encoded once and shared by all rows."""
+def evaluate(segmenter: ProstateSegmenter, cases: list[Case], chosen: Iterable[Method], model: CatalogEntry | None = None) -> dict[str, dict[str, Score]]:
+    """Scores by row, then by case: the rows of each chosen method, with ``model`` for the method of its kind and the
+    shipped models for the others (a method whose model is neither given nor installed is left out); each slice is
+    encoded once and shared by all rows."""
     predictors: dict[str, Predictor] = {}
     zonal: set[str] = set()
     for method in chosen:
-        if method.model_kind is None or method.shipped_model() is not None:
-            method_rows = method.evaluation_rows(segmenter)
+        own = model if model is not None and method.model_kind == model.kind else None
+        if method.model_kind is None or own is not None or method.shipped_model() is not None:
+            method_rows = method.evaluation_rows(segmenter, own)
             predictors |= method_rows
             zonal |= set(method_rows) if method.zonal else set()
     rows = _rows(predictors, zonal)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..core.catalog import CatalogEntry, default_entry, entry_from_json, entry_to_json
-from ..core.errors import INTERRUPTED
+from ..core.errors import INTERRUPTED, InputError
 from ..core.files import write_json
 from ..methods.registry import Method, trainable_methods
 from ..training.defaults import COARSE_TRAINING
@@ -300,15 +300,46 @@ def trained_models(registry: Path) -> dict[str, CatalogEntry]:
     return {entry["id"]: entry_from_json(entry) for entry in json.loads(registry.read_text())}
 
 
-def register_trained_model(registry: Path, method: str, manifest_path: Path) -> CatalogEntry:
-    """Add (or replace) the model a finished run wrote; its id is the model file's absolute path."""
+def trained_model_entry(method: str, manifest_path: Path) -> CatalogEntry:
+    """The model a finished run of ``method`` wrote, as its manifest describes it; its id is the model file's absolute path."""
     manifest = json.loads(manifest_path.read_text())
     path = (manifest_path.parent / manifest["file"]).resolve()
     kind = TRAINING_METHODS[method].model_kind
     title = f"{method} trained on {manifest['site']} (validation Dice {manifest['best_validation_dice']:.4f}), {path.parent}"
     # training always builds the shipped architecture of its kind (the coarse U-Net, or a LiteMedSAM-based method)
     model_type = default_entry("coarse").model_type if method == COARSE else default_entry("sam").model_type
-    entry = CatalogEntry(str(path), kind, model_type, title, path, manifest["sha256"])
+    return CatalogEntry(str(path), kind, model_type, title, path, manifest["sha256"])
+
+
+def trained_model_file(path: Path | None, method: str | None) -> CatalogEntry | None:
+    """``--method-model PATH`` for ``--method method``: a model file ``samprostate train`` wrote, with its manifest beside it
+    (None: the method's shipped model)."""
+    if path is None:
+        return None
+    option = f"--method-model {path}"
+    if not path.is_file():
+        raise InputError(f"{option} not found" if not path.exists() else f"{option} is not a file")
+    manifest_path = path.with_suffix(".json")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        trained_for, file = manifest["method"], manifest["file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{option}: {manifest_path.name} beside it is missing or is not the manifest samprostate train writes "
+                         "with the model (a coarse network goes to --coarse-checkpoint)") from None
+    if file != path.name or trained_for not in TRAINING_METHODS or trained_for == COARSE:
+        raise InputError(f"{option}: its manifest {manifest_path.name} describes {file}, a {trained_for} model")
+    if trained_for != method:
+        raise InputError(f"{option} is a {trained_for} model: run it with --method {trained_for}")
+    from ..core.checksums import verify_sha256  # imports torch, which the Slicer module may not have installed yet
+
+    entry = trained_model_entry(trained_for, manifest_path)
+    verify_sha256(path, entry.sha256)  # before any model loads
+    return entry
+
+
+def register_trained_model(registry: Path, method: str, manifest_path: Path) -> CatalogEntry:
+    """Add (or replace) the model a finished run wrote."""
+    entry = trained_model_entry(method, manifest_path)
     models = trained_models(registry)
     models[entry.id] = entry
     registry.parent.mkdir(parents=True, exist_ok=True)

@@ -37,10 +37,10 @@ class DeSAMGrid(DeSAMVariant):
     model_kind = "desam-grid"
     training = TrainingDefaults(6, 3e-4, 4)  # two prompts per slice: 8 prompts a step
 
-    def evaluation_rows(self, base) -> dict:
+    def evaluation_rows(self, base, model=None) -> dict:
         rows = {}
         for side in EVALUATED_GRID_SIDES:
-            loaded = self.load(base, options=MethodOptions(grid_side=side))
+            loaded = self.load(base, model, MethodOptions(grid_side=side))
             rows[f"{self.title}: {side * side} point{'s' * (side > 1)}"] = lambda volume, _, loaded=loaded: loaded.segment(volume).labels
         return rows
 

@@ -114,24 +114,27 @@ class Method:
             raise InputError(f"{model.title} is a {model.kind} model; {self.title} needs a {self.model_kind} model")
         return model
 
-    def evaluation_rows(self, base: ProstateSegmenter) -> dict[str, Predictor]:
-        """Its rows in ``samprostate evaluate``: title -> prediction (one row, unless a method compares variants)."""
-        loaded = self.load(base)
+    def evaluation_rows(self, base: ProstateSegmenter, model: CatalogEntry | None = None) -> dict[str, Predictor]:
+        """Its rows in ``samprostate evaluate`` with ``model`` (default: the shipped one): title -> prediction (one row,
+        unless a method compares variants)."""
+        loaded = self.load(base, model)
         return {self.row_title or self.title: lambda volume, _: loaded.segment(volume).labels}
 
     def trainer(self, base: ProstateSegmenter) -> FineTuningMethod:
         raise InputError(f"{self.id} is not trained with samprostate train")
 
-    def provenance(self, sam_checkpoint: Path | None = None, coarse_checkpoint: Path | None = None) -> Provenance:
-        """The model files a run of this method uses (a user's checkpoint is hashed here)."""
+    def provenance(self, sam_checkpoint: Path | None = None, coarse_checkpoint: Path | None = None,
+                   model: CatalogEntry | None = None) -> Provenance:
+        """The model files a run of this method uses (a user's checkpoint is hashed here; ``model``: a trained model
+        in place of the shipped one)."""
         from ..io.provenance import ModelFile, Provenance, model_file
 
         models = [model_file("sam", sam_checkpoint, default_entry("sam"))]
         if self.takes_boxes:
             models.append(model_file("coarse", coarse_checkpoint, default_entry("coarse")))
-        shipped = self.shipped_model()
-        if shipped is not None:
-            models.append(ModelFile("method", shipped.id, shipped.sha256))
+        model = model or self.shipped_model()
+        if model is not None:
+            models.append(ModelFile("method", model.id, model.sha256))
         return Provenance(self.id, self.title, tuple(models))
 
 

@@ -19,7 +19,7 @@ class ZeroShot(Method):
             raise ValueError("SAM zero-shot has no trained model of its own")
         return BoxPromptedSegmenter(self, base, options.merge_slices)
 
-    def evaluation_rows(self, base) -> dict:
+    def evaluation_rows(self, base, model=None) -> dict:
         """The box-proposal ablation: the coarse mask alone, three component filters, ground-truth and whole-slice boxes."""
         import dataclasses
 
