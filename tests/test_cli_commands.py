@@ -81,12 +81,14 @@ def test_train_fine_tunes_the_decoder_from_the_cache_for_one_epoch(embedded, tin
     assert any(not torch.equal(trained[key].float(), shipped[key].float()) for key in trained)  # one epoch moved the decoder
 
     # segment runs the trained decoder with --method-model, and its report names that file
-    from SAMProstateSDGLib.apps.cli import _method_segmenter, build_parser
+    from SAMProstateSDGLib.apps.cli import _check_model_options, _method_segmenter, build_parser
 
     model = tmp_path / "run" / "sammed.pt"
     options = ["segment", tiny_site / "P158-020.nii.gz", "-o", tmp_path / "seg.nii.gz", "--method", "sammed", "--method-model", model,
                "--device", "cpu", "--backend", "torch", "--precision", "fp32"]
-    decoder = _method_segmenter(build_parser().parse_args(map(str, options))).base.sam.sam.mask_decoder.state_dict()
+    arguments = build_parser().parse_args(map(str, options))
+    _check_model_options(arguments)
+    decoder = _method_segmenter(arguments).base.sam.sam.mask_decoder.state_dict()
     assert all(torch.equal(decoder[key], trained[key].to(decoder[key].dtype)) for key in trained)
     samprostate(*options, "--report", tmp_path / "report.json")
     models = {item["role"]: item for item in json.loads((tmp_path / "report.json").read_text())["provenance"]["models"]}

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from ..core.catalog import COARSE_INPUT_REPRESENTATIONS, DEFAULT_GRID_SIDE, SAM_TYPES, CatalogEntry
+from ..core.catalog import COARSE_INPUT_REPRESENTATIONS, DEFAULT_GRID_SIDE, SAM_TYPES
 from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
@@ -182,11 +182,7 @@ def _check_model_options(arguments) -> None:
     for option, path in (("--sam-checkpoint", arguments.sam_checkpoint), ("--coarse-checkpoint", arguments.coarse_checkpoint)):
         if path is not None and not path.is_file():
             raise InputError(f"{option} {path} not found" if not path.exists() else f"{option} {path} is not a file")
-    _method_model(arguments)
-
-
-def _method_model(arguments) -> CatalogEntry | None:
-    return trained_model_file(arguments.method_model, arguments.method)
+    arguments.method_model_entry = trained_model_file(arguments.method_model, arguments.method)  # checked once, used below
 
 
 def _model_files(arguments) -> list[Path | None]:
@@ -223,7 +219,7 @@ def _base_segmenter(arguments):
 def _method_segmenter(arguments):
     """The chosen method loaded onto the base models."""
     options = MethodOptions(arguments.grid_points, getattr(arguments, "merge_slices", False))
-    return method(arguments.method).load(_base_segmenter(arguments), _method_model(arguments), options)
+    return method(arguments.method).load(_base_segmenter(arguments), arguments.method_model_entry, options)
 
 
 def _note(line: str) -> None:
@@ -371,10 +367,10 @@ def run_evaluate(arguments) -> None:
 
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
-    _check_model_options(arguments)
     from .click_evaluation import check_click_options
 
-    check_click_options(arguments)
+    check_click_options(arguments)  # first: it says what --clicks takes instead of --method-model
+    _check_model_options(arguments)
     if arguments.shifts:
         _run_robustness_suite(arguments)
         return
@@ -391,7 +387,7 @@ def run_evaluate(arguments) -> None:
     chosen = runnable_methods().values() if arguments.method is None else [method(arguments.method)]
     if arguments.sam_checkpoint is not None:  # the trained methods build on the shipped LiteMedSAM
         chosen = [item for item in chosen if item.model_kind is None]
-    results = evaluate(_base_segmenter(arguments), cases, chosen, _method_model(arguments))
+    results = evaluate(_base_segmenter(arguments), cases, chosen, arguments.method_model_entry)
     table = markdown_table(results)
     print(table)
     if arguments.output:

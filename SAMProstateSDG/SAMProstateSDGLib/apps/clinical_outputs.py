@@ -17,7 +17,6 @@ from ..io.dicom_series import DicomVolume, read_dicom_volume
 from ..io.measurements import GlandMeasurements, measure_image
 from ..io.provenance import Provenance
 from ..methods.registry import method
-from .training_process import trained_model_file
 
 REPORT_FORMAT = "samprostate-measurements"
 
@@ -58,7 +57,7 @@ def write_clinical_outputs(arguments, source: Path, output: Path, volume, labels
         print(f"  {name}: {value}")
     if not (arguments.report or arguments.report_page or arguments.dicom_seg):
         return measurements
-    provenance = chosen.provenance(arguments.sam_checkpoint, arguments.coarse_checkpoint, trained_model_file(arguments.method_model, arguments.method))
+    provenance = chosen.provenance(arguments.sam_checkpoint, arguments.coarse_checkpoint, arguments.method_model_entry)
     if arguments.report:
         write_json(arguments.report, report_json(source, output, measurements, provenance, dicom))
     if arguments.report_page:
