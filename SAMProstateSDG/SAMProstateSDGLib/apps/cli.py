@@ -14,7 +14,7 @@ from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
 from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, runnable_methods, trainable_methods, training_defaults
 from ..training.defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, VALIDATION_FRACTION
-from .training_process import trained_model_file
+from .training_process import manifest_beside, trained_model_file
 
 
 def _add_model_options(parser: argparse.ArgumentParser, default_method: str | None = DEFAULT_METHOD) -> None:
@@ -170,7 +170,8 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_model_options(arguments) -> None:
-    """The model options' values and files, before any volume is read or model loaded."""
+    """The model options' values and files, before any volume is read or model loaded; sets ``arguments.method_model_entry``
+    (the checked ``--method-model``, or None), which loading and provenance read."""
     _millimetres(margin_mm=arguments.margin_mm)
     if arguments.grid_points < 1:
         raise InputError("--grid-points must be at least 1")
@@ -182,12 +183,12 @@ def _check_model_options(arguments) -> None:
     for option, path in (("--sam-checkpoint", arguments.sam_checkpoint), ("--coarse-checkpoint", arguments.coarse_checkpoint)):
         if path is not None and not path.is_file():
             raise InputError(f"{option} {path} not found" if not path.exists() else f"{option} {path} is not a file")
-    arguments.method_model_entry = trained_model_file(arguments.method_model, arguments.method)  # checked once, used below
+    arguments.method_model_entry = trained_model_file(arguments.method_model, arguments.method)
 
 
 def _model_files(arguments) -> list[Path | None]:
     method_model = arguments.method_model
-    return [arguments.sam_checkpoint, arguments.coarse_checkpoint, method_model, method_model and method_model.with_suffix(".json")]
+    return [arguments.sam_checkpoint, arguments.coarse_checkpoint, method_model, method_model and manifest_beside(method_model)]
 
 
 def _millimetres(**values: float) -> None:

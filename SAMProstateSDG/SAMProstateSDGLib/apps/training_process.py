@@ -300,10 +300,15 @@ def trained_models(registry: Path) -> dict[str, CatalogEntry]:
     return {entry["id"]: entry_from_json(entry) for entry in json.loads(registry.read_text())}
 
 
-def trained_model_entry(method: str, manifest_path: Path) -> CatalogEntry:
-    """The model a finished run of ``method`` wrote, as its manifest describes it; its id is the model file's absolute path."""
-    manifest = json.loads(manifest_path.read_text())
-    path = (manifest_path.parent / manifest["file"]).resolve()
+def manifest_beside(model_file: Path) -> Path:
+    """The manifest ``samprostate train`` writes beside the model file it trained (``METHOD.pt`` -> ``METHOD.json``)."""
+    return model_file.with_suffix(".json")
+
+
+def _trained_model_entry(method: str, manifest: dict, folder: Path) -> CatalogEntry:
+    """The model a finished run of ``method`` wrote into ``folder``, as its (read) manifest describes it; its id is the model
+    file's absolute path."""
+    path = (folder / manifest["file"]).resolve()
     kind = TRAINING_METHODS[method].model_kind
     title = f"{method} trained on {manifest['site']} (validation Dice {manifest['best_validation_dice']:.4f}), {path.parent}"
     # training always builds the shipped architecture of its kind (the coarse U-Net, or a LiteMedSAM-based method)
@@ -319,7 +324,7 @@ def trained_model_file(path: Path | None, method: str | None) -> CatalogEntry | 
     option = f"--method-model {path}"
     if not path.is_file():
         raise InputError(f"{option} not found" if not path.exists() else f"{option} is not a file")
-    manifest_path = path.with_suffix(".json")
+    manifest_path = manifest_beside(path)
     try:
         manifest = json.loads(manifest_path.read_text())
         trained_for, file = manifest["method"], manifest["file"]
@@ -332,14 +337,14 @@ def trained_model_file(path: Path | None, method: str | None) -> CatalogEntry | 
         raise InputError(f"{option} is a {trained_for} model: run it with --method {trained_for}")
     from ..core.checksums import verify_sha256  # imports torch, which the Slicer module may not have installed yet
 
-    entry = trained_model_entry(trained_for, manifest_path)
+    entry = _trained_model_entry(trained_for, manifest, path.parent)
     verify_sha256(path, entry.sha256)  # before any model loads
     return entry
 
 
 def register_trained_model(registry: Path, method: str, manifest_path: Path) -> CatalogEntry:
     """Add (or replace) the model a finished run wrote."""
-    entry = trained_model_entry(method, manifest_path)
+    entry = _trained_model_entry(method, json.loads(manifest_path.read_text()), manifest_path.parent)
     models = trained_models(registry)
     models[entry.id] = entry
     registry.parent.mkdir(parents=True, exist_ok=True)
