@@ -45,7 +45,7 @@ def lever_predictors(segmenter: ProstateSegmenter):
             if refine:
                 session = segmenter.box_session(volume, segmenter.refined_boxes(volume, session, REFINE_MARGIN_MM))
             component = filtered_mask(p, component_filter=component_filter, spacing_xyz=spacing)
-            return session.labels, slice_confidences(session.labels > 0, component, session.predicted_iou)
+            return session.labels, slice_confidences(session.labels > 0, component, p, session.predicted_iou)
 
         return predict
 

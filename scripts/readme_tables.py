@@ -24,6 +24,9 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
   suites    scripts/compare_coarse_suite.py's table of one row (row=NAME, or row=A;B one per file) of several
             robustness JSONs (`samprostate evaluate --shifts`, e.g. before and after a model change); names=A;B titles
             them, cases=A,B keeps only those cases
+  suite_flags  the confidence flags of each robustness JSON's method row (`samprostate evaluate --shifts`, its
+            "flags"): slices, slices with Dice < 0.8, the share of them flagged, the share of all slices flagged and
+            the share of the flagged slices with Dice < 0.8; names=A;B titles the rows
   training  the manifests `samprostate train-coarse` writes (OUTPUT/coarse.json): one row per run, its command,
             training time and validation Dice (and loss) per epoch; names=A;B titles the rows
   volume    scripts/volume_agreement.py --json: volume agreement with the reference masks per site, from every
@@ -95,6 +98,17 @@ def suites_table(paths: list[Path], row: str, names: str, cases: str = "") -> st
     return compare_table(scores)
 
 
+def suite_flags_table(paths: list[Path], names: str) -> str:
+    """One row per robustness JSON: how its method's confidence flags did over all its cases and shifts."""
+    lines = ["| method | slices | slices with Dice < 0.8 | of them flagged | all slices flagged | flagged slices with Dice < 0.8 |", "|---|---|---|---|---|---|"]
+    for title, path in zip(_titles(names, paths), paths):
+        (flags,) = json.loads(path.read_text(encoding="utf-8"))["flags"].values()
+        caught, flagged = flags["low_dice_flagged_share"] * flags["low_dice_slices"], flags["flagged_share"] * flags["slices"]
+        precision = f"{caught / flagged:.1%}" if flagged else "n/a"
+        lines.append(f"| {title} | {flags['slices']} | {flags['low_dice_slices']} | {flags['low_dice_flagged_share']:.1%} | {flags['flagged_share']:.1%} | {precision} |")
+    return "\n".join(lines)
+
+
 def _titles(names: str, paths: list[Path]) -> list[str]:
     """``names=A;B``: one title per results file."""
     titles = names.split(";")
@@ -120,6 +134,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "proxy": lambda paths, rule="3d": proxy_table(paths, rule),
     "compare": lambda paths: compare_table(_one(paths)["scores"]),
     "suites": suites_table,
+    "suite_flags": suite_flags_table,
     "training": training_table,
     "volume": lambda paths: volume_table(_one(paths)),
     "flags": lambda paths: flags_table(_one(paths)["flags"]),

@@ -152,7 +152,7 @@ def volume_signals(engine: SamEngine, volume: CachedVolume, options: ProposalOpt
     for index, box in boxes.items():
         decoded[index] = box_logits(engine, volume.embeddings[index], box, shape)
         predicted[index] = decoded[index][0] > 0
-    confidences = slice_confidences(predicted, component, {index: score for index, (_, score) in decoded.items()}, volume.probabilities)
+    confidences = slice_confidences(predicted, component, volume.probabilities, {index: score for index, (_, score) in decoded.items()})
     boxed = sorted(boxes)
     first, last = (boxed[0], boxed[-1]) if boxed else (-1, -1)
     near = set(range(max(0, first - 2), min(len(predicted), last + 3))) if boxed else set()

@@ -30,8 +30,21 @@ def unseen_case(data, tmp_path_factory):
     """P158-020 (Prostate158, a site never seen in training) segmented end to end."""
     folder = tmp_path_factory.mktemp("unseen")
     image = data / "Prostate158" / "P158-020.nii.gz"
-    samprostate("segment", image, "-o", folder / "labels.nii.gz", "--boxes-out", folder / "boxes.json", "--overlay", folder / "overlay.png")
+    result = samprostate("segment", image, "-o", folder / "labels.nii.gz", "--boxes-out", folder / "boxes.json", "--overlay", folder / "overlay.png")
+    (folder / "summary.txt").write_text(result.stdout)
     return image, folder
+
+
+def flagged_in_boxes_file(path: Path) -> list[int]:
+    """The flagged slices a boxes file records: boxed entries whose confidence is flagged, and the slices without a box."""
+    data = json.loads(path.read_text())
+    boxed = [entry["slice"] for entry in data["boxes"] if entry.get("confidence", {}).get("flagged")]
+    return sorted(boxed + [entry["slice"] for entry in data["slices_to_check_without_box"]])
+
+
+def slices_to_check_in_summary(summary: str) -> list[int]:
+    line = next((line for line in summary.splitlines() if ": check slice(s) " in line), None)
+    return [] if line is None else [int(index) for index in line.split(": check slice(s) ")[1].split(" first")[0].split(", ")]
 
 
 def test_segments_an_unseen_site_case_above_the_dice_floor(unseen_case, data):
@@ -56,6 +69,23 @@ def test_boxes_file_lists_one_box_per_gland_slice(unseen_case, data):
     assert len(proposed & gland_slices) >= 0.8 * len(gland_slices)
     pixels = {entry["slice"]: Box(*entry["pixel"]) for entry in boxes["boxes"]}
     assert_boxes_near_the_reference(pixels, reference, sitk.ReadImage(str(data / "Prostate158" / "P158-020.nii.gz")).GetSpacing()[:2])
+
+
+def test_the_summary_names_the_flagged_slices_of_the_boxes_file(unseen_case):
+    _, folder = unseen_case
+    listed = slices_to_check_in_summary((folder / "summary.txt").read_text())
+    assert listed and listed == flagged_in_boxes_file(folder / "boxes.json")
+
+
+def test_a_method_that_prompts_itself_lists_its_slices_to_check_without_boxes(tmp_path, data):
+    """DeSAM has no boxes for SAM to rate: its flagged slices (agreement with the coarse network, cross-section; on a
+    whole volume at least the apex and base) are all listed as slices without a box, and the summary names the same ones."""
+    result = samprostate("segment", data / "Prostate158" / "P158-020.nii.gz", "-o", tmp_path / "labels.nii.gz", "--method", "desam-box",
+                         "--boxes-out", tmp_path / "boxes.json")
+    data = json.loads((tmp_path / "boxes.json").read_text())
+    assert data["boxes"] == [] and data["slices_to_check_without_box"]
+    assert all("predicted_iou" not in entry for entry in data["slices_to_check_without_box"])
+    assert slices_to_check_in_summary(result.stdout) == flagged_in_boxes_file(tmp_path / "boxes.json")
 
 
 def test_the_overlay_shows_six_gland_slices_with_their_box_and_outline(unseen_case):

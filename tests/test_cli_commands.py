@@ -115,7 +115,9 @@ def test_merge_slices_encodes_four_crops_at_once_and_keeps_a_good_dice(segmenter
     assert dice(merged, reference) > 0.85
     volume = segmenter.prepare(sitk.ReadImage(str(image)))
     boxes = segmenter.propose_boxes(volume)
-    assert len(json.loads((tmp_path / "boxes.json").read_text())["boxes"]) == len(boxes) == 4
+    entries = json.loads((tmp_path / "boxes.json").read_text())["boxes"]
+    assert len(entries) == len(boxes) == 4
+    assert all(set(entry["confidence"]) == {"predicted_iou", "coarse_agreement", "relative_area", "flagged"} for entry in entries)
     one_at_a_time = segmenter.segment_with_boxes(volume, boxes)
     assert not np.array_equal(merged > 0, one_at_a_time > 0)  # each slice went through the encoder at half resolution
     assert abs(dice(merged, reference) - dice(one_at_a_time, reference)) < 0.05

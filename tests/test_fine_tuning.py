@@ -287,6 +287,10 @@ def test_shipped_methods_segment_a_case_they_were_not_trained_on(segmenter, meth
     reference = read_mask(FIXTURES / "Case29_seg.nii.gz")
     assert dice(labels, reference) > 0.7
     assert bool(boxes) == (method == "sammed")  # DeSAM and SAMed prompt themselves
+    segmented = {index for index, confidence in result.confidences.items() if confidence.segmented}
+    with_mask = set(np.flatnonzero((labels > 0).any(axis=(1, 2))).tolist())
+    assert (segmented == set(boxes)) if boxes else (with_mask <= segmented)  # a self-prompting method's: every slice with its mask
+    assert all((confidence.predicted_iou is None) != bool(boxes) for confidence in result.confidences.values() if confidence.segmented)
     if method == "samed":
         assert set(np.unique(labels)) <= {0, 1, 2} and (labels == 1).any() and (labels == 2).any()
 

@@ -31,12 +31,15 @@ def test_a_box_in_each_tile_segments_its_own_slice(sam_engine):
     volume.encode(boxes)
     assert list(volume.embeddings) == [0]  # four slices, one encoder pass
     for index, box in boxes.items():
-        merged = sam_engine.decode(volume.embeddings[0], shift_prompt(Prompt(box=box.as_tuple()), index, height, width), (2 * height, 2 * width))
+        merged, merged_score = sam_engine.decode_scored(
+            volume.embeddings[0], shift_prompt(Prompt(box=box.as_tuple()), index, height, width), (2 * height, 2 * width)
+        )
         x, y = tile_offset(index, height, width)
         inside = merged[y : y + height, x : x + width]
         assert inside.sum() > 0.95 * merged.sum()
         assert dice(inside, reference[index]) > 0.4  # each slice is at half resolution in the merged input
-        assert (volume.segment(index, Prompt(box=box.as_tuple())) == inside).all()
+        mask, score = volume.segment_scored(index, Prompt(box=box.as_tuple()))
+        assert (mask == inside).all() and score == merged_score  # and SAM's predicted IoU of it
 
 
 def test_more_than_four_slices_do_not_merge():

@@ -94,8 +94,8 @@ def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check
     flags = {bridge.box_from_roi_node(volume_node, roi)[0]: roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) for roi in rois}
     assert flags[moved_slice] == "1" and "0" in flags.values()
     to_check = workflow.slicesToCheck(volume_node, device="cpu")
-    assert [index for index, confidence in to_check if confidence.boxed] == sorted(index for index, flag in flags.items() if flag == "1")
-    assert all(confidence.flagged and index not in flags for index, confidence in to_check if not confidence.boxed)  # past the boxes
+    assert [index for index, confidence in to_check if confidence.segmented] == sorted(index for index, flag in flags.items() if flag == "1")
+    assert all(confidence.flagged and index not in flags for index, confidence in to_check if not confidence.segmented)  # past the boxes
     for roi in rois:
         expected = bridge.CHECK_COLOUR if roi.GetAttribute(bridge.BOX_FLAGGED_ATTRIBUTE) == "1" else bridge.CONFIDENT_COLOUR
         assert roi.GetDisplayNode().GetSelectedColor() == pytest.approx(expected)
@@ -154,8 +154,14 @@ def test_methods_that_prompt_themselves_need_no_boxes(workflow, scene, method):
     """On Case29 (NCI-ISBI, not trained on): on the unseen site these methods are still weak (README)."""
     volume_node = read_node(scene, "Case29")
     reference = read_mask(FIXTURES / "Case29_seg.nii.gz")
+    assert workflow.slicesToCheck(volume_node, device="cpu", method=method) == []  # nothing segmented yet
     segmentation = workflow.segment(volume_node, device="cpu", method=method)
     assert not bridge.box_roi_nodes(volume_node)
+    session = workflow.session(volume_node, device="cpu", method=method)
+    expected = workflow.segmenter(device="cpu", method=method).base.slice_confidence(session.volume, session.labels)
+    assert expected and workflow.slicesToCheck(volume_node, device="cpu", method=method) == [
+        (index, confidence) for index, confidence in expected.items() if confidence.flagged
+    ]  # every method tells the user where to look
     if method == "samed":
         zones = {name: segment_labels(segmentation, volume_node, name) for name in ("transition zone", "peripheral zone")}
         assert dice(zones["transition zone"] | zones["peripheral zone"], reference) > 0.7

@@ -133,7 +133,7 @@ def _run_path(segmenter: ProstateSegmenter, engine: SamEngine, case: Case, path:
     labels = np.zeros(slices.shape, dtype=np.uint8)
     if path == "merged":
         with Stopwatch(timing, "encoder"):  # encoder and decoder together: tiles are decoded in the merged frame
-            labels = segment_merged(engine, slices, boxes)
+            labels = segment_merged(engine, slices, boxes)[0]
         timing.seconds["decoder"] = 0.0
     else:
         with Stopwatch(timing, "encoder"):

@@ -352,8 +352,8 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     tqdm.write(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
     flagged = flagged_slices(confidences)
     if flagged:
-        tqdm.write(f"{output}: check slice(s) {', '.join(map(str, flagged))} first (0-based; SAM's predicted IoU or its agreement with the "
-                   "coarse mask is low, the cross-section is small (apex, base), or a slice without a box may still hold gland)")
+        tqdm.write(f"{output}: check slice(s) {', '.join(map(str, flagged))} first (0-based; SAM's predicted IoU or the mask's agreement with "
+                   "the coarse network is low, the cross-section is small (apex, base), or the gland may go on past the segmented slices)")
     if not labels.any():
         tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
     from .clinical_outputs import write_clinical_outputs

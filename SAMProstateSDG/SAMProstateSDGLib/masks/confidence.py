@@ -1,12 +1,14 @@
-"""Per-slice confidence of a box-prompted segmentation: where the clinician should look first.
+"""Per-slice confidence of a segmentation: where the clinician should look first.
 
-A boxed slice is flagged when SAM's own predicted IoU of its mask is low, when SAM's mask and the
-coarse network's component disagree on that slice, or when the mask is a small cross-section of
-the gland (under a fifth of the volume's largest: apex and base, where a few pixels decide the
-Dice). A slice without a box next to either end of the boxed extent is flagged when the coarse
-network still gives gland a probability above ``PAST_THE_BOXES_PROBABILITY`` there: the gland
-may go on. Thresholds chosen on the source-extra cases of the robustness suite, checked on the
-unseen ones (``scripts/suite_study.py``; README, "Where to look: per-slice confidence").
+A segmented slice is flagged when SAM's own predicted IoU of its mask is low (box-prompted methods),
+when the mask and the coarse network's component disagree on that slice, or when the mask is a
+small cross-section of the gland (under a fifth of the volume's largest: apex and base, where a few
+pixels decide the Dice). A slice next to either end of the segmented extent is flagged when the
+coarse network still gives gland a probability above ``PAST_THE_BOXES_PROBABILITY`` there: the
+gland may go on. For a box-prompted method the segmented slices are the boxed ones; for a method
+that prompts itself, those where its mask or the coarse component has gland. Thresholds chosen on
+the source-extra cases of the robustness suite, checked on the unseen ones
+(``scripts/suite_study.py``; README, "Where to look: per-slice confidence").
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ PAST_THE_BOXES_PROBABILITY = 0.30  # a slice just past the boxes is flagged when
 
 @dataclass(frozen=True)
 class SliceConfidence:
-    """A boxed slice's figures; a slice without a box (just past the boxed extent) has only its coarse probability."""
+    """A segmented slice's figures (no predicted IoU when the method has none); a slice just past the segmented
+    extent has only its coarse probability."""
 
     predicted_iou: float | None = None
     coarse_agreement: float | None = None
@@ -31,24 +34,22 @@ class SliceConfidence:
     coarse_probability: float | None = None  # the highest coarse probability of a slice without a box
 
     @property
-    def boxed(self) -> bool:
-        return self.predicted_iou is not None
+    def segmented(self) -> bool:
+        return self.coarse_agreement is not None
 
     @property
     def flagged(self) -> bool:
         iou, agreement, area = self.predicted_iou, self.coarse_agreement, self.relative_area
-        if iou is None or agreement is None or area is None:
+        if agreement is None or area is None:
             return (self.coarse_probability or 0.0) > PAST_THE_BOXES_PROBABILITY
-        return iou < PREDICTED_IOU_FLAG or agreement < AGREEMENT_FLAG or area < RELATIVE_AREA_FLAG
+        return (iou is not None and iou < PREDICTED_IOU_FLAG) or agreement < AGREEMENT_FLAG or area < RELATIVE_AREA_FLAG
 
     def describe(self) -> str:
         """What the figures say, for a tooltip or a list."""
-        if not self.boxed:
-            return f"no box, but the coarse network sees gland here (probability {self.coarse_probability:.2f}): the gland may go on"
-        return (
-            f"SAM's predicted IoU {self.predicted_iou:.2f}, agreement with the coarse mask {self.coarse_agreement:.2f}, "
-            f"cross-section {self.relative_area:.0%} of the largest"
-        )
+        if not self.segmented:
+            return f"not segmented, but the coarse network sees gland here (probability {self.coarse_probability:.2f}): the gland may go on"
+        iou = "" if self.predicted_iou is None else f"SAM's predicted IoU {self.predicted_iou:.2f}, "
+        return f"{iou}agreement with the coarse mask {self.coarse_agreement:.2f}, cross-section {self.relative_area:.0%} of the largest"
 
     def to_json(self) -> dict:
         figures = {name: round(value, 4) for name, value in vars(self).items() if value is not None}
@@ -62,19 +63,27 @@ def mask_dice(first: np.ndarray, second: np.ndarray) -> float:
 
 
 def slice_confidences(
-    sam_mask: np.ndarray, coarse_component: np.ndarray, predicted_iou: dict[int, float], coarse_probabilities: np.ndarray
+    mask: np.ndarray, coarse_component: np.ndarray, coarse_probabilities: np.ndarray, predicted_iou: dict[int, float] | None = None
 ) -> dict[int, SliceConfidence]:
-    """The confidence of each slice SAM segmented (the keys of ``predicted_iou``) and of the slices without a box
-    just past either end of them; masks and probabilities [slices, rows, columns]."""
-    areas = sam_mask.reshape(len(sam_mask), -1).sum(axis=1)
+    """The confidence of each segmented slice and of the slices just past either end of them; masks and probabilities
+    [slices, rows, columns]. The segmented slices: those SAM decoded in a box (the keys of its ``predicted_iou``), or
+    without ``predicted_iou`` (a method that prompts itself) those where ``mask`` or ``coarse_component`` has gland."""
+    areas = mask.reshape(len(mask), -1).sum(axis=1)
     largest = max(int(areas.max()), 1) if len(areas) else 1
+    if predicted_iou is None:
+        has_gland = (mask | coarse_component).reshape(len(mask), -1).any(axis=1)
+        scores: dict[int, float | None] = {int(index): None for index in np.flatnonzero(has_gland)}
+    else:
+        scores = dict(predicted_iou)
     confidences = {
-        index: SliceConfidence(float(score), mask_dice(sam_mask[index], coarse_component[index]), float(areas[index]) / largest)
-        for index, score in sorted(predicted_iou.items())
+        index: SliceConfidence(
+            None if score is None else float(score), mask_dice(mask[index], coarse_component[index]), float(areas[index]) / largest
+        )
+        for index, score in sorted(scores.items())
     }
     if confidences:
         for index in (min(confidences) - 1, max(confidences) + 1):
-            if 0 <= index < len(sam_mask) and index not in confidences:
+            if 0 <= index < len(mask) and index not in confidences:
                 confidences[index] = SliceConfidence(coarse_probability=float(coarse_probabilities[index].max()))
     return dict(sorted(confidences.items()))
 

@@ -64,7 +64,7 @@ class MethodOptions:
 @dataclass
 class Segmentation:
     """A method's result on one volume: labels [slices, rows, columns], the boxes it used (none for
-    methods that prompt themselves) and each boxed slice's confidence."""
+    methods that prompt themselves) and each segmented slice's confidence."""
 
     labels: np.ndarray
     boxes: dict[int, Box] = field(default_factory=dict)
@@ -156,6 +156,10 @@ class MethodSegmenter:
 
         return BoxSegmentation(volume, self.base.sam)
 
+    def confidences(self, session: BoxSegmentation) -> dict[int, SliceConfidence]:
+        """Each segmented slice's confidence in ``session`` (``masks.confidence``), and that of the slices just past them."""
+        raise NotImplementedError
+
 
 class BoxPromptedSegmenter(MethodSegmenter):
     """SAM segments inside one box per slice: the coarse network's boxes, or the user's."""
@@ -169,7 +173,8 @@ class BoxPromptedSegmenter(MethodSegmenter):
         if self.merge_slices:
             from ..modeling.tiling import segment_merged
 
-            return Segmentation(segment_merged(self.base.sam, volume.normalised, boxes), boxes)
+            labels, predicted_iou = segment_merged(self.base.sam, volume.normalised, boxes)
+            return Segmentation(labels, boxes, self.base.slice_confidence(volume, labels, predicted_iou))
         session = self.base.box_session(volume, boxes)
         if points:
             from ..modeling.sam_engine import Prompt
@@ -177,7 +182,10 @@ class BoxPromptedSegmenter(MethodSegmenter):
             for index, clicks in sorted(points.items()):
                 box = boxes[index].as_tuple() if index in boxes else None
                 session.refine_slice(index, Prompt(box, tuple((click.x, click.y) for click in clicks), tuple(click.label for click in clicks)))
-        return Segmentation(session.labels, boxes, self.base.slice_confidence(volume, session))
+        return Segmentation(session.labels, boxes, self.confidences(session))
+
+    def confidences(self, session: BoxSegmentation) -> dict[int, SliceConfidence]:
+        return self.base.slice_confidence(session.volume, session.labels, session.predicted_iou)
 
 
 class SelfPromptingSegmenter(MethodSegmenter):
@@ -194,7 +202,10 @@ class SelfPromptingSegmenter(MethodSegmenter):
             raise InputError(f"{self.method.id} prompts itself; boxes work with {' and '.join(box_method_ids())}")
         labels = self.model.segment_volume(volume)
         labels[~largest_component(labels > 0)] = 0
-        return Segmentation(labels)
+        return Segmentation(labels, confidences=self.base.slice_confidence(volume, labels))
+
+    def confidences(self, session: BoxSegmentation) -> dict[int, SliceConfidence]:
+        return self.base.slice_confidence(session.volume, session.labels)
 
 
 _REGISTERED: dict[str, Method] = {}

@@ -65,12 +65,13 @@ class TiledEncodedVolume:
             merged = np.stack([merge_slices(self.slices[group * TILES : (group + 1) * TILES]) for group in groups])
             self.embeddings.update(zip(groups, self.engine.encode(merged)))
 
-    def segment(self, index: int, prompt: Prompt) -> np.ndarray:
+    def segment_scored(self, index: int, prompt: Prompt) -> tuple[np.ndarray, float]:
+        """The slice's mask and SAM's predicted IoU of it."""
         group, tile = divmod(int(index), TILES)
         self.encode([index])
         height, width = self.slices.shape[1:]
-        merged = self.engine.decode(self.embeddings[group], shift_prompt(prompt, tile, height, width), (GRID * height, GRID * width))
-        return tile_of(merged, tile, height, width)
+        merged, score = self.engine.decode_scored(self.embeddings[group], shift_prompt(prompt, tile, height, width), (GRID * height, GRID * width))
+        return tile_of(merged, tile, height, width), score
 
 
 def gland_crop(boxes: dict[int, Box], shape: tuple[int, int], margin: float) -> tuple[slice, slice]:
@@ -82,19 +83,21 @@ def gland_crop(boxes: dict[int, Box], shape: tuple[int, int], margin: float) -> 
     return slice(y0, y1), slice(x0, x1)
 
 
-def segment_merged(engine: SamEngine, slices: np.ndarray, boxes: dict[int, Box], margin: float = 16.0) -> np.ndarray:
-    """Box masks with four gland crops per encoder input: about four times fewer encoder passes.
+def segment_merged(engine: SamEngine, slices: np.ndarray, boxes: dict[int, Box], margin: float = 16.0) -> tuple[np.ndarray, dict[int, float]]:
+    """Box masks with four gland crops per encoder input: about four times fewer encoder passes; returns the labels
+    and SAM's predicted IoU per boxed slice.
 
     Each slice is cropped to the union of the boxes (plus ``margin`` pixels), so a tile of the
     merged input keeps about the pixel size the whole slice would have had alone.
     """
     labels = np.zeros(slices.shape, dtype=np.uint8)
+    predicted_iou: dict[int, float] = {}
     if not boxes:
-        return labels
+        return labels, predicted_iou
     rows, columns = gland_crop(boxes, slices.shape[1:], margin)
     tiled = TiledEncodedVolume(engine, np.ascontiguousarray(slices[:, rows, columns]))
     tiled.encode(boxes)
     for index, box in boxes.items():
         cropped = Box(box.x0 - columns.start, box.y0 - rows.start, box.x1 - columns.start, box.y1 - rows.start)
-        labels[index, rows, columns] = tiled.segment(index, Prompt(box=cropped.as_tuple()))
-    return labels
+        labels[index, rows, columns], predicted_iou[index] = tiled.segment_scored(index, Prompt(box=cropped.as_tuple()))
+    return labels, predicted_iou

@@ -163,9 +163,10 @@ class ProstateSegmenter:
         options = options or self.options
         return component_boxes(self.coarse_component(volume, options), volume.image.GetSpacing(), options.margin_mm)
 
-    def slice_confidence(self, volume: PreparedVolume, session: BoxSegmentation) -> dict[int, SliceConfidence]:
-        """Each segmented slice's confidence (``masks.confidence``), and that of the slices without a box just past them."""
-        return slice_confidences(session.labels > 0, self.coarse_component(volume), session.predicted_iou, self.coarse_probabilities(volume))
+    def slice_confidence(self, volume: PreparedVolume, labels: np.ndarray, predicted_iou: dict[int, float] | None = None) -> dict[int, SliceConfidence]:
+        """Each segmented slice's confidence (``masks.confidence``), and that of the slices just past them; ``predicted_iou``:
+        SAM's, per boxed slice (None for a method that prompts itself)."""
+        return slice_confidences(labels > 0, self.coarse_component(volume), self.coarse_probabilities(volume), predicted_iou)
 
     def segment_with_boxes(self, volume: PreparedVolume, boxes: dict[int, Box]) -> np.ndarray:
         """Label volume (uint8, [slices, rows, columns]) with SAM's mask inside each box."""
@@ -199,6 +200,12 @@ class BoxSegmentation:
         self.boxes: dict[int, Box] = {}
         self.labels: np.ndarray = np.zeros(volume.normalised.shape, dtype=np.uint8)
         self.predicted_iou: dict[int, float] = {}  # SAM's own estimate of each segmented slice's IoU
+        self.segmented = False  # whether a slice was decoded, or a method that prompts itself set the labels
+
+    def set_labels(self, labels: np.ndarray) -> None:
+        """The labels of a method that prompts itself (the whole volume at once)."""
+        self.labels = labels
+        self.segmented = True
 
     def changed_slices(self, boxes: dict[int, Box]) -> list[int]:
         """Slices whose box differs from the one last segmented (added, moved or removed)."""
@@ -247,6 +254,7 @@ class BoxSegmentation:
     def _segment_slice(self, index: int, prompt: Prompt) -> None:
         mask, self.predicted_iou[index] = self.volume.encoded.segment_scored(index, prompt, self.decoder)
         self.labels[index][mask] = PROSTATE_LABEL
+        self.segmented = True
 
 
 def _same_box(first: Box | None, second: Box | None) -> bool:

@@ -286,7 +286,7 @@ class ProstateWorkflow:
         session = self.session(volumeNode, model, device, method)
         segmenter = self.segmenter(model, device, method)
         if not segmenter.method.takes_boxes:
-            session.labels = segmenter.segment(session.volume).labels
+            session.set_labels(segmenter.segment(session.volume).labels)
             return self._write(session, volumeNode, segmentationNode, segmenter.method.segments)
         roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
         changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
@@ -298,20 +298,20 @@ class ProstateWorkflow:
         """Colour each box by its slice's confidence (``masks.confidence``)."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-        confidences = segmenter.base.slice_confidence(session.volume, session)
+        confidences = segmenter.confidences(session)
         for roiNode in roiNodes:
             index = bridge.box_from_roi_node(volumeNode, roiNode)[0]
             if index in confidences:
                 bridge.show_box_confidence(roiNode, confidences[index])
 
     def slicesToCheck(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> list:
-        """(slice index, SliceConfidence) of the flagged slices of the volume's box segmentation with this model and
+        """(slice index, SliceConfidence) of the flagged slices of the volume's segmentation with this model and
         method, in slice order; none before its first Segment (nothing is loaded or computed for it)."""
         cached = self._sessions.get((volumeNode.GetID(), model, device, method))
-        if cached is None or not cached[1].predicted_iou:
+        if cached is None or not cached[1].segmented:
             return []
         session = cached[1]
-        confidences = self.segmenter(model, device, method).base.slice_confidence(session.volume, session)
+        confidences = self.segmenter(model, device, method).confidences(session)
         return [(index, confidence) for index, confidence in sorted(confidences.items()) if confidence.flagged]
 
     @staticmethod
