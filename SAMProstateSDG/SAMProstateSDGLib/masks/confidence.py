@@ -31,7 +31,7 @@ class SliceConfidence:
     predicted_iou: float | None = None
     coarse_agreement: float | None = None
     relative_area: float | None = None  # the slice's mask area over the largest mask area of the volume
-    coarse_probability: float | None = None  # the highest coarse probability of a slice without a box
+    coarse_probability: float | None = None  # the highest coarse probability of a slice just past the segmented extent
 
     @property
     def segmented(self) -> bool:

@@ -41,7 +41,7 @@ class DeSAMGrid(DeSAMVariant):
         rows = {}
         for side in EVALUATED_GRID_SIDES:
             loaded = self.load(base, model, MethodOptions(grid_side=side))
-            rows[f"{self.title}: {side * side} point{'s' * (side > 1)}"] = lambda volume, _, loaded=loaded: loaded.segment(volume).labels
+            rows[f"{self.title}: {side * side} point{'s' * (side > 1)}"] = lambda volume, _, loaded=loaded: loaded.labels(volume)
         return rows
 
 

@@ -118,7 +118,7 @@ class Method:
         """Its rows in ``samprostate evaluate`` with ``model`` (default: the shipped one): title -> prediction (one row,
         unless a method compares variants)."""
         loaded = self.load(base, model)
-        return {self.row_title or self.title: lambda volume, _: loaded.segment(volume).labels}
+        return {self.row_title or self.title: lambda volume, _: loaded.labels(volume)}
 
     def trainer(self, base: ProstateSegmenter) -> FineTuningMethod:
         raise InputError(f"{self.id} is not trained with samprostate train")
@@ -149,6 +149,10 @@ class MethodSegmenter:
         """Labels of ``volume``: inside ``boxes`` (default: proposed) for a box-prompted method, with each slice's
         ``points`` (``masks.clicks.Click`` in order) replayed on its box."""
         raise NotImplementedError
+
+    def labels(self, volume: PreparedVolume) -> np.ndarray:
+        """The labels of ``segment`` with the proposed boxes, without what only a reader needs (the confidences)."""
+        return self.segment(volume).labels
 
     def session(self, volume: PreparedVolume) -> BoxSegmentation:
         """An editable box session on ``volume`` (what the Slicer module keeps per volume)."""
@@ -196,13 +200,18 @@ class SelfPromptingSegmenter(MethodSegmenter):
         self.model = model
 
     def segment(self, volume: PreparedVolume, boxes: dict[int, Box] | None = None, points: dict[int, list] | None = None) -> Segmentation:
-        from ..masks.boxes import largest_component
-
         if boxes is not None or points:
             raise InputError(f"{self.method.id} prompts itself; boxes work with {' and '.join(box_method_ids())}")
+        labels = self.labels(volume)
+        return Segmentation(labels, confidences=self.base.slice_confidence(volume, labels))
+
+    def labels(self, volume: PreparedVolume) -> np.ndarray:
+        """Its labels alone: the coarse network, which only the confidences need, does not run."""
+        from ..masks.boxes import largest_component
+
         labels = self.model.segment_volume(volume)
         labels[~largest_component(labels > 0)] = 0
-        return Segmentation(labels, confidences=self.base.slice_confidence(volume, labels))
+        return labels
 
     def confidences(self, session: BoxSegmentation) -> dict[int, SliceConfidence]:
         return self.base.slice_confidence(session.volume, session.labels)

@@ -286,7 +286,7 @@ class ProstateWorkflow:
         session = self.session(volumeNode, model, device, method)
         segmenter = self.segmenter(model, device, method)
         if not segmenter.method.takes_boxes:
-            session.set_labels(segmenter.segment(session.volume).labels)
+            session.set_labels(segmenter.labels(session.volume))
             return self._write(session, volumeNode, segmentationNode, segmenter.method.segments)
         roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
         changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
