@@ -82,9 +82,9 @@ def test_a_method_that_prompts_itself_lists_its_slices_to_check_without_boxes(tm
     whole volume at least the apex and base) are all listed as slices without a box, and the summary names the same ones."""
     result = samprostate("segment", data / "Prostate158" / "P158-020.nii.gz", "-o", tmp_path / "labels.nii.gz", "--method", "desam-box",
                          "--boxes-out", tmp_path / "boxes.json")
-    data = json.loads((tmp_path / "boxes.json").read_text())
-    assert data["boxes"] == [] and data["slices_to_check_without_box"]
-    assert all("predicted_iou" not in entry for entry in data["slices_to_check_without_box"])
+    written = json.loads((tmp_path / "boxes.json").read_text())
+    assert written["boxes"] == [] and written["slices_to_check_without_box"]
+    assert all("predicted_iou" not in entry for entry in written["slices_to_check_without_box"])
     assert slices_to_check_in_summary(result.stdout) == flagged_in_boxes_file(tmp_path / "boxes.json")
 
 
