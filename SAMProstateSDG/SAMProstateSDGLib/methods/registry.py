@@ -151,7 +151,8 @@ class MethodSegmenter:
         raise NotImplementedError
 
     def labels(self, volume: PreparedVolume) -> np.ndarray:
-        """The labels of ``segment`` with the proposed boxes, without what only a reader needs (the confidences)."""
+        """The labels ``segment`` gives with the proposed boxes (where nothing reads the confidences; a method whose
+        confidences cost work of their own skips them here)."""
         return self.segment(volume).labels
 
     def session(self, volume: PreparedVolume) -> BoxSegmentation:
@@ -161,8 +162,9 @@ class MethodSegmenter:
         return BoxSegmentation(volume, self.base.sam)
 
     def confidences(self, session: BoxSegmentation) -> dict[int, SliceConfidence]:
-        """Each segmented slice's confidence in ``session`` (``masks.confidence``), and that of the slices just past them."""
-        raise NotImplementedError
+        """Each segmented slice's confidence in ``session`` (``masks.confidence``), and that of the slices just past them:
+        with SAM's predicted IoU of each box for a box-prompted method, without for one that prompts itself."""
+        return self.base.slice_confidence(session.volume, session.labels, session.predicted_iou if self.method.takes_boxes else None)
 
 
 class BoxPromptedSegmenter(MethodSegmenter):
@@ -188,9 +190,6 @@ class BoxPromptedSegmenter(MethodSegmenter):
                 session.refine_slice(index, Prompt(box, tuple((click.x, click.y) for click in clicks), tuple(click.label for click in clicks)))
         return Segmentation(session.labels, boxes, self.confidences(session))
 
-    def confidences(self, session: BoxSegmentation) -> dict[int, SliceConfidence]:
-        return self.base.slice_confidence(session.volume, session.labels, session.predicted_iou)
-
 
 class SelfPromptingSegmenter(MethodSegmenter):
     """A model that prompts itself on every slice (``segment_volume``); its labels kept to their largest 3D component."""
@@ -212,9 +211,6 @@ class SelfPromptingSegmenter(MethodSegmenter):
         labels = self.model.segment_volume(volume)
         labels[~largest_component(labels > 0)] = 0
         return labels
-
-    def confidences(self, session: BoxSegmentation) -> dict[int, SliceConfidence]:
-        return self.base.slice_confidence(session.volume, session.labels)
 
 
 _REGISTERED: dict[str, Method] = {}
