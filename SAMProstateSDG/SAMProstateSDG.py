@@ -38,6 +38,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from SAMProstateSDGLib import __version__
 from SAMProstateSDGLib.apps.training_process import COARSE, TRAINING_METHODS
 from SAMProstateSDGLib.core import requirements
 from SAMProstateSDGLib.core.catalog import SAM_TYPES
@@ -102,8 +103,9 @@ class SAMProstateSDG(ScriptedLoadableModule):
             "inside each box. Re-segmenting after an edit recomputes only the slices whose box changed. "
             "Clicks refine a slice: selected points are inside the gland, unselected points (uncheck 'Sel' "
             "in the Markups module) are outside. Needs 3D Slicer 5.10 or later; the first action offers to "
-            "install PyTorch (through the PyTorch extension) and the other Python packages it needs."
-        )
+            "install PyTorch (through the PyTorch extension) and the other Python packages it needs. "
+            "Version {version}."
+        ).format(version=__version__)
         self.parent.acknowledgementText = _(
             "The method follows SAMMed: Wang et al. 2024, Leveraging SAM for single-source domain "
             "generalization in medical image segmentation. Related work: DeSAM (Gao et al. 2023, "

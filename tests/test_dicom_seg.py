@@ -12,6 +12,7 @@ from PIL import Image
 
 from conftest import FIXTURES
 from dicom_fixtures import read_headers, write_series
+from SAMProstateSDGLib import __version__
 from SAMProstateSDGLib.apps.cli import main
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import canonical_zones
@@ -114,6 +115,7 @@ def test_seg_frames_geometry_and_references_match_the_nifti_result(segmented, st
     assert (segment.SegmentedPropertyTypeCodeSequence[0].CodeValue, segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("41216001", "SCT")
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "SAMProstateSDG zero-shot" and "coarse-resnet18-runmc sha256:" in algorithm.AlgorithmParameters
+    assert seg.SoftwareVersions == algorithm.AlgorithmVersion == __version__  # the Lib's own, inside Slicer too (no pip metadata there)
 
 
 def test_report_json_and_page_hold_the_measurements(segmented):
@@ -124,6 +126,7 @@ def test_report_json_and_page_hold_the_measurements(segmented):
     assert report["measurements"] == json.loads(json.dumps(expected.to_json()))
     assert report["measurements"]["psa_density_ng_ml_per_ml"] == pytest.approx(6.2 / expected.volume_ml, abs=1e-3)
     assert {model["id"] for model in report["provenance"]["models"]} == {"litemedsam", "coarse-resnet18-runmc"}
+    assert report["provenance"]["version"] == __version__
     assert f"Gland volume (from the contour): {expected.volume_ml:.1f} mL" in stdout
     with Image.open(out / "report.png") as page:
         assert page.size == PAGE_SIZE

@@ -15,6 +15,8 @@ from pathlib import Path
 import tomllib
 from packaging.requirements import Requirement
 
+from SAMProstateSDGLib import __version__
+
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("slicer_harness.py")
 
@@ -41,6 +43,7 @@ def test_the_module_folder_registers_one_module_and_builds_its_panel_without_the
     assert report["panel"]["methodComboBox"][0] == "Largest 3D component"  # titles shown ...
     assert report["stored"] == {"method": "largest3d", "segmentationMethod": "zeroShot", "trainingMethod": "coarse", "model": "litemedsam"}
     assert report["userFolder"].endswith(".SAMProstateSDG")  # ... stable ids stored; runs kept in a user data folder
+    assert report["helpText"].endswith(f"Version {__version__}.")  # without the pip metadata Slicer does not have
     assert report["appConnections"] == ["startupCompleted()"]
 
 

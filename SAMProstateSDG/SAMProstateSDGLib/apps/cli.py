@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from .. import __version__
 from ..core.catalog import COARSE_INPUT_REPRESENTATIONS, DEFAULT_GRID_SIDE, SAM_TYPES
 from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
@@ -63,6 +64,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="samprostate", description="Prostate segmentation on T2 MRI: coarse network boxes prompt SAM.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     segment = commands.add_parser("segment", help="segment a volume and write a label volume")

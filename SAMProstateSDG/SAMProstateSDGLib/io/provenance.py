@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import __version__
 from ..core.catalog import CatalogEntry
 from ..core.checksums import sha256_of
 
 SOFTWARE = "SAMProstateSDG"
-DISTRIBUTION = "samprostate-sdg"
 SHA256_PREFIX = 12  # characters of the SHA-256 shown on the report and in the SEG
 
 
@@ -28,12 +27,7 @@ class Provenance:
     models: tuple[ModelFile, ...]
     software: str = SOFTWARE
 
-    @property
-    def version(self) -> str:
-        try:
-            return importlib.metadata.version(DISTRIBUTION)
-        except importlib.metadata.PackageNotFoundError:
-            return "unknown (not installed)"
+    version: str = __version__
 
     def parameters(self) -> dict[str, str]:
         """Name → value, without commas (DICOM's Algorithm Parameters joins them with commas)."""
