@@ -101,8 +101,8 @@ class SAMProstateSDG(ScriptedLoadableModule):
             "A coarse network proposes one box per slice (shown as ROIs you can move, resize or delete; "
             "'Add box' adds one on the slice in the red view); the Segment Anything Model (SAM) segments "
             "inside each box. Re-segmenting after an edit recomputes only the slices whose box changed. "
-            "Clicks refine a slice: selected points are inside the gland, unselected points (uncheck 'Sel' "
-            "in the Markups module) are outside. Needs 3D Slicer 5.10 or later; the first action offers to "
+            "Clicks refine a slice at once: press 'Click inside (+)' or 'Click outside (-)' and click in a slice "
+            "view ('Refine with clicks' applies clicks moved afterwards). Needs 3D Slicer 5.10 or later; the first action offers to "
             "install PyTorch (through the PyTorch extension) and the other Python packages it needs. "
             "Version {version}."
         ).format(version=__version__)
@@ -152,6 +152,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._trainingMethodShown = None
+        self._placingInside = None  # while the Click inside / outside button is on: True / False
+        self._clicksObserved = None  # the point list whose placed clicks re-segment their slice
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -167,6 +169,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addBoxButton.connect("clicked(bool)", self.onAddBox)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.refineButton.connect("clicked(bool)", self.onRefine)
+        self.ui.clickInsideButton.connect("toggled(bool)", lambda checked: self.onPlaceClicks(True, checked))
+        self.ui.clickOutsideButton.connect("toggled(bool)", lambda checked: self.onPlaceClicks(False, checked))
         self.ui.slicesToCheckComboBox.connect("activated(int)", self.onSliceToCheck)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
@@ -184,6 +188,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self.stopPlacingClicks()
         self.trainingTimer.stop()
         self.encodingTimer.stop()
         self.logic.shutdown()
@@ -196,6 +201,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.stopPlacingClicks()
         self.setParameterNode(None)
         self.encodingTimer.stop()
         self.logic.forgetVolumes()
@@ -227,6 +233,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addBoxButton.enabled = hasVolume
         self.ui.segmentButton.enabled = hasVolume
         self.ui.refineButton.enabled = hasVolume and bool(self._parameterNode.clicks)
+        self.ui.clickInsideButton.enabled = hasVolume
+        self.ui.clickOutsideButton.enabled = hasVolume
         hasSegmentation = hasVolume and bool(self._parameterNode.outputSegmentation)
         self.ui.exportDicomSegButton.enabled = hasSegmentation
         self.ui.saveReportButton.enabled = hasSegmentation
@@ -336,6 +344,81 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.showSlicesToCheck()
                 mode = self.logic.workflow.clickMode(self.selectedModel(), parameters.device, parameters.segmentationMethod.value)
                 slicer.util.showStatusMessage(mode, 5000)
+
+    def onPlaceClicks(self, inside: bool, checked: bool) -> None:
+        """Place clicks of one kind in the slice views (persistent place mode); each re-segments its slice (onClickPlaced)."""
+        if not checked:
+            if self._placingInside == inside:
+                self.stopPlacingClicks()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Placing clicks failed.")):
+            if ensureRequirements():
+                self.startPlacingClicks(inside)
+        self._setClickButtons(self._placingInside)
+
+    def startPlacingClicks(self, inside: bool) -> None:
+        parameters = self._parameterNode
+        parameters.clicks = self.logic.workflow.clicksNode(parameters.inputVolume, parameters.clicks)
+        applicationLogic = slicer.app.applicationLogic()
+        selectionNode, interactionNode = applicationLogic.GetSelectionNode(), applicationLogic.GetInteractionNode()
+        selectionNode.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+        selectionNode.SetActivePlaceNodeID(parameters.clicks.GetID())  # may end an earlier placing (onPlaceModeChanged) ...
+        interactionNode.SetPlaceModePersistence(1)
+        interactionNode.SetCurrentInteractionMode(interactionNode.Place)
+        self._observeClicks(parameters.clicks)  # ... so this one starts after
+        self._placingInside = inside
+        for node, event in ((interactionNode, interactionNode.InteractionModeChangedEvent), (selectionNode, selectionNode.ActivePlaceNodeIDChangedEvent)):
+            if not self.hasObserver(node, event, self.onPlaceModeChanged):
+                self.addObserver(node, event, self.onPlaceModeChanged)
+        mode = self.logic.workflow.clickMode(self.selectedModel(), parameters.device, parameters.segmentationMethod.value)
+        slicer.util.showStatusMessage(mode, 5000)
+
+    @vtk.calldata_type(vtk.VTK_INT)
+    def onClickPlaced(self, caller, event, pointIndex) -> None:
+        if self._placingInside is None:
+            return  # a point placed in this list by other means (the Markups module): applied with Refine with clicks
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Refining with the click failed."), waitCursor=True):
+            if ensureRequirements():
+                parameters.outputSegmentation = self.logic.workflow.placeClick(
+                    parameters.inputVolume, caller, pointIndex, self._placingInside, parameters.outputSegmentation, model=self.selectedModel(),
+                    device=parameters.device, method=parameters.segmentationMethod.value,
+                )
+                self.showMeasurements()
+                self.showSlicesToCheck()
+
+    def onPlaceModeChanged(self, caller, event) -> None:
+        """Leaving place mode in the views (right-click, Escape, another mouse mode or markups type) turns the click buttons off."""
+        applicationLogic = slicer.app.applicationLogic()
+        interactionNode = applicationLogic.GetInteractionNode()
+        placing = interactionNode.GetCurrentInteractionMode() == interactionNode.Place
+        if self._clicksObserved is None or not placing or applicationLogic.GetSelectionNode().GetActivePlaceNodeID() != self._clicksObserved.GetID():
+            self.stopPlacingClicks()
+
+    def stopPlacingClicks(self) -> None:
+        if self._placingInside is not None:
+            self._placingInside = None
+            interactionNode = slicer.app.applicationLogic().GetInteractionNode()
+            if interactionNode.GetCurrentInteractionMode() == interactionNode.Place:
+                interactionNode.SwitchToViewTransformMode()
+        self._observeClicks(None)
+        self._setClickButtons(None)
+
+    def _observeClicks(self, pointListNode) -> None:
+        """Observe the placed clicks of this point list only."""
+        if self._clicksObserved is not pointListNode:
+            if self._clicksObserved is not None:
+                self.removeObserver(self._clicksObserved, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onClickPlaced)
+            self._clicksObserved = pointListNode
+            if pointListNode is not None:
+                self.addObserver(pointListNode, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onClickPlaced)
+
+    def _setClickButtons(self, inside: Optional[bool]) -> None:
+        """Show which kind of click is being placed (None: neither), without re-entering onPlaceClicks."""
+        for button, kind in ((self.ui.clickInsideButton, True), (self.ui.clickOutsideButton, False)):
+            wasBlocked = button.blockSignals(True)
+            button.checked = inside == kind
+            button.blockSignals(wasBlocked)
 
     def onExportDicomSeg(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):

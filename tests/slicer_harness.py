@@ -367,9 +367,10 @@ class Recorder:
         return record
 
 
-def install_slicer(version: tuple[int, int], answers: dict, with_packaging: bool) -> Recorder:
-    """Put the stand-ins in place (after blocking the heavy packages) and return the call recorder."""
-    sys.meta_path.insert(0, MissingPackages())
+def install_slicer(version: tuple[int, int], answers: dict, with_packaging: bool, requirements_installed: bool = False) -> Recorder:
+    """Put the stand-ins in place (after blocking the heavy packages, unless ``requirements_installed``) and return the call recorder."""
+    if not requirements_installed:
+        sys.meta_path.insert(0, MissingPackages())
     sys.modules["qt"] = qt_module()
     import slicer
 
@@ -407,6 +408,23 @@ def install_slicer(version: tuple[int, int], answers: dict, with_packaging: bool
     pytorch_utils.PyTorchUtilsLogic = PyTorchUtilsLogic
     sys.modules["PyTorchUtils"] = pytorch_utils
     return recorder
+
+
+class ApplicationLogic:
+    """``slicer.app.applicationLogic()``: the scene's selection and interaction singletons (real MRML nodes), which the
+    markups widgets read in the application (vtkSlicerMarkupsWidget places a point in the node the selection node names)."""
+
+    def __init__(self, scene):
+        import slicer
+
+        self.selection = scene.AddNode(slicer.vtkMRMLSelectionNode())
+        self.interaction = scene.AddNode(slicer.vtkMRMLInteractionNode())
+
+    def GetSelectionNode(self):
+        return self.selection
+
+    def GetInteractionNode(self):
+        return self.interaction
 
 
 class ModuleParent(types.SimpleNamespace):
@@ -510,6 +528,69 @@ def scenario_restart(arguments: dict) -> dict:
     load_module_folder()
     sys.modules["SAMProstateSDG"].offerRestart(arguments["importedBefore"])
     return {"calls": recorder.calls}
+
+
+def scenario_clicks(arguments: dict) -> dict:
+    """The Click inside / outside buttons with the requirements installed, on a real volume: each press puts the views in
+    persistent place mode on the clicks list, each point placed there (PointPositionDefinedEvent, as
+    vtkSlicerMarkupsWidget::PlacePoint defines its preview point) re-segments its slice with that kind of click, and
+    leaving place mode (right-click) turns both buttons off."""
+    import numpy as np
+    import slicer
+
+    recorder = install_slicer((5, 10), {}, False, requirements_installed=True)
+    applicationLogic = ApplicationLogic(slicer.mrmlScene)
+    slicer.app.applicationLogic = lambda: applicationLogic
+    load_module_folder()
+    module = sys.modules["SAMProstateSDG"]
+    widget = module.SAMProstateSDGWidget()
+    widget.setup()
+    from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T2")
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(arguments["volume"])
+    storage.ReadData(volume)
+    parameters = widget._parameterNode
+    parameters.inputVolume, parameters.device, parameters.encoderBackend = volume, "cpu", "torch"
+    parameters.segmentationMethod = module.SegmentationMethod(arguments["method"])
+    refined = []
+    placeClick = widget.logic.workflow.placeClick
+    widget.logic.workflow.placeClick = lambda *args, **kwargs: refined.append(args[2:4]) or placeClick(*args, **kwargs)
+    interaction, selection = applicationLogic.interaction, applicationLogic.selection
+
+    def press(button: str, checked: bool) -> dict:
+        getattr(widget.ui, button).checked = checked
+        getattr(widget.ui, button).connections["toggled(bool)"][0](checked)
+        return {
+            "placing": interaction.GetCurrentInteractionMode() == interaction.Place and bool(interaction.GetPlaceModePersistence()),
+            "into": selection.GetActivePlaceNodeID() == (parameters.clicks.GetID() if parameters.clicks else None),
+            "checked": [widget.ui.clickInsideButton.checked, widget.ui.clickOutsideButton.checked],
+        }
+
+    def place(ijk) -> None:
+        parameters.clicks.AddControlPoint((bridge.ijk_to_ras(volume) @ [*ijk, 1.0])[:3].tolist())
+
+    states = {"inside": press("clickInsideButton", True)}
+    for ijk in arguments["inside"]:
+        place(ijk)
+    states["outside"] = press("clickOutsideButton", True)
+    for ijk in arguments["outside"]:
+        place(ijk)
+    interaction.SwitchToViewTransformMode()  # a right-click in a view ends place mode
+    states["ended"] = {"checked": [widget.ui.clickInsideButton.checked, widget.ui.clickOutsideButton.checked]}
+    place(arguments["inside"][0])  # a point added afterwards (e.g. in the Markups module) waits for Refine with clicks
+    clicks = parameters.clicks
+    segmentation = parameters.outputSegmentation
+    labels = bridge.labels_from_segmentation(segmentation, {1: segmentation.GetSegmentation().GetSegmentIdBySegmentName("prostate")}, volume)
+    return {
+        "states": states,
+        "refined": [[index, inside] for index, inside in refined],
+        "points": [[clicks.GetNthControlPointLabel(n), bool(clicks.GetNthControlPointSelected(n))] for n in range(clicks.GetNumberOfControlPoints())],
+        "gland": np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1)).tolist(),
+        "clicked_slice": labels[arguments["inside"][0][2]].tolist(),
+        "errors": [call for call in recorder.calls if call[0] == "errorDisplay"],
+    }
 
 
 if __name__ == "__main__":

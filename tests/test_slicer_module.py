@@ -12,9 +12,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import tomllib
 from packaging.requirements import Requirement
 
+from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib import __version__
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,3 +125,23 @@ def test_the_slicer_requirements_agree_with_pyproject():
         for specifier in pin.specifier:
             if specifier.operator == "==":
                 assert ranges[name].specifier.contains(specifier.version), f"pyproject pins {pin}, outside {ranges[name]}"
+
+
+def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_once():
+    """The widget's click buttons, with the requirements installed: the interactive decoder, a real volume (the
+    P158-020 fixture) without boxes; one click inside the gland, one outside it, on its largest slice."""
+    reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")
+    index = int(np.argmax(reference.reshape(len(reference), -1).sum(1)))
+    rows, columns = np.nonzero(reference[index])
+    inside = [float(columns.mean()), float(rows.mean()), index]
+    outside = [5.0, 5.0, index]  # a corner of the slice, far from the gland
+    report = run_scenario("clicks", volume=str(FIXTURES / "P158-020.nii.gz"), method="interactive", inside=[inside], outside=[outside])
+
+    assert report["errors"] == []
+    assert report["states"]["inside"] == {"placing": True, "into": True, "checked": [True, False]}
+    assert report["states"]["outside"] == {"placing": True, "into": True, "checked": [False, True]}  # one kind at a time
+    assert report["states"]["ended"] == {"checked": [False, False]}
+    assert report["refined"] == [[0, True], [1, False]]  # each placed click, at once, with its kind; none after place mode ended
+    assert report["points"] == [["+", True], ["-", False], ["clicks-3", True]]  # drawn as the kind they are
+    assert report["gland"] == [index]  # only the clicked slice is segmented
+    assert dice(np.array(report["clicked_slice"]), reference[index]) > 0.8

@@ -123,6 +123,22 @@ def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, ref
     assert dice(labels[index], reference[index]) > 0.8 and not np.delete(labels, index, 0).any()
 
 
+def test_a_placed_click_outside_the_volume_is_refused_and_the_point_following_the_mouse_is_no_click(workflow, volume_node):
+    clicks = workflow.clicksNode(volume_node)
+    assert workflow.clicksNode(volume_node, clicks) is clicks  # the chosen list is kept
+    display = clicks.GetDisplayNode()
+    assert display.GetSelectedColor() == bridge.INSIDE_COLOUR and display.GetColor() == bridge.OUTSIDE_COLOUR
+    clicks.AddControlPoint((bridge.ijk_to_ras(volume_node) @ [10.0, 10.0, 50.0, 1.0])[:3].tolist())  # slice 50 of 24
+    with pytest.raises(InputError, match="the click lies outside P158-020; click on one of its slices"):
+        workflow.placeClick(volume_node, clicks, 0, inside=False, device="cpu")
+    assert (clicks.GetNthControlPointLabel(0), clicks.GetNthControlPointSelected(0)) == ("-", False)
+    position = (bridge.ijk_to_ras(volume_node) @ [100.0, 100.0, 2.0, 1.0])[:3].tolist()
+    clicks.AddControlPoint(position)
+    assert list(bridge.point_prompts(volume_node, clicks)) == [2]
+    clicks.SetNthControlPointPositionWorld(1, position, slicer.vtkMRMLMarkupsNode.PositionPreview)  # place mode's point under the mouse
+    assert bridge.point_prompts(volume_node, clicks) == {}
+
+
 def test_a_click_with_the_interactive_decoder_on_a_slice_without_a_box_starts_from_the_coarse_region_under_it(workflow, volume_node, reference):
     """Boxes proposed, the smallest slice's ROI deleted by the user, a click inside the gland there: the coarse network
     sees gland under the click, so the interactive decoder segments the slice from that region's box (``start_box``,

@@ -14,7 +14,8 @@ an ROI back takes its slice from its geometry, so a box the user dragged to anot
 Point prompts: a point list's control points are SAM clicks on the slice they lie on. A selected
 control point (the default when placed) is a positive click; a control point the user unselects
 (the "Sel" check box in the Markups module's table, drawn in the list's unselected colour) is a
-negative click.
+negative click. The module's *Click inside* and *Click outside* buttons set both for the user
+(``mark_click``: the selected state, and the label "+" or "-").
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ BOX_SLICE_ATTRIBUTE = "SAMProstateSDG.Slice"
 BOX_FLAGGED_ATTRIBUTE = "SAMProstateSDG.Flagged"  # "1": check this slice, "0": confident; absent until segmented
 CHECK_COLOUR = (1.0, 0.55, 0.0)  # a flagged slice's box: orange
 CONFIDENT_COLOUR = (0.3, 0.85, 0.3)  # a confident slice's box: green
+INSIDE_COLOUR = (0.2, 0.6, 1.0)  # a positive click (selected control point): blue
+OUTSIDE_COLOUR = (1.0, 0.2, 0.2)  # a negative click (unselected control point): red
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])  # its own inverse
 
 
@@ -207,18 +210,45 @@ def _nodes_by_class(scene: slicer.vtkMRMLScene, class_name: str) -> list:
 # Point prompts
 
 
-def point_prompts(volume_node: slicer.vtkMRMLScalarVolumeNode, point_list_node) -> dict[int, Prompt]:
-    """The list's clicks as point prompts per slice (selected = positive, unselected = negative)."""
+def new_clicks_node(scene: slicer.vtkMRMLScene):
+    """A new point list for clicks, drawn blue where a click is inside the gland and red where it is outside."""
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName("clicks"))
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    display.SetSelectedColor(INSIDE_COLOUR)
+    display.SetColor(OUTSIDE_COLOUR)
+    return node
+
+
+def mark_click(point_list_node, number: int, inside: bool) -> None:
+    """Make control point ``number`` a positive (inside) or negative (outside) click, and label it "+" or "-"."""
+    point_list_node.SetNthControlPointSelected(number, inside)
+    point_list_node.SetNthControlPointLabel(number, "+" if inside else "-")
+
+
+def click_pixel(volume_node: slicer.vtkMRMLScalarVolumeNode, point_list_node, number: int) -> tuple[int, float, float] | None:
+    """(slice, column, row) of control point ``number`` on the volume's voxel grid; None where it lies outside the volume,
+    or is not placed yet (the preview point that follows the mouse in place mode)."""
+    if point_list_node.GetNthControlPointPositionStatus(number) != slicer.vtkMRMLMarkupsNode.PositionDefined:
+        return None
     slices, rows, columns = _slice_shape(volume_node)
+    position = np.zeros(3)
+    point_list_node.GetNthControlPointPositionWorld(number, position)
+    i, j, k = ras_to_ijk_points(volume_node, position[None])[0]
+    index = int(round(k))
+    if 0 <= index < slices and -0.5 <= i <= columns - 0.5 and -0.5 <= j <= rows - 0.5:
+        return index, float(i), float(j)
+    return None
+
+
+def point_prompts(volume_node: slicer.vtkMRMLScalarVolumeNode, point_list_node) -> dict[int, Prompt]:
+    """The list's clicks as point prompts per slice (selected = positive, unselected = negative); points outside the volume are left out."""
     clicks: dict[int, list[tuple[tuple[float, float], int]]] = {}
     for number in range(point_list_node.GetNumberOfControlPoints()):
-        position = np.zeros(3)
-        point_list_node.GetNthControlPointPositionWorld(number, position)
-        i, j, k = ras_to_ijk_points(volume_node, position[None])[0]
-        index = int(round(k))
-        if 0 <= index < slices and -0.5 <= i <= columns - 0.5 and -0.5 <= j <= rows - 0.5:
-            label = 1 if point_list_node.GetNthControlPointSelected(number) else 0
-            clicks.setdefault(index, []).append(((float(i), float(j)), label))
+        pixel = click_pixel(volume_node, point_list_node, number)
+        if pixel is not None:
+            index, i, j = pixel
+            clicks.setdefault(index, []).append(((i, j), 1 if point_list_node.GetNthControlPointSelected(number) else 0))
     return {
         index: Prompt(points=tuple(point for point, _ in items), point_labels=tuple(label for _, label in items))
         for index, items in clicks.items()

@@ -369,12 +369,43 @@ class ProstateWorkflow:
         """Re-segment every slice that has clicks, with that slice's box ROI when it has one."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-        roiBySlice = {bridge.box_from_roi_node(volumeNode, roi)[0]: roi for roi in bridge.box_roi_nodes(volumeNode)}
+        roiBySlice = self._boxRoisBySlice(volumeNode)
         for sliceIndex in sorted(bridge.point_prompts(volumeNode, pointListNode)):
             segmentationNode = self.segmentSliceWithPoints(
                 volumeNode, sliceIndex, pointListNode, roiBySlice.get(sliceIndex), segmentationNode, model=model, device=device, method=method
             )
         return segmentationNode
+
+    @staticmethod
+    def clicksNode(volumeNode, pointListNode=None):
+        """The point list clicks are placed in: the chosen one, else a new "clicks" list (inside blue, outside red)."""
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        return pointListNode if pointListNode is not None else bridge.new_clicks_node(volumeNode.GetScene())
+
+    def placeClick(
+        self, volumeNode, pointListNode, pointIndex: int, inside: bool, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto",
+        method: str = DEFAULT_METHOD,
+    ):
+        """A click just placed in the views: mark it inside or outside and re-segment its slice at once (that slice only:
+        with a point-trained decoder one decoder pass on the cached embedding). Returns the segmentation node."""
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        bridge.mark_click(pointListNode, pointIndex, inside)
+        pixel = bridge.click_pixel(volumeNode, pointListNode, pointIndex)
+        if pixel is None:
+            raise InputError(f"the click lies outside {volumeNode.GetName()}; click on one of its slices")
+        sliceIndex = pixel[0]
+        return self.segmentSliceWithPoints(
+            volumeNode, sliceIndex, pointListNode, self._boxRoisBySlice(volumeNode).get(sliceIndex), segmentationNode, model=model, device=device,
+            method=method,
+        )
+
+    @staticmethod
+    def _boxRoisBySlice(volumeNode) -> dict:
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        return {bridge.box_from_roi_node(volumeNode, roi)[0]: roi for roi in bridge.box_roi_nodes(volumeNode)}
 
     @staticmethod
     def measurements(volumeNode, segmentationNode, psa: float | None = None):
