@@ -123,6 +123,24 @@ def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, ref
     assert dice(labels[index], reference[index]) > 0.8 and not np.delete(labels, index, 0).any()
 
 
+def test_a_slice_whose_clicks_were_deleted_goes_back_to_its_box_with_refine(workflow, volume_node, reference):
+    """The interactive decoder: a click outside the gland's middle changes its slice; deleting the click and refining
+    gives back the box's own segmentation, to the voxel; the other slices are not touched."""
+    workflow.proposeBoxes(volume_node, device="cpu")
+    segmentation = workflow.segment(volume_node, device="cpu", method="interactive")
+    automatic = segment_labels(segmentation, volume_node, "prostate")
+    index = int(np.argmax(reference.reshape(len(reference), -1).sum(1)))
+    rows, columns = np.nonzero(reference[index])
+    clicks = workflow.clicksNode(volume_node)
+    clicks.AddControlPoint((bridge.ijk_to_ras(volume_node) @ [columns.mean(), rows.mean(), index, 1.0])[:3].tolist())
+    segmentation = workflow.placeClick(volume_node, clicks, 0, inside=False, segmentationNode=segmentation, device="cpu", method="interactive")
+    clicked = segment_labels(segmentation, volume_node, "prostate")
+    assert not np.array_equal(clicked[index], automatic[index]) and np.array_equal(np.delete(clicked, index, 0), np.delete(automatic, index, 0))
+    clicks.RemoveAllControlPoints()
+    segmentation = workflow.refineWithPoints(volume_node, clicks, segmentation, device="cpu", method="interactive")
+    assert np.array_equal(segment_labels(segmentation, volume_node, "prostate"), automatic)
+
+
 def test_a_placed_click_outside_the_volume_is_refused_and_the_point_following_the_mouse_is_no_click(workflow, volume_node):
     clicks = workflow.clicksNode(volume_node)
     assert workflow.clicksNode(volume_node, clicks) is clicks  # the chosen list is kept

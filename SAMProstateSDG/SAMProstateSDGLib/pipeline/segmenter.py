@@ -201,6 +201,7 @@ class BoxSegmentation:
         self.labels: np.ndarray = np.zeros(volume.normalised.shape, dtype=np.uint8)
         self.predicted_iou: dict[int, float] = {}  # SAM's own estimate of each segmented slice's IoU
         self.segmented = False  # whether a slice was decoded, or a method that prompts itself set the labels
+        self.clicked: set[int] = set()  # slices last segmented with clicks
 
     def set_labels(self, labels: np.ndarray) -> None:
         """The labels of a method that prompts itself (the whole volume at once)."""
@@ -218,6 +219,7 @@ class BoxSegmentation:
         for index in changed:
             self.labels[index] = 0
             self.predicted_iou.pop(index, None)
+            self.clicked.discard(index)
             if index in boxes:
                 self._segment_slice(index, Prompt(box=boxes[index].as_tuple()))
         self.boxes = dict(boxes)
@@ -247,9 +249,21 @@ class BoxSegmentation:
                 prompt = replace(prompt, box=start.as_tuple())
         self.labels[index] = 0
         self._segment_slice(index, prompt)
+        self.clicked.add(index)
         if prompt.box is not None:
             self.boxes[index] = Box(*prompt.box)
         return self.boxes.get(index)
+
+    def unclick_slice(self, index: int, box: Box | None) -> None:
+        """A slice whose clicks were all removed: segmented from its box alone again (empty without one)."""
+        self.labels[index] = 0
+        self.predicted_iou.pop(index, None)
+        self.clicked.discard(index)
+        self.boxes.pop(index, None)
+        if box is not None:
+            self.volume.encoded.encode([index])
+            self._segment_slice(index, Prompt(box=box.as_tuple()))
+            self.boxes[index] = box
 
     def _segment_slice(self, index: int, prompt: Prompt) -> None:
         mask, self.predicted_iou[index] = self.volume.encoded.segment_scored(index, prompt, self.decoder)

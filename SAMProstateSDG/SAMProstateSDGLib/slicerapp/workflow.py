@@ -366,11 +366,22 @@ class ProstateWorkflow:
     def refineWithPoints(
         self, volumeNode, pointListNode, segmentationNode=None, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD
     ):
-        """Re-segment every slice that has clicks, with that slice's box ROI when it has one."""
+        """Re-segment every slice that has clicks, with that slice's box ROI when it has one; a slice segmented with
+        clicks that has none left (the user deleted them) goes back to its box alone."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         roiBySlice = self._boxRoisBySlice(volumeNode)
-        for sliceIndex in sorted(bridge.point_prompts(volumeNode, pointListNode)):
+        prompts = bridge.point_prompts(volumeNode, pointListNode)
+        session = self.session(volumeNode, model, device, method)
+        unclicked = sorted(session.clicked - prompts.keys())
+        for sliceIndex in unclicked:
+            roi = roiBySlice.get(sliceIndex)
+            session.unclick_slice(sliceIndex, None if roi is None else bridge.box_from_roi_node(volumeNode, roi)[1])
+        if unclicked:
+            rois = [roiBySlice[index] for index in unclicked if index in roiBySlice]
+            self._showConfidence(volumeNode, session, self.segmenter(model, device, method), rois)
+            segmentationNode = self._write(session, volumeNode, segmentationNode)
+        for sliceIndex in sorted(prompts):
             segmentationNode = self.segmentSliceWithPoints(
                 volumeNode, sliceIndex, pointListNode, roiBySlice.get(sliceIndex), segmentationNode, model=model, device=device, method=method
             )
