@@ -164,6 +164,7 @@ def test_a_click_with_the_interactive_decoder_on_a_slice_without_a_box_starts_fr
     from SAMProstateSDGLib.masks.boxes import borrowed_box, start_box
 
     assert workflow.clickMode(device="cpu", method="interactive").startswith("Clicks are points")
+    assert workflow.clickMode(device="cpu").endswith("(Method 'Interactive decoder (box + clicks), trained on RUNMC' makes them points).")
     rois = {bridge.box_from_roi_node(volume_node, roi)[0]: roi for roi in workflow.proposeBoxes(volume_node, device="cpu")}
     index = min(rois, key=lambda key: reference[key].sum())
     volume_node.GetScene().RemoveNode(rois[index])

@@ -16,7 +16,7 @@ from typing import Any
 from SAMProstateSDGLib.apps.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
 from SAMProstateSDGLib.core.catalog import catalog
 from SAMProstateSDGLib.core.errors import InputError
-from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, PROSTATE_SEGMENTS
+from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, PROSTATE_SEGMENTS, methods
 
 BOX_FILTERS = {  # SAMProstateSDGLib.masks.boxes.ComponentFilter value (stored in scenes) -> title: how the coarse mask becomes boxes
     "3d": "Largest 3D component",
@@ -360,7 +360,8 @@ class ProstateWorkflow:
     def clickMode(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> str:
         """What a click does with this model and method: a point for a point-trained decoder, or a box edit."""
         if self.segmenter(model, device, method).base.sam.box_only:
-            return "Clicks edit the slice's box: this SAM decoder was trained with boxes only."
+            pointTrained = " or ".join(f"'{item.title}'" for item in methods().values() if item.takes_points)
+            return f"Clicks edit the slice's box: this SAM decoder was trained with boxes only (Method {pointTrained} makes them points)."
         return "Clicks are points: the slice is re-decoded from its box, all its points and its previous mask."
 
     def refineWithPoints(
