@@ -123,6 +123,29 @@ def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, ref
     assert dice(labels[index], reference[index]) > 0.8 and not np.delete(labels, index, 0).any()
 
 
+def test_the_segmentation_the_module_makes_is_shown_in_3d_and_follows_a_click(workflow, volume_node, reference):
+    """Slicer's Segmentations logic registers the closed-surface conversion when it gets the scene
+    (vtkSlicerSegmentationsModuleLogic::RegisterNodes, Modules/Loadable/Segmentations/Logic/
+    vtkSlicerSegmentationsModuleLogic.cxx @0110286); slicer-core has the logic but no application to make it."""
+    import vtk
+
+    segmentationsLogic = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentationsLogic.SetMRMLScene(volume_node.GetScene())
+    workflow.proposeBoxes(volume_node, device="cpu")
+    segmentation = workflow.segment(volume_node, device="cpu")
+    segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("prostate")
+    surface = vtk.vtkPolyData()
+    assert segmentation.GetClosedSurfaceRepresentation(segmentId, surface) and surface.GetNumberOfPoints() > 0
+    before = surface.GetBounds()
+    index = int(np.argmax(reference.reshape(len(reference), -1).sum(1)))
+    clicks = workflow.clicksNode(volume_node)
+    clicks.AddControlPoint((bridge.ijk_to_ras(volume_node) @ [5.0, 5.0, index, 1.0])[:3].tolist())  # far outside the gland: grows the box
+    segmentation = workflow.placeClick(volume_node, clicks, 0, inside=True, segmentationNode=segmentation, device="cpu")
+    surface = vtk.vtkPolyData()
+    segmentation.GetClosedSurfaceRepresentation(segmentId, surface)
+    assert surface.GetNumberOfPoints() > 0 and surface.GetBounds() != before
+
+
 def test_a_slice_whose_clicks_were_deleted_goes_back_to_its_box_with_refine(workflow, volume_node, reference):
     """The interactive decoder: a click outside the gland's middle changes its slice; deleting the click and refining
     gives back the box's own segmentation, to the voxel; the other slices are not touched."""

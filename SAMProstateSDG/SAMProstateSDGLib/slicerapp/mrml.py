@@ -303,8 +303,9 @@ def add_label_segments(
     """Write a label array ([K, J, I]) as one segment per label (name and colour from ``segments``, a
     method's, ``methods.registry``); returns the node and segment IDs by label.
 
-    Without ``segmentation_node`` a new node is made. An existing segment of the same name is kept
-    and a new one named "name (2)" is added, unless ``replace`` is true.
+    Without ``segmentation_node`` a new node is made, shown in 3D too (its closed surface follows every later
+    change). An existing segment of the same name is kept and a new one named "name (2)" is added, unless
+    ``replace`` is true.
     """
     node = segmentation_node or new_segmentation_node(volume_node)
     segment_ids = {}
@@ -317,6 +318,8 @@ def add_label_segments(
         else:
             image = oriented_mask(mask, volume_node)
             segment_ids[segment.label] = node.AddSegmentFromBinaryLabelmapRepresentation(image, unique_segment_name(node, segment.name), segment.colour)
+    if segmentation_node is None:  # after the segments: a segmentation without any keeps no representation
+        node.CreateClosedSurfaceRepresentation()
     return node, segment_ids
 
 
