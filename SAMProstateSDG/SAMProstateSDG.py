@@ -396,10 +396,13 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.stopPlacingClicks()
 
     def stopPlacingClicks(self) -> None:
+        """Turn the click buttons off; place mode ends only where it still places clicks (not another markups type)."""
         if self._placingInside is not None:
             self._placingInside = None
-            interactionNode = slicer.app.applicationLogic().GetInteractionNode()
-            if interactionNode.GetCurrentInteractionMode() == interactionNode.Place:
+            applicationLogic = slicer.app.applicationLogic()
+            interactionNode = applicationLogic.GetInteractionNode()
+            placingClicks = self._clicksObserved is not None and applicationLogic.GetSelectionNode().GetActivePlaceNodeID() == self._clicksObserved.GetID()
+            if placingClicks and interactionNode.GetCurrentInteractionMode() == interactionNode.Place:
                 interactionNode.SwitchToViewTransformMode()
         self._observeClicks(None)
         self._setClickButtons(None)

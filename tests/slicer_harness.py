@@ -577,6 +577,12 @@ def scenario_clicks(arguments: dict) -> dict:
     states["outside"] = press("clickOutsideButton", True)
     for ijk in arguments["outside"]:
         place(ijk)
+    selection.SetActivePlaceNodeID(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode").GetID())  # the user places a line
+    states["another markups type"] = {
+        "placing": interaction.GetCurrentInteractionMode() == interaction.Place,
+        "checked": [widget.ui.clickInsideButton.checked, widget.ui.clickOutsideButton.checked],
+    }
+    states["again"] = press("clickInsideButton", True)
     interaction.SwitchToViewTransformMode()  # a right-click in a view ends place mode
     states["ended"] = {"checked": [widget.ui.clickInsideButton.checked, widget.ui.clickOutsideButton.checked]}
     place(arguments["inside"][0])  # a point added afterwards (e.g. in the Markups module) waits for Refine with clicks

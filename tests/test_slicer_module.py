@@ -140,6 +140,8 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
     assert report["errors"] == []
     assert report["states"]["inside"] == {"placing": True, "into": True, "checked": [True, False]}
     assert report["states"]["outside"] == {"placing": True, "into": True, "checked": [False, True]}  # one kind at a time
+    assert report["states"]["another markups type"] == {"placing": True, "checked": [False, False]}  # its placing is left alone
+    assert report["states"]["again"] == {"placing": True, "into": True, "checked": [True, False]}
     assert report["states"]["ended"] == {"checked": [False, False]}
     assert report["refined"] == [[0, True], [1, False]]  # each placed click, at once, with its kind; none after place mode ended
     assert report["points"] == [["+", True], ["-", False], ["clicks-3", True]]  # drawn as the kind they are
