@@ -298,7 +298,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-            if ensureRequirements():
+            if ensureRequirements() and self.encodeQueuedSlices():
                 self.showDeviceNote()
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.workflow.segment(
@@ -307,6 +307,28 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
                 self.showMeasurements()
                 self.showSlicesToCheck()
+
+    def encodeQueuedSlices(self) -> bool:
+        """Encode the boxed slices the timer has not reached yet, with a progress bar the user can cancel (then
+        Segment stops and the timer goes on); False when cancelled. The encoder dominates Segment's time."""
+        total = self.logic.workflow.pendingEncodings()
+        if not total:
+            return True
+        self.encodingTimer.stop()
+        progress = slicer.util.createProgressDialog(windowTitle=_("SAM Prostate SDG"), labelText=_("Encoding the boxed slices..."), maximum=total)
+        try:
+            for done in range(total):
+                progress.value = done
+                slicer.app.processEvents()
+                if progress.wasCanceled:
+                    self.encodingTimer.start()
+                    return False
+                if not self.logic.workflow.encodeNextSlice():
+                    break
+            progress.value = total
+        finally:
+            progress.close()
+        return True
 
     def showSlicesToCheck(self) -> None:
         """List the flagged slices (their boxes are orange) so the user can jump to each."""

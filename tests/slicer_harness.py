@@ -134,6 +134,30 @@ class FakeTimer(FakeWidget):
 SETTINGS: dict[str, object] = {}
 
 
+class FakeProgressDialog(FakeWidget):
+    """A QProgressDialog that records the values shown and reports a cancel once ``cancel_at`` is shown."""
+
+    cancel_at: int | None = None
+
+    def __init__(self, parent=None):
+        super().__init__("QProgressDialog")
+        self.shown: list[int] = []
+        self.closed = False
+        FakeProgressDialog.last = self
+
+    def __setattr__(self, name, value):
+        if name == "value":
+            self.shown.append(value)
+        super().__setattr__(name, value)
+
+    @property
+    def wasCanceled(self):
+        return self.cancel_at is not None and self.shown[-1] >= self.cancel_at
+
+    def close(self):
+        self.closed = True
+
+
 class FakeSettings:
     def value(self, key, default=None):
         return SETTINGS.get(key, default)
@@ -147,7 +171,7 @@ class FakeSettings:
 
 def qt_module() -> types.ModuleType:
     qt = types.ModuleType("qt")
-    qt.QTimer, qt.QSettings, qt.QIcon = FakeTimer, FakeSettings, lambda *args: object()
+    qt.QTimer, qt.QSettings, qt.QIcon, qt.QProgressDialog = FakeTimer, FakeSettings, lambda *args: object(), FakeProgressDialog
     qt.Qt = types.SimpleNamespace(WaitCursor=3)
     qt.QVBoxLayout = lambda *args: FakeWidget("QVBoxLayout")
     return qt
@@ -189,6 +213,9 @@ class FakeApplication:
         pass
 
     def restoreOverrideCursor(self):
+        pass
+
+    def processEvents(self):
         pass
 
 
@@ -390,6 +417,7 @@ def install_slicer(version: tuple[int, int], answers: dict, with_packaging: bool
     ui_file = MODULE_FOLDER / "Resources" / "UI" / "SAMProstateSDG.ui"
     slicer.util.loadUI = lambda path: FakeWidget("qMRMLWidget")
     slicer.util.childWidgetVariables = lambda widget: ui_widgets(ui_file)
+    slicer.util.mainWindow = lambda: None
     for name in ("confirmOkCancelDisplay", "confirmYesNoDisplay", "errorDisplay", "pip_install", "restart", "showStatusMessage"):
         setattr(slicer.util, name, recorder(name))
     if with_packaging:
@@ -528,6 +556,38 @@ def scenario_restart(arguments: dict) -> dict:
     load_module_folder()
     sys.modules["SAMProstateSDG"].offerRestart(arguments["importedBefore"])
     return {"calls": recorder.calls}
+
+
+def scenario_segment(arguments: dict) -> dict:
+    """Segment pressed right after Propose boxes, before the encoding timer has ticked, with the requirements
+    installed: the queued slices are encoded under a progress bar first; cancelling it stops Segment and lets
+    the timer go on."""
+    import slicer
+
+    install_slicer((5, 10), {}, False, requirements_installed=True)
+    FakeProgressDialog.cancel_at = arguments.get("cancelAt")
+    load_module_folder()
+    widget = sys.modules["SAMProstateSDG"].SAMProstateSDGWidget()
+    widget.setup()
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T2")
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(arguments["volume"])
+    storage.ReadData(volume)
+    parameters = widget._parameterNode
+    parameters.inputVolume, parameters.device, parameters.encoderBackend = volume, "cpu", "torch"
+    widget.onProposeBoxes()
+    queued = widget.logic.workflow.pendingEncodings()
+    widget.onSegment()
+    progress = FakeProgressDialog.last
+    return {
+        "queued": queued,
+        "shown": progress.shown,
+        "maximum": progress.maximum,
+        "closed": progress.closed,
+        "left": widget.logic.workflow.pendingEncodings(),
+        "segmented": parameters.outputSegmentation is not None,
+        "timerActive": widget.encodingTimer.active,
+    }
 
 
 def scenario_clicks(arguments: dict) -> dict:

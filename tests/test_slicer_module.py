@@ -147,3 +147,14 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
     assert report["points"] == [["+", True], ["-", False], ["clicks-3", True]]  # drawn as the kind they are
     assert report["gland"] == [index]  # only the clicked slice is segmented
     assert dice(np.array(report["clicked_slice"]), reference[index]) > 0.8
+
+
+def test_segment_right_after_propose_encodes_the_queued_slices_under_a_progress_bar_that_can_cancel():
+    done = run_scenario("segment", volume=str(FIXTURES / "P158-020.nii.gz"))
+    assert done["queued"] > 0 and done["maximum"] == done["queued"] and done["shown"] == [0, *range(done["queued"]), done["queued"]]  # the dialog opens at 0
+    assert done["closed"] and done["left"] == 0 and done["segmented"]
+
+    cancelled = run_scenario("segment", volume=str(FIXTURES / "P158-020.nii.gz"), cancelAt=1)
+    assert cancelled["shown"] == [0, 0, 1] and cancelled["closed"]
+    assert cancelled["left"] == cancelled["queued"] - 1 and not cancelled["segmented"]  # one slice encoded, then Segment stopped
+    assert cancelled["timerActive"]  # the rest keeps encoding between ticks

@@ -143,6 +143,10 @@ class ProstateWorkflow:
             return
         self.forgetVolumes({volumeID for volumeID in self.cachedVolumeIDs() if scene.GetNodeByID(volumeID) is None})
 
+    def pendingEncodings(self) -> int:
+        """How many slices queued by ``proposeBoxes`` are not encoded yet."""
+        return sum(index not in encoded.embeddings for _, encoded, index in self._pendingEncoding)
+
     def encodeNextSlice(self) -> bool:
         """Encode the next slice queued by ``proposeBoxes``; False once nothing is left.
 
