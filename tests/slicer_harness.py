@@ -558,23 +558,31 @@ def scenario_restart(arguments: dict) -> dict:
     return {"calls": recorder.calls}
 
 
+def widget_on_volume(path: str):
+    """The module loaded, its panel built, and a volume read by Slicer's reader as its input (CPU, torch encoder)."""
+    import slicer
+
+    load_module_folder()
+    module = sys.modules["SAMProstateSDG"]
+    widget = module.SAMProstateSDGWidget()
+    widget.setup()
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T2")
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(path)
+    storage.ReadData(volume)
+    parameters = widget._parameterNode
+    parameters.inputVolume, parameters.device, parameters.encoderBackend = volume, "cpu", "torch"
+    return module, widget, volume
+
+
 def scenario_segment(arguments: dict) -> dict:
     """Segment pressed right after Propose boxes, before the encoding timer has ticked, with the requirements
     installed: the queued slices are encoded under a progress bar first; cancelling it stops Segment and lets
     the timer go on."""
-    import slicer
-
     install_slicer((5, 10), {}, False, requirements_installed=True)
     FakeProgressDialog.cancel_at = arguments.get("cancelAt")
-    load_module_folder()
-    widget = sys.modules["SAMProstateSDG"].SAMProstateSDGWidget()
-    widget.setup()
-    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T2")
-    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(arguments["volume"])
-    storage.ReadData(volume)
+    _, widget, _ = widget_on_volume(arguments["volume"])
     parameters = widget._parameterNode
-    parameters.inputVolume, parameters.device, parameters.encoderBackend = volume, "cpu", "torch"
     widget.onProposeBoxes()
     queued = widget.logic.workflow.pendingEncodings()
     widget.onSegment()
@@ -601,18 +609,10 @@ def scenario_clicks(arguments: dict) -> dict:
     recorder = install_slicer((5, 10), {}, False, requirements_installed=True)
     applicationLogic = ApplicationLogic(slicer.mrmlScene)
     slicer.app.applicationLogic = lambda: applicationLogic
-    load_module_folder()
-    module = sys.modules["SAMProstateSDG"]
-    widget = module.SAMProstateSDGWidget()
-    widget.setup()
+    module, widget, volume = widget_on_volume(arguments["volume"])
     from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T2")
-    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(arguments["volume"])
-    storage.ReadData(volume)
     parameters = widget._parameterNode
-    parameters.inputVolume, parameters.device, parameters.encoderBackend = volume, "cpu", "torch"
     parameters.segmentationMethod = module.SegmentationMethod(arguments["method"])
     refined = []
     placeClick = widget.logic.workflow.placeClick
