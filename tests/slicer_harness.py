@@ -602,7 +602,7 @@ def scenario_clicks(arguments: dict) -> dict:
     """The Click inside / outside buttons with the requirements installed, on a real volume: each press puts the views in
     persistent place mode on the clicks list, each point placed there (PointPositionDefinedEvent, as
     vtkSlicerMarkupsWidget::PlacePoint defines its preview point) re-segments its slice with that kind of click, and
-    leaving place mode (right-click) turns both buttons off."""
+    leaving place mode (right-click) turns both buttons off; a point placed beyond the volume is refused and removed."""
     import numpy as np
     import slicer
 
@@ -614,9 +614,18 @@ def scenario_clicks(arguments: dict) -> dict:
 
     parameters = widget._parameterNode
     parameters.segmentationMethod = module.SegmentationMethod(arguments["method"])
-    refined = []
+    refined, refused = [], []
     placeClick = widget.logic.workflow.placeClick
-    widget.logic.workflow.placeClick = lambda *args, **kwargs: refined.append(args[2:4]) or placeClick(*args, **kwargs)
+
+    def recordedPlaceClick(*args, **kwargs):
+        refined.append(args[2:4])
+        try:
+            return placeClick(*args, **kwargs)
+        except Exception as error:  # shown by tryWithErrorDisplay (not while testing) and raised on
+            refused.append(f"{type(error).__name__}: {error}")
+            raise
+
+    widget.logic.workflow.placeClick = recordedPlaceClick
     interaction, selection = applicationLogic.interaction, applicationLogic.selection
 
     def press(button: str, checked: bool) -> dict:
@@ -635,7 +644,7 @@ def scenario_clicks(arguments: dict) -> dict:
     for ijk in arguments["inside"]:
         place(ijk)
     states["outside"] = press("clickOutsideButton", True)
-    for ijk in arguments["outside"]:
+    for ijk in arguments["outside"] + arguments["beyond"]:
         place(ijk)
     selection.SetActivePlaceNodeID(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsLineNode").GetID())  # the user places a line
     states["another markups type"] = {
@@ -652,6 +661,7 @@ def scenario_clicks(arguments: dict) -> dict:
     return {
         "states": states,
         "refined": [[index, inside] for index, inside in refined],
+        "refused": refused,
         "points": [[clicks.GetNthControlPointLabel(n), bool(clicks.GetNthControlPointSelected(n))] for n in range(clicks.GetNumberOfControlPoints())],
         "gland": np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1)).tolist(),
         "clicked_slice": labels[arguments["inside"][0][2]].tolist(),

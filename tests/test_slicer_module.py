@@ -135,7 +135,10 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
     rows, columns = np.nonzero(reference[index])
     inside = [float(columns.mean()), float(rows.mean()), index]
     outside = [5.0, 5.0, index]  # a corner of the slice, far from the gland
-    report = run_scenario("clicks", volume=str(FIXTURES / "P158-020.nii.gz"), method="interactive", inside=[inside], outside=[outside])
+    beyond = [5.0, 5.0, len(reference) + 20]  # above the volume's last slice
+    report = run_scenario(
+        "clicks", volume=str(FIXTURES / "P158-020.nii.gz"), method="interactive", inside=[inside], outside=[outside], beyond=[beyond],
+    )
 
     assert report["errors"] == []
     assert report["states"]["inside"] == {"placing": True, "into": True, "checked": [True, False]}
@@ -143,8 +146,9 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
     assert report["states"]["another markups type"] == {"placing": True, "checked": [False, False]}  # its placing is left alone
     assert report["states"]["again"] == {"placing": True, "into": True, "checked": [True, False]}
     assert report["states"]["ended"] == {"checked": [False, False]}
-    assert report["refined"] == [[0, True], [1, False]]  # each placed click, at once, with its kind; none after place mode ended
-    assert report["points"] == [["+", True], ["-", False], ["clicks-3", True]]  # drawn as the kind they are
+    assert report["refined"] == [[0, True], [1, False], [2, False]]  # each placed click, at once, with its kind; none after place mode ended
+    assert report["refused"] == ["InputError: the click lies outside T2; click on one of its slices"]
+    assert report["points"] == [["+", True], ["-", False], ["clicks-4", True]]  # drawn as the kind they are; the refused one removed
     assert report["gland"] == [index]  # only the clicked slice is segmented
     assert dice(np.array(report["clicked_slice"]), reference[index]) > 0.8
 

@@ -404,12 +404,15 @@ class ProstateWorkflow:
         method: str = DEFAULT_METHOD,
     ):
         """A click just placed in the views: mark it inside or outside and re-segment its slice at once (that slice only:
-        with a point-trained decoder one decoder pass on the cached embedding). Returns the segmentation node."""
+        with a point-trained decoder one decoder pass on the cached embedding). Returns the segmentation node. A click
+        outside the volume is taken out of the list again (safe while it is being placed: vtkSlicerMarkupsWidget::PlacePoint
+        no longer uses its index in persistent place mode) and refused."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         bridge.mark_click(pointListNode, pointIndex, inside)
         pixel = bridge.click_pixel(volumeNode, pointListNode, pointIndex)
         if pixel is None:
+            pointListNode.RemoveNthControlPoint(pointIndex)
             raise InputError(f"the click lies outside {volumeNode.GetName()}; click on one of its slices")
         sliceIndex = pixel[0]
         return self.segmentSliceWithPoints(
