@@ -129,7 +129,8 @@ def test_the_slicer_requirements_agree_with_pyproject():
 
 def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_once():
     """The widget's click buttons, with the requirements installed: the interactive decoder, a real volume (the
-    P158-020 fixture) without boxes; one click inside the gland, one outside it, on its largest slice."""
+    P158-020 fixture) without boxes; one click inside the gland, one outside it, on its largest slice, and one beyond
+    the volume's last slice (refused, and taken out of the list)."""
     reference = read_mask(FIXTURES / "P158-020_seg.nii.gz")
     index = int(np.argmax(reference.reshape(len(reference), -1).sum(1)))
     rows, columns = np.nonzero(reference[index])
