@@ -149,7 +149,7 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
     assert report["states"]["ended"] == {"checked": [False, False]}
     assert report["refined"] == [[0, True], [1, False], [2, False]]  # each placed click, at once, with its kind; none after place mode ended
     assert report["refused"] == ["InputError: the click lies outside T2; click on one of its slices"]
-    assert report["points"] == [["+", True], ["-", False], ["clicks-4", True]]  # drawn as the kind they are; the refused one removed
+    assert report["points"] == [["+", True], ["-", False], ["clicks-3", True]]  # drawn as the kind they are; the refused one leaves no trace, not even in the numbering
     assert report["gland"] == [index]  # only the clicked slice is segmented
     assert dice(np.array(report["clicked_slice"]), reference[index]) > 0.8
 

@@ -409,11 +409,11 @@ class ProstateWorkflow:
         no longer uses its index in persistent place mode) and refused."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-        bridge.mark_click(pointListNode, pointIndex, inside)
         pixel = bridge.click_pixel(volumeNode, pointListNode, pointIndex)
         if pixel is None:
             pointListNode.RemoveNthControlPoint(pointIndex)
             raise InputError(f"the click lies outside {volumeNode.GetName()}; click on one of its slices")
+        bridge.mark_click(pointListNode, pointIndex, inside)
         sliceIndex = pixel[0]
         return self.segmentSliceWithPoints(
             volumeNode, sliceIndex, pointListNode, self._boxRoisBySlice(volumeNode).get(sliceIndex), segmentationNode, model=model, device=device,
