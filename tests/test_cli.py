@@ -147,6 +147,7 @@ def _assert_refused(result: subprocess.CompletedProcess, message: str) -> None:
         (lambda folder: _write(folder / "flat.nii.gz", np.ones((64, 64), np.float32)), "2D"),
         (lambda folder: _write(folder / "series.nii.gz", np.ones((2, 3, 32, 32), np.float32)), "4D"),
         (lambda folder: _write(folder / "constant.nii.gz", np.zeros((4, 32, 32), np.int16)), "constant"),
+        (lambda folder: FIXTURES / "P158-020_seg.nii.gz", "holds only the values 0, 1, 2: it is a label map"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, make_input, message):
@@ -197,7 +198,7 @@ def test_evaluate_prints_the_table_rows_for_a_folder_of_pairs(tmp_path):
 
 def test_a_volume_without_a_gland_gives_an_empty_label_volume_and_a_warning(tmp_path):
     halves = np.zeros((3, 64, 64), np.float32)
-    halves[:, :, :32] = 1.0  # two flat halves: nothing that looks like a prostate
+    halves[:, :, :32] = 100.0  # two flat halves: nothing that looks like a prostate
     image = sitk.GetImageFromArray(halves)
     image.SetSpacing((0.5, 0.5, 3.0))
     sitk.WriteImage(image, str(tmp_path / "halves.nii.gz"))

@@ -8,7 +8,7 @@ from monai.transforms import Compose
 from scipy import ndimage
 
 from conftest import FIXTURES
-from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
+from SAMProstateSDGLib.io.volume_io import normalised_array, read_image, read_volume
 from SAMProstateSDGLib.modeling.coarse_net import CoarseNetConfig
 from SAMProstateSDGLib.training.coarse import augmentations
 from SAMProstateSDGLib.training.dg_augmentation import RandAnisotropicLowResolutiond, RandGlobalIntensityNonlineard, RandSmoothGainFieldd, dg_appearance
@@ -17,7 +17,7 @@ from SAMProstateSDGLib.training.dg_augmentation import RandAnisotropicLowResolut
 @pytest.fixture(scope="module")
 def fixture_slice() -> dict[str, torch.Tensor]:
     """The gland's middle slice of the RUNMC fixture on the coarse network's canvas."""
-    image, mask = read_volume(FIXTURES / "Case00.nii.gz"), read_volume(FIXTURES / "Case00_seg.nii.gz")
+    image, mask = read_volume(FIXTURES / "Case00.nii.gz"), read_image(FIXTURES / "Case00_seg.nii.gz", "mask")
     canvas = CoarseNetConfig().canvas
     images = canvas.to_canvas(normalised_array(image), image)
     masks = canvas.to_canvas((sitk.GetArrayFromImage(mask) > 0).astype(np.float32), image, nearest=True)

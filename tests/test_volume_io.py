@@ -29,6 +29,7 @@ def _write(tmp_path, array, name="image.nii.gz"):
         (np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32), "4D"),
         (np.full((5, 32, 32), 7, dtype=np.int16), "constant"),
         (np.random.default_rng(0).random((1, 32, 32), dtype=np.float32), "single slice"),
+        (np.pad(np.ones((4, 8, 8), np.uint8), ((0, 0), (12, 12), (12, 12))) * [[[1]], [[2]], [[1]], [[2]]], "label map"),
     ],
 )
 def test_refuses_volumes_it_cannot_segment(tmp_path, array, message):
@@ -120,3 +121,12 @@ def test_the_zone_on_the_glands_rim_becomes_the_peripheral_zone():
     ring_is_2[0, 0, 8] = 3
     np.testing.assert_array_equal(canonical_zones(ring_is_1), ring_is_2)
     np.testing.assert_array_equal(canonical_zones(ring_is_2), ring_is_2)
+
+
+def test_a_label_map_is_refused_and_an_image_with_few_grey_levels_is_not(tmp_path):
+    with pytest.raises(InputError, match="values 0, 1, 2: it is a label map"):
+        read_volume(FIXTURES / "Case29_seg.nii.gz")
+    ramp = np.broadcast_to(np.linspace(0.0, 1.0, 32, dtype=np.float32), (4, 32, 32))  # a 0..1 float image
+    steps = (np.arange(4 * 32 * 32).reshape(4, 32, 32) % 17).astype(np.int16)  # 17 integer grey levels
+    for array in (ramp, steps):
+        assert read_volume(_write(tmp_path, np.ascontiguousarray(array))).GetSize() == (32, 32, 4)

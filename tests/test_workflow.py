@@ -110,6 +110,18 @@ def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check
     assert workflow.slicesToCheck(volume_node, device="cpu") == []
 
 
+def test_a_label_map_or_a_constant_volume_is_refused_before_any_box_is_proposed(workflow, scene):
+    """A mask loaded as a scalar volume (Slicer's default for a .nii.gz) is refused, as the CLI refuses it."""
+    label_map = read_node(scene, "P158-020_seg")
+    with pytest.raises(InputError, match="P158-020_seg holds only the values 0, 1, 2: it is a label map"):
+        workflow.proposeBoxes(label_map)
+    constant = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "blank")
+    slicer.util.updateVolumeFromArray(constant, np.zeros((4, 64, 64), np.int16))
+    with pytest.raises(InputError, match="blank is constant"):
+        workflow.proposeBoxes(constant)
+    assert not bridge.box_roi_nodes(label_map) and not bridge.box_roi_nodes(constant)
+
+
 def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, reference):
     index = int(np.argmax(reference.reshape(len(reference), -1).sum(1)))
     rows, columns = np.nonzero(reference[index])

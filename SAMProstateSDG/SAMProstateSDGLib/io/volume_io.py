@@ -25,6 +25,7 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # what 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # one-file formats: written atomically, never half a pair
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 FLOAT32_LIMIT = float(np.finfo(np.float32).max)
+LABEL_MAP_SPAN = 15  # an integer-valued volume whose values span no more than this is a label map, not an MR image
 ORTHOGONALITY_TOLERANCE = 1e-4  # NIfTI stores a rotation; ITK coerces matrices further from one than this
 
 
@@ -141,7 +142,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
 
 
 def validate_volume(image: sitk.Image, name: str) -> None:
-    """Refuse what the pipeline cannot segment: not 3D, multi-component, tiny, or constant."""
+    """Refuse what the pipeline cannot segment: not 3D, multi-component, tiny, constant, or a label map."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per pixel; a scalar T2 volume is needed")
     if image.GetDimension() != 3:
@@ -159,6 +160,9 @@ def validate_volume(image: sitk.Image, name: str) -> None:
         raise InputError(f"{name} has values from {low:.3g} to {high:.3g}, beyond 32-bit floating point (±{FLOAT32_LIMIT:.3g}); rescale it")
     if values.min() == values.max():
         raise InputError(f"{name} is constant (every voxel is {values.min()}); nothing to segment")
+    if high - low <= LABEL_MAP_SPAN and np.array_equal(values, np.round(values)):
+        shown = ", ".join(f"{label:g}" for label in np.unique(values))
+        raise InputError(f"{name} holds only the values {shown}: it is a label map (a segmentation), not a T2 image")
 
 
 def normalised_array(image: sitk.Image, low: float = 0.5, high: float = 99.5) -> np.ndarray:

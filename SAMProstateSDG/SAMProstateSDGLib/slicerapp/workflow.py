@@ -238,8 +238,10 @@ class ProstateWorkflow:
     def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD):
         """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed.
 
-        Sessions of one volume and model share its prepared volume, so each slice is encoded once.
+        Sessions of one volume and model share its prepared volume, so each slice is encoded once. A volume
+        the pipeline cannot segment (a label map, a constant or single-slice volume) is refused as the CLI refuses it.
         """
+        from SAMProstateSDGLib.io.volume_io import validate_volume
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         key = (volumeNode.GetID(), model, device, method)
@@ -253,7 +255,9 @@ class ProstateWorkflow:
             if shared is not None:
                 prepared = shared.volume
             else:
-                prepared = self.baseSegmenter(model, device).prepare(bridge.image_from_volume_node(volumeNode))
+                image = bridge.image_from_volume_node(volumeNode)
+                validate_volume(image, volumeNode.GetName())
+                prepared = self.baseSegmenter(model, device).prepare(image)
             cached = self._sessions[key] = (fingerprint, self.segmenter(model, device, method).session(prepared))
         return cached[1]
 
