@@ -19,7 +19,7 @@ LIB = ROOT / "SAMProstateSDG" / "SAMProstateSDGLib"
 def test_imports_point_down_the_layers():
     """import-linter's layer contract (pyproject.toml): a module imports only from its own layer or below."""
     lint_imports = Path(sys.executable).with_name("lint-imports")
-    result = subprocess.run([str(lint_imports), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True,
+    result = subprocess.run([str(lint_imports), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, encoding="utf-8",
                             env=os.environ | {"PYTHONPATH": str(ROOT / "SAMProstateSDG")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "1 kept, 0 broken" in result.stdout
@@ -28,7 +28,7 @@ def test_imports_point_down_the_layers():
 def _names_a_method(path: Path, ids: set[str]) -> list[str]:
     """String constants equal to a method id, and names of method-specific model classes, in one source file."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Constant) and node.value in ids:
             found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
         if isinstance(node, ast.Name) and node.id in ("SAMedSegmenter", "DeSAMSegmenter"):

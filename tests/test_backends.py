@@ -187,11 +187,11 @@ def test_the_command_line_segments_with_the_backend_asked_for(tmp_path):
     for backend in ("torch", "openvino"):
         outputs[backend] = tmp_path / f"{backend}.nii.gz"
         result = subprocess.run([str(SAMPROSTATE), "segment", str(image), "-o", str(outputs[backend]), "--backend", backend, "--precision", "fp32"],
-                                capture_output=True, text=True)
+                                capture_output=True, encoding="utf-8")
         assert result.returncode == 0, result.stderr
     torch_labels, openvino_labels = (read_mask(outputs[backend]) for backend in ("torch", "openvino"))
     assert torch_labels.any() and dice(torch_labels, openvino_labels) > 0.99
     refused = subprocess.run([str(SAMPROSTATE), "segment", str(image), "-o", str(tmp_path / "x.nii.gz"), "--backend", "onnxruntime", "--precision", "bf16"],
-                             capture_output=True, text=True)
+                             capture_output=True, encoding="utf-8")
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "samprostate: error:" in refused.stderr
     assert not (tmp_path / "x.nii.gz").exists()

@@ -66,7 +66,7 @@ def test_peak_memory_is_read_in_the_unit_of_each_platform():
     from SAMProstateSDGLib.apps.bench import peak_resident_mb
 
     linux = peak_resident_mb(platform="linux")
-    high_water_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+    high_water_kb = int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text(encoding="utf-8")).group(1))
     assert abs(linux - high_water_kb / 1024) < 0.05 * linux + 8
     assert peak_resident_mb(platform="darwin") == pytest.approx(linux / 1024, rel=0.05)
 

@@ -21,7 +21,7 @@ UNSEEN_DICE_FLOOR = 0.80
 
 
 def samprostate(*arguments, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(SAMPROSTATE), *map(str, arguments)], capture_output=True, text=True)
+    result = subprocess.run([str(SAMPROSTATE), *map(str, arguments)], capture_output=True, encoding="utf-8")
     if check and result.returncode != 0:
         raise AssertionError(result.stderr)
     return result
@@ -39,7 +39,7 @@ def unseen_case(data, tmp_path_factory):
 
 def flagged_in_boxes_file(path: Path) -> list[int]:
     """The flagged slices a boxes file records: boxed entries whose confidence is flagged, and the slices without a box."""
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     boxed = [entry["slice"] for entry in data["boxes"] if entry.get("confidence", {}).get("flagged")]
     return sorted(boxed + [entry["slice"] for entry in data["slices_to_check_without_box"]])
 

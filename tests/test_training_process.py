@@ -123,7 +123,7 @@ sys.exit(child.wait())
 def alive(pid: int) -> bool:
     """The process exists and is not a zombie."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
 

@@ -346,7 +346,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     writers = {output: image_writer(label_image(labels, image))}
     if arguments.boxes_out:
         text = boxes_text(boxes, image, confidences, points)
-        writers[arguments.boxes_out] = lambda temporary: Path(temporary).write_text(text)
+        writers[arguments.boxes_out] = lambda temporary: Path(temporary).write_text(text, encoding="utf-8")
     if arguments.overlay:
         sheet = overlay_sheet(volume.normalised, labels, boxes)
         writers[arguments.overlay] = lambda temporary: sheet.save(temporary, format="PNG")

@@ -276,7 +276,7 @@ class TrainingProcess:
         """The manifest the finished run wrote (model file, checksum, history, best validation Dice)."""
         if self.returncode != 0:
             raise RuntimeError(self.error_message or "training has not finished")
-        return json.loads(self.request.manifest_path.read_text())
+        return json.loads(self.request.manifest_path.read_text(encoding="utf-8"))
 
     @property
     def model_path(self) -> Path:
@@ -297,7 +297,7 @@ def trained_models(registry: Path) -> dict[str, CatalogEntry]:
     """The models registered in ``registry`` (a JSON list), by id; empty when it does not exist."""
     if not registry.is_file():
         return {}
-    return {entry["id"]: entry_from_json(entry) for entry in json.loads(registry.read_text())}
+    return {entry["id"]: entry_from_json(entry) for entry in json.loads(registry.read_text(encoding="utf-8"))}
 
 
 def manifest_beside(model_file: Path) -> Path:
@@ -326,7 +326,7 @@ def trained_model_file(path: Path | None, method: str | None) -> CatalogEntry | 
         raise InputError(f"{option} not found" if not path.exists() else f"{option} is not a file")
     manifest_path = manifest_beside(path)
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         trained_for, file = manifest["method"], manifest["file"]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{option}: {manifest_path.name} beside it is missing or is not the manifest samprostate train writes "
@@ -344,7 +344,7 @@ def trained_model_file(path: Path | None, method: str | None) -> CatalogEntry | 
 
 def register_trained_model(registry: Path, method: str, manifest_path: Path) -> CatalogEntry:
     """Add (or replace) the model a finished run wrote."""
-    entry = _trained_model_entry(method, json.loads(manifest_path.read_text()), manifest_path.parent)
+    entry = _trained_model_entry(method, json.loads(manifest_path.read_text(encoding="utf-8")), manifest_path.parent)
     models = trained_models(registry)
     models[entry.id] = entry
     registry.parent.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ class CatalogEntry:
 
 @lru_cache(maxsize=1)
 def catalog() -> dict[str, CatalogEntry]:
-    entries = json.loads((MODELS_FOLDER / "catalog.json").read_text())
+    entries = json.loads((MODELS_FOLDER / "catalog.json").read_text(encoding="utf-8"))
     return {entry["id"]: entry_from_json(entry) for entry in entries}
 
 
@@ -93,7 +93,7 @@ def schema_errors(data: object, schema_file: Path) -> list[str]:
     """Where ``data`` breaks the JSON Schema in ``schema_file``, one line per error (``path: message``); empty when it conforms."""
     import jsonschema  # only the shipping scripts and the tests validate: loading the catalog does not need it
 
-    schema = json.loads(schema_file.read_text())
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
     validator = jsonschema.validators.validator_for(schema)(schema)
     return [f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}" for error in validator.iter_errors(data)]
 

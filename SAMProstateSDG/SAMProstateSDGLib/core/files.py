@@ -110,7 +110,7 @@ def _umask() -> int:
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    write_atomically(path, lambda temporary: Path(temporary).write_text(text))
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
 def json_text(data, indent: int = 2) -> str:

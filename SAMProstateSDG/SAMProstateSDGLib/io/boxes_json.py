@@ -100,7 +100,7 @@ def write_boxes(
 
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
-    schema = json.loads(SCHEMA_FILE.read_text())
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     return jsonschema.validators.validator_for(schema)(schema)
 
 
@@ -132,7 +132,7 @@ def read_prompts(path: str | Path, image: sitk.Image) -> tuple[dict[int, Box], d
     """Boxes and clicks per slice for ``image`` from a boxes file; refuses a file made for another volume size."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(), parse_float=_finite, parse_constant=_no_constant)
+        data = json.loads(path.read_text(encoding="utf-8"), parse_float=_finite, parse_constant=_no_constant)
     except FileNotFoundError:
         raise InputError(f"boxes file not found: {path}") from None
     except IsADirectoryError:

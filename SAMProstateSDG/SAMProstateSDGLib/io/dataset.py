@@ -107,7 +107,7 @@ def find_cases(data: str | Path, site: str | None = None, split: str | None = No
 
 
 def _from_manifest(data: Path, manifest: Path) -> list[Case]:
-    with open(manifest, newline="") as handle:
+    with open(manifest, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     missing = {"case", "image", "mask"} - set(rows[0] if rows else {})
     if missing:

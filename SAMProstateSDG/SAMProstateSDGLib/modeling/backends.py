@@ -99,7 +99,7 @@ class ExportCache:
     def is_valid(self, folder: Path, key: dict) -> bool:
         """The folder holds exactly the manifest's files, each with its recorded sha256, for this key."""
         try:
-            manifest = json.loads((folder / self.MANIFEST).read_text())
+            manifest = json.loads((folder / self.MANIFEST).read_text(encoding="utf-8"))
             files = manifest["files"]
             present = {path.name for path in folder.iterdir()} - {self.MANIFEST}
             return manifest["key"] == key and present == set(files) and all(file_sha256(folder / name) == files[name] for name in files)
@@ -116,7 +116,7 @@ class ExportCache:
         try:
             build(staging)
             files = {path.name: file_sha256(path) for path in staging.iterdir()}
-            (staging / self.MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=1, sort_keys=True))
+            (staging / self.MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=1, sort_keys=True), encoding="utf-8")
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(staging, folder)
         except OSError:
@@ -487,7 +487,7 @@ def choose_encoder(
     timings = time_backends(list(built.values()), selection_images(cast(int, encoder.img_size), slices), rounds)
     chosen = min(built, key=lambda option: timings[option.label])
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"key": key, "chosen": chosen.label, "ms_per_slice": timings}, indent=1, sort_keys=True))
+    record.write_text(json.dumps({"key": key, "chosen": chosen.label, "ms_per_slice": timings}, indent=1, sort_keys=True), encoding="utf-8")
     if log:
         log("encoder backends, ms per slice: " + ", ".join(f"{label} {ms:.0f}" for label, ms in timings.items()) + f"; using {chosen.label}")
     return built[chosen]
@@ -495,7 +495,7 @@ def choose_encoder(
 
 def _recorded_choice(record: Path, key: dict, options: list[Candidate]) -> Candidate | None:
     try:
-        saved = json.loads(record.read_text())
+        saved = json.loads(record.read_text(encoding="utf-8"))
         return next(option for option in options if saved["key"] == key and option.label == saved["chosen"])
     except (OSError, ValueError, KeyError, TypeError, StopIteration):
         return None
