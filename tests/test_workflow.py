@@ -111,7 +111,7 @@ def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check
 
 
 def test_a_label_map_or_a_constant_volume_is_refused_before_any_box_is_proposed(workflow, scene):
-    """A mask loaded as a scalar volume (Slicer's default for a .nii.gz) is refused, as the CLI refuses it."""
+    """A mask loaded as a scalar volume rather than a label map is refused, as the CLI refuses it."""
     label_map = read_node(scene, "P158-020_seg")
     with pytest.raises(InputError, match="P158-020_seg holds only the values 0, 1, 2: it is a label map"):
         workflow.proposeBoxes(label_map)
