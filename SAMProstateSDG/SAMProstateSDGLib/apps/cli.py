@@ -334,7 +334,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     """Segment one read volume; write the label volume, boxes and overlay together (all or nothing), then the clinical outputs."""
     from tqdm import tqdm
 
-    from ..core.files import write_files_atomically
+    from ..core.files import text_writer, write_files_atomically
     from ..io.boxes_json import boxes_text
     from ..io.overlay import overlay_sheet
     from ..io.volume_io import image_writer, label_image
@@ -345,8 +345,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     labels, boxes, confidences = result.labels, result.boxes, result.confidences
     writers = {output: image_writer(label_image(labels, image))}
     if arguments.boxes_out:
-        text = boxes_text(boxes, image, confidences, points)
-        writers[arguments.boxes_out] = lambda temporary: Path(temporary).write_text(text, encoding="utf-8")
+        writers[arguments.boxes_out] = text_writer(boxes_text(boxes, image, confidences, points))
     if arguments.overlay:
         sheet = overlay_sheet(volume.normalised, labels, boxes)
         writers[arguments.overlay] = lambda temporary: sheet.save(temporary, format="PNG")

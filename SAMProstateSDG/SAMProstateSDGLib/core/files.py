@@ -109,8 +109,13 @@ def _umask() -> int:
     return mask
 
 
+def text_writer(text: str) -> Callable[[str], object]:
+    """A writer (for ``write_files_atomically``) of ``text`` as UTF-8."""
+    return lambda temporary: Path(temporary).write_text(text, encoding="utf-8")
+
+
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
-    write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    write_atomically(path, text_writer(text))
 
 
 def json_text(data, indent: int = 2) -> str:

@@ -158,9 +158,9 @@ def validate_volume(image: sitk.Image, name: str) -> None:
     low, high = float(values.min()), float(values.max())
     if max(abs(low), abs(high), high - low) > FLOAT32_LIMIT:
         raise InputError(f"{name} has values from {low:.3g} to {high:.3g}, beyond 32-bit floating point (±{FLOAT32_LIMIT:.3g}); rescale it")
-    if values.min() == values.max():
-        raise InputError(f"{name} is constant (every voxel is {values.min()}); nothing to segment")
-    if high - low <= LABEL_MAP_SPAN and np.array_equal(values, np.round(values)):
+    if low == high:
+        raise InputError(f"{name} is constant (every voxel is {low:g}); nothing to segment")
+    if high - low <= LABEL_MAP_SPAN and (np.issubdtype(values.dtype, np.integer) or np.array_equal(values, np.round(values))):
         shown = ", ".join(f"{label:g}" for label in np.unique(values))
         raise InputError(f"{name} holds only the values {shown}: it is a label map (a segmentation), not a T2 image")
 
