@@ -283,7 +283,10 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if ensureRequirements():
                 self.showDeviceNote()
                 parameters = self._parameterNode
-                self.logic.workflow.proposeBoxes(parameters.inputVolume, parameters.method.value, model=self.selectedModel(), device=parameters.device)
+                self.logic.workflow.proposeBoxes(
+                    parameters.inputVolume, parameters.method.value, model=self.selectedModel(), device=parameters.device,
+                    segmentationMethod=parameters.segmentationMethod.value,
+                )
                 self.encodingTimer.start()
 
     def onAddBox(self) -> None:

@@ -279,6 +279,22 @@ def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, dat
         assert np.allclose(proposed[index].as_tuple(), box.as_tuple(), atol=1e-3), index
 
 
+def test_a_trained_decoder_proposes_boxes_with_the_method_it_was_trained_for(tmp_path, volume_node, reference):
+    """A decoder trained in the Training tab (here the shipped SAMMed decoder, registered as a finished run registers
+    it) is chosen with its method: Propose boxes then works (it used to build SAM zero-shot's session and refuse)."""
+    from SAMProstateSDGLib.apps.training_process import manifest_beside, register_trained_model
+    from SAMProstateSDGLib.core.catalog import default_entry
+
+    workflow = ProstateWorkflow(tmp_path)
+    trained = register_trained_model(workflow.trainedModelsFile, "sammed", manifest_beside(default_entry("decoder").path)).id
+    with pytest.raises(InputError, match="Choose the method it was trained for"):
+        workflow.proposeBoxes(volume_node, model=trained, device="cpu")  # with SAM zero-shot, which it does not fit
+    assert not bridge.box_roi_nodes(volume_node)
+    assert workflow.proposeBoxes(volume_node, model=trained, device="cpu", segmentationMethod="sammed")
+    segmentation = workflow.segment(volume_node, model=trained, device="cpu", method="sammed")
+    assert dice(segment_labels(segmentation, volume_node, "prostate"), reference > 0) > 0.8
+
+
 @pytest.mark.parametrize("cuda, mps, told", [(False, False, True), (True, False, False), (False, True, False)])
 def test_the_user_is_told_when_the_networks_run_on_the_cpu(workflow, monkeypatch, cuda, mps, told):
     import torch

@@ -261,10 +261,14 @@ class ProstateWorkflow:
             cached = self._sessions[key] = (fingerprint, self.segmenter(model, device, method).session(prepared))
         return cached[1]
 
-    def proposeBoxes(self, volumeNode, method: str = next(iter(BOX_FILTERS)), model: str = SAM_MODELS[0], device: str = "auto") -> list:
+    def proposeBoxes(
+        self, volumeNode, method: str = next(iter(BOX_FILTERS)), model: str = SAM_MODELS[0], device: str = "auto",
+        segmentationMethod: str = DEFAULT_METHOD,
+    ) -> list:
         """Replace the volume's box ROIs with boxes proposed by the coarse network; returns the new ROIs.
 
-        ``method`` is a ``BOX_FILTERS`` id. The boxed slices are queued for ``encodeNextSlice``, which
+        ``method`` is a ``BOX_FILTERS`` id; ``segmentationMethod`` the method that will segment inside the boxes
+        (a trained decoder works only with its own). The boxed slices are queued for ``encodeNextSlice``, which
         encodes them while the user checks the boxes.
         """
         from SAMProstateSDGLib.masks.boxes import ComponentFilter
@@ -272,7 +276,7 @@ class ProstateWorkflow:
 
         segmenter = self.baseSegmenter(model, device)
         options = dataclasses.replace(segmenter.options, component_filter=ComponentFilter(method))
-        volume = self.session(volumeNode, model, device).volume
+        volume = self.session(volumeNode, model, device, segmentationMethod).volume
         boxes = segmenter.propose_boxes(volume, options)
         self._pendingEncoding = [item for item in self._pendingEncoding if item[0] != volumeNode.GetID()]
         self._pendingEncoding += [(volumeNode.GetID(), volume.encoded, index) for index in sorted(boxes)]
