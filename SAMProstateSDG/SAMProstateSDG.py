@@ -198,6 +198,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self.stopPlacingClicks()  # clicks placed in another module's views would have no volume or parameters to refine with
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:

@@ -652,6 +652,14 @@ def scenario_clicks(arguments: dict) -> dict:
         "checked": [widget.ui.clickInsideButton.checked, widget.ui.clickOutsideButton.checked],
     }
     states["again"] = press("clickInsideButton", True)
+    widget.exit()  # the user switches to another module while placing
+    states["left the module"] = {
+        "placing": interaction.GetCurrentInteractionMode() == interaction.Place,
+        "checked": [widget.ui.clickInsideButton.checked, widget.ui.clickOutsideButton.checked],
+    }
+    place(arguments["inside"][0])  # a point placed there (e.g. in the Markups module) is no click of this module's
+    widget.enter()
+    states["again after returning"] = press("clickInsideButton", True)
     interaction.SwitchToViewTransformMode()  # a right-click in a view ends place mode
     states["ended"] = {"checked": [widget.ui.clickInsideButton.checked, widget.ui.clickOutsideButton.checked]}
     place(arguments["inside"][0])  # a point added afterwards (e.g. in the Markups module) waits for Refine with clicks

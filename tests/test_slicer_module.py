@@ -146,10 +146,14 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
     assert report["states"]["outside"] == {"placing": True, "into": True, "checked": [False, True]}  # one kind at a time
     assert report["states"]["another markups type"] == {"placing": True, "checked": [False, False]}  # its placing is left alone
     assert report["states"]["again"] == {"placing": True, "into": True, "checked": [True, False]}
+    assert report["states"]["left the module"] == {"placing": False, "checked": [False, False]}  # leaving the module ends placing
+    assert report["states"]["again after returning"] == {"placing": True, "into": True, "checked": [True, False]}
     assert report["states"]["ended"] == {"checked": [False, False]}
     assert report["refined"] == [[0, True], [1, False], [2, False]]  # each placed click, at once, with its kind; none after place mode ended
     assert report["refused"] == ["InputError: the click lies outside T2; click on one of its slices"]
-    assert report["points"] == [["+", True], ["-", False], ["clicks-3", True]]  # drawn as the kind they are; the refused one leaves no trace, not even in the numbering
+    # drawn as the kind they are; the refused one leaves no trace, not even in the numbering; points placed while the module
+    # was left or after place mode ended wait for Refine with clicks
+    assert report["points"] == [["+", True], ["-", False], ["clicks-3", True], ["clicks-4", True]]
     assert report["gland"] == [index]  # only the clicked slice is segmented
     assert dice(np.array(report["clicked_slice"]), reference[index]) > 0.8
 
