@@ -314,8 +314,10 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def encodeQueuedSlices(self) -> bool:
         """Encode the boxed slices the timer has not reached yet, with a progress bar the user can cancel (then
-        Segment stops and the timer goes on); False when cancelled. The encoder dominates Segment's time."""
-        total = self.logic.workflow.pendingEncodings()
+        Segment stops and the timer goes on); False when cancelled. The encoder dominates Segment's time. Slices queued
+        for other volumes are left to the timer."""
+        volumeNode = self._parameterNode.inputVolume
+        total = self.logic.workflow.pendingEncodings(volumeNode)
         if not total:
             return True
         self.encodingTimer.stop()
@@ -325,13 +327,14 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 progress.value = done
                 slicer.app.processEvents()
                 if progress.wasCanceled:
-                    self.encodingTimer.start()
                     return False
-                if not self.logic.workflow.encodeNextSlice():
+                if not self.logic.workflow.encodeNextSlice(volumeNode):
                     break
             progress.value = total
         finally:
             progress.close()
+            if self.logic.workflow.pendingEncodings():  # what is left, of this volume or another, goes on between timer ticks
+                self.encodingTimer.start()
         return True
 
     def showSlicesToCheck(self) -> None:

@@ -558,6 +558,17 @@ def scenario_restart(arguments: dict) -> dict:
     return {"calls": recorder.calls}
 
 
+def read_volume_node(path: str, name: str):
+    """A volume read into the scene by Slicer's reader."""
+    import slicer
+
+    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(path)
+    storage.ReadData(volume)
+    return volume
+
+
 def widget_on_volume(path: str):
     """The module loaded, its panel built, and a volume read by Slicer's reader as its input (CPU, torch encoder)."""
     import slicer
@@ -566,10 +577,7 @@ def widget_on_volume(path: str):
     module = sys.modules["SAMProstateSDG"]
     widget = module.SAMProstateSDGWidget()
     widget.setup()
-    volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "T2")
-    storage = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(path)
-    storage.ReadData(volume)
+    volume = read_volume_node(path, "T2")
     parameters = widget._parameterNode
     parameters.inputVolume, parameters.device, parameters.encoderBackend = volume, "cpu", "torch"
     return module, widget, volume
@@ -578,16 +586,23 @@ def widget_on_volume(path: str):
 def scenario_segment(arguments: dict) -> dict:
     """Segment pressed right after Propose boxes, before the encoding timer has ticked, with the requirements
     installed: the queued slices are encoded under a progress bar first; cancelling it stops Segment and lets
-    the timer go on."""
+    the timer go on. With ``otherVolume``, boxes were proposed on that volume first: its slices are left to the timer."""
     install_slicer((5, 10), {}, False, requirements_installed=True)
     FakeProgressDialog.cancel_at = arguments.get("cancelAt")
-    _, widget, _ = widget_on_volume(arguments["volume"])
+    _, widget, volume = widget_on_volume(arguments["volume"])
     parameters = widget._parameterNode
+    otherQueued = 0
+    if "otherVolume" in arguments:
+        parameters.inputVolume = read_volume_node(arguments["otherVolume"], "another T2")
+        widget.onProposeBoxes()
+        otherQueued = widget.logic.workflow.pendingEncodings()
+        parameters.inputVolume = volume
     widget.onProposeBoxes()
-    queued = widget.logic.workflow.pendingEncodings()
+    queued = widget.logic.workflow.pendingEncodings(volume)
     widget.onSegment()
     progress = FakeProgressDialog.last
     return {
+        "otherQueued": otherQueued,
         "queued": queued,
         "shown": progress.shown,
         "maximum": progress.maximum,

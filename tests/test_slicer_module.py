@@ -167,3 +167,7 @@ def test_segment_right_after_propose_encodes_the_queued_slices_under_a_progress_
     assert cancelled["shown"] == [0, 0, 1] and cancelled["closed"]
     assert cancelled["left"] == cancelled["queued"] - 1 and not cancelled["segmented"]  # one slice encoded, then Segment stopped
     assert cancelled["timerActive"]  # the rest keeps encoding between ticks
+
+    after_another = run_scenario("segment", volume=str(FIXTURES / "P158-020.nii.gz"), otherVolume=str(FIXTURES / "Case29.nii.gz"))
+    assert after_another["otherQueued"] > 0 and after_another["maximum"] == after_another["queued"]  # only this volume's slices
+    assert after_another["left"] == after_another["otherQueued"] and after_another["segmented"] and after_another["timerActive"]

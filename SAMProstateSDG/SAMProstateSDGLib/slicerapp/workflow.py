@@ -143,23 +143,28 @@ class ProstateWorkflow:
             return
         self.forgetVolumes({volumeID for volumeID in self.cachedVolumeIDs() if scene.GetNodeByID(volumeID) is None})
 
-    def pendingEncodings(self) -> int:
-        """How many slices queued by ``proposeBoxes`` are not encoded yet."""
-        return sum(index not in encoded.embeddings for _, encoded, index in self._pendingEncoding)
+    def pendingEncodings(self, volumeNode=None) -> int:
+        """How many slices queued by ``proposeBoxes`` (of ``volumeNode``; default: of any volume) are not encoded yet."""
+        return sum(index not in encoded.embeddings for _, encoded, index in self._queued(volumeNode))
 
-    def encodeNextSlice(self) -> bool:
-        """Encode the next slice queued by ``proposeBoxes``; False once nothing is left.
+    def encodeNextSlice(self, volumeNode=None) -> bool:
+        """Encode the next slice queued by ``proposeBoxes`` (of ``volumeNode``; default: of any volume); False once
+        nothing of it is left.
 
         The module calls this from a Qt timer on the main thread, one slice per tick, while the user
         checks the boxes: inside Slicer the main thread holds the GIL while Qt idles, so a worker
         thread would not progress. Each call costs one encoder call (0.4-1.2 s per slice on a CPU, README).
         """
-        while self._pendingEncoding:
-            _, encoded, index = self._pendingEncoding.pop(0)
+        for item in self._queued(volumeNode):
+            self._pendingEncoding.remove(item)
+            _, encoded, index = item
             if index not in encoded.embeddings:
                 encoded.encode([index])
-                return bool(self._pendingEncoding)
+                return bool(self._queued(volumeNode))
         return False
+
+    def _queued(self, volumeNode) -> list[tuple[str, Any, int]]:
+        return [item for item in self._pendingEncoding if volumeNode is None or item[0] == volumeNode.GetID()]
 
     def baseSegmenter(self, model: str = SAM_MODELS[0], device: str = "auto"):
         """The base models (coarse network + SAM) for ``model`` on ``device``, loaded once.
