@@ -122,6 +122,19 @@ def test_a_label_map_or_a_constant_volume_is_refused_before_any_box_is_proposed(
     assert not bridge.box_roi_nodes(label_map) and not bridge.box_roi_nodes(constant)
 
 
+def test_segment_without_boxes_says_so_and_writes_no_empty_segment(workflow, volume_node):
+    scene = volume_node.GetScene()
+    with pytest.raises(InputError, match="P158-020 has no boxes to segment in: press Propose boxes, or Add box, first"):
+        workflow.segment(volume_node, device="cpu")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    rois = workflow.proposeBoxes(volume_node, device="cpu")
+    for roi in rois:  # the user deleted every proposed box
+        scene.RemoveNode(roi)
+    with pytest.raises(InputError, match="no boxes"):
+        workflow.segment(volume_node, device="cpu")
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
 def test_a_click_refines_its_slice_with_the_slice_box(workflow, volume_node, reference):
     index = int(np.argmax(reference.reshape(len(reference), -1).sum(1)))
     rows, columns = np.nonzero(reference[index])

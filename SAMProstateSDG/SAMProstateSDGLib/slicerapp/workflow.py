@@ -306,6 +306,8 @@ class ProstateWorkflow:
             session.set_labels(segmenter.labels(session.volume))
             return self._write(session, volumeNode, segmentationNode, segmenter.method.segments)
         roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
+        if not roiNodes:
+            raise InputError(f"{volumeNode.GetName()} has no boxes to segment in: press Propose boxes, or Add box, first")
         changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
         logging.info(f"SAMProstateSDG: re-segmented slices {changed}")
         self._showConfidence(volumeNode, session, segmenter, roiNodes)
