@@ -590,7 +590,8 @@ def ensureRequirements() -> bool:
 
     On Slicer 5.12 and later the packages go through ``slicer.packaging.pip_ensure`` (which also
     offers a restart when an imported package was upgraded); on 5.10 through ``slicer.util.pip_install``,
-    with the same question before and the same restart offer after.
+    with the same question before and the same restart offer after. PyTorch Utils offers no restart: an
+    imported torch it upgraded is asked about here on both.
     """
     unsupported = requirements.unsupported_platform((slicer.app.majorVersion, slicer.app.minorVersion))
     if unsupported:
@@ -613,12 +614,14 @@ def ensureRequirements() -> bool:
             askConfirmation=False, torchVersionRequirement=requirements.TORCH_REQUIREMENT,
             torchvisionVersionRequirement=requirements.TORCHVISION_REQUIREMENT,
         )
+    changed = changedDistributions(importedBefore)  # PyTorch Utils offers no restart
     packages = requirements.unmet()
     if packages and hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):  # Slicer 5.12 and later
-        slicer.packaging.pip_ensure(packages, prompt_install=False, requester="SAM Prostate SDG")
+        slicer.packaging.pip_ensure(packages, prompt_install=False, requester="SAM Prostate SDG")  # offers its own restart
     elif packages:
         slicer.util.pip_install(packages)
-        offerRestart(importedBefore)
+        changed = changedDistributions(importedBefore)
+    offerRestart(changed)
     stillMissing = missingRequirements()
     if stillMissing:
         raise RuntimeError(_("These Python packages could not be installed: {packages}").format(packages=", ".join(stillMissing)))
@@ -640,8 +643,8 @@ def importedDistributions() -> dict:
     return versions
 
 
-def offerRestart(importedBefore: dict) -> None:
-    """Offer to restart Slicer when the installation changed a package that was already imported."""
+def changedDistributions(importedBefore: dict) -> list:
+    """"name before -> after" for each distribution of ``importedBefore`` (``importedDistributions``) whose version changed since."""
     import importlib.metadata
 
     changed = []
@@ -652,6 +655,11 @@ def offerRestart(importedBefore: dict) -> None:
             after = None
         if after != before:
             changed.append(f"{distribution} {before} -> {after}")
+    return changed
+
+
+def offerRestart(changed: list) -> None:
+    """Offer to restart Slicer when the installation changed packages that were already imported (``changedDistributions``)."""
     if changed and slicer.util.confirmYesNoDisplay(
         _("These packages were upgraded while an older version was in use: {packages}. Restart 3D Slicer now?").format(packages=", ".join(changed))
     ):

@@ -529,6 +529,8 @@ def scenario_requirements(arguments: dict) -> dict:
     recorder = install_slicer(tuple(arguments["version"]), arguments.get("answers", {}), arguments.get("packaging", False))
     load_module_folder()
     module = sys.modules["SAMProstateSDG"]
+    if "importedBefore" in arguments:  # distributions already imported (by another module) when the installation starts
+        module.importedDistributions = lambda: arguments["importedBefore"]
     try:
         result = module.ensureRequirements()
     except Exception as error:  # noqa: BLE001
@@ -554,7 +556,8 @@ def scenario_restart(arguments: dict) -> dict:
     """offerRestart after an installation changed the version of an imported distribution."""
     recorder = install_slicer((5, 10), arguments.get("answers", {}), False)
     load_module_folder()
-    sys.modules["SAMProstateSDG"].offerRestart(arguments["importedBefore"])
+    module = sys.modules["SAMProstateSDG"]
+    module.offerRestart(module.changedDistributions(arguments["importedBefore"]))
     return {"calls": recorder.calls}
 
 

@@ -105,6 +105,18 @@ def test_slicer_5_12_installs_with_pip_ensure():
     assert "timm>=1.0.31,<2" in ensure[1][0]
 
 
+def test_slicer_5_12_offers_a_restart_when_pytorch_utils_changed_an_imported_torch():
+    """pip_ensure offers a restart for what it installs (Slicer's Base/Python/slicer/packaging.py compares the versions
+    before and after its own pip run); PyTorch Utils' installTorch offers none, so the module asks about torch itself."""
+    report = run_scenario(
+        "requirements", version=[5, 12], answers={"confirmOkCancelDisplay": True, "confirmYesNoDisplay": False}, packaging=True,
+        importedBefore={"torch": "0.0.1"},
+    )
+
+    assert [call[0] for call in report["calls"]] == ["confirmOkCancelDisplay", "installTorch", "pip_ensure", "confirmYesNoDisplay"]
+    assert "torch 0.0.1 ->" in calls(report, "confirmYesNoDisplay")[0][1][0]
+
+
 def test_a_restart_is_offered_when_an_imported_package_changed():
     report = run_scenario("restart", importedBefore={"numpy": "0.0.1"}, answers={"confirmYesNoDisplay": True})
 
