@@ -11,7 +11,7 @@ from conftest import FIXTURES
 from SAMProstateSDGLib.apps.volume_agreement import agreement
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.dataset import canonical_zones
-from SAMProstateSDGLib.io.measurements import ellipsoid_volume_ml, measure, measure_image, measure_segments, voxel_to_patient
+from SAMProstateSDGLib.io.measurements import ellipsoid_volume_ml, labels_from_segments, measure, measure_image, voxel_to_patient
 
 
 def _reference(name: str) -> tuple[sitk.Image, np.ndarray]:
@@ -74,9 +74,13 @@ def test_segments_as_slicer_holds_them_measure_like_the_label_volume():
     mask, labels = _reference("Case29")
     zones = canonical_zones(labels)
     matrix = voxel_to_patient(mask)
-    by_name = {"transition zone": zones == 1, "peripheral zone": zones == 2}
-    assert measure_segments(by_name, matrix, 3.0) == measure(zones, matrix, zonal=True, psa_ng_ml=3.0)
-    assert measure_segments({"prostate": zones > 0}, matrix) == measure(zones > 0, matrix)
+    by_name = {"transition zone": zones == 1, "urethra": zones > 0, "peripheral zone": zones == 2}  # the zones, and the user's own
+    labels, zonal = labels_from_segments(by_name)
+    assert zonal and measure(labels, matrix, zonal, 3.0) == measure(zones, matrix, zonal=True, psa_ng_ml=3.0)
+    labels, zonal = labels_from_segments({"my gland": zones > 0})
+    assert not zonal and measure(labels, matrix) == measure(zones > 0, matrix)
+    with pytest.raises(InputError, match=r"holds 2 segments \(prostate, rectum\)"):
+        labels_from_segments({"prostate": zones > 0, "rectum": zones == 0})
 
 
 def test_empty_mask_reports_zero_volume_and_null_values_never_nan():

@@ -81,6 +81,17 @@ def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, ref
     np.testing.assert_array_equal(segment_labels(segmentation, volume_node, "prostate"), edited)  # the edit is kept
     np.testing.assert_array_equal(segment_labels(segmentation, volume_node, "prostate (2)"), first)  # the box moved back
 
+    # measured (and exported) is the result written last, as it is now: not the edited result beside it, nor a segment
+    # of the user's own in the same node (here "rectum", the whole volume); and what made it, not what is chosen now
+    rectum = segmentation.GetSegmentation().AddEmptySegment("", "rectum")
+    bridge.set_segment_mask(segmentation, rectum, np.ones(first.shape, bool), volume_node)
+    voxel_ml = np.prod(volume_node.GetSpacing()) / 1000
+    assert workflow.measurements(volume_node, segmentation).volume_ml == pytest.approx((first > 0).sum() * voxel_ml)
+    assert workflow.provenance(method="sammed", segmentationNode=segmentation).method == "zero-shot"
+    segmentation.GetSegmentation().RemoveSegment(segmentation.GetSegmentation().GetSegmentIdBySegmentName("prostate (2)"))
+    with pytest.raises(InputError, match=r"holds 2 segments \(prostate, rectum\): measure or export one whose only segment is the gland"):
+        workflow.measurements(volume_node, segmentation)  # the result is gone: which of the others is the gland?
+
 
 def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check(workflow, volume_node, reference):
     rois = workflow.proposeBoxes(volume_node, device="cpu")

@@ -120,31 +120,21 @@ def measure(labels: np.ndarray, ijk_to_patient: np.ndarray, zonal: bool = False,
     return GlandMeasurements(float(gland.sum() * voxel_ml), transverse, anteroposterior, craniocaudal, zones, psa_ng_ml)
 
 
-def measure_segments(masks: dict[str, np.ndarray], ijk_to_patient: np.ndarray, psa_ng_ml: float | None = None) -> GlandMeasurements:
-    """Measure a segmentation given as segment name → mask ([slices, rows, columns]), as Slicer holds it.
-
-    The gland is the union of the masks; segments named "transition zone" and "peripheral zone"
-    (SAMed's) also give the zone volumes.
-    """
-    labels, zonal = labels_from_segments(masks)
-    return measure(labels, ijk_to_patient, zonal, psa_ng_ml)
-
-
 def labels_from_segments(masks: dict[str, np.ndarray]) -> tuple[np.ndarray, bool]:
-    """Segment name → mask as one label array, and whether it is zonal.
-
-    Zonal (1 transition zone, 2 peripheral zone) when segments of both zone names are there;
-    otherwise 1 = the union of all segments (the gland).
-    """
+    """Segment name -> mask ([slices, rows, columns], as Slicer holds a segmentation) as one label array, and whether
+    it is zonal: 1 transition zone and 2 peripheral zone when segments of both zone names are there (the others are
+    not the gland), else 1 = the only segment. Several other segments are refused: which one is the gland?"""
     if not masks:
         raise InputError("the segmentation has no segments")
     zonal = set(ZONE_NAMES.values()) <= set(masks)
+    if not zonal and len(masks) > 1:
+        raise InputError(
+            f"the segmentation holds {len(masks)} segments ({', '.join(masks)}): measure or export one whose only segment is "
+            f"the gland, or whose zones are named {' and '.join(repr(name) for name in ZONE_NAMES.values())}"
+        )
     labels = np.zeros(next(iter(masks.values())).shape, dtype=np.uint8)
-    for mask in masks.values():
-        labels[mask > 0] = 1
-    if zonal:
-        for label, name in ZONE_NAMES.items():
-            labels[masks[name] > 0] = label
+    for label, name in ZONE_NAMES.items() if zonal else ((1, next(iter(masks))),):
+        labels[masks[name] > 0] = label
     return labels, zonal
 
 

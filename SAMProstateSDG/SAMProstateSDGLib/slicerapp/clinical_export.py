@@ -35,10 +35,18 @@ InstanceFile = Callable[[str], str]  # SOP Instance UID -> file path ("" when un
 
 
 def segmentation_labels(volume_node, segmentation_node) -> tuple[np.ndarray, bool]:
-    """The segmentation on the volume's grid as labels ([K, J, I]; 1 prostate, or 1 TZ and 2 PZ) and whether it is zonal."""
+    """The segmentation on the volume's grid as labels ([K, J, I]; 1 prostate, or 1 TZ and 2 PZ) and whether it is zonal.
+
+    These are the segments the module last wrote into the node, as they are now (edits included): not an earlier
+    result kept beside them ("prostate" edited, then "prostate (2)"), nor the user's other segments (rectum, lesion).
+    A node the module did not write is read by its segments' names (``measurements.labels_from_segments``).
+    """
     if segmentation_node is None:
         raise InputError("there is no output segmentation yet: segment first, or choose one")
-    return labels_from_segments(bridge.segment_masks(segmentation_node, volume_node))
+    written = bridge.written_result(segmentation_node)
+    if written is None:
+        return labels_from_segments(bridge.segment_masks(segmentation_node, volume_node))
+    return bridge.labels_from_segmentation(segmentation_node, written.segment_ids, volume_node), registered(written.method).zonal
 
 
 def dicom_source(volume_node, instance_file: InstanceFile | None) -> DicomSeries:

@@ -21,6 +21,7 @@ negative click. The module's *Click inside* and *Click outside* buttons set both
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import SimpleITK as sitk
@@ -37,6 +38,7 @@ from SAMProstateSDGLib.modeling.sam_engine import Prompt
 BOX_VOLUME_REFERENCE = "SAMProstateSDGBoxVolume"
 BOX_SLICE_ATTRIBUTE = "SAMProstateSDG.Slice"
 BOX_FLAGGED_ATTRIBUTE = "SAMProstateSDG.Flagged"  # "1": check this slice, "0": confident; absent until segmented
+RESULT_ATTRIBUTE = "SAMProstateSDG.Result"  # on a segmentation node: JSON of the WrittenResult last written into it
 CHECK_COLOUR = (1.0, 0.55, 0.0)  # a flagged slice's box: orange
 CONFIDENT_COLOUR = (0.3, 0.85, 0.3)  # a confident slice's box: green
 INSIDE_COLOUR = (0.2, 0.6, 1.0)  # a positive click (selected control point): blue
@@ -346,8 +348,37 @@ def segment_masks(segmentation_node, volume_node) -> dict[str, np.ndarray]:
     masks = {}
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
-        masks[segmentation.GetSegment(segment_id).GetName()] = labels_from_segmentation(segmentation_node, {1: segment_id}, volume_node) > 0
+        name = segmentation.GetSegment(segment_id).GetName()
+        if name in masks:
+            raise InputError(f"{segmentation_node.GetName()} has two segments named {name!r}; rename one")
+        masks[name] = labels_from_segmentation(segmentation_node, {1: segment_id}, volume_node) > 0
     return masks
+
+
+@dataclasses.dataclass(frozen=True)
+class WrittenResult:
+    """What the module last wrote into a segmentation node: its segment IDs by label, and the method and model
+    that made them (stored on the node, so it is saved with the scene)."""
+
+    segment_ids: dict[int, str]
+    method: str
+    model: str
+
+
+def record_written_result(segmentation_node, result: WrittenResult) -> None:
+    segment_ids = {str(label): segment_id for label, segment_id in result.segment_ids.items()}
+    segmentation_node.SetAttribute(RESULT_ATTRIBUTE, json.dumps({"segments": segment_ids, "method": result.method, "model": result.model}))
+
+
+def written_result(segmentation_node) -> WrittenResult | None:
+    """The result the module last wrote into the node, while all its segments are still there (None otherwise)."""
+    try:
+        stored = json.loads(segmentation_node.GetAttribute(RESULT_ATTRIBUTE) or "null")
+        result = WrittenResult({int(label): str(i) for label, i in stored["segments"].items()}, str(stored["method"]), str(stored["model"]))
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    segmentation = segmentation_node.GetSegmentation()
+    return result if all(segmentation.GetSegment(segment_id) for segment_id in result.segment_ids.values()) else None
 
 
 def with_box(prompt: Prompt, box: Box | None) -> Prompt:

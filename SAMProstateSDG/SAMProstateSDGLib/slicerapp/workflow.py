@@ -16,7 +16,7 @@ from typing import Any
 from SAMProstateSDGLib.apps.training_process import TrainingProcess, TrainingRequest, TrainingUpdate, register_trained_model, trained_models
 from SAMProstateSDGLib.core.catalog import catalog
 from SAMProstateSDGLib.core.errors import InputError
-from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, PROSTATE_SEGMENTS, methods
+from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, methods
 
 BOX_FILTERS = {  # SAMProstateSDGLib.masks.boxes.ComponentFilter value (stored in scenes) -> title: how the coarse mask becomes boxes
     "3d": "Largest 3D component",
@@ -304,14 +304,14 @@ class ProstateWorkflow:
         segmenter = self.segmenter(model, device, method)
         if not segmenter.method.takes_boxes:
             session.set_labels(segmenter.labels(session.volume))
-            return self._write(session, volumeNode, segmentationNode, segmenter.method.segments)
+            return self._write(session, volumeNode, segmentationNode, model, method)
         roiNodes = bridge.box_roi_nodes(volumeNode) if roiNodes is None else roiNodes
         if not roiNodes:
             raise InputError(f"{volumeNode.GetName()} has no boxes to segment in: press Propose boxes, or Add box, first")
         changed = session.update(bridge.boxes_from_roi_nodes(volumeNode, roiNodes))
         logging.info(f"SAMProstateSDG: re-segmented slices {changed}")
         self._showConfidence(volumeNode, session, segmenter, roiNodes)
-        return self._write(session, volumeNode, segmentationNode)
+        return self._write(session, volumeNode, segmentationNode, model, method)
 
     def _showConfidence(self, volumeNode, session, segmenter, roiNodes) -> None:
         """Colour each box by its slice's confidence (``masks.confidence``)."""
@@ -374,7 +374,7 @@ class ProstateWorkflow:
             else:
                 bridge.set_roi_box(volumeNode, roiNode, sliceIndex, used)
         self._showConfidence(volumeNode, session, self.segmenter(model, device, method), [roiNode] if roiNode is not None else [])
-        return self._write(session, volumeNode, segmentationNode)
+        return self._write(session, volumeNode, segmentationNode, model, method)
 
     def clickMode(self, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> str:
         """What a click does with this model and method: a point for a point-trained decoder, or a box edit."""
@@ -400,7 +400,7 @@ class ProstateWorkflow:
         if unclicked:
             rois = [roiBySlice[index] for index in unclicked if index in roiBySlice]
             self._showConfidence(volumeNode, session, self.segmenter(model, device, method), rois)
-            segmentationNode = self._write(session, volumeNode, segmentationNode)
+            segmentationNode = self._write(session, volumeNode, segmentationNode, model, method)
         for sliceIndex in sorted(prompts):
             segmentationNode = self.segmentSliceWithPoints(
                 volumeNode, sliceIndex, pointListNode, roiBySlice.get(sliceIndex), segmentationNode, model=model, device=device, method=method
@@ -444,16 +444,24 @@ class ProstateWorkflow:
     @staticmethod
     def measurements(volumeNode, segmentationNode, psa: float | None = None):
         """Gland volume, diameters, ellipsoid volume (and zone volumes, PSA density) of a segmentation as it is now,
-        the user's edits included (``measurements.measure_segments``)."""
-        from SAMProstateSDGLib.io.measurements import measure_segments
+        the user's edits included: the segments the module last wrote into it (``clinical_export.segmentation_labels``)."""
+        from SAMProstateSDGLib.io.measurements import measure
         from SAMProstateSDGLib.slicerapp import mrml as bridge
+        from SAMProstateSDGLib.slicerapp.clinical_export import segmentation_labels
 
-        return measure_segments(bridge.segment_masks(segmentationNode, volumeNode), bridge.ijk_to_ras(volumeNode), psa)
+        labels, zonal = segmentation_labels(volumeNode, segmentationNode)
+        return measure(labels, bridge.ijk_to_ras(volumeNode), zonal, psa)
 
-    def provenance(self, model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD):
-        """The software, method and model files (with SHA-256) behind a segmentation made with these choices."""
+    def provenance(self, model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD, segmentationNode=None):
+        """The software, method and model files (with SHA-256) behind a segmentation: those that made what the module last
+        wrote into ``segmentationNode``, else these choices."""
         from SAMProstateSDGLib.slicerapp.clinical_export import provenance_of
 
+        from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+        written = bridge.written_result(segmentationNode) if segmentationNode is not None else None
+        if written is not None:
+            model, method = written.model, written.method
         checkpoint = Path(model.removeprefix(CHECKPOINT_PREFIX).split(":", 1)[1]) if model.startswith(CHECKPOINT_PREFIX) else None
         return provenance_of(method, model, trained_models(self.trainedModelsFile), checkpoint)
 
@@ -462,7 +470,7 @@ class ProstateWorkflow:
         from (``instanceFile``: SOP Instance UID -> file, i.e. ``slicer.dicomDatabase.fileForInstance``)."""
         from SAMProstateSDGLib.slicerapp.clinical_export import export_dicom_seg
 
-        export_dicom_seg(volumeNode, segmentationNode, Path(path), instanceFile, self.provenance(model, method))
+        export_dicom_seg(volumeNode, segmentationNode, Path(path), instanceFile, self.provenance(model, method, segmentationNode))
 
     def writeReport(
         self, volumeNode, segmentationNode, page=None, reportJson=None, psa: float | None = None, instanceFile=None,
@@ -473,14 +481,17 @@ class ProstateWorkflow:
 
         return write_report_files(
             volumeNode, segmentationNode, Path(page) if page else None, Path(reportJson) if reportJson else None,
-            self.provenance(model, method), psa, instanceFile,
+            self.provenance(model, method, segmentationNode), psa, instanceFile,
         )
 
-    def _write(self, session, volumeNode, segmentationNode, segments: tuple = PROSTATE_SEGMENTS):
+    def _write(self, session, volumeNode, segmentationNode, model: str, method: str):
         """Show the session's labels: update the segments this workflow wrote before, unless the user has
-        edited them since (Segment Editor); then, and the first time, add new segments ("prostate (2)")."""
+        edited them since (Segment Editor); then, and the first time, add new segments ("prostate (2)"). The node
+        records which segments hold the result and what made them (``mrml.WrittenResult``)."""
+        from SAMProstateSDGLib.methods.registry import method as registered
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
+        segments = registered(method).segments
         key = (volumeNode.GetID(), segmentationNode.GetID() if segmentationNode else None)
         written = self._written.get(key)
         if written and self._unedited(written, volumeNode, segmentationNode, segments):
@@ -493,6 +504,7 @@ class ProstateWorkflow:
             key = (volumeNode.GetID(), segmentationNode.GetID())
             written = (segmentIds, None)
         self._written[key] = (written[0], session.labels.copy())
+        bridge.record_written_result(segmentationNode, bridge.WrittenResult(written[0], method, model))
         return segmentationNode
 
     @staticmethod
