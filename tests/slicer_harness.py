@@ -574,7 +574,6 @@ def read_volume_node(path: str, name: str):
 
 def widget_on_volume(path: str):
     """The module loaded, its panel built, and a volume read by Slicer's reader as its input (CPU, torch encoder)."""
-    import slicer
 
     load_module_folder()
     module = sys.modules["SAMProstateSDG"]

@@ -455,9 +455,8 @@ class ProstateWorkflow:
     def provenance(self, model: str = SAM_MODELS[0], method: str = DEFAULT_METHOD, segmentationNode=None):
         """The software, method and model files (with SHA-256) behind a segmentation: those that made what the module last
         wrote into ``segmentationNode``, else these choices."""
-        from SAMProstateSDGLib.slicerapp.clinical_export import provenance_of
-
         from SAMProstateSDGLib.slicerapp import mrml as bridge
+        from SAMProstateSDGLib.slicerapp.clinical_export import provenance_of
 
         written = bridge.written_result(segmentationNode) if segmentationNode is not None else None
         if written is not None:
