@@ -47,9 +47,10 @@ def test_embed_encodes_every_slice_of_the_site_on_both_grids(embedded):
     assert [line.split(" in ")[0] for line in lines] == ["1 cases encoded on the native grid", "1 cases encoded on the canvas grid"]
     folders = [Path(line.split(" in ")[1]) for line in lines]
     assert len(set(folders)) == 2 and all(folder.parent == cache for folder in folders)
-    for folder in folders:
-        assert [path.name for path in folder.iterdir()] == ["Case00.pt"]
-    native, canvas = (load_cached_case(folder / "Case00.pt") for folder in folders)
+    files = [list(folder.iterdir()) for folder in folders]
+    assert all(len(found) == 1 and found[0].name.startswith("Case00@") for found in files)  # named by the case and its files' contents
+    native, canvas = (load_cached_case(found[0]) for found in files)
+    assert native.name == canvas.name == "Case00"
     assert tuple(native.embeddings.shape) == tuple(canvas.embeddings.shape) == (2, 256, 64, 64)  # two slices, LiteMedSAM's embedding
     assert not torch.equal(native.embeddings, canvas.embeddings)  # two ways to fit a slice in the encoder's input
     reference = sitk.GetArrayFromImage(sitk.ReadImage(str(FIXTURES / "Case00_seg.nii.gz")))[1:3] > 0
@@ -67,7 +68,7 @@ def test_train_fine_tunes_the_decoder_from_the_cache_for_one_epoch(embedded, tin
                          "--epochs", "1", "--output", tmp_path / "run")
     after = {path: path.stat().st_mtime_ns for path in cache.rglob("*.pt")}
     assert {path: after[path] for path in before} == before
-    assert sorted(path.name for path in after.keys() - before.keys()) == ["Case29.pt", "P158-020.pt"]
+    assert sorted(path.name.split("@")[0] for path in after.keys() - before.keys()) == ["Case29", "P158-020"]
     manifest = json.loads((tmp_path / "run" / "sammed.json").read_text())
     assert sorted(manifest["training_cases"] + manifest["validation_cases"]) == sorted(CASES) and len(manifest["validation_cases"]) == 1
     assert [entry["epoch"] for entry in manifest["history"]] == [0, 1] and manifest["epochs"] == 1

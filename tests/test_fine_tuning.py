@@ -1,5 +1,6 @@
 """Embedding cache and the fine-tuning methods (SAMMed, DeSAM, SAMed) on real fixture slices."""
 
+import dataclasses
 import random
 import shutil
 from pathlib import Path
@@ -112,12 +113,26 @@ def test_cache_holds_fp16_embeddings_and_skips_and_is_not_rebuilt(cached, segmen
     assert build_cache(segmenter, cases, folder) == paths
 
 
+def test_a_case_of_the_same_name_from_another_site_is_encoded_anew(cached, segmenter):
+    """A cache file is named by the case and its files' contents: another data folder's Case00 (here Case29's image and
+    mask under that name), or a corrected mask, is encoded on its own, never read from the cached Case00 file."""
+    cases, folder, paths = cached
+    namesake = dataclasses.replace(cases[1], name=cases[0].name, site="another site")
+    (path,) = build_cache(segmenter, [namesake], folder)
+    assert path != paths[0] and path.name.startswith(f"{cases[0].name}@") and paths[0].is_file()
+    cached_namesake = load_cached_case(path)
+    assert cached_namesake.name == cases[0].name
+    assert np.array_equal(cached_namesake.labels, load_cached_case(paths[1]).labels)  # Case29's labels, not Case00's
+
+
 def test_augmented_copies_encode_the_same_case_looking_like_another_scanner(cached, segmenter, tmp_path):
     """A copy keeps the case's grid and labels; its voxels, coarse probabilities and embeddings change; the draw is seeded by case and copy."""
     cases, _, originals = cached
     case = cases[0]
     paths = build_cache(segmenter, [case], tmp_path, augmented_copies=2)
-    assert [path.name for path in paths] == [f"{case.name}.pt", f"{case.name}~dg1.pt", f"{case.name}~dg2.pt"]
+    digest = paths[0].stem.split("@")[1]
+    assert [path.name for path in paths] == [f"{case.name}@{digest}.pt", f"{case.name}~dg1@{digest}.pt", f"{case.name}~dg2@{digest}.pt"]
+    assert paths[0].name == originals[0].name
     original, first, second = (load_cached_case(path) for path in paths)
     assert torch.equal(original.embeddings, load_cached_case(originals[0]).embeddings)  # the original is encoded as without copies
     for copy in (first, second):

@@ -495,7 +495,7 @@ def run_train(arguments) -> None:
     from ..core.catalog import default_entry
     from ..core.checksums import require_resume_state
     from ..training.coarse import require_validation, split_cases
-    from ..training.embedding_cache import augmented_name, load_cached_case, preprocessing
+    from ..training.embedding_cache import cache_files, load_cached_case, preprocessing
     from ..training.loop import TrainingOptions, train
 
     _positive(epochs=arguments.epochs, learning_rate=arguments.learning_rate, batch_size=arguments.batch_size)
@@ -532,12 +532,12 @@ def run_train(arguments) -> None:
         + (f" --augmented-copies {arguments.augmented_copies}" if arguments.augmented_copies else ""),
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
-    training_names = [name for case in training for name in [case.name, *(augmented_name(case.name, copy) for copy in range(1, arguments.augmented_copies + 1))]]
+    training_files = [path for case in training for path in cache_files(folder, case, arguments.augmented_copies)]
     manifest = train(
         arguments.method,
         trainer,
-        [load_cached_case(folder / f"{name}.pt", trainer.cached_features) for name in training_names],
-        [load_cached_case(folder / f"{case.name}.pt", trainer.cached_features) for case in validation],
+        [load_cached_case(path, trainer.cached_features) for path in training_files],
+        [load_cached_case(cache_files(folder, case)[0], trainer.cached_features) for case in validation],
         options,
         manifest,
     )

@@ -43,6 +43,7 @@ PREPROCESSING = {
     "stored": "embedding and encoder_stages skips, fp16",
 }
 ENCODER_GRIDS = ("native", "canvas")
+SOURCE_SEPARATOR = "@"  # a cache file is NAME@DIGEST.pt (``cache_files``)
 
 
 def preprocessing(grid: str) -> dict[str, str]:
@@ -71,6 +72,24 @@ def cache_key(sam_checkpoint: Path, coarse_checkpoint: Path, grid: str = "native
     return hashlib.sha256(signature.encode()).hexdigest()[:16]
 
 
+def source_digest(case: Case) -> str:
+    """A short hash of the contents of the case's image and mask files (of every file, for a folder)."""
+    digest = hashlib.sha256()
+    for path in (case.image, case.mask):
+        for file in sorted(item for item in path.rglob("*") if item.is_file()) if path.is_dir() else [path]:
+            digest.update(sha256_of(file).encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_files(folder: Path, case: Case, augmented_copies: int = 0) -> list[Path]:
+    """The cache files of ``case`` and of its ``augmented_copies``, named by the case and its files' contents
+    (``source_digest``), so that another site's case of the same name, or a corrected mask, is encoded anew rather
+    than read from a file of the same name."""
+    digest = source_digest(case)
+    names = [case.name] + [augmented_name(case.name, copy) for copy in range(1, augmented_copies + 1)]
+    return [folder / f"{name}{SOURCE_SEPARATOR}{digest}.pt" for name in names]
+
+
 def augmented_name(case_name: str, copy: int) -> str:
     """The cache file stem of a case's ``copy``-th augmented copy (1, 2, ...)."""
     return f"{case_name}~dg{copy}"
@@ -93,12 +112,12 @@ def build_cache(segmenter: ProstateSegmenter, cases: list[Case], folder: Path, g
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for case in tqdm(cases, desc=f"encoding cases ({grid} grid)"):
-        names = [case.name] + [augmented_name(case.name, copy) for copy in range(1, augmented_copies + 1)]
-        paths += [folder / f"{name}.pt" for name in names]
-        for copy, name in enumerate(names):
-            if not (folder / f"{name}.pt").is_file():
+        files = cache_files(folder, case, augmented_copies)
+        paths += files
+        for copy, path in enumerate(files):
+            if not path.is_file():
                 image, labels = case.read()
-                _encode(segmenter, image if copy == 0 else augmented_image(image, case.name, copy), labels, folder / f"{name}.pt", grid)
+                _encode(segmenter, image if copy == 0 else augmented_image(image, case.name, copy), labels, path, grid)
     return paths
 
 
@@ -131,7 +150,7 @@ def load_cached_case(path: Path, features: tuple[str, ...] = CACHED_FEATURES) ->
     """
     data = load_weights(path, "embedding cache file")
     return CachedCase(
-        path.stem,
+        path.stem.split(SOURCE_SEPARATOR)[0],
         data["embeddings"] if "embeddings" in features else torch.empty(0),
         data["skips"] if "skips" in features else data["skips"][:1] if "stem" in features else [],
         canonical_zones(data["labels"].numpy()),  # also for caches written before zones were made canonical
