@@ -20,7 +20,7 @@ from SAMProstateSDGLib.io.dicom_seg import write_dicom_seg
 from SAMProstateSDGLib.io.dicom_series import choose_series, find_series, read_dicom_volume
 from SAMProstateSDGLib.io.measurements import measure_image
 from SAMProstateSDGLib.io.report import PAGE_SIZE, ReportSubject, write_report
-from SAMProstateSDGLib.io.volume_io import normalised_array
+from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.methods.registry import method
 from test_cli import samprostate
 
@@ -65,6 +65,49 @@ def test_picks_the_axial_t2_series_by_its_attributes(study):
     assert choose_series(series, uids["adc"]).uid == uids["adc"]
     with pytest.raises(InputError, match="no series with UID 1.2.3"):
         choose_series(series, "1.2.3")
+
+
+def test_among_series_none_named_t2_none_is_guessed(tmp_path):
+    """A T2 series named without "T2" beside a DWI series: the DWI (more slices) is not taken for the T2."""
+    unnamed = write_series(_dummy((1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "4", "AX FSE PROSTATE HR", 4)
+    write_series(_dummy((1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "5", "ep2d_diff_b50_800_tra", 5)
+    series = find_series(tmp_path)
+    with pytest.raises(InputError, match=r'none of the 2 series is named T2 .*choose one with --series-uid: .*"AX FSE PROSTATE HR"'):
+        choose_series(series)
+    assert choose_series(series, unnamed).uid == unnamed
+    assert choose_series([item for item in series if item.uid == unnamed]).uid == unnamed  # the only series is used
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("missing slice", r"its slices are not evenly spaced \(3.00 to 6.00 mm apart: a slice missing\?\)"),
+    ("two echoes", r"8 of its images lie at the position of another \(several echoes, b-values or repeats in one series\)"),
+    ("sheared", r"its slices are shifted sideways from one to the next"),
+])
+def test_a_series_that_is_not_an_evenly_spaced_stack_is_refused(tmp_path, capsys, defect, message):
+    """Stacked anyway (ITK only warns), such a series has the wrong slice spacing or shape, and a segmentation of it the
+    wrong volume; the reader of a batch's DICOM folders refuses it too."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "t2"
+    write_series(_dummy((1, 0, 0, 0, 1, 0, 0, 0, 1)), folder, "t2_tse_tra", 3)
+    files = sorted(folder.glob("*.dcm"))
+    if defect == "missing slice":
+        files.pop(3).unlink()
+    for index, path in enumerate(files):
+        header = pydicom.dcmread(path)
+        if defect == "two echoes":
+            header.SOPInstanceUID = header.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            header.EchoNumbers = 2
+            header.save_as(path.with_name(f"echo2_{path.name}"))
+        elif defect == "sheared":
+            header.ImagePositionPatient = [float(header.ImagePositionPatient[0]) + 2.0 * index, *header.ImagePositionPatient[1:]]
+            header.save_as(path)
+    for read in (read_dicom_volume, read_volume):
+        with pytest.raises(InputError, match=message):
+            read(folder)
+    assert main(["segment", str(folder), "-o", str(tmp_path / "labels.nii.gz")]) == 2
+    assert message.split(" ")[0] in capsys.readouterr().err and not (tmp_path / "labels.nii.gz").exists()
 
 
 def test_reads_the_chosen_series_with_the_geometry_of_the_source_volume(study):

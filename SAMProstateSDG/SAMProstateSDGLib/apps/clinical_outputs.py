@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.files import write_json
-from ..io.dicom_series import DicomVolume, read_dicom_volume
+from ..io.dicom_series import AXIAL_COSINE, DicomVolume, read_dicom_volume
 from ..io.measurements import GlandMeasurements, measure_image
 from ..io.provenance import Provenance
 from ..methods.registry import method
@@ -42,7 +42,8 @@ def check_clinical_options(arguments) -> None:
 def read_dicom_input(folder: Path, series_uid: str | None) -> DicomVolume:
     """The chosen series, saying which one it is when the folder holds several."""
     dicom = read_dicom_volume(folder, series_uid)
-    how = "as asked (--series-uid)" if series_uid else "as the axial T2 series" if dicom.alternatives else "the only series"
+    axial = dicom.series.axial_cosine >= AXIAL_COSINE
+    how = "as asked (--series-uid)" if series_uid else "the only series" if not dicom.alternatives else f"as the {'axial ' if axial else ''}T2 series"
     others = f"; {dicom.alternatives} other series in the folder (--series-uid chooses)" if dicom.alternatives else ""
     print(f"{folder}: using {dicom.series.summary()}, {how}{others}")
     return dicom

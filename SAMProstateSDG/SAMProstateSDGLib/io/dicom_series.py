@@ -3,7 +3,7 @@
 A study exported from PACS holds several series (localiser, T2 in three planes, DWI, ADC, …).
 The axial T2 series is chosen by its DICOM attributes, in this order: MR modality; "T2" in the
 series description or protocol name (not T2*, T2 map); slices closest to axial; most slices.
-``--series-uid`` overrides the choice.
+Among several series none of which is named T2, none is chosen. ``--series-uid`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from .volume_io import validate_volume
 
 T2_PATTERN = re.compile(r"t2(?![\s_-]*(\*|star|map))", re.IGNORECASE)
 AXIAL_COSINE = np.cos(np.radians(30))  # slices tilted less than 30° from axial count as axial
+POSITION_TOLERANCE_MM = 0.01  # image positions closer than this are the same position
+SPACING_TOLERANCE = 0.01  # slice steps may differ from their median by 1 % (rounded positions)
 
 
 @dataclass(frozen=True)
@@ -109,15 +111,20 @@ def series_from_files(files: list[Path]) -> DicomSeries:
 
 
 def choose_series(series: list[DicomSeries], uid: str | None = None) -> DicomSeries:
-    """The series with this UID, or else the most axial-T2-like one (``DicomSeries.preference``)."""
+    """The series with this UID, the only one, or else the most axial-T2-like one (``DicomSeries.preference``); among
+    several series none of which is named T2, none is guessed (an ADC or DWI series would be segmented as a T2)."""
     if not series:
         raise InputError("no DICOM image series (with position and orientation) in the folder")
+    listing = "; ".join(item.summary() for item in series)
     if uid is not None:
         for candidate in series:
             if candidate.uid == uid:
                 return candidate
-        raise InputError(f"no series with UID {uid}; the folder holds: " + "; ".join(item.summary() for item in series))
-    return max(series, key=DicomSeries.preference)
+        raise InputError(f"no series with UID {uid}; the folder holds: {listing}")
+    chosen = max(series, key=DicomSeries.preference)
+    if len(series) > 1 and not chosen.is_t2:
+        raise InputError(f"none of the {len(series)} series is named T2 (description or protocol); choose one with --series-uid: {listing}")
+    return chosen
 
 
 def read_dicom_volume(folder: Path, uid: str | None = None) -> DicomVolume:
@@ -126,15 +133,47 @@ def read_dicom_volume(folder: Path, uid: str | None = None) -> DicomVolume:
     if not series:
         raise InputError(f"no DICOM image series (with position and orientation) in {folder}")
     chosen = choose_series(series, uid)
+    image = read_series(chosen)
+    validate_volume(image, chosen.summary())
+    return DicomVolume(chosen, image, len(series) - 1)
+
+
+def read_series(series: DicomSeries) -> sitk.Image:
+    """The series as a volume, once its images are known to make one evenly spaced stack (``stack_problem``)."""
+    problem = stack_problem(series)
+    if problem:
+        raise InputError(f"cannot use {series.summary()}: {problem}; export the series again complete, or choose another series")
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(path) for path in chosen.files])
+    reader.SetFileNames([str(path) for path in series.files])
     try:
         image = reader.Execute()
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
-        raise InputError(f"cannot read {chosen.summary()}: {reason}") from None
-    validate_volume(image, chosen.summary())
-    return DicomVolume(chosen, image, len(series) - 1)
+        raise InputError(f"cannot read {series.summary()}: {reason}") from None
+    return image
+
+
+def stack_problem(series: DicomSeries) -> str | None:
+    """Why the series' images do not make one volume (None when they do): images in several orientations or at one
+    position (echoes, b-values or repeats kept in one series), or slices unevenly spaced (a missing slice) or shifted
+    sideways from one to the next. A volume stacked from them anyway would have the wrong geometry."""
+    orientations = {tuple(np.round(np.array(header.ImageOrientationPatient, dtype=float), 4)) for header in series.headers}
+    normal = _slice_normal(series.first)
+    if len(orientations) > 1 or normal is None:
+        return f"its images lie in {len(orientations)} orientations" if len(orientations) > 1 else None
+    steps = np.diff(np.array([header.ImagePositionPatient for header in series.headers], dtype=float), axis=0)
+    along = steps @ normal
+    if not len(steps):
+        return None
+    if (along < POSITION_TOLERANCE_MM).any():
+        return f"{int((along < POSITION_TOLERANCE_MM).sum())} of its images lie at the position of another (several echoes, b-values or repeats in one series)"
+    spacing = float(np.median(along))
+    tolerance = SPACING_TOLERANCE * spacing + POSITION_TOLERANCE_MM
+    if np.abs(along - spacing).max() > tolerance:
+        return f"its slices are not evenly spaced ({along.min():.2f} to {along.max():.2f} mm apart: a slice missing?)"
+    if np.linalg.norm(steps - np.outer(along, normal), axis=1).max() > tolerance:
+        return "its slices are shifted sideways from one to the next (a sheared stack)"
+    return None
 
 
 def _slice_normal(header: pydicom.Dataset) -> np.ndarray | None:

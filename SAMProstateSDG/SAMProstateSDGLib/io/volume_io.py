@@ -131,14 +131,14 @@ def _nifti_data_end(header: bytes) -> int | None:
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    from .dicom_series import find_series, read_series  # which imports this module
+
+    series = find_series(folder)
     if not series:
         raise InputError(f"no DICOM series in folder {folder}")
     if len(series) > 1:
         raise InputError(f"{len(series)} DICOM series in {folder}; point to a folder with one series")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return reader.Execute()
+    return read_series(series[0])
 
 
 def validate_volume(image: sitk.Image, name: str) -> None:
