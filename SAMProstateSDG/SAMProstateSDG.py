@@ -487,10 +487,16 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Training could not start.")):
             if ensureRequirements():
                 parameters = self._parameterNode
-                self.logic.workflow.startTraining(
-                    parameters.trainingData, parameters.trainingSite, parameters.trainingMethod.value,
-                    parameters.trainingEpochs, parameters.device, parameters.resumeTraining,
-                )
+                run = (parameters.trainingData, parameters.trainingSite, parameters.trainingMethod.value, parameters.trainingEpochs,
+                       parameters.device, parameters.resumeTraining)
+                request = self.logic.workflow.trainingRequest(*run)
+                previous = request.previous_run()
+                if previous and not parameters.resumeTraining and not slicer.util.confirmOkCancelDisplay(
+                    _("{folder} holds a model trained before ({files}). Replace it? (Resume continues it instead.)").format(
+                        folder=request.output, files=", ".join(previous))
+                ):
+                    return
+                self.logic.workflow.startTraining(*run, overwrite=bool(previous) and not parameters.resumeTraining)
                 self.ui.trainingLog.clear()
                 self.ui.trainingProgressBar.value = 0
                 self.trainingTimer.start()

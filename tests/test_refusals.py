@@ -288,6 +288,22 @@ def test_refused_training_creates_no_folder(capsys, tmp_path, no_model_loads, ar
     assert not runs.exists()
 
 
+@pytest.mark.parametrize("command, stem", [("train-coarse", "coarse"), ("train", "sammed")])
+def test_a_run_trained_before_is_replaced_only_when_asked(capsys, tmp_path, no_model_loads, command, stem):
+    """A fresh run into a folder holding an earlier run (a forgotten --resume) would replace its model at once and its
+    resume state after one epoch; a coarse network's own output as --initial-weights would be replaced while read."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in (f"{stem}.pt", f"{stem}.json", "last_state.pt"):
+        (runs / name).write_bytes(b"an earlier run")
+    base = [command, "--data", FIXTURES, "--site", "fixture", "--output", runs, "--device", "cpu"]
+    assert_refused(capsys, tmp_path, base, f"{runs} holds a run trained before ({stem}.pt, {stem}.json, last_state.pt): "
+                                           "continue it with --resume, or replace it with --overwrite")
+    assert_refused(capsys, tmp_path, [*base, "--resume", "--overwrite"], "--resume continues the run in the output folder and --overwrite replaces it")
+    if command == "train-coarse":
+        assert_refused(capsys, tmp_path, [*base, "--overwrite", "--initial-weights", runs / "coarse.pt"], "would be replaced by this run's output")
+
+
 # 9-11, 16. Output paths and usage, as one line
 
 

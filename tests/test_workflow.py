@@ -285,6 +285,10 @@ def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, dat
     lines += workflow.pollTraining().lines
     assert workflow.trainingError is None, lines
     assert any(line.startswith("Registered the trained model") for line in lines)
+    # starting again replaces that run only when asked (the module asks the user first), or continues it
+    again = workflow.trainingRequest(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
+    assert again.previous_run() == ["coarse.pt", "coarse.json", "last_state.pt"] and "--overwrite" not in again.command_line()
+    assert "--overwrite" in workflow.trainingRequest(data, "RUNMC", "coarse", 1, device="cpu", overwrite=True).command_line()
     (model_id, title), = workflow.trainedModelTitles().items()
     assert "coarse trained on RUNMC" in title
     assert workflow.baseSegmenter(model_id, "cpu").coarse is not workflow.baseSegmenter(SAM_MODELS[0], "cpu").coarse

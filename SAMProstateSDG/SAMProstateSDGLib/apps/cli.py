@@ -14,8 +14,8 @@ from ..core.devices import BACKEND_CHOICES, DEVICE_CHOICES, PRECISION_CHOICES
 from ..core.errors import INTERRUPTED, InputError
 from ..masks.boxes import DEFAULT_COARSE_OPTIONS, CoarseOptions, ComponentFilter, ProposalOptions
 from ..methods.registry import DEFAULT_METHOD, MethodOptions, box_method_ids, method, runnable_methods, trainable_methods, training_defaults
-from ..training.defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, VALIDATION_FRACTION
-from .training_process import manifest_beside, trained_model_file
+from ..training.defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, RESUME_STATE, VALIDATION_FRACTION
+from .training_process import TRAINING_METHODS, manifest_beside, trained_model_file
 
 
 def _add_model_options(parser: argparse.ArgumentParser, default_method: str | None = DEFAULT_METHOD) -> None:
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
     train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
+    train.add_argument("--overwrite", action="store_true", help="replace a run trained before in the output folder (refused otherwise)")
     train.add_argument("--augmentation", choices=("standard", "dg"), default="standard",
                        help="standard: the milder set (default); dg: domain-generalisation augmentations (GIN, strong bias fields, curves, resolution, flips)")
     train.add_argument("--initial-weights", type=Path, help="start from this coarse checkpoint's weights (same architecture)")
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.batch_size}" for m, d in defaults.items()))
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
+    tune.add_argument("--overwrite", action="store_true", help="replace a run trained before in the output folder (refused otherwise)")
     return parser
 
 
@@ -397,13 +399,20 @@ def run_evaluate(arguments) -> None:
         write_text_atomically(arguments.output, table + "\n")
 
 
-def _check_training_output(folder: Path) -> None:
-    """A training output folder: a folder (or not yet there) that can be written in; it is created only once training starts."""
+def _check_training_output(folder: Path, stem: str, arguments) -> None:
+    """A training output folder: a folder (or not yet there) that can be written in; it is created only once training
+    starts. A run trained there before (its STEM.pt, STEM.json or resume state) is continued with ``--resume`` or
+    replaced with ``--overwrite``, never replaced unasked."""
     from ..core.files import check_output_folder
 
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output {folder} is a file; training writes into a folder")
     check_output_folder(folder if folder.exists() else next(parent for parent in folder.absolute().parents if parent.exists()))
+    if arguments.resume and arguments.overwrite:
+        raise InputError("--resume continues the run in the output folder and --overwrite replaces it: choose one")
+    previous = [name for name in (f"{stem}.pt", f"{stem}.json", RESUME_STATE) if (folder / name).exists()]
+    if previous and not (arguments.resume or arguments.overwrite):
+        raise InputError(f"{folder} holds a run trained before ({', '.join(previous)}): continue it with --resume, or replace it with --overwrite")
 
 
 def _run_robustness_suite(arguments) -> None:
@@ -431,7 +440,11 @@ def run_train_coarse(arguments) -> None:
 
     _positive(epochs=arguments.epochs, batch_size=arguments.batch_size, learning_rate=arguments.learning_rate, max_cases=arguments.max_cases)
     _millimetres(context_mm=arguments.context_mm)
-    _check_training_output(arguments.output)
+    _check_training_output(arguments.output, "coarse", arguments)
+    replaced = {(arguments.output / name).resolve() for name in ("coarse.pt", RESUME_STATE)}
+    if arguments.initial_weights is not None and arguments.initial_weights.resolve() in replaced:
+        raise InputError(f"--initial-weights {arguments.initial_weights} would be replaced by this run's output: copy it out of "
+                         f"{arguments.output} first, or choose another --output")
     options = CoarseTrainingOptions(
         data=arguments.data,
         site=arguments.site,
@@ -506,9 +519,9 @@ def run_train(arguments) -> None:
     learning_rate = defaults.learning_rate if arguments.learning_rate is None else arguments.learning_rate
     batch_size = defaults.batch_size if arguments.batch_size is None else arguments.batch_size
     output = arguments.output or Path("runs") / arguments.method
-    _check_training_output(output)
+    _check_training_output(output, TRAINING_METHODS[arguments.method].output_stem, arguments)
     if arguments.resume:
-        require_resume_state(output / "last_state.pt")
+        require_resume_state(output / RESUME_STATE)
     cases = _source_cases(arguments)
     training, validation = split_cases(cases, VALIDATION_FRACTION, arguments.seed)
     require_validation(training, validation, arguments.site)

@@ -33,7 +33,7 @@ from ..core.catalog import CatalogEntry, default_entry, entry_from_json, entry_t
 from ..core.errors import INTERRUPTED, InputError
 from ..core.files import write_json
 from ..methods.registry import Method, trainable_methods
-from ..training.defaults import COARSE_TRAINING
+from ..training.defaults import COARSE_TRAINING, RESUME_STATE
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 
@@ -99,6 +99,7 @@ class TrainingRequest:
     max_cases: int | None = None
     batch_size: int | None = None
     cache: Path | None = None
+    overwrite: bool = False  # replace a run trained before in ``output`` (the child refuses otherwise)
 
     def __post_init__(self) -> None:
         if self.method not in TRAINING_METHODS:
@@ -110,6 +111,8 @@ class TrainingRequest:
                      "--epochs", self.epochs, "--device", self.device]
         if self.resume:
             arguments.append("--resume")
+        if self.overwrite:
+            arguments.append("--overwrite")
         if self.max_cases is not None:
             arguments += ["--max-cases", self.max_cases]
         if self.batch_size is not None:
@@ -118,13 +121,18 @@ class TrainingRequest:
             arguments += ["--cache", self.cache or Path(self.output).parent / "embeddings"]
         return [python, "-m", "SAMProstateSDGLib.apps.cli", *map(str, arguments)]
 
+    def previous_run(self) -> list[str]:
+        """The files of a run trained before in ``output`` (its model, manifest, resume state)."""
+        stem = TRAINING_METHODS[self.method].output_stem
+        return [name for name in (f"{stem}.pt", f"{stem}.json", RESUME_STATE) if (Path(self.output) / name).exists()]
+
     @property
     def manifest_path(self) -> Path:
         return Path(self.output) / f"{TRAINING_METHODS[self.method].output_stem}.json"
 
     @property
     def resume_state_path(self) -> Path:
-        return Path(self.output) / "last_state.pt"
+        return Path(self.output) / RESUME_STATE
 
 
 @dataclass

@@ -65,21 +65,30 @@ class ProstateWorkflow:
         """Registered trained models: id -> title."""
         return {modelId: entry.title for modelId, entry in trained_models(self.trainedModelsFile).items()}
 
-    def startTraining(
-        self, data: Path, site: str, method: str, epochs: int, device: str = "auto", resume: bool = False, maxCases: int | None = None
-    ) -> TrainingProcess:
-        """Start ``samprostate`` training in a child process, writing to runs/METHOD-SITE in the user folder.
-
-        ``maxCases`` trains on the site's first cases only (a quick trial).
-        """
-        if self.isTraining():
-            raise RuntimeError("A training run is already in progress.")
+    def trainingRequest(
+        self, data: Path, site: str, method: str, epochs: int, device: str = "auto", resume: bool = False, maxCases: int | None = None,
+        overwrite: bool = False,
+    ) -> TrainingRequest:
+        """What ``startTraining`` runs: ``samprostate`` writing to runs/METHOD-SITE in the user folder (its ``previous_run``:
+        a run trained there before, which only ``resume`` continues or ``overwrite`` replaces)."""
         if data is None or str(data) in ("", ".") or not Path(data).is_dir():
             raise InputError("choose the folder of training data (with its cases.csv) in the Training tab")
         if not (Path(data) / "cases.csv").is_file():
             raise InputError(f"{data} has no cases.csv; choose the folder of training data")
         output = self.userFolder / "runs" / f"{method}-{site}"
-        request = TrainingRequest(method, Path(data), site, output, epochs, device, resume, maxCases, cache=self.userFolder / "embeddings")
+        return TrainingRequest(method, Path(data), site, output, epochs, device, resume, maxCases, cache=self.userFolder / "embeddings", overwrite=overwrite)
+
+    def startTraining(
+        self, data: Path, site: str, method: str, epochs: int, device: str = "auto", resume: bool = False, maxCases: int | None = None,
+        overwrite: bool = False,
+    ) -> TrainingProcess:
+        """Start ``samprostate`` training in a child process (``trainingRequest``).
+
+        ``maxCases`` trains on the site's first cases only (a quick trial).
+        """
+        if self.isTraining():
+            raise RuntimeError("A training run is already in progress.")
+        request = self.trainingRequest(data, site, method, epochs, device, resume, maxCases, overwrite)
         self._training, self._trainingStopped, self.trainingError = TrainingProcess(request, self.python), False, None
         self._training.start()
         return self._training

@@ -46,7 +46,7 @@ from ..modeling.coarse_net import (
     save_coarse_checkpoint,
     with_context,
 )
-from .defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, VALIDATION_FRACTION
+from .defaults import COARSE_CONTEXT_MM, COARSE_INPUT_REPRESENTATION, COARSE_TRAINING, RESUME_STATE, VALIDATION_FRACTION
 from .dg_augmentation import dg_appearance
 
 
@@ -201,7 +201,7 @@ def train_coarse_net(
 ) -> dict:
     """Train, keep the best checkpoint by validation Dice, and write its manifest; returns the manifest."""
     config = config or CoarseNetConfig(input_representation=options.input_representation, context_mm=options.context_mm)
-    state_path, best_path = options.output / "last_state.pt", options.output / "coarse.pt"
+    state_path, best_path = options.output / RESUME_STATE, options.output / "coarse.pt"
     state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     set_determinism(seed=options.seed)
     cases = find_cases(options.data, site=options.site)[: options.max_cases]
@@ -225,7 +225,7 @@ def train_coarse_net(
     )
 
     network = build_coarse_net(config).to(device)
-    if options.initial_weights is not None and not (options.resume and (options.output / "last_state.pt").is_file()):
+    if options.initial_weights is not None and not (options.resume and (options.output / RESUME_STATE).is_file()):
         initial, initial_config = load_coarse_checkpoint(options.initial_weights)
         if initial_config != config:
             raise InputError(f"{options.initial_weights} has another architecture than the one being trained")

@@ -24,6 +24,7 @@ from ..core.checksums import half_precision, load_resume_state, sha256_of
 from ..core.files import write_atomically, write_json
 from ..masks.metrics import dice_score
 from .coarse import epoch_summary, require_finite_loss, require_validation
+from .defaults import RESUME_STATE
 from .embedding_cache import CachedCase
 
 RESUME_KEYS = ("trained", "optimiser", "scheduler", "epoch", "best_dice", "history", "generator")
@@ -95,7 +96,7 @@ def train(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train; keep the best by validation Dice as OUTPUT/NAME.pt (``name``: the method's registry id); describe it in OUTPUT/NAME.json."""
-    state_path, best_path = options.output / "last_state.pt", options.output / f"{name}.pt"
+    state_path, best_path = options.output / RESUME_STATE, options.output / f"{name}.pt"
     state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     require_validation(training, validation, manifest.get("site", "?"))
     options.output.mkdir(parents=True, exist_ok=True)
