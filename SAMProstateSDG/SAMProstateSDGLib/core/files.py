@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 from .errors import InputError
 
 PARTIAL, PREVIOUS = "partial", "previous"
+WINDOWS_ACCESS_DENIED = 5  # ERROR_ACCESS_DENIED
 
 
 def _stem_and_suffix(path: Path) -> tuple[str, str]:
@@ -33,6 +35,19 @@ def side_path(path: Path, kind: str = PARTIAL, pid: int | None = None) -> Path:
 
 
 def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs, asked without signalling it: on Windows ``os.kill(pid, 0)`` is no existence check
+    (0 is CTRL_C_EVENT; CPython sends that to the process's console group, else terminates the process)."""
+    if sys.platform == "win32":
+        import _winapi
+
+        try:
+            handle = _winapi.OpenProcess(_winapi.SYNCHRONIZE, False, pid)
+        except OSError as error:
+            return getattr(error, "winerror", None) == WINDOWS_ACCESS_DENIED  # it runs, as another user; gone: invalid parameter
+        try:
+            return _winapi.WaitForSingleObject(handle, 0) == _winapi.WAIT_TIMEOUT
+        finally:
+            _winapi.CloseHandle(handle)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
