@@ -70,6 +70,26 @@ def test_boxes_for_another_volume_or_outside_it_are_refused(tmp_path):
         read_boxes(path, image)
 
 
+def test_a_file_made_for_another_geometry_is_read_by_its_physical_coordinates(tmp_path):
+    """The same series stored with its rows the other way (as some converters write it): same size, same anatomy, other
+    pixels. The physical corners put the boxes on the same anatomy; pixel boxes alone are refused, never used as they are."""
+    image = read_volume(FIXTURES / "Case00.nii.gz")
+    boxes = boxes_from_labels(read_mask(FIXTURES / "Case00_seg.nii.gz"))
+    path = tmp_path / "boxes.json"
+    write_boxes(path, boxes, image)
+    rows_reversed = sitk.Flip(image, [False, True, False])  # sitk.Flip keeps every voxel's physical position
+    last_row = image.GetSize()[1] - 1
+    restored = read_boxes(path, rows_reversed)
+    assert restored.keys() == boxes.keys()
+    for index, box in boxes.items():
+        assert np.allclose(restored[index].as_tuple(), (box.x0, last_row - box.y1, box.x1, last_row - box.y0), atol=1e-3)
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(dict(data, boxes=[{"slice": entry["slice"], "pixel": entry["pixel"]} for entry in data["boxes"]])))
+    assert read_boxes(path, image) == boxes
+    with pytest.raises(InputError, match=r"made for a volume with another origin, so its pixel coordinates \(\$.boxes\[0\]\) would lie elsewhere"):
+        read_boxes(path, rows_reversed)
+
+
 def _points_file(tmp_path, image, boxes, points):
     path = tmp_path / "prompts.json"
     write_boxes(path, boxes, image, points=points)

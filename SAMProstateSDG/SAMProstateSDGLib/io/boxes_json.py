@@ -28,6 +28,7 @@ FORMAT = "samprostate-boxes"
 VERSION = 2  # 2: per-slice points; version 1 files (boxes only) are still read
 LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 SCHEMA_FILE = Path(__file__).with_name("boxes.schema.json")
+GEOMETRY_TOLERANCE = 0.01  # a recorded spacing or origin within 1 % of a voxel, direction cosines within 0.01, are the input's
 
 
 def geometry(image: sitk.Image) -> dict:
@@ -129,7 +130,9 @@ def read_boxes(path: str | Path, image: sitk.Image) -> dict[int, Box]:
 
 
 def read_prompts(path: str | Path, image: sitk.Image) -> tuple[dict[int, Box], dict[int, tuple[Click, ...]]]:
-    """Boxes and clicks per slice for ``image`` from a boxes file; refuses a file made for another volume size."""
+    """Boxes and clicks per slice for ``image`` from a boxes file; refuses a file made for another volume size. A file made
+    for a volume of another spacing, origin or direction (the same series stored with its rows reversed, another
+    patient) is read by its physical coordinates; pixel ones alone are refused there."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"), parse_float=_finite, parse_constant=_no_constant)
@@ -141,12 +144,17 @@ def read_prompts(path: str | Path, image: sitk.Image) -> tuple[dict[int, Box], d
         raise InputError(f"cannot read boxes file {path}: {error}") from None
     _require_version_for_points(data, path)
     validate_boxes_json(data, path)
-    size = data.get("image", {}).get("size")
+    recorded = data.get("image", {})
+    size = recorded.get("size")
     if size is not None and list(size) != list(image.GetSize()):
         raise InputError(f"{path} was made for a volume of size {size}, the input is {list(image.GetSize())}")
+    entries = data.get("boxes", [])
+    moved = _moved_geometry(recorded, image)
+    if moved:  # pixels of the recorded volume are other places on this one: only physical coordinates carry over
+        entries = [_physical_only(entry, number, f"{path} was made for a volume with another {moved}") for number, entry in enumerate(entries)]
     boxes: dict[int, Box] = {}
     points: dict[int, tuple[Click, ...]] = {}
-    for number, entry in enumerate(data.get("boxes", [])):
+    for number, entry in enumerate(entries):
         try:
             index, box, clicks = _entry_prompts(entry, image)
         except (ValueError, OverflowError) as error:
@@ -159,6 +167,25 @@ def read_prompts(path: str | Path, image: sitk.Image) -> tuple[dict[int, Box], d
             _check_points(clicks, index, image, path)
             points[index] = points.get(index, ()) + clicks
     return boxes, points
+
+
+def _moved_geometry(recorded: dict, image: sitk.Image) -> str | None:
+    """Which of the spacing, origin and direction a file records differs from ``image``'s (beyond 1 % of a voxel)."""
+    tolerance = GEOMETRY_TOLERANCE * min(image.GetSpacing())
+    for what, value, atol in (
+        ("spacing", image.GetSpacing(), tolerance), ("origin", image.GetOrigin(), tolerance), ("direction", image.GetDirection(), GEOMETRY_TOLERANCE),
+    ):
+        if what in recorded and not np.allclose(recorded[what], value, rtol=0, atol=atol):
+            return what
+    return None
+
+
+def _physical_only(entry: dict, number: int, reason: str) -> dict:
+    """The entry without its pixel box and points; refused when it has no physical ones in their place."""
+    if "pixel" in entry and not entry.keys() & {"lps", "ras"} or "points" in entry and not entry.keys() & {"points_lps", "points_ras"}:
+        raise InputError(f"{reason}, so its pixel coordinates ($.boxes[{number}]) would lie elsewhere on the input: "
+                         "give lps or ras coordinates, or propose the boxes again")
+    return {key: value for key, value in entry.items() if key not in ("pixel", "points")}
 
 
 def _require_version_for_points(data, path: Path) -> None:
