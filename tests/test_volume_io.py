@@ -130,3 +130,31 @@ def test_a_label_map_is_refused_and_an_image_with_few_grey_levels_is_not(tmp_pat
     steps = (np.arange(4 * 32 * 32).reshape(4, 32, 32) % 17).astype(np.int16)  # 17 integer grey levels
     for array in (ramp, steps):
         assert read_volume(_write(tmp_path, np.ascontiguousarray(array))).GetSize() == (32, 32, 4)
+
+
+def test_a_folder_of_pairs_names_every_case_apart_and_has_no_splits_to_filter(tmp_path):
+    """One folder per patient (``P001/t2.nii.gz``) or per site (``A/Case00``, ``B/Case00``) holds images of one name: each
+    case keeps its own (results, caches and outputs are kept by name), and an image whose suffix is not its mask's is
+    still paired. ``--shifts`` and ``--clicks`` (splits unseen, source-extra) take every case of such a folder."""
+    import shutil
+
+    from SAMProstateSDGLib.io.dataset import find_cases, find_cases_of_splits
+
+    for folder, case in (("A", "Case00"), ("B", "Case29")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(FIXTURES / f"{case}.nii.gz", tmp_path / folder / "t2.nii.gz")
+        shutil.copy(FIXTURES / f"{case}_seg.nii.gz", tmp_path / folder / "t2_seg.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(FIXTURES / "P158-020.nii.gz")), str(tmp_path / "A" / "P158.nrrd"))
+    shutil.copy(FIXTURES / "P158-020_seg.nii.gz", tmp_path / "A" / "P158_seg.nii.gz")
+    cases = find_cases(tmp_path)
+    assert sorted((case.name, case.site, case.image.name) for case in cases) == [
+        ("A-t2", "A", "t2.nii.gz"), ("B-t2", "B", "t2.nii.gz"), ("P158", "A", "P158.nrrd"),
+    ]
+    assert find_cases_of_splits(tmp_path, None, ("unseen", "source-extra")) == cases
+    (tmp_path / "cases.csv").write_text("case,site,split,image,mask\nx,A,unseen,A/t2.nii.gz,A/t2_seg.nii.gz\nx,B,unseen,B/t2.nii.gz,B/t2_seg.nii.gz\n")
+    with pytest.raises(InputError, match="cases.csv holds two cases named x; give every case its own name"):
+        find_cases(tmp_path)
+    (tmp_path / "cases.csv").write_text("case,site,split,image,mask\nx,A,train,A/t2.nii.gz,A/t2_seg.nii.gz\ny,B,unseen,B/t2.nii.gz,B/t2_seg.nii.gz\n")
+    assert [case.name for case in find_cases_of_splits(tmp_path, None, ("unseen", "source-extra"))] == ["y"]
+    with pytest.raises(InputError, match="no cases in .* with split source-extra"):
+        find_cases_of_splits(tmp_path, None, ("source-extra",))

@@ -366,20 +366,22 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
 
 def run_evaluate(arguments) -> None:
     from ..core.files import check_outputs, write_json, write_text_atomically
-    from ..io.dataset import find_cases
+    from ..io.dataset import find_cases, find_cases_of_splits
     from .evaluation import evaluate, markdown_table, to_json
 
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
-    from .click_evaluation import check_click_options
+    from .click_evaluation import CLICK_SPLITS, check_click_options
 
     check_click_options(arguments)  # first: it says what --clicks takes instead of --method-model
     _check_model_options(arguments)
     if arguments.shifts:
         _run_robustness_suite(arguments)
         return
-    splits = [arguments.split] if arguments.split or arguments.clicks is None else ["unseen", "source-extra"]
-    cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
+    if arguments.split or arguments.clicks is None:
+        cases = find_cases(arguments.data, site=arguments.site, split=arguments.split or None)[: arguments.cases]
+    else:
+        cases = find_cases_of_splits(arguments.data, arguments.site, CLICK_SPLITS)[: arguments.cases]
     if arguments.output:
         inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
         check_outputs([arguments.output, arguments.output.with_suffix(".json")], inputs, arguments.overwrite)
@@ -417,13 +419,15 @@ def _check_training_output(folder: Path, stem: str, arguments) -> None:
 
 def _run_robustness_suite(arguments) -> None:
     from ..core.files import check_outputs, write_json, write_text_atomically
-    from ..io.dataset import find_cases
+    from ..io.dataset import find_cases, find_cases_of_splits
     from .robustness import SUITE_SPLITS, markdown_table, run_suite
 
     outputs = [arguments.output, arguments.output.with_suffix(".json")] if arguments.output else []
     check_outputs(outputs, [arguments.data / "cases.csv", *_model_files(arguments)], arguments.overwrite)
-    splits = [arguments.split] if arguments.split else SUITE_SPLITS
-    cases = [case for split in splits for case in find_cases(arguments.data, site=arguments.site, split=split)][: arguments.cases]
+    if arguments.split:
+        cases = find_cases(arguments.data, site=arguments.site, split=arguments.split)[: arguments.cases]
+    else:
+        cases = find_cases_of_splits(arguments.data, arguments.site, SUITE_SPLITS)[: arguments.cases]
     check_outputs(outputs, [path for case in cases for path in (case.image, case.mask)], overwrite=True)  # no case file is an output
     arguments.method = arguments.method or DEFAULT_METHOD
     result = run_suite(_method_segmenter(arguments), cases, arguments.seed)

@@ -88,6 +88,10 @@ def find_cases(data: str | Path, site: str | None = None, split: str | None = No
         raise InputError(f"data folder not found: {data}")
     manifest = data / "cases.csv"
     cases = _from_manifest(data, manifest) if manifest.is_file() else _from_pairs(data)
+    names = [case.name for case in cases]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:  # results, caches and outputs are kept by case name
+        raise InputError(f"{manifest if manifest.is_file() else data} holds two cases named {repeated}; give every case its own name")
     selected = [
         case
         for case in cases
@@ -118,12 +122,32 @@ def _from_manifest(data: Path, manifest: Path) -> list[Case]:
     ]
 
 
+def find_cases_of_splits(data: str | Path, site: str | None, splits: tuple[str, ...]) -> list[Case]:
+    """The cases of these splits, split by split; every case where none has a split (``NAME.nii.gz`` + ``NAME_seg``
+    pairs, or a cases.csv without a split column)."""
+    cases = find_cases(data, site=site)
+    if not any(case.split for case in cases):
+        return cases
+    chosen = [case for split in splits for case in cases if case.split.lower() == split.lower()]
+    if not chosen:
+        raise InputError(f"no cases in {data} with split {' or '.join(splits)}")
+    return chosen
+
+
 def _from_pairs(data: Path) -> list[Case]:
-    cases = []
+    """``NAME_seg.EXT`` masks beside their ``NAME.EXT`` images (any volume suffix each), named NAME, or by their folders
+    under ``data`` and NAME (``P001-t2``) where two folders hold the same NAME (one folder per patient or per site)."""
+    pairs = []
     for mask in sorted(data.rglob("*_seg.*")):
-        for suffix in VOLUME_SUFFIXES:
-            if mask.name.endswith("_seg" + suffix):
-                image = mask.with_name(mask.name[: -len("_seg" + suffix)] + suffix)
-                if image.is_file():
-                    cases.append(Case(image.name[: -len(suffix)], mask.parent.name, "", image, mask))
-    return cases
+        mask_suffix = next((suffix for suffix in VOLUME_SUFFIXES if mask.name.endswith("_seg" + suffix)), None)
+        if mask_suffix is None:
+            continue
+        stem = mask.name[: -len("_seg" + mask_suffix)]
+        image = next((mask.with_name(stem + suffix) for suffix in VOLUME_SUFFIXES if mask.with_name(stem + suffix).is_file()), None)
+        if image is not None:
+            pairs.append((stem, image, mask))
+    stems = [stem for stem, _, _ in pairs]
+    return [
+        Case(stem if stems.count(stem) == 1 else "-".join((*image.parent.relative_to(data).parts, stem)), mask.parent.name, "", image, mask)
+        for stem, image, mask in pairs
+    ]
