@@ -220,3 +220,20 @@ def test_seg_is_never_written_into_the_input_folder(study, capsys):
     folder, _ = study
     assert main(["segment", str(folder), "-o", str(folder.parent / "x.nii.gz"), "--dicom-seg", str(folder / "seg.dcm")]) == 2
     assert "inside the input folder" in capsys.readouterr().err and not (folder / "seg.dcm").exists()
+
+
+def test_a_seg_that_cannot_be_made_leaves_no_output_at_all(study, tmp_path, capsys, monkeypatch):
+    """The label volume, report JSON, page and SEG are written together: when highdicom refuses to build the SEG (here
+    made to, as it refuses headers that contradict each other), none of them is written, and the user reads one line."""
+    folder, _ = study
+
+    def refuse(**_):
+        raise ValueError("Plane positions must not contain duplicates")
+
+    monkeypatch.setattr(highdicom.seg, "Segmentation", refuse)
+    outputs = [tmp_path / name for name in ("labels.nii.gz", "seg.dcm", "report.json", "report.png")]
+    code = main(["segment", str(folder), "-o", str(outputs[0]), "--dicom-seg", str(outputs[1]), "--report", str(outputs[2]),
+                 "--report-page", str(outputs[3]), "--device", "cpu", "--backend", "torch", "--precision", "fp32"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and error.startswith("samprostate: error: cannot make a DICOM SEG of series 3") and "duplicates" in error
+    assert not any(path.exists() for path in outputs) and not list(tmp_path.glob(".*"))

@@ -328,12 +328,15 @@ def _run_batch(batch: list[Path], arguments) -> None:
             except InputError as error:
                 tqdm.write(f"samprostate: error: {error}", file=sys.stderr)
                 failed.append(path.name)
+            except Exception as error:  # noqa: BLE001 - e.g. out of memory on one large volume: the others still go on
+                tqdm.write(f"samprostate: error: {path.name}: {type(error).__name__}: {error}", file=sys.stderr)
+                failed.append(path.name)
     if failed:
         raise InputError(f"{len(failed)} of {len(batch)} volumes failed: {', '.join(failed)}")
 
 
 def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments, dicom=None, points=None) -> None:
-    """Segment one read volume; write the label volume, boxes and overlay together (all or nothing), then the clinical outputs."""
+    """Segment one read volume; write the label volume, boxes, overlay and clinical outputs together (all or nothing)."""
     from tqdm import tqdm
 
     from ..core.files import text_writer, write_files_atomically
@@ -341,6 +344,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     from ..io.overlay import overlay_sheet
     from ..io.volume_io import image_writer, label_image
     from ..masks.confidence import flagged_slices
+    from .clinical_outputs import clinical_writers
 
     volume = segmenter.base.prepare(image)
     result = segmenter.segment(volume, boxes, points)
@@ -351,7 +355,8 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     if arguments.overlay:
         sheet = overlay_sheet(volume.normalised, labels, boxes)
         writers[arguments.overlay] = lambda temporary: sheet.save(temporary, format="PNG")
-    write_files_atomically(writers)
+    measurements, clinical = clinical_writers(arguments, path, output, volume, labels, dicom)
+    write_files_atomically(writers | clinical)
     tqdm.write(f"{output}: prostate on {int(labels.reshape(len(labels), -1).any(1).sum())} of {len(labels)} slices, {len(boxes)} boxes")
     flagged = flagged_slices(confidences)
     if flagged:
@@ -359,9 +364,8 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
                    "the coarse network is low, the cross-section is small (apex, base), or the gland may go on past the segmented slices)")
     if not labels.any():
         tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
-    from .clinical_outputs import write_clinical_outputs
-
-    write_clinical_outputs(arguments, path, output, volume, labels, dicom)
+    for name, value in measurements.rows():
+        print(f"  {name}: {value}")
 
 
 def run_evaluate(arguments) -> None:

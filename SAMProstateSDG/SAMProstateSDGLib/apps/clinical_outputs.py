@@ -1,18 +1,20 @@
 """What ``segment`` gives a clinician besides the label volume: measurements, JSON, a report page, DICOM SEG.
 
 Nothing is written unless asked for: the measurements are always printed; ``--report``,
-``--report-page`` and ``--dicom-seg`` name their files (checked before any model is loaded).
+``--report-page`` and ``--dicom-seg`` name their files (checked before any model is loaded), which ``segment``
+writes together with the label volume: all or none.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import InputError
-from ..core.files import write_json
+from ..core.files import json_text, text_writer
 from ..io.dicom_series import AXIAL_COSINE, DicomVolume, read_dicom_volume
 from ..io.measurements import GlandMeasurements, measure_image
 from ..io.provenance import Provenance
@@ -49,28 +51,32 @@ def read_dicom_input(folder: Path, series_uid: str | None) -> DicomVolume:
     return dicom
 
 
-def write_clinical_outputs(arguments, source: Path, output: Path, volume, labels: np.ndarray, dicom: DicomVolume | None) -> GlandMeasurements:
-    """Print the measurements and write the JSON, report page and SEG that were asked for."""
+def clinical_writers(
+    arguments, source: Path, output: Path, volume, labels: np.ndarray, dicom: DicomVolume | None,
+) -> tuple[GlandMeasurements, dict[Path, Callable[[str], object]]]:
+    """The measurements, and the writers of the JSON, report page and SEG that were asked for (rendered and built now,
+    so that a failure comes before anything is written; ``segment`` writes them together with the label volume)."""
     chosen = method(arguments.method)
     zonal = chosen.zonal
     measurements = measure_image(labels, volume.image, zonal, arguments.psa)
-    for name, value in measurements.rows():
-        print(f"  {name}: {value}")
+    writers: dict[Path, Callable[[str], object]] = {}
     if not (arguments.report or arguments.report_page or arguments.dicom_seg):
-        return measurements
+        return measurements, writers
     provenance = chosen.provenance(arguments.sam_checkpoint, arguments.coarse_checkpoint, arguments.method_model_entry)
     if arguments.report:
-        write_json(arguments.report, report_json(source, output, measurements, provenance, dicom))
+        writers[arguments.report] = text_writer(json_text(report_json(source, output, measurements, provenance, dicom)))
     if arguments.report_page:
-        from ..io.report import write_report
+        from ..io.report import report_writer
 
-        write_report(arguments.report_page, report_subject(source, dicom), volume.image, volume.normalised, labels, measurements, provenance, zonal)
+        writers[arguments.report_page] = report_writer(
+            arguments.report_page, report_subject(source, dicom), volume.image, volume.normalised, labels, measurements, provenance, zonal,
+        )
     if arguments.dicom_seg:
-        from ..io.dicom_seg import write_dicom_seg
+        from ..io.dicom_seg import dicom_seg_writer
 
         assert dicom is not None  # --dicom-seg is refused unless the input is a DICOM folder
-        write_dicom_seg(arguments.dicom_seg, labels, dicom.series, zonal, provenance)
-    return measurements
+        writers[arguments.dicom_seg] = dicom_seg_writer(labels, dicom.series, zonal, provenance)
+    return measurements, writers
 
 
 def report_json(source: Path, output: Path, measurements: GlandMeasurements, provenance: Provenance, dicom: DicomVolume | None) -> dict:

@@ -8,12 +8,14 @@ Artificial Intelligence) and parameters (method, model ids and SHA-256 prefixes)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import highdicom
 import numpy as np
 from pydicom.sr.codedict import codes
 
+from ..core.errors import InputError
 from ..core.files import write_atomically
 from .dicom_series import DicomSeries
 from .provenance import Provenance
@@ -59,9 +61,25 @@ def write_dicom_seg(
     algorithm_type: highdicom.seg.SegmentAlgorithmTypeValues = AUTOMATIC,
 ) -> None:
     """Write a binary SEG of ``labels`` ([slices, rows, columns], slice k on ``series.headers[k]``)."""
+    write_atomically(path, dicom_seg_writer(labels, series, zonal, provenance, algorithm_type))
+
+
+def dicom_seg_writer(
+    labels: np.ndarray, series: DicomSeries, zonal: bool, provenance: Provenance,
+    algorithm_type: highdicom.seg.SegmentAlgorithmTypeValues = AUTOMATIC,
+) -> Callable[[str], object]:
+    """The SEG built now (refused with a message when highdicom cannot build it from the series), and what saves it."""
     segments = segment_descriptions(zonal, provenance, algorithm_type)
     values = np.where(labels <= len(segments), labels, 0).astype(np.uint8)
-    segmentation = highdicom.seg.Segmentation(
+    try:
+        segmentation = _segmentation(values, series, segments, provenance, algorithm_type)
+    except ValueError as error:  # the series' headers lack or contradict what a SEG must reference
+        raise InputError(f"cannot make a DICOM SEG of {series.summary(with_uid=False)}: {error}") from None
+    return lambda temporary: segmentation.save_as(temporary)
+
+
+def _segmentation(values: np.ndarray, series: DicomSeries, segments, provenance: Provenance, algorithm_type) -> highdicom.seg.Segmentation:
+    return highdicom.seg.Segmentation(
         source_images=list(series.headers),
         pixel_array=values,
         segmentation_type=highdicom.seg.SegmentationTypeValues.BINARY,
@@ -79,4 +97,3 @@ def write_dicom_seg(
         content_description=f"{algorithm_type.value.capitalize()} prostate segmentation ({provenance.method})"[:64],
         omit_empty_frames=bool(values.any()),  # an empty result keeps its frames: a SEG needs at least one
     )
-    write_atomically(path, lambda temporary: segmentation.save_as(temporary))

@@ -6,6 +6,7 @@ radiological convention (patient's right on the left, anterior up), cropped arou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,9 +48,17 @@ def write_report(
     path: str | Path, subject: ReportSubject, image: sitk.Image, normalised: np.ndarray, labels: np.ndarray,
     measurements: GlandMeasurements, provenance: Provenance, zonal: bool,
 ) -> None:
+    write_atomically(path, report_writer(path, subject, image, normalised, labels, measurements, provenance, zonal))
+
+
+def report_writer(
+    path: str | Path, subject: ReportSubject, image: sitk.Image, normalised: np.ndarray, labels: np.ndarray,
+    measurements: GlandMeasurements, provenance: Provenance, zonal: bool,
+) -> Callable[[str], object]:
+    """The page rendered now, and what saves it to a (temporary) file in the format ``path`` names (PDF or PNG)."""
     page = render_report(subject, image, normalised, labels, measurements, provenance, zonal)
     file_format = "PDF" if Path(path).suffix.lower() == ".pdf" else "PNG"
-    write_atomically(path, lambda temporary: page.save(temporary, format=file_format, resolution=DPI))
+    return lambda temporary: page.save(temporary, format=file_format, resolution=DPI)
 
 
 def render_report(
