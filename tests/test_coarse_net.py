@@ -101,6 +101,9 @@ def test_training_keeps_the_best_checkpoint_and_a_resumed_run_equals_an_uninterr
 
     with pytest.raises(Stopped):
         train(tmp_path / "stopped", log=stop_after_the_first_epoch)
+    changed = CoarseTrainingOptions(data=FIXTURES, site="fixture", output=tmp_path / "stopped", epochs=2, batch_size=4, resume=True, learning_rate=2e-3)
+    with pytest.raises(InputError, match=r"was saved by a run with other options \(learning_rate 0.001 -> 0.002\)"):
+        train_coarse_net(changed, torch.device("cpu"), log=lambda line: None)  # its optimiser state would silently keep 0.001
     resumed = train(tmp_path / "stopped", resume=True)
     assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
     assert resumed["sha256"] == sha256_of(tmp_path / "stopped" / "coarse.pt")

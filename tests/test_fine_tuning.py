@@ -180,7 +180,9 @@ def test_sammed_trains_only_the_mask_decoder_and_resumes(split, tmp_path):
     reloaded = load_mask_decoder(load_sam(default_entry("sam").model_type, default_entry("sam").path), tmp_path / "sammed.pt", first["sha256"])
     assert_same_weights(reloaded.mask_decoder.state_dict(), best_of_one_epoch(first, decoder_before, snapshot(engine.sam.mask_decoder)),
                         tmp_path / "sammed.pt")
-    options.epochs, options.resume = 2, True
+    options.epochs, options.resume = 2, True  # more epochs than before: allowed
+    with pytest.raises(InputError, match=r"other options \(batch_size 2 -> 4\)"):
+        train("sammed", SamMedMethod(engine), training, validation, dataclasses.replace(options, batch_size=4), {"data": "fixture"}, log=quiet)
     resumed = train("sammed", SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
     assert [entry["epoch"] for entry in resumed["history"]] == [0, 1, 2]
     assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)

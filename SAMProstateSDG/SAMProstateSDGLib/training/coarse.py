@@ -87,6 +87,17 @@ def split_cases(cases: list[Case], validation_fraction: float, seed: int) -> tup
     return shuffled[count:], shuffled[:count]
 
 
+def resumed_run(state: dict | None, run: dict, state_path: Path) -> dict:
+    """What defines this run (``run``: its options and cases; ``--epochs`` may change, the learning-rate schedule being
+    the saved one), checked against the resume state it continues; returns the record to save with the next state."""
+    saved = None if state is None else state.get("run")
+    changed = [f"{key} {saved.get(key)} -> {value}" for key, value in run.items() if key != "epochs" and saved.get(key) != value] if saved else []
+    if changed:
+        raise InputError(f"{state_path} was saved by a run with other options ({'; '.join(changed)}): resume it with its own options, "
+                         "or start afresh with --overwrite")
+    return run
+
+
 def require_validation(training: list, validation: list, site: str) -> None:
     """Refuse a split without a validation case: the best checkpoint would be chosen on nothing."""
     if not training or not validation:
@@ -172,6 +183,16 @@ def dg_augmentations(size: int) -> Compose:
     )
 
 
+def coarse_run(options: CoarseTrainingOptions, training_cases: list) -> dict:
+    """What defines a coarse-network run, for ``resumed_run``."""
+    return {
+        "model": "coarse", "data": str(Path(options.data).resolve()), "site": options.site, "training_cases": [case.name for case in training_cases],
+        "batch_size": options.batch_size, "learning_rate": options.learning_rate, "seed": options.seed, "augmentation": options.augmentation,
+        "initial_weights": None if options.initial_weights is None else str(Path(options.initial_weights).resolve()),
+        "input_representation": options.input_representation, "context_mm": options.context_mm, "epochs": options.epochs,
+    }
+
+
 def epoch_summary(epoch: int, epochs: int, loss: float, dice: float) -> str:
     """The line logged after each epoch's state is saved; ``training_process`` parses it."""
     return f"epoch {epoch}/{epochs} loss {loss:.4f} val_dice {dice:.4f}"
@@ -235,6 +256,7 @@ def train_coarse_net(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs)
     loss_function = DiceCELoss(sigmoid=True)
     start_epoch, best_dice, history = 0, -1.0, []
+    run = resumed_run(state, coarse_run(options, training_cases), state_path)
     if state is not None:
         load_state_strictly(network, state["network"], f"{state_path} does not match the coarse network")
         optimiser.load_state_dict(state["optimiser"])
@@ -271,6 +293,7 @@ def train_coarse_net(
             "epoch": epoch + 1,
             "best_dice": best_dice,
             "history": history,
+            "run": run,
         }
         write_atomically(state_path, partial(torch.save, state))  # a stop never leaves half a state
         log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))

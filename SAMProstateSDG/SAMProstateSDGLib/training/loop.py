@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..core.checksums import half_precision, load_resume_state, sha256_of
 from ..core.files import write_atomically, write_json
 from ..masks.metrics import dice_score
-from .coarse import epoch_summary, require_finite_loss, require_validation
+from .coarse import epoch_summary, require_finite_loss, require_validation, resumed_run
 from .defaults import RESUME_STATE
 from .embedding_cache import CachedCase
 
@@ -46,6 +46,13 @@ class TrainingOptions:
     batch_size: int = 8
     seed: int = 0
     resume: bool = False
+
+
+def fine_tuning_run(name: str, options: TrainingOptions, manifest: dict) -> dict:
+    """What defines a fine-tuning run of method ``name`` (its data and cases from the ``manifest`` begun), for ``resumed_run``."""
+    described = {key: manifest.get(key) for key in ("site", "training_cases", "augmented_copies")}
+    described["data"] = str(Path(manifest["data"]).resolve()) if "data" in manifest else None
+    return {"model": name, **described, "batch_size": options.batch_size, "learning_rate": options.learning_rate, "seed": options.seed, "epochs": options.epochs}
 
 
 class FineTuningMethod(ABC):
@@ -99,6 +106,7 @@ def train(
     state_path, best_path = options.output / RESUME_STATE, options.output / f"{name}.pt"
     state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     require_validation(training, validation, manifest.get("site", "?"))
+    run = resumed_run(state, fine_tuning_run(name, options, manifest), state_path)
     options.output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
     generator = random.Random(options.seed)
@@ -149,6 +157,7 @@ def train(
             "best_dice": best_dice,
             "history": history,
             "generator": generator.getstate(),
+            "run": run,
         }
         write_atomically(state_path, partial(torch.save, state))  # a stop never leaves half a state
         log(epoch_summary(epoch + 1, options.epochs, float(np.mean(losses)), dice))
