@@ -191,8 +191,8 @@ def _check_model_options(arguments) -> None:
 
 
 def _model_files(arguments) -> list[Path | None]:
-    method_model = arguments.method_model
-    return [arguments.sam_checkpoint, arguments.coarse_checkpoint, method_model, method_model and manifest_beside(method_model)]
+    trained = [arguments.method_model, getattr(arguments, "interactive_decoder", None)]
+    return [arguments.sam_checkpoint, arguments.coarse_checkpoint, *trained, *(path and manifest_beside(path) for path in trained)]
 
 
 def _millimetres(**values: float) -> None:

@@ -29,6 +29,7 @@ from ..masks.metrics import dice_score
 from ..modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, Refined, RefineStep, SliceClicks, simulate_clicks
 from ..modeling.sam_engine import Prompt, SamEngine
 from ..pipeline.segmenter import ProstateSegmenter
+from .training_process import trained_model_file
 
 CLICK_SPLITS = ("unseen", "source-extra")
 REPORTED_CLICKS = (0, 1, 2, 3, 5)
@@ -194,16 +195,14 @@ def check_click_options(arguments) -> None:
         raise InputError("--clicks and --shifts are two separate evaluations; run them one at a time")
     if arguments.method_model is not None:
         raise InputError("--clicks takes a trained click decoder from --interactive-decoder, not --method-model")
-    path = arguments.interactive_decoder
-    if path is not None and not path.is_file():
-        raise InputError(f"--interactive-decoder {path} not found" if not path.exists() else f"--interactive-decoder {path} is not a file")
+    arguments.interactive_decoder_entry = trained_model_file(arguments.interactive_decoder, "interactive", "--interactive-decoder")
 
 
 def run_from_arguments(arguments, segmenter: ProstateSegmenter, cases: list[Case]) -> str:
     """``evaluate --clicks N``: the table (printed by the caller) and, with ``--output``, NAME.md and NAME.json."""
-    entry = shipped_decoder_entry()
-    path, sha256 = (arguments.interactive_decoder, None) if arguments.interactive_decoder else (entry.path, entry.sha256) if entry else (None, None)
-    decoder = None if path is None else InteractiveDecoder.from_checkpoint(segmenter.sam.sam, path, sha256)
+    entry = arguments.interactive_decoder_entry or shipped_decoder_entry()  # a trained one (its manifest and sha256 checked), or the shipped one
+    path = None if entry is None else entry.path
+    decoder = None if entry is None else InteractiveDecoder.from_checkpoint(segmenter.sam.sam, entry.path, entry.sha256)
     results = run_click_evaluation(segmenter, cases, arguments.clicks, decoder)
     table = markdown(results, arguments.clicks)
     if arguments.output:

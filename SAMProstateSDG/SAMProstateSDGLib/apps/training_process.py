@@ -324,12 +324,12 @@ def _trained_model_entry(method: str, manifest: dict, folder: Path) -> CatalogEn
     return CatalogEntry(str(path), kind, model_type, title, path, manifest["sha256"])
 
 
-def trained_model_file(path: Path | None, method: str | None) -> CatalogEntry | None:
-    """``--method-model PATH`` for ``--method method``: a model file ``samprostate train`` wrote, with its manifest beside it
-    (None: the method's shipped model)."""
+def trained_model_file(path: Path | None, method: str | None, option_name: str = "--method-model") -> CatalogEntry | None:
+    """``--method-model PATH`` for ``--method method`` (or another option naming such a file): a model file ``samprostate
+    train`` wrote, with its manifest beside it (None: the method's shipped model)."""
     if path is None:
         return None
-    option = f"--method-model {path}"
+    option = f"{option_name} {path}"
     if not path.is_file():
         raise InputError(f"{option} not found" if not path.exists() else f"{option} is not a file")
     manifest_path = manifest_beside(path)

@@ -311,6 +311,7 @@ def train_coarse_net(
             f"--augmentation {options.augmentation} --input-representation {config.input_representation}"
             + f" --context-mm {config.context_mm}"
             + (f" --initial-weights {options.initial_weights}" if options.initial_weights else "")
+            + (f" --max-cases {options.max_cases}" if options.max_cases else "")
         ),
         "augmentation": options.augmentation,
         "initial_weights": (
