@@ -67,6 +67,17 @@ def test_picks_the_axial_t2_series_by_its_attributes(study):
         choose_series(series, "1.2.3")
 
 
+def test_the_small_field_t2_and_then_the_latest_repeat_are_chosen(tmp_path):
+    """A large-field pelvic T2 (1 mm pixels, more slices) beside the prostate's small-field T2 (0.4 mm): the latter; of two
+    identical small-field series, the later one (a repeat after motion)."""
+    write_series(_dummy((1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "2", "t2_tse_tra_pelvis", 2)
+    small = sitk.ReadImage(str(FIXTURES / "P158-020.nii.gz"))
+    first = write_series(small, tmp_path / "3", "t2_tse_tra", 3)
+    assert choose_series(find_series(tmp_path)).uid == first
+    repeat = write_series(small, tmp_path / "4", "t2_tse_tra", 4)
+    assert choose_series(find_series(tmp_path)).uid == repeat
+
+
 def test_among_series_none_named_t2_none_is_guessed(tmp_path):
     """A T2 series named without "T2" beside a DWI series: the DWI (more slices) is not taken for the T2."""
     unnamed = write_series(_dummy((1, 0, 0, 0, 1, 0, 0, 0, 1)), tmp_path / "4", "AX FSE PROSTATE HR", 4)

@@ -2,7 +2,8 @@
 
 A study exported from PACS holds several series (localiser, T2 in three planes, DWI, ADC, …).
 The axial T2 series is chosen by its DICOM attributes, in this order: MR modality; "T2" in the
-series description or protocol name (not T2*, T2 map); slices closest to axial; most slices.
+series description or protocol name (not T2*, T2 map); slices within 30° of axial; the finest in-plane
+pixels; most slices; the latest series number.
 Among several series none of which is named T2, none is chosen. ``--series-uid`` overrides the choice.
 """
 
@@ -70,8 +71,26 @@ class DicomSeries:
         uid = f", UID {self.uid}" if with_uid else ""
         return f'series {number} "{self.description}" ({self.modality}, {self.plane}, {len(self.files)} slices{uid})'
 
+    @property
+    def pixel_mm(self) -> float:
+        """The larger in-plane pixel spacing (inf without PixelSpacing)."""
+        spacing = self.first.get("PixelSpacing")
+        return float(max(spacing)) if spacing and len(spacing) == 2 else float("inf")
+
     def preference(self) -> tuple:
-        return (self.modality == "MR", self.is_t2, bool(self.axial_cosine >= AXIAL_COSINE), len(self.files), self.axial_cosine)
+        """Higher is more like the prostate's axial T2: MR, named T2, axial, the finest in-plane pixels (the small field
+        of view PI-RADS asks for, before a large-field pelvic T2), most slices, the latest series (a repeat)."""
+        return (
+            self.modality == "MR", self.is_t2, bool(self.axial_cosine >= AXIAL_COSINE), -round(self.pixel_mm, 2), len(self.files),
+            self.axial_cosine, self.series_number,
+        )
+
+    @property
+    def series_number(self) -> int:
+        try:
+            return int(self.first.get("SeriesNumber"))
+        except (TypeError, ValueError):
+            return -1
 
 
 @dataclass(frozen=True)
