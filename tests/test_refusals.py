@@ -153,6 +153,18 @@ def test_a_crafted_coarse_resume_state_runs_nothing(capsys, tmp_path):
     assert not marker.exists()
 
 
+def test_a_resume_state_of_another_run_is_refused_before_any_model_loads(capsys, tmp_path, no_model_loads):
+    """Before the models load and the embedding cache is built (minutes on a CPU): here a desam-box run's state."""
+    import torch
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    state = {key: None for key in ("trained", "optimiser", "scheduler", "epoch", "best_dice", "history", "generator")}
+    torch.save(state | {"run": {"model": "desam-box"}}, runs / "last_state.pt")
+    arguments = ["train", "--method", "sammed", "--data", FIXTURES, "--site", "fixture", "--output", runs, "--resume", "--device", "cpu"]
+    assert_refused(capsys, tmp_path, arguments, "last_state.pt was saved by a run with other options (model desam-box -> sammed;")
+
+
 def test_a_crafted_fine_tuning_resume_state_runs_nothing(tmp_path, sam_engine):
     from SAMProstateSDGLib.methods.trainers.sammed import SamMedMethod
     from SAMProstateSDGLib.training.loop import TrainingOptions, train

@@ -514,10 +514,10 @@ def run_embed(arguments) -> None:
 
 def run_train(arguments) -> None:
     from ..core.catalog import default_entry
-    from ..core.checksums import require_resume_state
-    from ..training.coarse import require_validation, split_cases
+    from ..core.checksums import load_resume_state
+    from ..training.coarse import require_validation, resumed_run, split_cases
     from ..training.embedding_cache import cache_files, load_cached_case, preprocessing
-    from ..training.loop import TrainingOptions, train
+    from ..training.loop import RESUME_KEYS, TrainingOptions, fine_tuning_run, train
 
     _positive(epochs=arguments.epochs, learning_rate=arguments.learning_rate, batch_size=arguments.batch_size)
     trained = method(arguments.method)
@@ -528,14 +528,9 @@ def run_train(arguments) -> None:
     batch_size = defaults.batch_size if arguments.batch_size is None else arguments.batch_size
     output = arguments.output or Path("runs") / arguments.method
     _check_training_output(output, TRAINING_METHODS[arguments.method].output_stem, arguments)
-    if arguments.resume:
-        require_resume_state(output / RESUME_STATE)
     cases = _source_cases(arguments)
     training, validation = split_cases(cases, VALIDATION_FRACTION, arguments.seed)
     require_validation(training, validation, arguments.site)
-    segmenter = _base_models(arguments)
-    trainer = trained.trainer(segmenter)
-    folder = _cache_folder(segmenter, cases, arguments, trainer.encoder_grid, augmented=training)  # validation reads the originals only
     base = default_entry("sam")
     manifest = {
         "base_model": base.id,
@@ -545,14 +540,19 @@ def run_train(arguments) -> None:
         "training_cases": [case.name for case in training],
         "augmented_copies": arguments.augmented_copies,
         "validation_cases": [case.name for case in validation],
-        "device": str(segmenter.sam.device),
-        "encoder_input": preprocessing(trainer.encoder_grid)["encoder_input"],
         "command": f"samprostate train --method {arguments.method} --data {arguments.data} --site {arguments.site} "
         f"--epochs {epochs} --learning-rate {learning_rate:g} --batch-size {batch_size} --seed {arguments.seed}"
         + (f" --max-cases {arguments.max_cases}" if arguments.max_cases else "")
         + (f" --augmented-copies {arguments.augmented_copies}" if arguments.augmented_copies else ""),
     }
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
+    if arguments.resume:  # before the models load and the cache is built (minutes): a state of another run is refused now
+        state_path = output / RESUME_STATE
+        resumed_run(load_resume_state(state_path, RESUME_KEYS), fine_tuning_run(arguments.method, options, manifest), state_path)
+    segmenter = _base_models(arguments)
+    trainer = trained.trainer(segmenter)
+    folder = _cache_folder(segmenter, cases, arguments, trainer.encoder_grid, augmented=training)  # validation reads the originals only
+    manifest |= {"device": str(segmenter.sam.device), "encoder_input": preprocessing(trainer.encoder_grid)["encoder_input"]}
     training_files = [path for case in training for path in cache_files(folder, case, arguments.augmented_copies)]
     manifest = train(
         arguments.method,
