@@ -26,6 +26,7 @@ from ..io.dataset import Case
 from ..masks.boxes import Box, box_from_clicks, start_box
 from ..masks.clicks import Click
 from ..masks.metrics import dice_score
+from ..methods.registry import method_for_model_kind
 from ..modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, Refined, RefineStep, SliceClicks, simulate_clicks
 from ..modeling.sam_engine import Prompt, SamEngine
 from ..pipeline.segmenter import ProstateSegmenter
@@ -195,7 +196,8 @@ def check_click_options(arguments) -> None:
         raise InputError("--clicks and --shifts are two separate evaluations; run them one at a time")
     if arguments.method_model is not None:
         raise InputError("--clicks takes a trained click decoder from --interactive-decoder, not --method-model")
-    arguments.interactive_decoder_entry = trained_model_file(arguments.interactive_decoder, "interactive", "--interactive-decoder")
+    trained_for = method_for_model_kind(INTERACTIVE_KIND)  # the method whose training writes click decoders
+    arguments.interactive_decoder_entry = trained_model_file(arguments.interactive_decoder, None if trained_for is None else trained_for.id, "--interactive-decoder")
 
 
 def run_from_arguments(arguments, segmenter: ProstateSegmenter, cases: list[Case]) -> str:
