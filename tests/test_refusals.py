@@ -401,6 +401,7 @@ def test_a_method_model_is_run_only_by_the_method_it_was_trained_for(capsys, wor
     assert_refused(capsys, work, ["evaluate", "--data", FIXTURES, "--shifts", "--method-model", shipped], "run it with --method sammed")
     assert_refused(capsys, work, ["evaluate", "--data", FIXTURES, "--clicks", "1", "--method", "sammed", "--method-model", shipped], "--interactive-decoder")
     assert_refused(capsys, work, ["evaluate", "--data", FIXTURES, "--clicks", "1", "--method-model", shipped], "--interactive-decoder")
+    assert_refused(capsys, work, ["evaluate", "--data", FIXTURES, "--clicks", "1", "--method", "sammed"], "it takes no --method")
     # a click decoder is checked like a method model: its manifest, its method, its sha256
     assert_refused(capsys, work, ["evaluate", "--data", FIXTURES, "--clicks", "1", "--interactive-decoder", shipped],
                    f"--interactive-decoder {shipped} is a sammed model")

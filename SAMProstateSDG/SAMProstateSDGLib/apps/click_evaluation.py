@@ -196,6 +196,9 @@ def check_click_options(arguments) -> None:
         raise InputError("--clicks and --shifts are two separate evaluations; run them one at a time")
     if arguments.method_model is not None:
         raise InputError("--clicks takes a trained click decoder from --interactive-decoder, not --method-model")
+    if arguments.method is not None:
+        raise InputError("--clicks compares clicks as box edits (SAM zero-shot) with the click decoder; it takes no --method "
+                         "(--interactive-decoder chooses the decoder)")
     trained_for = method_for_model_kind(INTERACTIVE_KIND)  # the method whose training writes click decoders
     arguments.interactive_decoder_entry = trained_model_file(arguments.interactive_decoder, None if trained_for is None else trained_for.id, "--interactive-decoder")
 
