@@ -19,7 +19,7 @@ from SAMProstateSDGLib.io.dataset import canonical_zones
 from SAMProstateSDGLib.io.dicom_seg import write_dicom_seg
 from SAMProstateSDGLib.io.dicom_series import choose_series, find_series, read_dicom_volume
 from SAMProstateSDGLib.io.measurements import measure_image
-from SAMProstateSDGLib.io.report import PAGE_SIZE, ReportSubject, write_report
+from SAMProstateSDGLib.io.report import PAGE_SIZE, ReportSubject, slice_captions, write_report
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.methods.registry import method
 from test_cli import samprostate
@@ -207,6 +207,24 @@ def test_report_page_is_also_written_as_pdf(tmp_path):
         measure_image(labels, image, zonal=True, psa_ng_ml=4.0), method("samed").provenance(), zonal=True,
     )
     assert (tmp_path / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_report_tiles_name_the_file_slice_and_position_whatever_the_slice_order():
+    """The report shows slices in LPS order (inferior first); its captions give the image file's own 0-based slice
+    index, as the console, the boxes JSON and the overlay do, and the superior position Slicer shows. A volume stored
+    superior first (slices flipped, the same anatomy) gets the same positions and the mirrored indices."""
+    image = sitk.ReadImage(str(FIXTURES / "Case29.nii.gz"))
+    flipped = sitk.Flip(image, [False, False, True])
+    slices = image.GetSize()[2]
+    shown = [0, 1, slices - 1]
+    captions, flipped_captions = slice_captions(image, shown), slice_captions(flipped, shown)
+    centre = [(size - 1) / 2 for size in image.GetSize()[:2]]
+    superior = [image.TransformContinuousIndexToPhysicalPoint((*centre, index))[2] for index in range(slices)]
+    stored_inferior_first = superior[0] < superior[-1]
+    for position, caption, flipped_caption in zip(shown, captions, flipped_captions):
+        file_slice = position if stored_inferior_first else slices - 1 - position
+        assert caption == f"slice {file_slice}, S {superior[file_slice]:.1f} mm"
+        assert flipped_caption == f"slice {slices - 1 - file_slice}, S {superior[file_slice]:.1f} mm"
 
 
 @pytest.mark.parametrize(

@@ -105,12 +105,13 @@ def _slices(page: Image.Image, draw: ImageDraw.ImageDraw, y: int, image: sitk.Im
     grey, shown_labels = _radiological(image, normalised), _radiological(image, labels)
     indices = overlay_slices(shown_labels, {}) or [len(shown_labels) // 2]
     crop = _gland_crop(shown_labels[indices])
+    captions = slice_captions(image, indices)
     for number, index in enumerate(indices):
         tile = _tile(grey[index], shown_labels[index], zonal, crop)
         x = (PAGE_SIZE[0] - COLUMNS * TILE - (COLUMNS - 1) * GAP) // 2 + (number % COLUMNS) * (TILE + GAP)
         top = y + (number // COLUMNS) * (TILE + GAP + 30)
         page.paste(tile, (x, top))
-        draw.text((x, top + TILE + 2), f"slice {index + 1} of {len(grey)}", font=_font(20), fill=GREY)
+        draw.text((x, top + TILE + 2), captions[number], font=_font(20), fill=GREY)
     rows = -(-len(indices) // COLUMNS)
     y += rows * (TILE + GAP + 30)
     legend = "Contour: transition zone (cyan), peripheral zone (red)" if zonal else "Contour: prostate (red)"
@@ -123,6 +124,22 @@ def _radiological(image: sitk.Image, array: np.ndarray) -> np.ndarray:
     volume = sitk.GetImageFromArray(array)
     volume.CopyInformation(image)
     return sitk.GetArrayFromImage(sitk.DICOMOrient(volume, "LPS"))
+
+
+def slice_captions(image: sitk.Image, indices: list[int]) -> list[str]:
+    """Each shown (LPS) slice named as the console, the boxes JSON and the overlay name it: its 0-based slice index in
+    the image file, with its superior position in mm as Slicer shows it (the position alone where the file is not axial)."""
+    file_slices = np.broadcast_to(np.arange(image.GetSize()[2], dtype=np.int32)[:, None, None], image.GetSize()[::-1])
+    shown_file_slices = _radiological(image, np.ascontiguousarray(file_slices))
+    reoriented = sitk.DICOMOrient(image, "LPS")
+    columns, rows = reoriented.GetSize()[:2]
+    captions = []
+    for index in indices:
+        superior = reoriented.TransformContinuousIndexToPhysicalPoint(((columns - 1) / 2, (rows - 1) / 2, index))[2]
+        file_slice = np.unique(shown_file_slices[index])
+        position = f"S {superior:.1f} mm"
+        captions.append(f"slice {file_slice[0]}, {position}" if len(file_slice) == 1 else position)
+    return captions
 
 
 def _gland_crop(labels: np.ndarray) -> tuple[slice, slice]:
