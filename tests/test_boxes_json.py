@@ -8,7 +8,7 @@ from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.boxes_json import read_boxes, read_prompts, write_boxes
 from SAMProstateSDGLib.io.volume_io import read_volume
-from SAMProstateSDGLib.masks.boxes import boxes_from_labels
+from SAMProstateSDGLib.masks.boxes import Box, boxes_from_labels
 from SAMProstateSDGLib.masks.clicks import Click
 
 
@@ -160,3 +160,51 @@ def test_physical_points_on_two_slices_are_refused(tmp_path):
     path.write_text(json.dumps(dict(data, boxes=[{"points_ras": merged}])))
     with pytest.raises(InputError, match="different slices"):
         read_prompts(path, image)
+
+
+def test_a_file_read_on_a_volume_with_another_z_origin_goes_by_its_physical_corners(tmp_path):
+    """The recorded "slice" indexes the volume the file was made for: on a volume whose slices start one slice lower the
+    same anatomy is one slice further on, and the physical corners say so (the old slice number was refused)."""
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    last = image.GetSize()[2] - 1
+    boxes = {index: box for index, box in boxes_from_labels(read_mask(FIXTURES / "Case29_seg.nii.gz")).items() if index < last}
+    path = tmp_path / "boxes.json"
+    write_boxes(path, boxes, image)
+    shifted = sitk.Image(image)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    shifted.SetOrigin((np.array(image.GetOrigin()) - direction[:, 2] * image.GetSpacing()[2]).tolist())
+    restored = read_boxes(path, shifted)
+    assert sorted(restored) == [index + 1 for index in sorted(boxes)]
+    for index, box in boxes.items():
+        assert np.allclose(restored[index + 1].as_tuple(), box.as_tuple(), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda data: data["boxes"][0].pop("slice"), r"'slice' is a dependency of 'pixel'"),  # was a KeyError traceback
+        (lambda data: data["boxes"].append(dict(data["boxes"][0])), r"\$\.boxes\[0\] and \$\.boxes\[\d+\] are both on slice"),
+        (lambda data: data["boxes"][0]["lps"][1].__setitem__(2, data["boxes"][0]["lps"][1][2] + 9.0), "corners lie on different slices"),
+    ],
+)
+def test_entries_without_a_slice_twice_on_one_or_across_slices_are_refused(tmp_path, change, message):
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    boxes = boxes_from_labels(read_mask(FIXTURES / "Case29_seg.nii.gz"))
+    path, data = _points_file(tmp_path, image, boxes, None)
+    if "corners" in message:
+        data["boxes"] = [{"lps": entry["lps"]} for entry in data["boxes"]]
+    change(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=message):
+        read_prompts(path, image)
+
+
+def test_a_one_pixel_wide_box_is_read_and_a_box_over_the_edge_is_clipped_to_the_slice(tmp_path):
+    """[x0, y0, x1, y1] are the first and last covered column and row: x0 == x1 is one column (``--margin-mm 0`` on a thin
+    component writes it); a box reaching past the slice is clipped as the proposed boxes are, not sent to SAM as it is."""
+    image = read_volume(FIXTURES / "Case29.nii.gz")
+    width, height = image.GetSize()[:2]
+    path, data = _points_file(tmp_path, image, {1: Box(30.0, 10.0, 30.0, 19.0), 2: Box(-500.0, 40.0, 60.0, height + 100.0)}, None)
+    path.write_text(json.dumps(dict(data, boxes=[{"slice": entry["slice"], "pixel": entry["pixel"]} for entry in data["boxes"]])))
+    assert read_boxes(path, image) == {1: Box(30.0, 10.0, 30.0, 19.0), 2: Box(0.0, 40.0, 60.0, height - 1.0)}
+    assert width > 60

@@ -3,6 +3,7 @@ the click simulation driving it, its training step, and the CLI's points."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -238,6 +239,26 @@ def test_segment_with_the_interactive_method_keeps_the_automatic_result_and_take
     after = read_mask(clicked)
     assert [int(changed) for changed in np.flatnonzero((after != labels).any(axis=(1, 2)))] == [index]
     assert dice_score(after[index], reference[index]) > dice_score(labels[index], reference[index])
+
+
+def test_a_clicked_slice_without_a_box_keeps_its_start_box_in_the_boxes_written(tmp_path):
+    """``--boxes-out`` saves the boxes used: a slice clicked without a box is decoded from its start box, so that box is
+    written (it was left out), and the slice is not listed among the unsegmented slices to check."""
+    image_path = FIXTURES / "P158-020.nii.gz"
+    image, reference = read_volume(image_path), read_mask(FIXTURES / "P158-020_seg.nii.gz")
+    index = int(np.argmax(reference.reshape(len(reference), -1).sum(axis=1)))
+    rows, columns = np.nonzero(reference[index])
+    click = Click(float(np.median(columns)), float(np.median(rows)), True)
+    others = {other: box for other, box in boxes_from_labels(reference).items() if other != index}
+    write_boxes(tmp_path / "click.json", others, image, points={index: (click,)})
+    arguments = ["segment", str(image_path), "-o", str(tmp_path / "seg.nii.gz"), "--method", "interactive", "--boxes-in",
+                 str(tmp_path / "click.json"), "--boxes-out", str(tmp_path / "used.json"), "--device", "cpu", "--backend", "torch", "--precision", "fp32"]
+    assert main(arguments) == 0
+    boxes, points = read_prompts(tmp_path / "used.json", image)
+    assert sorted(boxes) == sorted([*others, index]) and list(points) == [index]
+    assert boxes[index].x0 <= click.x <= boxes[index].x1 and boxes[index].y0 <= click.y <= boxes[index].y1
+    written = json.loads((tmp_path / "used.json").read_text())
+    assert index not in [entry["slice"] for entry in written["slices_to_check_without_box"]]
 
 
 def test_points_in_a_boxes_file_reach_a_point_capable_sams_decoder_as_points(tmp_path, monkeypatch):

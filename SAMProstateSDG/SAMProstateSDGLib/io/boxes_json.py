@@ -78,7 +78,7 @@ def boxes_to_json(
         "physical": "millimetres; 'lps' as in ITK/DICOM, 'ras' as in Slicer; the two corners (x0, y0) and (x1, y1) on the slice's plane",
         "boxes": entries,
         "slices_to_check_without_box": [
-            {"slice": index, **confidence.to_json()} for index, confidence in confidences.items() if confidence.flagged and index not in boxes
+            {"slice": index, **confidence.to_json()} for index, confidence in confidences.items() if confidence.flagged and not confidence.segmented
         ],
     }
 
@@ -154,18 +154,21 @@ def read_prompts(path: str | Path, image: sitk.Image) -> tuple[dict[int, Box], d
         entries = [_physical_only(entry, number, f"{path} was made for a volume with another {moved}") for number, entry in enumerate(entries)]
     boxes: dict[int, Box] = {}
     points: dict[int, tuple[Click, ...]] = {}
+    entry_of_slice: dict[int, int] = {}
     for number, entry in enumerate(entries):
         try:
             index, box, clicks = _entry_prompts(entry, image)
         except (ValueError, OverflowError) as error:
             raise InputError(f"{path}: $.boxes[{number}]: {error}") from None
         _check_slice(index, image, path)
+        if index in entry_of_slice:
+            raise InputError(f"{path}: $.boxes[{entry_of_slice[index]}] and $.boxes[{number}] are both on slice {index}; give one entry per slice")
+        entry_of_slice[index] = number
         if box is not None:
-            _check_inside(box, index, image, path)
-            boxes[index] = box
+            boxes[index] = _inside(box, index, image, path)
         if clicks:
             _check_points(clicks, index, image, path)
-            points[index] = points.get(index, ()) + clicks
+            points[index] = clicks
     return boxes, points
 
 
@@ -185,7 +188,7 @@ def _physical_only(entry: dict, number: int, reason: str) -> dict:
     if "pixel" in entry and not entry.keys() & {"lps", "ras"} or "points" in entry and not entry.keys() & {"points_lps", "points_ras"}:
         raise InputError(f"{reason}, so its pixel coordinates ($.boxes[{number}]) would lie elsewhere on the input: "
                          "give lps or ras coordinates, or propose the boxes again")
-    return {key: value for key, value in entry.items() if key not in ("pixel", "points")}
+    return {key: value for key, value in entry.items() if key not in ("pixel", "points", "slice")}  # "slice" indexes the recorded volume
 
 
 def _require_version_for_points(data, path: Path) -> None:
@@ -216,6 +219,8 @@ def _entry_box(entry: dict, image: sitk.Image) -> tuple[int, Box]:
     corners = np.array(entry["lps"] if "lps" in entry else np.array(entry["ras"]) * LPS_TO_RAS, dtype=float)
     indices = np.array([image.TransformPhysicalPointToContinuousIndex(corner.tolist()) for corner in corners[:2]])
     index = int(round(indices[:, 2].mean()))
+    if np.abs(indices[:, 2] - index).max() > 0.5:
+        raise ValueError(f"the box's corners lie on different slices ({', '.join(f'{k:.1f}' for k in indices[:, 2])}); give both on its slice")
     if "slice" in entry and int(entry["slice"]) != index:
         raise ValueError(f"slice {entry['slice']} does not match the physical corners (slice {index})")
     (xa, ya, _), (xb, yb, _) = indices
@@ -251,9 +256,12 @@ def _check_points(clicks: tuple[Click, ...], index: int, image: sitk.Image, path
             raise InputError(f"{path}: the point ({click.x:g}, {click.y:g}) on slice {index} lies outside the {width}x{height} slice")
 
 
-def _check_inside(box: Box, index: int, image: sitk.Image, path: Path) -> None:
+def _inside(box: Box, index: int, image: sitk.Image, path: Path) -> Box:
+    """``box`` clipped to its slice, as the proposed boxes are (a one-pixel-wide box is one column or row, not empty);
+    an inverted box, or one wholly outside the slice, is refused."""
     width, height, _ = image.GetSize()
-    if not (box.x0 < box.x1 and box.y0 < box.y1):
-        raise InputError(f"{path}: the box on slice {index} is empty or inverted: {box.as_tuple()}")
+    if box.x0 > box.x1 or box.y0 > box.y1:
+        raise InputError(f"{path}: the box on slice {index} is inverted: {box.as_tuple()}")
     if box.x1 < 0 or box.y1 < 0 or box.x0 > width - 1 or box.y0 > height - 1:
         raise InputError(f"{path}: the box on slice {index} lies outside the {width}x{height} slice")
+    return Box(max(box.x0, 0.0), max(box.y0, 0.0), min(box.x1, width - 1.0), min(box.y1, height - 1.0))

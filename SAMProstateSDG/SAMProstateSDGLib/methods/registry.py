@@ -188,7 +188,7 @@ class BoxPromptedSegmenter(MethodSegmenter):
             for index, clicks in sorted(points.items()):
                 box = boxes[index].as_tuple() if index in boxes else None
                 session.refine_slice(index, Prompt(box, tuple((click.x, click.y) for click in clicks), tuple(click.label for click in clicks)))
-        return Segmentation(session.labels, boxes, self.confidences(session))
+        return Segmentation(session.labels, dict(session.boxes), self.confidences(session))  # with the start box of a clicked slice
 
 
 class SelfPromptingSegmenter(MethodSegmenter):
