@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def test_training_keeps_the_best_checkpoint_and_a_resumed_run_equals_an_uninterr
     changed = CoarseTrainingOptions(data=FIXTURES, site="fixture", output=tmp_path / "stopped", epochs=2, batch_size=4, resume=True, learning_rate=2e-3)
     with pytest.raises(InputError, match=r"was saved by a run with other options \(learning_rate 0.001 -> 0.002\)"):
         train_coarse_net(changed, torch.device("cpu"), log=lambda line: None)  # its optimiser state would silently keep 0.001
+    longer = dataclasses.replace(changed, learning_rate=1e-3, epochs=4)  # the saved cosine ends at epoch 2, then climbs again
+    with pytest.raises(InputError, match=r"other options \(epochs 2 -> 4\) \(its learning-rate schedule is planned over 2 epochs\)"):
+        train_coarse_net(longer, torch.device("cpu"), log=lambda line: None)
     resumed = train(tmp_path / "stopped", resume=True)
     assert [entry["epoch"] for entry in resumed["history"]] == [1, 2]
     assert resumed["sha256"] == sha256_of(tmp_path / "stopped" / "coarse.pt")

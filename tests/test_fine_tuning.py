@@ -283,6 +283,9 @@ def test_samed_trains_lora_and_decoder_not_the_base_encoder(canvas_split, tmp_pa
     reloaded = load_samed(engine.sam, tmp_path / "samed.pt", manifest["sha256"])
     assert_same_weights(reloaded.state_dict(), best_of_one_epoch(manifest, samed_before, snapshot(method.module)),
                         tmp_path / "samed.pt")
+    longer = TrainingOptions(tmp_path, epochs=2, learning_rate=1e-3, batch_size=2, resume=True)  # its warmup + cosine spans 1 epoch
+    with pytest.raises(InputError, match=r"\(epochs 1 -> 2\) \(its learning-rate schedule is planned over 1 epoch\)"):
+        train("samed", method, training, validation, longer, {}, log=quiet)
 
 
 def test_samed_in_training_mode_keeps_the_frozen_encoder_s_batch_norms_in_inference_mode():

@@ -49,7 +49,7 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
                         help="the box-prompted image encoder's runtime: auto times the installed ones once on this machine and "
                              "keeps the fastest (never slower than torch fp32); openvino and onnxruntime run a graph exported "
-                             "once and cached (CPU only; pip install 'samprostate-sdg[fast]')")
+                             "once and cached (CPU only; pip install openvino onnx, or onnxruntime onnx; in a clone pip install -e '.[fast]')")
     parser.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                         help="the encoder's arithmetic: auto lets --backend auto measure fp32 and, on CPUs with native bfloat16 "
                              "(AVX512-BF16, AMX), bf16 (same Dice within 0.005, README)")
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--shifts", action="store_true",
                           help="the robustness suite: every case clean and under each seeded acquisition shift (default cases: the "
                                "source-extra and unseen splits); Dice and HD95 per shift, and how well the confidence flags catch bad slices")
-    evaluate.add_argument("--seed", type=int, default=0, help="--shifts: the seed of the random shifts (default 0)")
+    evaluate.add_argument("--seed", type=_seed, default=0, help="--shifts: the seed of the random shifts (default 0)")
     evaluate.add_argument("--clicks", type=int, metavar="N",
                           help="simulate a user: up to N clicks per gland slice from the automatic result; Dice after 0-5 clicks and NoC@90 "
                                "for box-edit clicks (zero-shot) and the interactive decoder (default splits: unseen and source-extra)")
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=COARSE_TRAINING.epochs)
     train.add_argument("--batch-size", type=int, default=COARSE_TRAINING.batch_size)
     train.add_argument("--learning-rate", type=float, default=COARSE_TRAINING.learning_rate)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0)
     train.add_argument("--max-cases", type=int, help="use only the first N cases (quick trials)")
     train.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
     train.add_argument("--overwrite", action="store_true", help="replace a run trained before in the output folder (refused otherwise)")
@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--epochs", type=int, help="default per method: " + ", ".join(f"{m} {d.epochs}" for m, d in defaults.items()))
     tune.add_argument("--learning-rate", type=float, help="default per method: " + ", ".join(f"{m} {d.learning_rate:g}" for m, d in defaults.items()))
     tune.add_argument("--batch-size", type=int, help="default per method: " + ", ".join(f"{m} {d.batch_size}" for m, d in defaults.items()))
-    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--seed", type=_seed, default=0)
     tune.add_argument("--resume", action="store_true", help="continue from the output folder's last completed epoch (refused if there is none)")
     tune.add_argument("--overwrite", action="store_true", help="replace a run trained before in the output folder (refused otherwise)")
     return parser
@@ -200,6 +200,14 @@ def _millimetres(**values: float) -> None:
     for name, value in values.items():
         if not (math.isfinite(value) and value >= 0):
             raise InputError(f"--{name.replace('_', '-')} must be a number of millimetres, not negative")
+
+
+def _seed(text: str) -> int:
+    """A seed for numpy's generators (0 or more; a negative one failed minutes into a run)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
 
 
 def _positive(**values: float | None) -> None:
@@ -548,7 +556,8 @@ def run_train(arguments) -> None:
     options = TrainingOptions(output, epochs, learning_rate, batch_size, arguments.seed, arguments.resume)
     if arguments.resume:  # before the models load and the cache is built (minutes): a state of another run is refused now
         state_path = output / RESUME_STATE
-        resumed_run(load_resume_state(state_path, RESUME_KEYS), fine_tuning_run(arguments.method, options, manifest), state_path)
+        state = load_resume_state(state_path, RESUME_KEYS)  # --epochs: checked by train(), which knows the method's schedule
+        resumed_run(state, fine_tuning_run(arguments.method, options, manifest), state_path, epochs_fixed=False)
     segmenter = _base_models(arguments)
     trainer = trained.trainer(segmenter)
     folder = _cache_folder(segmenter, cases, arguments, trainer.encoder_grid, augmented=training)  # validation reads the originals only

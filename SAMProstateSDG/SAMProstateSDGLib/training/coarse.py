@@ -87,14 +87,20 @@ def split_cases(cases: list[Case], validation_fraction: float, seed: int) -> tup
     return shuffled[count:], shuffled[:count]
 
 
-def resumed_run(state: dict | None, run: dict, state_path: Path) -> dict:
-    """What defines this run (``run``: its options and cases; ``--epochs`` may change, the learning-rate schedule being
-    the saved one), checked against the resume state it continues; returns the record to save with the next state."""
+def resumed_run(state: dict | None, run: dict, state_path: Path, epochs_fixed: bool = True) -> dict:
+    """What defines this run (``run``: its options and cases), checked against the resume state it continues; returns the
+    record to save with the next state. ``epochs_fixed``: the learning rate follows a schedule planned over the epochs
+    (a cosine), so ``--epochs`` is part of the run; otherwise (a constant rate) it may change, to train longer."""
     saved = None if state is None else state.get("run")
-    changed = [f"{key} {saved.get(key)} -> {value}" for key, value in run.items() if key != "epochs" and saved.get(key) != value] if saved else []
+    if not saved:
+        return run
+    compared = [key for key in run if epochs_fixed or key != "epochs"]
+    changed = [f"{key} {saved.get(key)} -> {run[key]}" for key in compared if saved.get(key) != run[key]]
     if changed:
-        raise InputError(f"{state_path} was saved by a run with other options ({'; '.join(changed)}): resume it with its own options, "
-                         "or start afresh with --overwrite")
+        epochs = saved.get("epochs")
+        planned = f" (its learning-rate schedule is planned over {epochs} epoch{'s' * (epochs != 1)})" if epochs_fixed and epochs != run["epochs"] else ""
+        raise InputError(f"{state_path} was saved by a run with other options ({'; '.join(changed)}){planned}: resume it with its own "
+                         "options, or start afresh with --overwrite")
     return run
 
 

@@ -106,13 +106,13 @@ def train(
     state_path, best_path = options.output / RESUME_STATE, options.output / f"{name}.pt"
     state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     require_validation(training, validation, manifest.get("site", "?"))
-    run = resumed_run(state, fine_tuning_run(name, options, manifest), state_path)
-    options.output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(options.seed)
     generator = random.Random(options.seed)
     training_samples = method.samples(training)
     batches_per_epoch = -(-len(training_samples) // options.batch_size)
     optimiser, scheduler = method.optimiser(options, options.epochs * batches_per_epoch)
+    run = resumed_run(state, fine_tuning_run(name, options, manifest), state_path, epochs_fixed=scheduler is not None)
+    options.output.mkdir(parents=True, exist_ok=True)
     log(f"{len(training_samples)} training samples, {len(validation)} validation cases")
     if state is not None:
         method.load_checkpoint_state(state["trained"])
