@@ -64,12 +64,16 @@ def evaluate(segmenter: ProstateSegmenter, cases: list[Case], chosen: Iterable[M
 
 
 def to_json(results: dict[str, dict[str, Score]]) -> dict:
-    """The scores as ``evaluate --output NAME.md`` writes them to NAME.json (HD95 NaN where a mask is empty)."""
+    """The scores as ``evaluate --output NAME.md`` writes them to NAME.json (HD95 null where a mask is empty)."""
     return {"format": "samprostate-evaluation", "version": 1, "scores": {row: {case: asdict(value) for case, value in cases.items()} for row, cases in results.items()}}
 
 
 def from_json(data: dict) -> dict[str, dict[str, Score]]:
-    return {row: {case: Score(**value) for case, value in cases.items()} for row, cases in data["scores"].items()}
+    """The scores ``to_json`` wrote (an HD95 written as null, for an empty mask, read back as NaN)."""
+    return {
+        row: {case: Score(value["dice"], math.nan if value["hd95_mm"] is None else value["hd95_mm"]) for case, value in cases.items()}
+        for row, cases in data["scores"].items()
+    }
 
 
 def markdown_table(results: dict[str, dict[str, Score]]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import sys
 import tempfile
@@ -134,8 +135,19 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
 
 
 def json_text(data, indent: int = 2) -> str:
-    """Strict JSON (no NaN or Infinity, which JSON does not allow): what every JSON file we write goes through."""
-    return json.dumps(data, indent=indent, allow_nan=False) + "\n"
+    """Strict JSON, what every JSON file we write goes through: a figure that does not exist (NaN: the HD95 of an empty
+    mask, a share of no slices) is null, as JSON has no NaN; an infinity is refused."""
+    return json.dumps(_nan_as_null(data), indent=indent, allow_nan=False) + "\n"
+
+
+def _nan_as_null(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _nan_as_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nan_as_null(item) for item in value]
+    return value
 
 
 def write_json(path: str | os.PathLike, data, indent: int = 2) -> None:
