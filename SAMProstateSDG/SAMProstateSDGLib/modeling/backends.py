@@ -245,7 +245,8 @@ class ExportedEncoder(EncoderBackend):
         absent = [module for module in cls.modules if importlib.util.find_spec(module) is None]
         if not absent:
             return None
-        return f"missing Python package(s) {', '.join(absent)} (pip install 'samprostate-sdg[fast]')"
+        names = " ".join(absent)  # the modules' distributions have their names
+        return f"missing Python package(s) {', '.join(absent)}: pip install {names} (in Slicer's Python console: slicer.util.pip_install('{names}'))"
 
     def key_extras(self) -> dict:
         return {}
