@@ -165,7 +165,7 @@ def volume_signals(engine: SamEngine, volume: CachedVolume, options: ProposalOpt
             "dice": mask_dice(predicted[index], reference[index]),
             "reference_area": int(reference[index].sum()), "predicted_area": int(predicted[index].sum()),
             "from_first": int(index - first) if boxed else None, "to_last": int(last - index) if boxed else None,
-            "boxed_slices": len(boxed), "flagged": index in confidences and confidences[index].flagged, "pixel_mm2": float(volume.spacing_xyz[0] * volume.spacing_xyz[1]),
+            "boxed_slices": len(boxed), "flagged": index in confidences and confidences[index].flagged, "pixel_mm2": float(volume.spacing_xyz[0] * volume.spacing_xyz[1]), "slice_mm": float(volume.spacing_xyz[2]),
             "coarse_max": float(volume.probabilities[index].max()), "component_area": int(component[index].sum()),
             "coarse_agreement": mask_dice(predicted[index], component[index]),
             "neighbour_dice": [mask_dice(predicted[index], predicted[other]) for other in (index - 1, index + 1) if 0 <= other < len(predicted)],
