@@ -72,7 +72,7 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
     ("points on a version 1 file", lambda f: _segment(f, "--boxes-in", _boxes(f, SEGMENT_POINT, version=1)), 'points need "version": 2'),
     ("slice outside the volume", lambda f: _segment(f, "--boxes-in", _boxes(f, {"slice": 4, "pixel": [1, 1, 9, 9]})), "slice 4 is outside the volume (0..3)"),
     ("point outside the slice", lambda f: _segment(f, "--boxes-in", _boxes(f, {"slice": 1, "points": [[300, 10, 1]]})), "the point (300, 10) on slice 1 lies outside"),
-    ("inverted box", lambda f: _segment(f, "--boxes-in", _boxes(f, {"slice": 1, "pixel": [160, 100, 100, 150]})), "empty or inverted"),
+    ("inverted box", lambda f: _segment(f, "--boxes-in", _boxes(f, {"slice": 1, "pixel": [160, 100, 100, 150]})), "is inverted"),
     ("box outside the slice", lambda f: _segment(f, "--boxes-in", _boxes(f, {"slice": 1, "pixel": [280, 280, 300, 300]})), "lies outside the 270x270 slice"),
     # apps/cli.py
     ("negative margin", lambda f: _segment(f, "--margin-mm", "-1"), "--margin-mm must be a number of millimetres"),

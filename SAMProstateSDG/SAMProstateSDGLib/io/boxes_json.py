@@ -78,7 +78,7 @@ def boxes_to_json(
         "physical": "millimetres; 'lps' as in ITK/DICOM, 'ras' as in Slicer; the two corners (x0, y0) and (x1, y1) on the slice's plane",
         "boxes": entries,
         "slices_to_check_without_box": [
-            {"slice": index, **confidence.to_json()} for index, confidence in confidences.items() if confidence.flagged and not confidence.segmented
+            {"slice": index, **confidence.to_json()} for index, confidence in confidences.items() if confidence.flagged and index not in boxes
         ],
     }
 
