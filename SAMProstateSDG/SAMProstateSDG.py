@@ -281,7 +281,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onProposeBoxes(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Proposing boxes failed."), waitCursor=True):
-            if ensureRequirements():
+            if ensureRequirements(self._parameterNode.encoderBackend):
                 self.showDeviceNote()
                 parameters = self._parameterNode
                 self.logic.workflow.proposeBoxes(
@@ -302,7 +302,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-            if ensureRequirements() and self.encodeQueuedSlices():
+            if ensureRequirements(self._parameterNode.encoderBackend) and self.encodeQueuedSlices():
                 self.showDeviceNote()
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.workflow.segment(
@@ -363,7 +363,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRefine(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Refining with clicks failed."), waitCursor=True):
-            if ensureRequirements():
+            if ensureRequirements(self._parameterNode.encoderBackend):
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.workflow.refineWithPoints(
                     parameters.inputVolume, parameters.clicks, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,
@@ -381,7 +381,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.stopPlacingClicks()
             return
         with slicer.util.tryWithErrorDisplay(_("Placing clicks failed.")):
-            if ensureRequirements():
+            if ensureRequirements(self._parameterNode.encoderBackend):
                 self.startPlacingClicks(inside)
         self._setClickButtons(self._placingInside)
 
@@ -408,7 +408,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return  # a point placed in this list by other means (the Markups module): applied with Refine with clicks
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Refining with the click failed."), waitCursor=True):
-            if ensureRequirements():
+            if ensureRequirements(self._parameterNode.encoderBackend):
                 parameters.outputSegmentation = self.logic.workflow.placeClick(
                     parameters.inputVolume, caller, pointIndex, self._placingInside, parameters.outputSegmentation, model=self.selectedModel(),
                     device=parameters.device, method=parameters.segmentationMethod.value,
@@ -455,7 +455,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExportDicomSeg(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
             path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export DICOM SEG"), "", "DICOM (*.dcm)")
-            if path and ensureRequirements():
+            if path and ensureRequirements(self._parameterNode.encoderBackend):
                 parameters = self._parameterNode
                 self.logic.workflow.exportDicomSeg(
                     parameters.inputVolume, parameters.outputSegmentation, path, dicomInstanceFile(), model=self.selectedModel(),
@@ -470,7 +470,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             reportJson = Path(path).with_suffix(".json") if path else None
             if not path or (reportJson.exists() and not slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=reportJson))):
                 return
-            if ensureRequirements():
+            if ensureRequirements(self._parameterNode.encoderBackend):
                 parameters = self._parameterNode
                 self.logic.workflow.writeReport(
                     parameters.inputVolume, parameters.outputSegmentation, path, reportJson, self.ui.psaSpinBox.value or None,
@@ -485,7 +485,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStartTraining(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Training could not start.")):
-            if ensureRequirements():
+            if ensureRequirements(self._parameterNode.encoderBackend):
                 parameters = self._parameterNode
                 run = (parameters.trainingData, parameters.trainingSite, parameters.trainingMethod.value, parameters.trainingEpochs,
                        parameters.device, parameters.resumeTraining)
@@ -580,9 +580,10 @@ class SAMProstateSDGLogic(ScriptedLoadableModuleLogic):
 # Python requirements: checked (by version) before the first computation, installed only after the user agrees.
 
 
-def missingRequirements() -> list:
-    """What is not installed in a usable version: PyTorch (torch, torchvision) and the packages of SAMProstateSDGLib.core.requirements."""
-    return requirements.unmet_pytorch() + requirements.unmet()
+def missingRequirements(backend: str = "auto") -> list:
+    """What is not installed in a usable version: PyTorch (torch, torchvision) and the packages of SAMProstateSDGLib.core.requirements
+    (with those of the chosen encoder backend)."""
+    return requirements.unmet_pytorch() + requirements.unmet(requirements.module_requirements(backend))
 
 
 def dicomInstanceFile():
@@ -591,8 +592,9 @@ def dicomInstanceFile():
     return database.fileForInstance if database is not None and database.isOpen else None
 
 
-def ensureRequirements() -> bool:
-    """True when the backend can run; otherwise asks, then installs PyTorch (PyTorch extension) and the rest.
+def ensureRequirements(backend: str = "auto") -> bool:
+    """True when the backend can run (with the chosen encoder ``backend``); otherwise asks, then installs PyTorch
+    (PyTorch extension) and the rest.
 
     On Slicer 5.12 and later the packages go through ``slicer.packaging.pip_ensure`` (which also
     offers a restart when an imported package was upgraded); on 5.10 through ``slicer.util.pip_install``,
@@ -603,7 +605,7 @@ def ensureRequirements() -> bool:
     if unsupported:
         slicer.util.errorDisplay(unsupported)
         return False
-    missing = missingRequirements()
+    missing = missingRequirements(backend)
     if not missing:
         return True
     if not slicer.util.confirmOkCancelDisplay(
@@ -621,14 +623,14 @@ def ensureRequirements() -> bool:
             torchvisionVersionRequirement=requirements.TORCHVISION_REQUIREMENT,
         )
     changed = changedDistributions(importedBefore)  # PyTorch Utils offers no restart
-    packages = requirements.unmet()
+    packages = requirements.unmet(requirements.module_requirements(backend))
     if packages and hasattr(slicer, "packaging") and hasattr(slicer.packaging, "pip_ensure"):  # Slicer 5.12 and later
         slicer.packaging.pip_ensure(packages, prompt_install=False, requester="SAM Prostate SDG")  # offers its own restart
     elif packages:
         slicer.util.pip_install(packages)
         changed = changedDistributions(importedBefore)
     offerRestart(changed)
-    stillMissing = missingRequirements()
+    stillMissing = missingRequirements(backend)
     if stillMissing:
         raise RuntimeError(_("These Python packages could not be installed: {packages}").format(packages=", ".join(stillMissing)))
     return True

