@@ -225,6 +225,12 @@ def test_values_beyond_32_bit_floats_are_refused(capsys, tmp_path, no_model_load
     assert_refused(capsys, tmp_path, ["segment", tmp_path / "huge.nrrd", "-o", tmp_path / "out.nii.gz"], "beyond 32-bit floating point")
 
 
+def test_a_volume_of_sagittal_slices_is_refused(capsys, tmp_path, no_model_loads):
+    image = sitk.ReadImage(str(FIXTURES.parent / "Prostate158" / "P158-020.nii.gz"))
+    sitk.WriteImage(sitk.PermuteAxes(image, [1, 2, 0]), str(tmp_path / "sagittal.nrrd"))
+    assert_refused(capsys, tmp_path, ["segment", tmp_path / "sagittal.nrrd", "-o", tmp_path / "out.nii.gz"], "has sagittal slices (90° from axial)")
+
+
 def _sheared(path: Path) -> Path:
     image = sitk.ReadImage(str(CASE))
     direction = np.eye(3)
@@ -274,11 +280,14 @@ def test_boxes_files_are_checked_against_the_schema(capsys, tmp_path, no_model_l
 
 
 def test_no_json_we_write_holds_nan_or_infinity(tmp_path):
+    """JSON has neither: a figure that does not exist (NaN: the HD95 of an empty mask) is null, an infinity is refused."""
     from SAMProstateSDGLib.core.files import write_json
 
     with pytest.raises(ValueError):
-        write_json(tmp_path / "manifest.json", {"best_validation_dice": float("nan")})
+        write_json(tmp_path / "manifest.json", {"best_validation_dice": float("inf")})
     assert not list(tmp_path.iterdir())
+    write_json(tmp_path / "scores.json", {"hd95_mm": [float("nan"), 3.0]})
+    assert json.loads((tmp_path / "scores.json").read_text()) == {"hd95_mm": [None, 3.0]}
 
 
 # 7, 8, 17. Training that would learn from nothing or resume nothing, and its folder

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import FIXTURES
+from conftest import DATA, FIXTURES
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.core.files import check_outputs
 from SAMProstateSDGLib.io.volume_io import label_image, normalised_array, read_volume, write_image
@@ -35,6 +35,18 @@ def _write(tmp_path, array, name="image.nii.gz"):
 def test_refuses_volumes_it_cannot_segment(tmp_path, array, message):
     with pytest.raises(InputError, match=message):
         read_volume(_write(tmp_path, array))
+
+
+def test_a_volume_stored_in_sagittal_slices_is_refused_and_an_oblique_axial_one_is_not(tmp_path):
+    """SAM segments the file's slices: a sagittal stack (here P158-020 with its voxels permuted, the same anatomy) was
+    segmented sagittal slice by sagittal slice, Dice 0.52 with every slice flagged. Case00 is tilted from axial, and read."""
+    image = sitk.ReadImage(str(DATA / "Prostate158" / "P158-020.nii.gz"))
+    sagittal = sitk.PermuteAxes(image, [1, 2, 0])  # keeps every voxel's physical position
+    sitk.WriteImage(sagittal, str(tmp_path / "sagittal.nii.gz"))
+    with pytest.raises(InputError, match=r"has sagittal slices \(90° from axial\): the prostate is segmented on axial T2 slices"):
+        read_volume(tmp_path / "sagittal.nii.gz")
+    oblique = read_volume(FIXTURES / "Case00.nii.gz")
+    assert abs(np.array(oblique.GetDirection()).reshape(3, 3)[2, 2]) < 0.9999
 
 
 def test_missing_and_unreadable_files_are_input_errors(tmp_path):

@@ -15,9 +15,10 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.files import json_text, text_writer
-from ..io.dicom_series import AXIAL_COSINE, DicomVolume, read_dicom_volume
+from ..io.dicom_series import DicomVolume, read_dicom_volume
 from ..io.measurements import GlandMeasurements, measure_image
 from ..io.provenance import Provenance
+from ..io.volume_io import AXIAL_COSINE
 from ..methods.registry import method
 
 REPORT_FORMAT = "samprostate-measurements"

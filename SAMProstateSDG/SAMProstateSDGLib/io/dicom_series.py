@@ -20,10 +20,9 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from ..core.errors import InputError
-from .volume_io import validate_volume
+from .volume_io import AXIAL_COSINE, PLANES, validate_volume
 
 T2_PATTERN = re.compile(r"t2(?![\s_-]*(\*|star|map))", re.IGNORECASE)
-AXIAL_COSINE = np.cos(np.radians(30))  # slices tilted less than 30° from axial count as axial
 POSITION_TOLERANCE_MM = 0.01  # image positions closer than this are the same position
 SPACING_TOLERANCE = 0.01  # slice steps may differ from their median by 1 % (rounded positions)
 
@@ -64,7 +63,7 @@ class DicomSeries:
         normal = _slice_normal(self.first)
         if normal is None:
             return "unknown plane"
-        return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(normal)))]
+        return PLANES[int(np.argmax(np.abs(normal)))]
 
     def summary(self, with_uid: bool = True) -> str:
         number = self.first.get("SeriesNumber", "?")

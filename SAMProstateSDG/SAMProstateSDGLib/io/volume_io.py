@@ -26,6 +26,8 @@ LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # one-file formats: writt
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 FLOAT32_LIMIT = float(np.finfo(np.float32).max)
 LABEL_MAP_SPAN = 15  # an integer-valued volume whose values span no more than this is a label map, not an MR image
+AXIAL_COSINE = np.cos(np.radians(30))  # slices tilted less than 30° from axial count as axial
+PLANES = ("sagittal", "coronal", "axial")  # the plane whose normal is the patient's L-R, A-P or S-I axis
 ORTHOGONALITY_TOLERANCE = 1e-4  # NIfTI stores a rotation; ITK coerces matrices further from one than this
 
 
@@ -142,7 +144,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
 
 
 def validate_volume(image: sitk.Image, name: str) -> None:
-    """Refuse what the pipeline cannot segment: not 3D, multi-component, tiny, constant, or a label map."""
+    """Refuse what the pipeline cannot segment: not 3D, multi-component, tiny, not axial, constant, or a label map."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} has {image.GetNumberOfComponentsPerPixel()} components per pixel; a scalar T2 volume is needed")
     if image.GetDimension() != 3:
@@ -152,6 +154,11 @@ def validate_volume(image: sitk.Image, name: str) -> None:
         raise InputError(f"{name} has a single slice; a 3D volume is needed")
     if min(width, height) < MIN_SLICE_PIXELS:
         raise InputError(f"{name} slices are {width}x{height} pixels; at least {MIN_SLICE_PIXELS}x{MIN_SLICE_PIXELS} are needed")
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]  # the slices' normal, in patient (LPS) axes
+    cosine = abs(normal[2]) / np.linalg.norm(normal)
+    if cosine < AXIAL_COSINE:  # SAM would segment sagittal or coronal slices, which nothing here was trained or tuned on
+        raise InputError(f"{name} has {PLANES[int(np.argmax(np.abs(normal)))]} slices ({np.degrees(np.arccos(cosine)):.0f}° from axial): "
+                         "the prostate is segmented on axial T2 slices; give the axial series, or reslice this one to axial")
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all():
         raise InputError(f"{name} contains NaN or infinite values")
