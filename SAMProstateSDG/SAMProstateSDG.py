@@ -270,6 +270,10 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.addItem(title, modelId)
         selector.setCurrentIndex(max(selector.findData(selected), 0))
 
+    def requirementsReady(self) -> bool:
+        """The Python packages for the chosen encoder backend are there, or were installed now (``ensureRequirements``)."""
+        return ensureRequirements(self._parameterNode.encoderBackend)
+
     def showDeviceNote(self) -> None:
         """Say once per session when the networks fall back to the CPU (and apply the chosen encoder backend)."""
         self.logic.workflow.setEncoderBackend(self._parameterNode.encoderBackend)
@@ -281,7 +285,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onProposeBoxes(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Proposing boxes failed."), waitCursor=True):
-            if ensureRequirements(self._parameterNode.encoderBackend):
+            if self.requirementsReady():
                 self.showDeviceNote()
                 parameters = self._parameterNode
                 self.logic.workflow.proposeBoxes(
@@ -302,7 +306,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-            if ensureRequirements(self._parameterNode.encoderBackend) and self.encodeQueuedSlices():
+            if self.requirementsReady() and self.encodeQueuedSlices():
                 self.showDeviceNote()
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.workflow.segment(
@@ -363,7 +367,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRefine(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Refining with clicks failed."), waitCursor=True):
-            if ensureRequirements(self._parameterNode.encoderBackend):
+            if self.requirementsReady():
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.workflow.refineWithPoints(
                     parameters.inputVolume, parameters.clicks, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,
@@ -381,7 +385,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.stopPlacingClicks()
             return
         with slicer.util.tryWithErrorDisplay(_("Placing clicks failed.")):
-            if ensureRequirements(self._parameterNode.encoderBackend):
+            if self.requirementsReady():
                 self.startPlacingClicks(inside)
         self._setClickButtons(self._placingInside)
 
@@ -408,7 +412,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return  # a point placed in this list by other means (the Markups module): applied with Refine with clicks
         parameters = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Refining with the click failed."), waitCursor=True):
-            if ensureRequirements(self._parameterNode.encoderBackend):
+            if self.requirementsReady():
                 parameters.outputSegmentation = self.logic.workflow.placeClick(
                     parameters.inputVolume, caller, pointIndex, self._placingInside, parameters.outputSegmentation, model=self.selectedModel(),
                     device=parameters.device, method=parameters.segmentationMethod.value,
@@ -455,7 +459,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExportDicomSeg(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("DICOM SEG export failed."), waitCursor=True):
             path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export DICOM SEG"), "", "DICOM (*.dcm)")
-            if path and ensureRequirements(self._parameterNode.encoderBackend):
+            if path and self.requirementsReady():
                 parameters = self._parameterNode
                 self.logic.workflow.exportDicomSeg(
                     parameters.inputVolume, parameters.outputSegmentation, path, dicomInstanceFile(), model=self.selectedModel(),
@@ -470,7 +474,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             reportJson = Path(path).with_suffix(".json") if path else None
             if not path or (reportJson.exists() and not slicer.util.confirmOkCancelDisplay(_("Replace {path}?").format(path=reportJson))):
                 return
-            if ensureRequirements(self._parameterNode.encoderBackend):
+            if self.requirementsReady():
                 parameters = self._parameterNode
                 self.logic.workflow.writeReport(
                     parameters.inputVolume, parameters.outputSegmentation, path, reportJson, self.ui.psaSpinBox.value or None,
@@ -485,7 +489,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStartTraining(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Training could not start.")):
-            if ensureRequirements(self._parameterNode.encoderBackend):
+            if self.requirementsReady():
                 parameters = self._parameterNode
                 run = (parameters.trainingData, parameters.trainingSite, parameters.trainingMethod.value, parameters.trainingEpochs,
                        parameters.device, parameters.resumeTraining)

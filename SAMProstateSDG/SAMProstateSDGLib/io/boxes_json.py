@@ -264,4 +264,4 @@ def _inside(box: Box, index: int, image: sitk.Image, path: Path) -> Box:
         raise InputError(f"{path}: the box on slice {index} is inverted: {box.as_tuple()}")
     if box.x1 < 0 or box.y1 < 0 or box.x0 > width - 1 or box.y0 > height - 1:
         raise InputError(f"{path}: the box on slice {index} lies outside the {width}x{height} slice")
-    return Box(max(box.x0, 0.0), max(box.y0, 0.0), min(box.x1, width - 1.0), min(box.y1, height - 1.0))
+    return box.clipped((height, width))

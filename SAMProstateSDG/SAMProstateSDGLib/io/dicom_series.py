@@ -20,7 +20,7 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from ..core.errors import InputError
-from .volume_io import AXIAL_COSINE, PLANES, validate_volume
+from .volume_io import AXIAL_COSINE, slice_plane, validate_volume
 
 T2_PATTERN = re.compile(r"t2(?![\s_-]*(\*|star|map))", re.IGNORECASE)
 POSITION_TOLERANCE_MM = 0.01  # image positions closer than this are the same position
@@ -56,14 +56,14 @@ class DicomSeries:
     def axial_cosine(self) -> float:
         """|cos| of the angle between the slice normal and the patient's S-I axis (1 = axial); 0 without orientation."""
         normal = _slice_normal(self.first)
-        return 0.0 if normal is None else float(abs(normal[2]))
+        return 0.0 if normal is None else slice_plane(normal)[1]
 
     @property
     def plane(self) -> str:
         normal = _slice_normal(self.first)
         if normal is None:
             return "unknown plane"
-        return PLANES[int(np.argmax(np.abs(normal)))]
+        return slice_plane(normal)[0]
 
     def summary(self, with_uid: bool = True) -> str:
         number = self.first.get("SeriesNumber", "?")

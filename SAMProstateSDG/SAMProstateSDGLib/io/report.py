@@ -128,17 +128,17 @@ def _radiological(image: sitk.Image, array: np.ndarray) -> np.ndarray:
 
 def slice_captions(image: sitk.Image, indices: list[int]) -> list[str]:
     """Each shown (LPS) slice named as the console, the boxes JSON and the overlay name it: its 0-based slice index in
-    the image file, with its superior position in mm as Slicer shows it (the position alone where the file is not axial)."""
-    file_slices = np.broadcast_to(np.arange(image.GetSize()[2], dtype=np.int32)[:, None, None], image.GetSize()[::-1])
-    shown_file_slices = _radiological(image, np.ascontiguousarray(file_slices))
-    reoriented = sitk.DICOMOrient(image, "LPS")
-    columns, rows = reoriented.GetSize()[:2]
+    the image file, with its superior position in mm as Slicer shows it (the position alone where the file is not axial).
+
+    Reorienting to LPS only permutes and flips axes: the shown slices run along the file axis closest to S-I, upwards."""
+    direction, size = np.array(image.GetDirection()).reshape(3, 3), image.GetSize()
+    axis = int(np.argmax(np.abs(direction[2])))
     captions = []
     for index in indices:
-        superior = reoriented.TransformContinuousIndexToPhysicalPoint(((columns - 1) / 2, (rows - 1) / 2, index))[2]
-        file_slice = np.unique(shown_file_slices[index])
-        position = f"S {superior:.1f} mm"
-        captions.append(f"slice {file_slice[0]}, {position}" if len(file_slice) == 1 else position)
+        along = index if direction[2, axis] > 0 else size[axis] - 1 - index
+        centre = [along if dimension == axis else (size[dimension] - 1) / 2 for dimension in range(3)]
+        position = f"S {image.TransformContinuousIndexToPhysicalPoint(centre)[2]:.1f} mm"
+        captions.append(f"slice {along}, {position}" if axis == 2 else position)
     return captions
 
 

@@ -143,6 +143,12 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return read_series(series[0])
 
 
+def slice_plane(normal: np.ndarray) -> tuple[str, float]:
+    """The plane of slices with this normal (in patient LPS axes), and |cos| of the normal's angle to S-I (1 = axial)."""
+    normal = np.asarray(normal, dtype=float) / np.linalg.norm(normal)
+    return PLANES[int(np.argmax(np.abs(normal)))], float(abs(normal[2]))
+
+
 def validate_volume(image: sitk.Image, name: str) -> None:
     """Refuse what the pipeline cannot segment: not 3D, multi-component, tiny, not axial, constant, or a label map."""
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -154,10 +160,9 @@ def validate_volume(image: sitk.Image, name: str) -> None:
         raise InputError(f"{name} has a single slice; a 3D volume is needed")
     if min(width, height) < MIN_SLICE_PIXELS:
         raise InputError(f"{name} slices are {width}x{height} pixels; at least {MIN_SLICE_PIXELS}x{MIN_SLICE_PIXELS} are needed")
-    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]  # the slices' normal, in patient (LPS) axes
-    cosine = abs(normal[2]) / np.linalg.norm(normal)
+    plane, cosine = slice_plane(np.array(image.GetDirection()).reshape(3, 3)[:, 2])
     if cosine < AXIAL_COSINE:  # SAM would segment sagittal or coronal slices, which nothing here was trained or tuned on
-        raise InputError(f"{name} has {PLANES[int(np.argmax(np.abs(normal)))]} slices ({np.degrees(np.arccos(cosine)):.0f}° from axial): "
+        raise InputError(f"{name} has {plane} slices ({np.degrees(np.arccos(cosine)):.0f}° from axial): "
                          "the prostate is segmented on axial T2 slices; give the axial series, or reslice this one to axial")
     values = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(values).all():

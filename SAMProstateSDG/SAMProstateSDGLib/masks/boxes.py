@@ -70,6 +70,11 @@ class Box:
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (self.x0, self.y0, self.x1, self.y1)
 
+    def clipped(self, shape: tuple[int, int]) -> Box:
+        """The box cut to a slice of ``shape`` (rows, columns): edges on the first and last pixel at most."""
+        height, width = shape
+        return Box(max(self.x0, 0.0), max(self.y0, 0.0), min(self.x1, width - 1.0), min(self.y1, height - 1.0))
+
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest face-connected component of a 2D or 3D boolean mask (empty stays empty)."""
@@ -249,9 +254,9 @@ def borrowed_box(
     if not boxes or not positives:
         return None
     nearest = boxes[min(boxes, key=lambda boxed: (abs(boxed - index), boxed))]
-    (x, y), height, width = positives[0], *shape
+    x, y = positives[0]
     half_width, half_height = BORROWED_BOX_SCALE * (nearest.x1 - nearest.x0) / 2, BORROWED_BOX_SCALE * (nearest.y1 - nearest.y0) / 2
-    return Box(max(x - half_width, 0.0), max(y - half_height, 0.0), min(x + half_width, width - 1.0), min(y + half_height, height - 1.0))
+    return Box(x - half_width, y - half_height, x + half_width, y + half_height).clipped(shape)
 
 
 START_MARGIN_MM = 2.0  # the smaller of the two margins tried on the suite's gland slices without a box, equal there (README: History)
