@@ -13,12 +13,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import SimpleITK as sitk
 from tqdm import tqdm
 
 from ..core.errors import InputError
 from ..io.dataset import Case
-from ..io.volume_io import read_image
 from ..masks.boxes import boxes_from_labels
 from ..masks.confidence import SliceConfidence, mask_dice
 from ..masks.metrics import Score, score
@@ -137,13 +135,14 @@ def run_suite(
     predictors: dict[str, SuitePredictor] | None = None,
 ) -> SuiteResult:
     """Every case clean and under each shift, scored by each predictor (the default ones unless given)."""
-    without_gland = [case.name for case in cases if not sitk.GetArrayFromImage(read_image(case.mask, "mask")).any()]
-    if without_gland:  # before minutes of work: the coil and z-coverage shifts are placed by the gland
+    volumes = {case.name: case.read() for case in cases}  # read once, all before minutes of work
+    without_gland = [name for name, (_, labels) in volumes.items() if not labels.any()]
+    if without_gland:  # the coil and z-coverage shifts are placed by the gland
         raise InputError(f"the robustness suite needs gland in every reference mask; empty in {', '.join(without_gland)}")
     predictors = predictors or default_predictors(segmenter)
     result = SuiteResult(seed, list(shifts), {row: {} for row in predictors}, [], method_row(segmenter))
     for case in tqdm(cases, desc="cases"):
-        image, labels = case.read()
+        image, labels = volumes[case.name]
         for shift in (None, *shifts):
             name = CLEAN if shift is None else shift.name
             shifted, reference = (image, labels) if shift is None else shifted_case(shift, image, labels, seed, case.name)
