@@ -1,7 +1,10 @@
 """The benchmark's paths and baselines on a real fixture volume (timings are printed, never asserted)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from conftest import FIXTURES
 from SAMProstateSDGLib.apps.bench import STAGES, _report, box_proposal_speedup, plain_engine, python_bfs_boxes, run_path
@@ -28,7 +31,10 @@ def plain(segmenter):
 
 
 def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter, plain, tmp_path):
-    case = next(case for case in find_cases(FIXTURES) if case.name == "P158-020")
+    fixture = next(case for case in find_cases(FIXTURES) if case.name == "P158-020")
+    for source, target in ((fixture.image, tmp_path / "image.nii.gz"), (fixture.mask, tmp_path / "mask.nii.gz")):
+        sitk.WriteImage(sitk.ReadImage(str(source))[:, :, 1:3], str(target))  # two of its four slices: each path encodes every slice
+    case = replace(fixture, image=tmp_path / "image.nii.gz", mask=tmp_path / "mask.nii.gz")
     paths = ("naive", "torch fp32", "torch bf16", "merged")
     results = {path: run_path(segmenter, case, path, tmp_path, plain) for path in paths}
     for path, (timing, labels) in results.items():
@@ -36,7 +42,7 @@ def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter
         assert (tmp_path / f"P158-020_{path.replace(' ', '_')}.nii.gz").is_file()
     naive, fast = results["naive"][1], results["torch fp32"][1]
     assert np.array_equal(naive, fast)  # the fast encoder, on boxed slices only, changes nothing
-    assert results["merged"][0].dice > results["torch fp32"][0].dice - 0.03  # merging may only cost little (on this fixture it gains)
+    assert results["merged"][0].dice > results["torch fp32"][0].dice - 0.03  # merging may only cost little
     assert abs(results["torch bf16"][0].dice - results["torch fp32"][0].dice) < 0.01 and not np.array_equal(results["torch bf16"][1], fast)
     assert segmenter.sam.encoder_backend.label == "torch fp32"  # each path restores the engine's encoder
     process = {"cold_seconds": 12.0, "warm_seconds": 8.0, "load_seconds": 2.0, "process_peak_mb": 1200.0}

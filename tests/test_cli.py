@@ -80,10 +80,11 @@ def test_the_summary_names_the_flagged_slices_of_the_boxes_file(unseen_case):
 
 
 def test_a_method_that_prompts_itself_lists_its_slices_to_check_without_boxes(tmp_path, data):
-    """DeSAM has no boxes for SAM to rate: its flagged slices (agreement with the coarse network, cross-section; on a
-    whole volume at least the apex and base) are all listed as slices without a box, and the summary names the same ones."""
-    result = samprostate("segment", data / "Prostate158" / "P158-020.nii.gz", "-o", tmp_path / "labels.nii.gz", "--method", "desam-box",
-                         "--boxes-out", tmp_path / "boxes.json")
+    """DeSAM has no boxes for SAM to rate: its flagged slices (agreement with the coarse network, cross-section; here at
+    least the base) are all listed as slices without a box, and the summary names the same ones."""
+    base = tmp_path / "base.nii.gz"  # P158-020's slices 15-20: the gland's widest slice, the base (its last three) and one past it
+    sitk.WriteImage(sitk.ReadImage(str(data / "Prostate158" / "P158-020.nii.gz"))[:, :, 15:21], str(base))
+    result = samprostate("segment", base, "-o", tmp_path / "labels.nii.gz", "--method", "desam-box", "--boxes-out", tmp_path / "boxes.json")
     written = json.loads((tmp_path / "boxes.json").read_text())
     assert written["boxes"] == [] and written["slices_to_check_without_box"]
     assert all("predicted_iou" not in entry for entry in written["slices_to_check_without_box"])

@@ -97,7 +97,8 @@ def test_train_fine_tunes_the_decoder_from_the_cache_for_one_epoch(embedded, tin
 
 
 def test_bench_times_each_path_on_a_small_data_folder(tiny_site, tmp_path):
-    samprostate("bench", "--data", tiny_site, "--cases", "1", "--backend", "torch", "--precision", "fp32", "--output", tmp_path / "bench.md")
+    samprostate("bench", "--data", tiny_site, "--cases", "1", "--backend", "torch", "--precision", "fp32", "--review-seconds", "0.5",
+                "--output", tmp_path / "bench.md")
     report = (tmp_path / "bench.md").read_text()
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["cases"] == ["Case00"] and list(data["paths"]) == ["naive", "torch fp32", "merged"]
@@ -106,6 +107,7 @@ def test_bench_times_each_path_on_a_small_data_folder(tiny_site, tmp_path):
     assert timings["naive"]["dice"] == timings["torch fp32"]["dice"] > 0.85  # the same masks, only faster
     assert data["box_proposal_ms"]["same_boxes"] is True
     assert "| Stage | naive | torch fp32 | merged |" in report and "| **total** |" in report and "chose torch fp32" in report
+    assert data["wait_after_review_s"]["review"] == 0.5 and "after a 0.5 s box review" in report
 
 
 def test_merge_slices_encodes_four_crops_at_once_and_keeps_a_good_dice(segmenter, tmp_path):

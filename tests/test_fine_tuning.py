@@ -267,6 +267,7 @@ def test_jitter_moves_each_edge_by_at_most_a_tenth_of_the_box_and_stays_in_the_s
 
 def test_samed_trains_lora_and_decoder_not_the_base_encoder(canvas_split, tmp_path):
     training, validation = canvas_split
+    training = training[:1]  # one case's slices: SAMed runs the whole encoder forward and backward (LoRA) on each
     engine = fresh_engine()
     sam_before = snapshot(engine.sam)
     method = SAMedMethod(engine)

@@ -53,7 +53,7 @@ DICE_TOLERANCE = 0.005  # mean Dice of a backend × precision within this of tor
 CASE_TOLERANCE = 0.01  # ... and no case moving by more: then "auto" may use it
 PARITY_SPLITS = ("source-extra", "unseen")  # the 12 non-training cases
 RESEGMENT_REPEATS = 10
-REVIEW_SECONDS = 10.0  # how long the user looks at the proposed boxes before pressing Segment
+REVIEW_SECONDS = 10.0  # default: how long the user looks at the proposed boxes before pressing Segment
 BOX_REPEATS = 20  # the proposal takes about a millisecond: one run would mostly time the first call
 
 
@@ -191,15 +191,15 @@ def click_update_milliseconds(segmenter: ProstateSegmenter, case: Case) -> float
     return 1000 * statistics.median(times)
 
 
-def wait_after_review(segmenter: ProstateSegmenter, case: Case, background: bool) -> float:
-    """Seconds from Segment to labels when the user checked the proposed boxes for REVIEW_SECONDS,
+def wait_after_review(segmenter: ProstateSegmenter, case: Case, background: bool, review_seconds: float = REVIEW_SECONDS) -> float:
+    """Seconds from Segment to labels when the user checked the proposed boxes for ``review_seconds``,
     with the boxed slices encoding in the background meanwhile or not."""
     image, _ = case.read()
     volume = segmenter.prepare(image)
     boxes = segmenter.propose_boxes(volume)
     if background:
         volume.encoded.encode_in_background(sorted(boxes))
-    time.sleep(REVIEW_SECONDS)
+    time.sleep(review_seconds)
     started = time.perf_counter()
     segmenter.segment_with_boxes(volume, boxes)
     waited = time.perf_counter() - started
@@ -349,12 +349,13 @@ def machine() -> str:
 
 def benchmark(
     segmenter: ProstateSegmenter, cases: list[Case], wanted: list[Candidate] | None = None, load_seconds: float = 0.0,
-    backend: str = "auto", precision: str = "auto", log=print,
+    backend: str = "auto", precision: str = "auto", log=print, review_seconds: float = REVIEW_SECONDS,
 ) -> tuple[str, dict]:
     """Run every path on every case (a warm-up first) and return the report as Markdown and as JSON data.
 
     ``segmenter`` runs the backend "auto" chose (its load took ``load_seconds``); ``wanted``: the
-    backend × precision paths to time (default: every candidate here)."""
+    backend × precision paths to time (default: every candidate here); ``review_seconds``: how long the user is taken
+    to look at the proposed boxes before pressing Segment."""
     encoders = encoder_backends(segmenter, wanted or candidates(device=segmenter.sam.device))
     paths = ["naive", *encoders, "merged"]
     timings: dict[str, list[VolumeTiming]] = {path: [] for path in paths}
@@ -373,7 +374,7 @@ def benchmark(
         warm_seconds = warm_segment_seconds(segmenter, cases[0], Path(folder))
     resegment = resegment_milliseconds(segmenter, cases[0])
     click_ms = click_update_milliseconds(segmenter, cases[0])
-    waits = {background: wait_after_review(segmenter, cases[0], background) for background in (False, True)}
+    waits = {background: wait_after_review(segmenter, cases[0], background, review_seconds) for background in (False, True)}
     ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
     levers = encoder_levers(segmenter, cases[0], plain, encoders)
     peak_mb = peak_resident_mb()
@@ -388,7 +389,7 @@ def benchmark(
         "paths": {path: [{"slices": t.slices, "seconds": t.seconds, "total": t.total, "dice": t.dice} for t in timings[path]] for path in paths},
         "resegment_ms": resegment,
         "click_update_ms": click_ms,
-        "wait_after_review_s": {"foreground": waits[False], "background": waits[True]},
+        "wait_after_review_s": {"review": review_seconds, "foreground": waits[False], "background": waits[True]},
         "box_proposal_ms": {"ours": ours_ms, "python_bfs": python_ms, "same_boxes": same_boxes},
         "encoder_variants": [{"name": name, "ms_per_slice": ms, "max_embedding_difference": d} for name, ms, d in levers],
         "peak_mb": peak_mb,
@@ -400,13 +401,14 @@ def benchmark(
 def markdown_report(data: dict) -> str:
     """The report of a ``bench`` run, rendered from its JSON data (``bench --output NAME.md`` writes NAME.json beside it).
 
-    Files written before ``backend``, ``precision`` and ``click_update_ms`` were recorded ran with the defaults (auto) and no click timing."""
+    Files written before ``backend``, ``precision``, ``click_update_ms`` and the review time were recorded ran with the defaults (auto, a
+    REVIEW_SECONDS review) and no click timing."""
     timings = {path: [VolumeTiming(run["slices"], run["seconds"], run["dice"]) for run in runs] for path, runs in data["paths"].items()}
     device = f"{data['device']}, --backend {data.get('backend', 'auto')} --precision {data.get('precision', 'auto')} chose {data['chosen']}"
     waits = {False: data["wait_after_review_s"]["foreground"], True: data["wait_after_review_s"]["background"]}
     boxes = data["box_proposal_ms"]
     report = _report(timings, data["resegment_ms"], waits, boxes["ours"], boxes["python_bfs"], boxes["same_boxes"], data["peak_mb"], device,
-                     data["segment_process"], data["machine"])
+                     data["segment_process"], data["machine"], data["wait_after_review_s"].get("review", REVIEW_SECONDS))
     if data.get("click_update_ms") is not None:
         report += ("- One click with the interactive decoder (box + the slice's clicks + its previous mask; cached embedding, decoder only): "
                    f"median {data['click_update_ms']:.0f} ms\n")
@@ -415,7 +417,10 @@ def markdown_report(data: dict) -> str:
     return report + "\n".join(lever_lines)
 
 
-def _report(timings, resegment_ms, waits, ours_ms, python_ms, same_boxes, peak_mb, device, process=None, machine_text: str | None = None) -> str:
+def _report(
+    timings, resegment_ms, waits, ours_ms, python_ms, same_boxes, peak_mb, device, process=None, machine_text: str | None = None,
+    review_seconds: float = REVIEW_SECONDS,
+) -> str:
     paths = list(timings)
 
     def median(path: str, stage: str | None = None, per_slice: bool = False) -> float:
@@ -438,7 +443,7 @@ def _report(timings, resegment_ms, waits, ours_ms, python_ms, same_boxes, peak_m
     lines += [
         "",
         f"- Re-segment one slice after a box edit (cached embedding, decoder only): median {resegment_ms:.0f} ms",
-        f"- Wait from Segment to labels after a {REVIEW_SECONDS:.0f} s box review: {waits[False]:.1f} s, or {waits[True]:.1f} s with the "
+        f"- Wait from Segment to labels after a {review_seconds:g} s box review: {waits[False]:.1f} s, or {waits[True]:.1f} s with the "
         f"boxed slices encoding in the background during the review ({waits[False] / waits[True]:.1f}×)",
         f"- Box proposal, per-slice largest component + box: {ours_ms:.1f} ms vs pure-Python BFS {python_ms:.0f} ms "
         f"({python_ms / max(ours_ms, 1e-6):.0f}×), same boxes: {'yes' if same_boxes else 'NO'}",
