@@ -44,7 +44,7 @@ from SAMProstateSDGLib.core import requirements
 from SAMProstateSDGLib.core.catalog import SAM_TYPES
 from SAMProstateSDGLib.core.devices import BACKEND_CHOICES, DEVICE_CHOICES
 from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, methods
-from SAMProstateSDGLib.slicerapp.workflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow, checkpointModel
+from SAMProstateSDGLib.slicerapp.workflow import BOX_FILTERS, SAM_MODELS, ProstateWorkflow, checkpointModel, segmentationVolume
 
 TRAINING_POLL_MS = 500
 ENCODING_STEP_MS = 20  # pause between two background-encoded slices, so the GUI stays responsive
@@ -154,6 +154,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._trainingMethodShown = None
         self._placingInside = None  # while the Click inside / outside button is on: True / False
         self._clicksObserved = None  # the point list whose placed clicks re-segment their slice
+        self._volumeShown = None  # node IDs of the input volume and output segmentation the panel's results are of
+        self._segmentationShown = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -204,6 +206,8 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         self.stopPlacingClicks()
         self.setParameterNode(None)
+        self.clearResults()
+        self.ui.psaSpinBox.value = 0
         self.encodingTimer.stop()
         self.logic.forgetVolumes()
 
@@ -223,12 +227,14 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._trainingMethodShown = self._parameterNode.trainingMethod
+            self._volumeShown, self._segmentationShown = nodeID(self._parameterNode.inputVolume), nodeID(self._parameterNode.outputSegmentation)
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
             self.updateButtons()
 
     def updateButtons(self, caller=None, event=None) -> None:
         self.applyTrainingDefaults()
+        self.applyInputChange()
         hasVolume = bool(self._parameterNode and self._parameterNode.inputVolume)
         self.ui.proposeBoxesButton.enabled = hasVolume
         self.ui.addBoxButton.enabled = hasVolume
@@ -250,6 +256,30 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if method is not None and method != self._trainingMethodShown:
             self._trainingMethodShown = method
             self._parameterNode.trainingEpochs = TRAINING_METHODS[method.value].default_epochs
+
+    def applyInputChange(self) -> None:
+        """A newly chosen input volume starts without the previous one's PSA, clicks and output segmentation (unless that
+        segmentation was made on the new volume); a new volume or segmentation without the results shown for the previous one."""
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        volume = parameters.inputVolume
+        if nodeID(volume) != self._volumeShown:
+            self._volumeShown = nodeID(volume)
+            self.stopPlacingClicks()
+            self.ui.psaSpinBox.value = 0
+            segmentation = parameters.outputSegmentation
+            if segmentation is None or segmentationVolume(segmentation) is not volume:
+                parameters.clicks = None
+                parameters.outputSegmentation = None
+        if nodeID(parameters.outputSegmentation) != self._segmentationShown:
+            self._segmentationShown = nodeID(parameters.outputSegmentation)
+            self.clearResults()
+
+    def clearResults(self) -> None:
+        """Empty the measurements and the slices to check."""
+        self.ui.measurementsText.clear()
+        self.ui.slicesToCheckComboBox.clear()
 
     def selectedModel(self) -> str:
         """The trained model chosen in the Segment tab, else the user's own SAM checkpoint, else the shipped SAM model."""
@@ -306,8 +336,10 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSegment(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Segmentation failed."), waitCursor=True):
-            if self.requirementsReady() and self.encodeQueuedSlices():
-                self.showDeviceNote()
+            if not self.requirementsReady():
+                return
+            self.showDeviceNote()  # first: a changed encoder backend drops the slices queued for the previous one, unencoded
+            if self.encodeQueuedSlices():
                 parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.workflow.segment(
                     parameters.inputVolume, None, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,
@@ -355,9 +387,10 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             selector.addItem(_("none flagged"), -1)
 
     def onSliceToCheck(self, row: int) -> None:
-        index = self.ui.slicesToCheckComboBox.itemData(row)
-        if index is not None and index >= 0:
-            self.logic.workflow.jumpToSlice(self._parameterNode.inputVolume, index)
+        with slicer.util.tryWithErrorDisplay(_("Showing the slice failed.")):
+            index = self.ui.slicesToCheckComboBox.itemData(row)
+            if index is not None and index >= 0:
+                self.logic.workflow.jumpToSlice(self._parameterNode.inputVolume, index)
 
     def showMeasurements(self) -> None:
         """The output segmentation's volume and diameters, as text the user can copy."""
@@ -384,10 +417,12 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._placingInside == inside:
                 self.stopPlacingClicks()
             return
-        with slicer.util.tryWithErrorDisplay(_("Placing clicks failed.")):
-            if self.requirementsReady():
-                self.startPlacingClicks(inside)
-        self._setClickButtons(self._placingInside)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Placing clicks failed.")):
+                if self.requirementsReady():
+                    self.startPlacingClicks(inside)
+        finally:  # tryWithErrorDisplay re-raises after showing its message
+            self._setClickButtons(self._placingInside)
 
     def startPlacingClicks(self, inside: bool) -> None:
         parameters = self._parameterNode
@@ -588,6 +623,10 @@ def missingRequirements(backend: str = "auto") -> list:
     """What is not installed in a usable version: PyTorch (torch, torchvision) and the packages of SAMProstateSDGLib.core.requirements
     (with those of the chosen encoder backend)."""
     return requirements.unmet_pytorch() + requirements.unmet(requirements.module_requirements(backend))
+
+
+def nodeID(node) -> Optional[str]:
+    return node.GetID() if node is not None else None
 
 
 def dicomInstanceFile():

@@ -92,13 +92,20 @@ class FakeWidget:
         self.items: list[tuple[str, object]] = []
         self.currentIndex = 0
         self.enabled = True
+        self.plainText = ""
 
     def connect(self, signal, slot=None):
         self.connections.setdefault(signal, []).append(slot)
         return True
 
     def clear(self):
-        self.items = []
+        self.items, self.plainText = [], ""
+
+    def setPlainText(self, text):
+        self.plainText = text
+
+    def toPlainText(self):
+        return self.plainText
 
     def addItem(self, text, data=None):
         self.items.append((text, data))
@@ -615,6 +622,48 @@ def scenario_segment(arguments: dict) -> dict:
         "segmented": parameters.outputSegmentation is not None,
         "timerActive": widget.encodingTimer.active,
     }
+
+
+def scenario_switch(arguments: dict) -> dict:
+    """A segmentation (``segmentation``, a label file on ``volume``), clicks, a PSA, measurements and slices to check shown
+    for one volume; then another volume is chosen, the first one's segmentation chosen for it, the first volume chosen
+    again, and the scene closed. Reports what the panel and the parameter node hold after each step."""
+    import SimpleITK as sitk
+
+    install_slicer((5, 10), {}, False, requirements_installed=True)
+    _, widget, volume = widget_on_volume(arguments["volume"])
+    from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+    parameters, ui = widget._parameterNode, widget.ui
+
+    def shown() -> dict:
+        return {
+            "psa": ui.psaSpinBox.value, "measurements": bool(ui.measurementsText.toPlainText()), "slicesToCheck": [data for _, data in ui.slicesToCheckComboBox.items],
+            "segmentation": parameters.outputSegmentation.GetName() if parameters.outputSegmentation else None,
+            "clicks": bool(parameters.clicks), "export": [ui.exportDicomSegButton.enabled, ui.saveReportButton.enabled],
+        }
+
+    labels = (sitk.GetArrayFromImage(sitk.ReadImage(arguments["segmentation"])) > 0).astype("uint8")
+    segmentation, _ = bridge.add_label_segments(labels, volume)
+    parameters.outputSegmentation, parameters.clicks = segmentation, widget.logic.workflow.clicksNode(volume)
+    ui.psaSpinBox.value = 6.0
+    widget.showMeasurements()
+    ui.slicesToCheckComboBox.addItem("slice 2", 2)  # as showSlicesToCheck lists a flagged slice after Segment
+    states = {"first volume": shown()}
+    parameters.inputVolume = read_volume_node(arguments["otherVolume"], "another T2")
+    states["another volume"] = shown()
+    parameters.outputSegmentation = segmentation  # chosen by hand in the selector
+    try:
+        widget.showMeasurements()
+    except Exception as error:  # noqa: BLE001 - shown by the action's tryWithErrorDisplay
+        states["measured"] = f"{type(error).__name__}: {error}"
+    parameters.inputVolume = volume  # its own segmentation is chosen: kept
+    states["first volume again"] = shown()
+    ui.psaSpinBox.value = 6.0
+    widget.showMeasurements()
+    widget.onSceneStartClose(None, None)
+    states["scene closed"] = {key: value for key, value in shown().items() if key in ("psa", "measurements", "slicesToCheck")}
+    return states
 
 
 def scenario_clicks(arguments: dict) -> dict:

@@ -200,3 +200,23 @@ def test_segment_right_after_propose_encodes_the_queued_slices_under_a_progress_
     after_another = run_scenario("segment", volume=str(FIXTURES / "P158-020.nii.gz"), otherVolume=str(FIXTURES / "Case29.nii.gz"))
     assert after_another["otherQueued"] > 0 and after_another["maximum"] == after_another["queued"]  # only this volume's slices
     assert after_another["left"] == after_another["otherQueued"] and after_another["segmented"] and after_another["timerActive"]
+
+
+def test_another_input_volume_starts_without_the_previous_one_s_segmentation_clicks_psa_and_results():
+    report = run_scenario(
+        "switch", volume=str(FIXTURES / "P158-020.nii.gz"), segmentation=str(FIXTURES / "P158-020_seg.nii.gz"),
+        otherVolume=str(FIXTURES / "Case29.nii.gz"),
+    )
+
+    assert report["first volume"] == {
+        "psa": 6.0, "measurements": True, "slicesToCheck": [2], "segmentation": "T2 prostate", "clicks": True, "export": [True, True],
+    }
+    assert report["another volume"] == {
+        "psa": 0, "measurements": False, "slicesToCheck": [], "segmentation": None, "clicks": False, "export": [False, False],
+    }
+    assert report["measured"] == "InputError: T2 prostate is the segmentation of T2, not of another T2: choose T2 as the input volume, " \
+        "or another output segmentation (none: a new one)"
+    assert report["first volume again"] == {  # the segmentation chosen is this volume's: kept, the results shown for another cleared
+        "psa": 0, "measurements": False, "slicesToCheck": [], "segmentation": "T2 prostate", "clicks": False, "export": [True, True],
+    }
+    assert report["scene closed"] == {"psa": 0, "measurements": False, "slicesToCheck": []}

@@ -13,7 +13,7 @@ from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.masks.boxes import Box
 from SAMProstateSDGLib.slicerapp import mrml as bridge
-from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow
+from SAMProstateSDGLib.slicerapp.workflow import SAM_MODELS, ProstateWorkflow, checkSegmentationVolume, segmentationVolume
 
 TRAINING_LIMIT_S = 600
 
@@ -119,6 +119,49 @@ def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check
     assert slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())[2, 3] == pytest.approx(slice_centre, abs=1e-3)
     workflow.forgetVolumes({volume_node.GetID()})
     assert workflow.slicesToCheck(volume_node, device="cpu") == []
+
+
+def test_the_views_jump_to_a_slice_past_a_box_moved_off_the_volume(volume_node):
+    columns, rows, slices = volume_node.GetImageData().GetDimensions()
+    box = Box(10, 10, columns / 3, rows / 3)  # away from the slice's centre
+    off, kept = bridge.roi_nodes_from_boxes(volume_node, {0: box, slices - 1: box})
+    off.SetCenter((np.array(off.GetCenter()) + 1000 * bridge.ijk_to_ras(volume_node)[:3, 0]).tolist())  # dragged far beside the volume
+    with pytest.raises(InputError, match="does not cover any pixels"):
+        bridge.box_from_roi_node(volume_node, off)
+    red = volume_node.GetScene().AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetOrientationToAxial()
+    ProstateWorkflow.jumpToSlice(volume_node, slices - 1)
+    assert slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())[:3, 3] == pytest.approx(bridge.roi_centre_ras(kept), abs=1e-3)
+    ProstateWorkflow.jumpToSlice(volume_node, 0)  # its box is off the volume: the slice's centre
+    centre = bridge.ijk_to_ras(volume_node) @ [(columns - 1) / 2, (rows - 1) / 2, 0, 1.0]
+    assert slicer.util.arrayFromVTKMatrix(red.GetSliceToRAS())[:3, 3] == pytest.approx(centre[:3], abs=1e-3)
+
+
+def test_a_segmentation_made_on_another_volume_is_neither_written_nor_measured_nor_reported_on_this_one(scene, tmp_path):
+    """The output segmentation of P158-020 handed over with Case29 (the module's input volume changed): refused before anything
+    is computed or written, with one message; on its own volume it is measured, and a node naming no volume is taken."""
+    workflow = ProstateWorkflow(tmp_path)
+    first, second = read_node(scene, "P158-020"), read_node(scene, "Case29")
+    segmentation, _ = bridge.add_label_segments(read_mask(FIXTURES / "P158-020_seg.nii.gz").astype(np.uint8), first)
+    assert segmentationVolume(segmentation) is first
+    assert workflow.measurements(first, segmentation).volume_ml > 1.0
+    refusal = "P158-020 prostate is the segmentation of P158-020, not of Case29: choose P158-020 as the input volume"
+    with pytest.raises(InputError, match=refusal):
+        workflow.measurements(second, segmentation)
+    with pytest.raises(InputError, match=refusal):
+        workflow.writeReport(second, segmentation, tmp_path / "report.png", tmp_path / "report.json")
+    with pytest.raises(InputError, match=refusal):
+        workflow.segment(second, segmentationNode=segmentation, device="cpu")
+    clicks = workflow.clicksNode(second)
+    columns, rows, slices = second.GetImageData().GetDimensions()
+    clicks.AddControlPoint((bridge.ijk_to_ras(second) @ [columns / 2, rows / 2, slices // 2, 1.0])[:3].tolist())
+    with pytest.raises(InputError, match=refusal):
+        workflow.refineWithPoints(second, clicks, segmentation, device="cpu")
+    with pytest.raises(InputError, match=refusal):
+        workflow.placeClick(second, clicks, 0, inside=True, segmentationNode=segmentation, device="cpu")
+    assert not list(tmp_path.glob("report.*")) and workflow.cachedVolumeIDs() == set()
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    checkSegmentationVolume(second, scene.AddNewNodeByClass("vtkMRMLSegmentationNode"))  # the user's own, on no volume
 
 
 def test_a_label_map_or_a_constant_volume_is_refused_before_any_box_is_proposed(workflow, scene):

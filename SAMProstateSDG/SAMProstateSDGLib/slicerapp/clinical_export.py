@@ -26,6 +26,7 @@ from SAMProstateSDGLib.io.measurements import GlandMeasurements, labels_from_seg
 from SAMProstateSDGLib.io.provenance import ModelFile, Provenance
 from SAMProstateSDGLib.methods.registry import method as registered
 from SAMProstateSDGLib.slicerapp import mrml as bridge
+from SAMProstateSDGLib.slicerapp.workflow import checkSegmentationVolume
 
 DICOM_INSTANCES_ATTRIBUTE = "DICOM.instanceUIDs"  # set by Slicer's DICOM scalar volume plugin
 POSITION_TOLERANCE = 0.01  # voxels: a source image lies on a slice of the volume
@@ -43,6 +44,7 @@ def segmentation_labels(volume_node, segmentation_node) -> tuple[np.ndarray, boo
     """
     if segmentation_node is None:
         raise InputError("there is no output segmentation yet: segment first, or choose one")
+    checkSegmentationVolume(volume_node, segmentation_node)
     written = bridge.written_result(segmentation_node)
     if written is None:
         return labels_from_segments(bridge.segment_masks(segmentation_node, volume_node))

@@ -164,6 +164,14 @@ def box_from_roi_node(volume_node: slicer.vtkMRMLScalarVolumeNode, roi_node) -> 
     return slice_index, box
 
 
+def box_slice(volume_node: slicer.vtkMRMLScalarVolumeNode, roi_node) -> int | None:
+    """The slice a box lies on (``box_from_roi_node``); None for one the user moved off the volume."""
+    try:
+        return box_from_roi_node(volume_node, roi_node)[0]
+    except InputError:
+        return None
+
+
 def boxes_from_roi_nodes(volume_node: slicer.vtkMRMLScalarVolumeNode, roi_nodes) -> dict[int, Box]:
     """The boxes of the given ROIs by slice; two ROIs on one slice are a mistake to fix."""
     boxes: dict[int, Box] = {}

@@ -32,6 +32,21 @@ def checkpointModel(path, samType: str) -> str:
     return f"{CHECKPOINT_PREFIX}{samType}:{Path(path).resolve()}"
 
 
+def segmentationVolume(segmentationNode):
+    """The volume a segmentation node was made on: its reference image geometry node (None when it names none, or it is gone)."""
+    return segmentationNode.GetNodeReference(segmentationNode.GetReferenceImageGeometryReferenceRole())
+
+
+def checkSegmentationVolume(volumeNode, segmentationNode) -> None:
+    """Refuse a segmentation node made on another volume: its result would be written, measured or exported on ``volumeNode``."""
+    other = segmentationVolume(segmentationNode) if segmentationNode is not None else None
+    if other is not None and other is not volumeNode:
+        raise InputError(
+            f"{segmentationNode.GetName()} is the segmentation of {other.GetName()}, not of {volumeNode.GetName()}: "
+            f"choose {other.GetName()} as the input volume, or another output segmentation (none: a new one)"
+        )
+
+
 class ProstateWorkflow:
     """Boxes, segmentation and click refinement on MRML nodes, and background training; no Qt.
 
@@ -309,6 +324,7 @@ class ProstateWorkflow:
         method that prompts itself (DeSAM, SAMed); returns the segmentation node."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
+        checkSegmentationVolume(volumeNode, segmentationNode)
         session = self.session(volumeNode, model, device, method)
         segmenter = self.segmenter(model, device, method)
         if not segmenter.method.takes_boxes:
@@ -344,12 +360,12 @@ class ProstateWorkflow:
 
     @staticmethod
     def jumpToSlice(volumeNode, sliceIndex: int) -> None:
-        """Centre the slice views on the slice's box (on the slice's centre when it has none)."""
+        """Centre the slice views on the slice's box (on the slice's centre when it has none); boxes moved off the volume are passed over."""
         import slicer
 
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
-        boxes = [roi for roi in bridge.box_roi_nodes(volumeNode) if bridge.box_from_roi_node(volumeNode, roi)[0] == sliceIndex]
+        boxes = [roi for roi in bridge.box_roi_nodes(volumeNode) if bridge.box_slice(volumeNode, roi) == sliceIndex]
         if boxes:
             centre = bridge.roi_centre_ras(boxes[0])
         else:
@@ -364,6 +380,7 @@ class ProstateWorkflow:
         """Segment one slice from the clicks on it (and the ROI's box, if given); returns the segmentation node."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
+        checkSegmentationVolume(volumeNode, segmentationNode)
         if self.segmenter(model, device, method).method.zonal:
             raise InputError("clicks refine the whole gland, not zones; segment with a method that gives one prostate segment first")
         prompts = bridge.point_prompts(volumeNode, pointListNode)
@@ -399,6 +416,7 @@ class ProstateWorkflow:
         clicks that has none left (the user deleted them) goes back to its box alone."""
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
+        checkSegmentationVolume(volumeNode, segmentationNode)
         roiBySlice = self._boxRoisBySlice(volumeNode)
         prompts = bridge.point_prompts(volumeNode, pointListNode)
         session = self.session(volumeNode, model, device, method)
