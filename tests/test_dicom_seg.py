@@ -169,6 +169,7 @@ def test_seg_frames_geometry_and_references_match_the_nifti_result(segmented, st
     assert (segment.SegmentedPropertyTypeCodeSequence[0].CodeValue, segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) == ("41216001", "SCT")
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert algorithm.AlgorithmName == "SAMProstateSDG zero-shot" and "coarse-resnet18-runmc sha256:" in algorithm.AlgorithmParameters
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
     assert seg.SoftwareVersions == algorithm.AlgorithmVersion == __version__  # the Lib's own, inside Slicer too (no pip metadata there)
 
 
@@ -243,6 +244,17 @@ def test_clinical_options_refuse_mistakes_before_writing_anything(tmp_path, caps
     error = capsys.readouterr().err.strip()
     assert error.startswith("samprostate: error:") and message in error and len(error.splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_a_seg_from_the_user_s_boxes_is_semiautomatic(study, tmp_path):
+    """Boxes (or clicks) a user checked or edited, given with --boxes-in, make the SEG's segments SEMIAUTOMATIC, as Slicer's export does."""
+    folder, _ = study
+    boxes = {"format": "samprostate-boxes", "version": 2, "image": {"size": [270, 270, 4]},
+             "boxes": [{"slice": index, "pixel": [90, 80, 190, 170]} for index in (1, 2)]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    assert main(["segment", str(folder), "-o", str(tmp_path / "labels.nii.gz"), "--boxes-in", str(tmp_path / "boxes.json"),
+                 "--dicom-seg", str(tmp_path / "seg.dcm")]) == 0
+    assert highdicom.seg.segread(tmp_path / "seg.dcm").SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
 
 
 def test_seg_is_never_written_into_the_input_folder(study, capsys):

@@ -89,7 +89,16 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
     ("batch with --psa", lambda f: ["segment", CASE, FIXTURES / "Case29.nii.gz", "-o", f / "o", "--psa", "5"], "take one volume, not a batch"),
     ("batch into a file", lambda f: (f / "o").write_text("mine") and ["segment", CASE, FIXTURES / "Case29.nii.gz", "-o", f / "o"], "is a file; for a batch, -o is a folder"),
     ("batch of two same names", lambda f: (f / "P158-020.nii.gz").write_bytes(CASE.read_bytes()) and ["segment", CASE, f / "P158-020.nii.gz", "-o", f / "o"],
-     "two inputs have the same name"),
+     f"{CASE} and "),
+    ("batch of names one in another case", lambda f: (f / "p158-020.NII.GZ").write_bytes(CASE.read_bytes()) and ["segment", CASE, f / "p158-020.NII.GZ", "-o", f / "o"],
+     "would both be written as"),  # one file on macOS and Windows
+    ("batch into a label file name", lambda f: ["segment", CASE, FIXTURES / "Case29.nii.gz", "-o", f / "labels.nii.gz"],
+     "names a file, but 2 volumes are given: for a batch, -o is the folder"),
+    ("DICOM folder with a NIfTI beside", lambda f: (_dicom_series(f / "study", ("1.2.3.1",)) / "t2.nii.gz").write_bytes(CASE.read_bytes())
+     and ["segment", f / "study", "-o", f / "out.nii.gz"], "holds a DICOM series and volume files (t2.nii.gz)"),
+    ("labels into the DICOM folder", lambda f: ["segment", _dicom_series(f / "study", ("1.2.3.1",)), "-o", f / "study" / "labels.nii.gz"],
+     "is inside the input folder"),
+    ("--sam-type without checkpoint", lambda f: _segment(f, "--sam-type", "vit_h"), "--sam-type vit_h describes --sam-checkpoint"),
     ("evaluate no cases", lambda f: ["evaluate", "--data", FIXTURES, "--cases", "0"], "--cases must be at least 1"),
     ("train-coarse into a file", lambda f: (f / "runs").write_text("mine") and ["train-coarse", "--data", FIXTURES, "--site", "fixture", "--output", f / "runs"],
      "is a file; training writes into a folder"),
@@ -116,7 +125,20 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
     ("no cases of the site", lambda f: ["evaluate", "--data", FIXTURES, "--site", "RUNMC"], "with site RUNMC"),
     ("image missing in cases.csv", lambda f: ["evaluate", "--data", _cases_csv(f, "case,image,mask", f"x,{f / 'gone.nii.gz'},{CASE}")], "case x: image"),
     ("cases.csv without columns", lambda f: ["evaluate", "--data", _cases_csv(f, "name,file", f"x,{CASE}")], "lacks the column(s) case, image, mask"),
+    ("cases.csv row cut short", lambda f: ["evaluate", "--data", _cases_csv(f, "case,site,image,mask", "x,RUNMC")], "line 2 has fewer values than the header"),
+    ("cases.csv row without mask", lambda f: ["evaluate", "--data", _cases_csv(f, "case,image,mask", f"x,{CASE},")], "line 2 has no mask"),
+    ("SAMed on whole-gland masks", lambda f: ["train", "--method", "samed", "--data", _whole_gland_site(f), "--site", "S", "--cache", f / "c"],
+     "case a: its mask holds the labels 0, 1; --method samed learns the transition (1) and peripheral (2) zones"),
 ]
+
+
+def _whole_gland_site(folder: Path) -> Path:
+    """Two cases whose masks mark the whole gland 1 (the usual format of a new site), with a spreadsheet's byte-order mark."""
+    mask = sitk.ReadImage(str(FIXTURES / "Case29_seg.nii.gz")) > 0
+    sitk.WriteImage(sitk.Cast(mask, sitk.sitkUInt8), str(folder / "gland.nii.gz"))
+    (folder / "cases.csv").write_text(f"\ufeffcase,site,image,mask\na,S,{FIXTURES / 'Case29.nii.gz'},gland.nii.gz\n"
+                                      f"b,S,{FIXTURES / 'Case29.nii.gz'},gland.nii.gz\n", encoding="utf-8")
+    return folder
 
 
 def _corners_on_slice(index: int) -> list[list[float]]:
@@ -161,3 +183,12 @@ def test_a_mask_on_another_grid_than_its_image_is_one_line(capsys, tmp_path, no_
     data = _cases_csv(tmp_path, "case,image,mask", f"x,{CASE},{tmp_path / 'shifted_seg.nii.gz'}")
     assert_refused(capsys, tmp_path, ["evaluate", "--data", data, "--method", "zero-shot", "--device", "cpu"],
                    f"case x: mask {tmp_path / 'shifted_seg.nii.gz'} has origin")
+
+
+def test_a_folder_batch_takes_its_volumes_whatever_their_suffix_case_and_skips_hidden_files(tmp_path):
+    """macOS leaves ``._NAME`` files on shared drives and a killed run leaves ``.NAME.partial-PID`` files: neither is a volume."""
+    from SAMProstateSDGLib.apps.cli import _batch_inputs
+
+    for name in ("._a.nii.gz", ".a.partial-7.nii.gz", "B.NII.GZ", "B_seg.NII.GZ", "c.nrrd", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert _batch_inputs([tmp_path]) == [tmp_path / "B.NII.GZ", tmp_path / "c.nrrd"]

@@ -24,6 +24,7 @@ from SAMProstateSDGLib.methods.trainers.sammed import SamMedMethod, jitter
 from SAMProstateSDGLib.modeling.desam import load_desam
 from SAMProstateSDGLib.modeling.sam_engine import SamEngine, load_mask_decoder, load_sam
 from SAMProstateSDGLib.modeling.samed import SAMed, load_samed
+from SAMProstateSDGLib.training.defaults import RESUME_STATE
 from SAMProstateSDGLib.training.embedding_cache import augmented_image, build_cache, cache_key, load_cached_case
 from SAMProstateSDGLib.training.loop import TrainingOptions, train
 
@@ -186,6 +187,16 @@ def test_sammed_trains_only_the_mask_decoder_and_resumes(split, tmp_path):
     resumed = train("sammed", SamMedMethod(engine), training, validation, options, {"data": "fixture"}, log=quiet)
     assert [entry["epoch"] for entry in resumed["history"]] == [0, 1, 2]
     assert resumed["best_validation_dice"] == round(max(entry["validation_dice"] for entry in resumed["history"]), 4)
+
+    def stopped(*_):
+        raise KeyboardInterrupt  # Ctrl-C, or the training tab's Stop, during the first epoch
+
+    afresh = SamMedMethod(engine)  # a new run in the same folder (--overwrite), stopped before its first epoch ends
+    afresh.loss = stopped  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        train("sammed", afresh, training, validation, dataclasses.replace(options, resume=False), {"data": "fixture"}, log=quiet)
+    assert (tmp_path / "sammed.pt").is_file()  # its epoch-0 model; the old run's state and manifest are gone, so --resume starts afresh
+    assert not (tmp_path / RESUME_STATE).exists() and not (tmp_path / "sammed.json").exists()
 
 
 def test_a_stopped_and_resumed_run_ends_where_an_uninterrupted_one_does(split, tmp_path):

@@ -111,6 +111,7 @@ def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoc
     assert any(line.startswith(f"resuming after epoch {saved_epoch} ") for line in lines), lines
     epochs = [progress.epoch for progress in map(parse_progress, lines) if progress]
     assert epochs[0] == saved_epoch + 1
+    assert "epoch 1/20 " in (output / "training.log").read_text(encoding="utf-8")  # the stopped run's lines are kept before the resumed run's
     state = torch.load(resumed.request.resume_state_path, weights_only=True)
     assert [item["epoch"] for item in state["history"]] == list(range(1, state["epoch"] + 1))
 

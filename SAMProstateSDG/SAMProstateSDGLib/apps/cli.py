@@ -186,6 +186,8 @@ def _check_model_options(arguments) -> None:
         chosen.check_sam(arguments.sam_checkpoint is not None)
         if getattr(arguments, "merge_slices", False) and not chosen.takes_boxes:
             raise InputError(f"--method {arguments.method} prompts itself; --merge-slices works with {' and '.join(box_method_ids())}")
+    if arguments.sam_type is not None and arguments.sam_checkpoint is None:
+        raise InputError(f"--sam-type {arguments.sam_type} describes --sam-checkpoint; give the checkpoint (the shipped model is LiteMedSAM)")
     for option, path in (("--sam-checkpoint", arguments.sam_checkpoint), ("--coarse-checkpoint", arguments.coarse_checkpoint)):
         if path is not None and not path.is_file():
             raise InputError(f"{option} {path} not found" if not path.exists() else f"{option} {path} is not a file")
@@ -246,15 +248,25 @@ def _note(line: str) -> None:
 def _volume_name(path: Path) -> str:
     from ..io.volume_io import VOLUME_SUFFIXES
 
-    return next((path.name[: -len(suffix)] for suffix in VOLUME_SUFFIXES if path.name.endswith(suffix)), path.name)
+    name = path.name or path.resolve().name  # "." names the folder it is
+    return next((name[: -len(suffix)] for suffix in VOLUME_SUFFIXES if name.lower().endswith(suffix)), name)
 
 
 def _batch_inputs(inputs: list[Path]) -> list[Path] | None:
-    """The volumes of a batch (several inputs, or one folder of volume files); None for one volume."""
+    """The volumes of a batch (several inputs, or one folder of volume files); None for one volume. Hidden files (macOS's
+    ``._NAME``, a killed run's partial outputs) are not volumes; a folder holding a DICOM series and volume files is refused."""
+    from ..io.dicom_series import find_series
     from ..io.volume_io import VOLUME_SUFFIXES
 
     if len(inputs) == 1 and inputs[0].is_dir():
-        files = sorted(path for path in inputs[0].iterdir() if path.name.endswith(VOLUME_SUFFIXES) and not _volume_name(path).endswith("_seg"))
+        folder = inputs[0]
+        files = sorted(
+            path for path in folder.iterdir()
+            if path.name.lower().endswith(VOLUME_SUFFIXES) and not path.name.startswith(".") and not _volume_name(path).endswith("_seg")
+        )
+        if files and find_series(folder):
+            raise InputError(f"{folder} holds a DICOM series and volume files ({', '.join(path.name for path in files[:3])}"
+                             f"{', ...' if len(files) > 3 else ''}): point to a folder that holds one or the other")
         return files or None  # a folder without volume files is read as a DICOM series
     return inputs if len(inputs) > 1 else None
 
@@ -311,12 +323,20 @@ def _run_batch(batch: list[Path], arguments) -> None:
         raise InputError("--boxes-in, --boxes-out and --overlay take one volume, not a batch")
     if any(value is not None for value in (arguments.psa, arguments.report, arguments.report_page, arguments.dicom_seg, arguments.series_uid)):
         raise InputError("--psa, --report, --report-page, --dicom-seg and --series-uid take one volume, not a batch")
+    from ..io.volume_io import VOLUME_SUFFIXES
+
     folder = arguments.output
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} is a file; for a batch, -o is a folder")
+    if not folder.exists() and folder.name.lower().endswith(VOLUME_SUFFIXES):
+        raise InputError(f"-o {folder} names a file, but {len(batch)} volumes are given: for a batch, -o is the folder for their label volumes")
     outputs = {path: folder / f"{_volume_name(path)}.nii.gz" for path in batch}
-    if len(set(outputs.values())) < len(outputs):
-        raise InputError("two inputs have the same name; their outputs would overwrite each other")
+    by_name: dict[str, list[Path]] = {}
+    for path, output in outputs.items():  # casefold: one file on macOS and Windows
+        by_name.setdefault(output.name.casefold(), []).append(path)
+    same = next((paths for paths in by_name.values() if len(paths) > 1), None)
+    if same:
+        raise InputError(f"{same[0]} and {same[1]} would both be written as {folder / outputs[same[0]].name}: give the inputs distinct names")
     if folder.exists():
         check_outputs(outputs.values(), [*batch, *_model_files(arguments)], arguments.overwrite)
     else:
@@ -523,8 +543,11 @@ def run_embed(arguments) -> None:
 
 
 def run_train(arguments) -> None:
+    import torch
+
     from ..core.catalog import default_entry
     from ..core.checksums import load_resume_state
+    from ..io.dataset import require_zonal_masks
     from ..training.coarse import require_validation, resumed_run, split_cases
     from ..training.embedding_cache import cache_files, load_cached_case, preprocessing
     from ..training.loop import RESUME_KEYS, TrainingOptions, fine_tuning_run, train
@@ -541,10 +564,14 @@ def run_train(arguments) -> None:
     cases = _source_cases(arguments)
     training, validation = split_cases(cases, VALIDATION_FRACTION, arguments.seed)
     require_validation(training, validation, arguments.site)
-    base = default_entry("sam")
+    if trained.zonal:
+        require_zonal_masks(cases, arguments.method)
+    base, coarse = default_entry("sam"), default_entry("coarse")
     manifest = {
         "base_model": base.id,
         "base_sha256": base.sha256,
+        "coarse_model": coarse.id,  # its boxes prompt the training slices (the embedding cache)
+        "coarse_sha256": coarse.sha256,
         "data": str(arguments.data),
         "site": arguments.site,
         "training_cases": [case.name for case in training],
@@ -561,6 +588,7 @@ def run_train(arguments) -> None:
         state = load_resume_state(state_path, RESUME_KEYS)  # --epochs: checked by train(), which knows the method's schedule
         resumed_run(state, fine_tuning_run(arguments.method, options, manifest), state_path, epochs_fixed=False)
     segmenter = _base_models(arguments)
+    torch.manual_seed(arguments.seed)  # the new layers' initial weights (DeSAM's mask module, SAMed's LoRA) follow --seed too
     trainer = trained.trainer(segmenter)
     folder = _cache_folder(segmenter, cases, arguments, trainer.encoder_grid, augmented=training)  # validation reads the originals only
     manifest |= {"device": str(segmenter.sam.device), "encoder_input": preprocessing(trainer.encoder_grid)["encoder_input"]}

@@ -35,7 +35,8 @@ def check_clinical_options(arguments) -> None:
         raise InputError("--dicom-seg and --series-uid need a DICOM folder as input (the SEG references its images)")
     if arguments.report_page and arguments.report_page.suffix.lower() not in REPORT_SUFFIXES:
         raise InputError(f"--report-page writes {' or '.join(REPORT_SUFFIXES)}, not {arguments.report_page.name}")
-    for path in filter(None, [arguments.report, arguments.report_page, arguments.dicom_seg]):  # the rest: files.check_outputs
+    outputs = [arguments.output, arguments.boxes_out, arguments.overlay, arguments.report, arguments.report_page, arguments.dicom_seg]
+    for path in filter(None, outputs):  # beyond files.check_outputs: nothing is written into a DICOM study
         if source.is_dir() and path.resolve().is_relative_to(source.resolve()):
             raise InputError(f"{path} is inside the input folder {source}; write outputs elsewhere")
         if path.resolve() == source.resolve():
@@ -73,10 +74,11 @@ def clinical_writers(
             arguments.report_page, report_subject(source, dicom), volume.image, volume.normalised, labels, measurements, provenance, zonal,
         )
     if arguments.dicom_seg:
-        from ..io.dicom_seg import dicom_seg_writer
+        from ..io.dicom_seg import AUTOMATIC, SEMIAUTOMATIC, dicom_seg_writer
 
         assert dicom is not None  # --dicom-seg is refused unless the input is a DICOM folder
-        writers[arguments.dicom_seg] = dicom_seg_writer(labels, dicom.series, zonal, provenance)
+        algorithm_type = SEMIAUTOMATIC if arguments.boxes_in else AUTOMATIC  # boxes or clicks a user checked or edited
+        writers[arguments.dicom_seg] = dicom_seg_writer(labels, dicom.series, zonal, provenance, algorithm_type)
     return measurements, writers
 
 

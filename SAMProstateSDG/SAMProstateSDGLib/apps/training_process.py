@@ -166,7 +166,8 @@ class TrainingProcess:
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH")]))
         log_path = Path(self.request.output) / "training.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "w", encoding="utf-8") as child_log:
+        with open(log_path, "a", encoding="utf-8") as child_log:  # a resumed run's log goes on after the stopped one's
+            started_at = child_log.tell()
             self._process = subprocess.Popen(
                 self.request.command_line(self.python),
                 stdout=child_log,
@@ -176,6 +177,7 @@ class TrainingProcess:
                 **own_process_group(),
             )
         self._log = open(log_path, encoding="utf-8", errors="replace", newline="")
+        self._log.seek(started_at)  # this run's lines only
 
     def _read_log(self) -> None:
         """Move the complete lines the child has written since the last read to ``_unread``."""

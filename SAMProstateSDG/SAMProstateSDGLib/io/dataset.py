@@ -111,15 +111,30 @@ def find_cases(data: str | Path, site: str | None = None, split: str | None = No
 
 
 def _from_manifest(data: Path, manifest: Path) -> list[Case]:
-    with open(manifest, encoding="utf-8", newline="") as handle:
+    with open(manifest, encoding="utf-8-sig", newline="") as handle:  # -sig: spreadsheets save CSV with a byte-order mark
         rows = list(csv.DictReader(handle))
     missing = {"case", "image", "mask"} - set(rows[0] if rows else {})
     if missing:
         raise InputError(f"{manifest} lacks the column(s) {', '.join(sorted(missing))}")
+    for line, row in enumerate(rows, start=2):  # csv fills a short row with None and keeps a long row's rest under None
+        if None in row or None in row.values():
+            raise InputError(f"{manifest} line {line} has {'more' if None in row else 'fewer'} values than the header")
+        empty = [column for column in ("case", "image", "mask") if not row[column].strip()]
+        if empty:
+            raise InputError(f"{manifest} line {line} has no {' and no '.join(empty)}")
     return [
         Case(row["case"], row.get("site", ""), row.get("split", ""), data / row["image"], data / row["mask"])
         for row in rows
     ]
+
+
+def require_zonal_masks(cases: list[Case], method: str) -> None:
+    """Refuse masks that are not zonal (labels 0, 1 and 2, both zones present) for a method that learns the zones."""
+    for case in cases:
+        labels = set(np.unique(sitk.GetArrayFromImage(read_image(case.mask, "mask"))).tolist())
+        if not labels <= {0, 1, 2} or not {1, 2} <= labels:
+            raise InputError(f"case {case.name}: its mask holds the labels {', '.join(map(str, sorted(labels)))}; --method {method} learns the "
+                             "transition (1) and peripheral (2) zones: give zonal masks, or train a whole-gland method")
 
 
 def find_cases_of_splits(data: str | Path, site: str | None, splits: tuple[str, ...]) -> list[Case]:

@@ -104,6 +104,13 @@ def resumed_run(state: dict | None, run: dict, state_path: Path, epochs_fixed: b
     return run
 
 
+def forget_previous_run(output: Path, manifest_name: str) -> None:
+    """A run that does not resume removes the resume state and manifest a previous run left in ``output`` before it writes
+    its first model file: a later ``--resume`` would otherwise continue that run over the new file."""
+    for name in (RESUME_STATE, manifest_name):
+        (output / name).unlink(missing_ok=True)
+
+
 def require_validation(training: list, validation: list, site: str) -> None:
     """Refuse a split without a validation case: the best checkpoint would be chosen on nothing."""
     if not training or not validation:
@@ -238,6 +245,8 @@ def train_coarse_net(
     training = [to_canvas_case(case, config) for case in tqdm(training_cases, desc="reading", leave=False)]
     validation = [to_canvas_case(case, config) for case in validation_cases]
     options.output.mkdir(parents=True, exist_ok=True)
+    if state is None:
+        forget_previous_run(options.output, "coarse.json")
     slices = [
         {"image": image, "label": mask[None]}
         for case in training

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..core.checksums import half_precision, load_resume_state, sha256_of
 from ..core.files import write_atomically, write_json
 from ..masks.metrics import dice_score
-from .coarse import epoch_summary, require_finite_loss, require_validation, resumed_run
+from .coarse import epoch_summary, forget_previous_run, require_finite_loss, require_validation, resumed_run
 from .defaults import RESUME_STATE
 from .embedding_cache import CachedCase
 
@@ -125,6 +125,7 @@ def train(
         method.module.eval()
         start_epoch, best_dice = 0, validation_dice(method, validation)
         history = [{"epoch": 0, "loss": None, "validation_dice": best_dice}]
+        forget_previous_run(options.output, f"{name}.json")
         _save_trained(best_path, method)
     started = time.time()
     progress = tqdm(range(start_epoch, options.epochs), desc="epochs", initial=start_epoch, total=options.epochs)
