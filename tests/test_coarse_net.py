@@ -135,7 +135,8 @@ def test_another_coarse_network_reuses_the_loaded_sam(segmenter):
 
 
 def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp_path):
-    initial = default_entry("coarse").path
+    initial = tmp_path / "initial.pt"
+    initial.write_bytes(default_entry("coarse").path.read_bytes())
     options = CoarseTrainingOptions(
         data=data, site="RUNMC", output=tmp_path / "run", epochs=1, batch_size=8, learning_rate=1e-6, max_cases=2,
         augmentation="dg", initial_weights=initial, input_representation="log-contrast", context_mm=4.0,
@@ -145,6 +146,9 @@ def test_dg_fine_tuning_starts_from_the_given_weights_and_records_them(data, tmp
     assert manifest["initial_weights"]["sha256"] == sha256_of(initial)
     assert schema_errors(json.loads((tmp_path / "run" / "coarse.json").read_text()), MANIFEST_SCHEMA) == []  # what the code writes is what may ship
     assert manifest["best_validation_dice"] > 0.7  # the shipped net's skill, barely moved by a tiny learning rate
+    initial.write_bytes(b"other weights under the same name")  # a resumed run would record weights it did not start from
+    with pytest.raises(InputError, match=r"other options \(initial_weights_sha256 "):
+        train_coarse_net(dataclasses.replace(options, resume=True), torch.device("cpu"), log=lambda message: None)
 
 
 def test_log_contrast_cancels_a_smooth_field_and_a_gamma_change_on_a_real_slice():

@@ -125,6 +125,8 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
     ("no cases of the site", lambda f: ["evaluate", "--data", FIXTURES, "--site", "RUNMC"], "with site RUNMC"),
     ("image missing in cases.csv", lambda f: ["evaluate", "--data", _cases_csv(f, "case,image,mask", f"x,{f / 'gone.nii.gz'},{CASE}")], "case x: image"),
     ("cases.csv without columns", lambda f: ["evaluate", "--data", _cases_csv(f, "name,file", f"x,{CASE}")], "lacks the column(s) case, image, mask"),
+    ("train-coarse initial weights missing", lambda f: ["train-coarse", "--data", FIXTURES, "--site", "fixture", "--output", f / "runs",
+                                                        "--initial-weights", f / "gone.pt"], "gone.pt not found"),
     ("cases.csv row cut short", lambda f: ["evaluate", "--data", _cases_csv(f, "case,site,image,mask", "x,RUNMC")], "line 2 has fewer values than the header"),
     ("cases.csv row without mask", lambda f: ["evaluate", "--data", _cases_csv(f, "case,image,mask", f"x,{CASE},")], "line 2 has no mask"),
     ("SAMed on whole-gland masks", lambda f: ["train", "--method", "samed", "--data", _whole_gland_site(f), "--site", "S", "--cache", f / "c"],

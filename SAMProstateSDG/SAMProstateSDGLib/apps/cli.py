@@ -480,6 +480,8 @@ def run_train_coarse(arguments) -> None:
     _millimetres(context_mm=arguments.context_mm)
     _check_training_output(arguments.output, "coarse", arguments)
     replaced = {(arguments.output / name).resolve() for name in ("coarse.pt", RESUME_STATE)}
+    if arguments.initial_weights is not None and not arguments.initial_weights.is_file():
+        raise InputError(f"--initial-weights {arguments.initial_weights} not found")
     if arguments.initial_weights is not None and arguments.initial_weights.resolve() in replaced:
         raise InputError(f"--initial-weights {arguments.initial_weights} would be replaced by this run's output: copy it out of "
                          f"{arguments.output} first, or choose another --output")

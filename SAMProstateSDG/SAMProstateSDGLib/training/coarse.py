@@ -202,6 +202,7 @@ def coarse_run(options: CoarseTrainingOptions, training_cases: list) -> dict:
         "model": "coarse", "data": str(Path(options.data).resolve()), "site": options.site, "training_cases": [case.name for case in training_cases],
         "batch_size": options.batch_size, "learning_rate": options.learning_rate, "seed": options.seed, "augmentation": options.augmentation,
         "initial_weights": None if options.initial_weights is None else str(Path(options.initial_weights).resolve()),
+        "initial_weights_sha256": None if options.initial_weights is None else sha256_of(options.initial_weights),  # replaced since: refused
         "input_representation": options.input_representation, "context_mm": options.context_mm, "epochs": options.epochs,
     }
 
@@ -271,7 +272,7 @@ def train_coarse_net(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=options.epochs)
     loss_function = DiceCELoss(sigmoid=True)
     start_epoch, best_dice, history = 0, -1.0, []
-    run = resumed_run(state, coarse_run(options, training_cases), state_path)
+    run = resumed_run(state, coarse_run(options, training_cases), state_path)  # hashes --initial-weights now, before any epoch
     if state is not None:
         load_state_strictly(network, state["network"], f"{state_path} does not match the coarse network")
         optimiser.load_state_dict(state["optimiser"])
@@ -330,7 +331,7 @@ def train_coarse_net(
         ),
         "augmentation": options.augmentation,
         "initial_weights": (
-            {"file": str(options.initial_weights), "sha256": sha256_of(options.initial_weights)} if options.initial_weights else None
+            {"file": str(options.initial_weights), "sha256": run["initial_weights_sha256"]} if options.initial_weights else None
         ),
         "epochs": options.epochs,
         "best_validation_dice": round(best_dice, 4),
