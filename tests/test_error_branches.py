@@ -21,6 +21,7 @@ from conftest import FIXTURES
 from test_refusals import assert_refused, no_model_loads, run, snapshot  # noqa: F401 (a fixture)
 
 CASE = FIXTURES / "P158-020.nii.gz"  # 270 x 270 x 4
+CASE_MASK = FIXTURES / "P158-020_seg.nii.gz"
 
 
 def _boxes(folder: Path, *entries: dict, version: int = 2, size=(270, 270, 4)) -> Path:
@@ -127,6 +128,8 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
     ("cases.csv without columns", lambda f: ["evaluate", "--data", _cases_csv(f, "name,file", f"x,{CASE}")], "lacks the column(s) case, image, mask"),
     ("train-coarse initial weights missing", lambda f: ["train-coarse", "--data", FIXTURES, "--site", "fixture", "--output", f / "runs",
                                                         "--initial-weights", f / "gone.pt"], "gone.pt not found"),
+    ("training site with a test split", lambda f: ["train-coarse", "--data", _cases_csv(f, "case,site,split,image,mask", f"a,S,train,{CASE},{CASE_MASK}\nb,S,test,{CASE},{CASE_MASK}"),
+                                                    "--site", "S", "--output", f / "runs"], "site S has cases in the splits test, train: training takes every case"),
     ("cases.csv row cut short", lambda f: ["evaluate", "--data", _cases_csv(f, "case,site,image,mask", "x,RUNMC")], "line 2 has fewer values than the header"),
     ("cases.csv row without mask", lambda f: ["evaluate", "--data", _cases_csv(f, "case,image,mask", f"x,{CASE},")], "line 2 has no mask"),
     ("SAMed on whole-gland masks", lambda f: ["train", "--method", "samed", "--data", _whole_gland_site(f), "--site", "S", "--cache", f / "c"],

@@ -506,12 +506,12 @@ def run_train_coarse(arguments) -> None:
 
 def _source_cases(arguments):
     """The site's cases (the first --max-cases)."""
-    from ..io.dataset import find_cases
+    from ..io.dataset import site_cases
 
     _positive(max_cases=arguments.max_cases)
     if arguments.augmented_copies < 0:
         raise InputError(f"--augmented-copies must be 0 or more, not {arguments.augmented_copies}")
-    return find_cases(arguments.data, site=arguments.site)[: arguments.max_cases]
+    return site_cases(arguments.data, arguments.site)[: arguments.max_cases]
 
 
 def _base_models(arguments):

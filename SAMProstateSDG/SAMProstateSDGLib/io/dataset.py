@@ -137,6 +137,16 @@ def require_zonal_masks(cases: list[Case], method: str) -> None:
                              "transition (1) and peripheral (2) zones: give zonal masks, or train a whole-gland method")
 
 
+def site_cases(data: str | Path, site: str) -> list[Case]:
+    """Every case of a training site; refused when they span several splits (its held-out cases would be trained on)."""
+    cases = find_cases(data, site=site)
+    splits = sorted({case.split for case in cases})
+    if len(splits) > 1:
+        raise InputError(f"site {site} has cases in the splits {', '.join(splits)}: training takes every case of its site; "
+                         "give the held-out cases another site in cases.csv")
+    return cases
+
+
 def find_cases_of_splits(data: str | Path, site: str | None, splits: tuple[str, ...]) -> list[Case]:
     """The cases of these splits, split by split; every case where none has a split (``NAME.nii.gz`` + ``NAME_seg``
     pairs, or a cases.csv without a split column)."""

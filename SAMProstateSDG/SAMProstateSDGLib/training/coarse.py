@@ -35,7 +35,7 @@ from tqdm import tqdm
 from ..core.checksums import load_resume_state, load_state_strictly, sha256_of
 from ..core.errors import InputError
 from ..core.files import write_atomically, write_json
-from ..io.dataset import Case, find_cases
+from ..io.dataset import Case, site_cases
 from ..io.volume_io import normalised_array
 from ..masks.boxes import COARSE_THRESHOLD
 from ..modeling.coarse_net import (
@@ -239,7 +239,7 @@ def train_coarse_net(
     state_path, best_path = options.output / RESUME_STATE, options.output / "coarse.pt"
     state = load_resume_state(state_path, RESUME_KEYS) if options.resume else None
     set_determinism(seed=options.seed)
-    cases = find_cases(options.data, site=options.site)[: options.max_cases]
+    cases = site_cases(options.data, options.site)[: options.max_cases]
     training_cases, validation_cases = split_cases(cases, options.validation_fraction, options.seed)
     require_validation(training_cases, validation_cases, options.site)
     log(f"{len(training_cases)} training and {len(validation_cases)} validation cases from {options.site}")
