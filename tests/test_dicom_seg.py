@@ -1,6 +1,7 @@
 """DICOM in, DICOM SEG out: a real case written as an MR study with other series beside it, segmented,
 and the SEG read back and checked against the NIfTI result (frames, geometry, references, codes)."""
 
+import hashlib
 import json
 
 import highdicom
@@ -253,8 +254,10 @@ def test_a_seg_from_the_user_s_boxes_is_semiautomatic(study, tmp_path):
              "boxes": [{"slice": index, "pixel": [90, 80, 190, 170]} for index in (1, 2)]}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     assert main(["segment", str(folder), "-o", str(tmp_path / "labels.nii.gz"), "--boxes-in", str(tmp_path / "boxes.json"),
-                 "--dicom-seg", str(tmp_path / "seg.dcm")]) == 0
+                 "--dicom-seg", str(tmp_path / "seg.dcm"), "--report", str(tmp_path / "report.json")]) == 0
     assert highdicom.seg.segread(tmp_path / "seg.dcm").SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["boxes"] == {"file": str(tmp_path / "boxes.json"), "sha256": hashlib.sha256((tmp_path / "boxes.json").read_bytes()).hexdigest()}
 
 
 def test_seg_is_never_written_into_the_input_folder(study, capsys):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.checksums import sha256_of
 from ..core.errors import InputError
 from ..core.files import json_text, text_writer
 from ..io.dicom_series import DicomVolume, read_dicom_volume
@@ -66,7 +67,10 @@ def clinical_writers(
         return measurements, writers
     provenance = chosen.provenance(arguments.sam_checkpoint, arguments.coarse_checkpoint, arguments.method_model_entry)
     if arguments.report:
-        writers[arguments.report] = text_writer(json_text(report_json(source, output, measurements, provenance, dicom)))
+        report = report_json(source, output, measurements, provenance, dicom)
+        if arguments.boxes_in:  # the user's boxes or clicks: which file, as it was read
+            report["boxes"] = {"file": str(arguments.boxes_in), "sha256": sha256_of(arguments.boxes_in)}
+        writers[arguments.report] = text_writer(json_text(report))
     if arguments.report_page:
         from ..io.report import report_writer
 
