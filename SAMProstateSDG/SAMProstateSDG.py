@@ -133,6 +133,7 @@ class SAMProstateSDGParameterNode:
     model: Annotated[str, Choice(SAM_MODELS)] = SAM_MODELS[0]
     samCheckpoint: Path
     samType: Annotated[str, Choice(list(SAM_TYPES))] = "vit_b"
+    trainedModel: str = ""  # the id of the Trained model chosen (empty: the shipped models)
     device: Annotated[str, Choice(list(DEVICE_CHOICES))] = "auto"
     encoderBackend: Annotated[str, Choice(list(BACKEND_CHOICES))] = "auto"
     clicks: vtkMRMLMarkupsFiducialNode
@@ -155,6 +156,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._placingInside = None  # while the Click inside / outside button is on: True / False
         self._clicksObserved = None  # the point list whose placed clicks re-segment their slice
         self._volumeShown = None  # node IDs of the input volume and output segmentation the panel's results are of
+        self._listingTrainedModels = False  # while the Trained model list is rebuilt: its index changes are no choice
         self._segmentationShown = None
 
     def setup(self) -> None:
@@ -174,6 +176,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.clickInsideButton.connect("toggled(bool)", lambda checked: self.onPlaceClicks(True, checked))
         self.ui.clickOutsideButton.connect("toggled(bool)", lambda checked: self.onPlaceClicks(False, checked))
         self.ui.slicesToCheckComboBox.connect("activated(int)", self.onSliceToCheck)
+        self.ui.trainedModelComboBox.connect("currentIndexChanged(int)", self.onTrainedModelChosen)
         self.ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.startTrainingButton.connect("clicked(bool)", self.onStartTraining)
@@ -230,6 +233,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._volumeShown, self._segmentationShown = nodeID(self._parameterNode.inputVolume), nodeID(self._parameterNode.outputSegmentation)
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.updateTrainedModelSelector()
             self.updateButtons()
 
     def updateButtons(self, caller=None, event=None) -> None:
@@ -292,13 +296,28 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return parameters.model
 
     def updateTrainedModelSelector(self) -> None:
-        selector = self.ui.trainedModelComboBox
-        selected = selector.itemData(selector.currentIndex)
-        selector.clear()
-        selector.addItem(_("None (shipped models)"), "")
-        for modelId, title in self.logic.trainedModelTitles().items():
-            selector.addItem(title, modelId)
-        selector.setCurrentIndex(max(selector.findData(selected), 0))
+        """List the registered trained models and select the one the scene stores; one that is not registered in this user
+        data folder (a scene from another computer) is said, and the shipped models are used."""
+        selector, parameters = self.ui.trainedModelComboBox, self._parameterNode
+        wanted = parameters.trainedModel if parameters else selector.itemData(selector.currentIndex) or ""
+        self._listingTrainedModels = True
+        try:
+            selector.clear()
+            selector.addItem(_("None (shipped models)"), "")
+            for modelId, title in self.logic.trainedModelTitles().items():
+                selector.addItem(title, modelId)
+            found = selector.findData(wanted)
+            selector.setCurrentIndex(max(found, 0))
+        finally:
+            self._listingTrainedModels = False
+        if parameters and wanted and found < 0:
+            parameters.trainedModel = ""
+            slicer.util.warningDisplay(_("The trained model {model} chosen in this scene is not registered in the user data folder {folder}: "
+                                         "the shipped models are used.").format(model=wanted, folder=self.logic.userFolder))
+
+    def onTrainedModelChosen(self, index: int) -> None:
+        if self._parameterNode and not self._listingTrainedModels:
+            self._parameterNode.trainedModel = self.ui.trainedModelComboBox.itemData(index) or ""
 
     def requirementsReady(self) -> bool:
         """The Python packages for the chosen encoder backend are there, or were installed now (``ensureRequirements``)."""

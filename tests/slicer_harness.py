@@ -427,7 +427,7 @@ def install_slicer(version: tuple[int, int], answers: dict, with_packaging: bool
     slicer.util.loadUI = lambda path: FakeWidget("qMRMLWidget")
     slicer.util.childWidgetVariables = lambda widget: ui_widgets(ui_file)
     slicer.util.mainWindow = lambda: None
-    for name in ("confirmOkCancelDisplay", "confirmYesNoDisplay", "errorDisplay", "pip_install", "restart", "showStatusMessage"):
+    for name in ("confirmOkCancelDisplay", "confirmYesNoDisplay", "errorDisplay", "pip_install", "restart", "showStatusMessage", "warningDisplay"):
         setattr(slicer.util, name, recorder(name))
     if with_packaging:
         slicer.packaging = types.ModuleType("slicer.packaging")
@@ -622,6 +622,38 @@ def scenario_segment(arguments: dict) -> dict:
         "segmented": parameters.outputSegmentation is not None,
         "timerActive": widget.encodingTimer.active,
     }
+
+
+def scenario_trained_model(arguments: dict) -> dict:
+    """A registered trained model chosen in the Segment tab, the panel built again on the same scene (as when a saved scene
+    is loaded), then again after the model left the user data folder's list. Reports the stored id and the selection."""
+    recorder = install_slicer((5, 10), {}, False)
+    load_module_folder()
+    module = sys.modules["SAMProstateSDG"]
+    widget = module.SAMProstateSDGWidget()
+    widget.setup()
+    registry = widget.logic.workflow.trainedModelsFile
+    registry.parent.mkdir(parents=True, exist_ok=True)
+    model = {"id": "/runs/sammed-S/sammed.pt", "kind": "sammed", "model_type": "litemedsam", "title": "sammed trained on S",
+             "file": "/runs/sammed-S/sammed.pt", "sha256": "0" * 64}
+    registry.write_text(json.dumps([model]))
+    widget.updateTrainedModelSelector()
+    selector = widget.ui.trainedModelComboBox
+    selector.setCurrentIndex(1)
+    widget.onTrainedModelChosen(1)  # what the combo box's currentIndexChanged(int) calls
+    node = widget.logic.getParameterNode().parameterNode
+    states = {"chosen": {"stored": node.GetParameter("trainedModel"), "selected": widget.selectedModel()}}
+
+    def reloaded() -> dict:
+        again = module.SAMProstateSDGWidget()
+        again.setup()
+        return {"stored": node.GetParameter("trainedModel"), "selected": again.selectedModel(),
+                "warnings": [call[1] for call in recorder.calls if call[0] == "warningDisplay"]}
+
+    states["reloaded"] = reloaded()
+    registry.write_text("[]")
+    states["unregistered"] = reloaded()
+    return states
 
 
 def scenario_switch(arguments: dict) -> dict:

@@ -220,3 +220,15 @@ def test_another_input_volume_starts_without_the_previous_one_s_segmentation_cli
         "psa": 0, "measurements": False, "slicesToCheck": [], "segmentation": "T2 prostate", "clicks": False, "export": [True, True],
     }
     assert report["scene closed"] == {"psa": 0, "measurements": False, "slicesToCheck": []}
+
+
+def test_the_trained_model_chosen_is_stored_in_the_scene_and_said_when_it_is_no_longer_registered():
+    """Scenes store the Trained model's id as they store the other choices; a scene naming a model this user data folder no
+    longer lists falls back to the shipped models with a warning, not silently."""
+    states = run_scenario("trained_model")
+    trained = "/runs/sammed-S/sammed.pt"
+    assert states["chosen"] == {"stored": trained, "selected": trained}
+    assert states["reloaded"] == {"stored": trained, "selected": trained, "warnings": []}
+    unregistered = states["unregistered"]
+    assert unregistered["stored"] == "" and unregistered["selected"] == "litemedsam"
+    assert len(unregistered["warnings"]) == 1 and trained in unregistered["warnings"][0][0] and "shipped models are used" in unregistered["warnings"][0][0]
