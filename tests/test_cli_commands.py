@@ -98,8 +98,8 @@ def test_train_fine_tunes_the_decoder_from_the_cache_for_one_epoch(embedded, tin
 
 def test_bench_times_each_path_on_a_small_data_folder(tiny_site, tmp_path):
     samprostate("bench", "--data", tiny_site, "--cases", "1", "--backend", "torch", "--precision", "fp32", "--review-seconds", "0.5",
-                "--output", tmp_path / "bench.md")
-    report = (tmp_path / "bench.md").read_text()
+                "--rounds", "1", "--output", tmp_path / "bench.md")
+    report = (tmp_path / "bench.md").read_text(encoding="utf-8")
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["cases"] == ["Case00"] and list(data["paths"]) == ["naive", "torch fp32", "merged"]
     timings = {path: entries[0] for path, entries in data["paths"].items()}

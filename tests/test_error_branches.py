@@ -112,6 +112,8 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
      "--augmented-copies must be 0 or more, not -1"),
     ("bench report not Markdown", lambda f: ["bench", "--data", FIXTURES, "--output", f / "bench.txt"], "--output is the Markdown report"),
     ("bench no cases", lambda f: ["bench", "--data", FIXTURES, "--cases", "0"], "--cases must be at least 1"),
+    ("bench no rounds", lambda f: ["bench", "--data", FIXTURES, "--rounds", "0"], "--rounds must be at least 1"),
+    ("bench review too long", lambda f: ["bench", "--data", FIXTURES, "--review-seconds", "-1"], "--review-seconds must be between 0 and 600"),
     # io/volume_io.py
     ("volume not an image", lambda f: (f / "v.nii.gz").write_bytes(b"not an image") and ["segment", f / "v.nii.gz", "-o", f / "out.nii.gz"], "cannot read"),
     ("folder without DICOM", lambda f: (f / "empty").mkdir() or ["segment", f / "empty", "-o", f / "out.nii.gz"], "no DICOM image series"),

@@ -96,7 +96,8 @@ def test_ui_parameter_names_match_the_parameter_node():
     source = ast.parse((MODULE / f"{MODULE_NAME}.py").read_text())
     parameter_class = next(node for node in source.body if isinstance(node, ast.ClassDef) and node.name == f"{MODULE_NAME}ParameterNode")
     fields = {statement.target.id for statement in parameter_class.body if isinstance(statement, ast.AnnAssign)}
-    assert bound == fields
+    # the Trained model list holds registered model ids the widget adds and reads itself (updateTrainedModelSelector)
+    assert bound == fields - {"trainedModel"}
 
 
 def cmake_string(variable: str) -> str:

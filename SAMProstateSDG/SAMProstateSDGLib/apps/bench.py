@@ -349,13 +349,13 @@ def machine() -> str:
 
 def benchmark(
     segmenter: ProstateSegmenter, cases: list[Case], wanted: list[Candidate] | None = None, load_seconds: float = 0.0,
-    backend: str = "auto", precision: str = "auto", log=print, review_seconds: float = REVIEW_SECONDS,
+    backend: str = "auto", precision: str = "auto", log=print, review_seconds: float = REVIEW_SECONDS, rounds: int = 3,
 ) -> tuple[str, dict]:
     """Run every path on every case (a warm-up first) and return the report as Markdown and as JSON data.
 
     ``segmenter`` runs the backend "auto" chose (its load took ``load_seconds``); ``wanted``: the
     backend × precision paths to time (default: every candidate here); ``review_seconds``: how long the user is taken
-    to look at the proposed boxes before pressing Segment."""
+    to look at the proposed boxes before pressing Segment; ``rounds``: interleaved rounds of the encoder variants."""
     encoders = encoder_backends(segmenter, wanted or candidates(device=segmenter.sam.device))
     paths = ["naive", *encoders, "merged"]
     timings: dict[str, list[VolumeTiming]] = {path: [] for path in paths}
@@ -376,7 +376,7 @@ def benchmark(
     click_ms = click_update_milliseconds(segmenter, cases[0])
     waits = {background: wait_after_review(segmenter, cases[0], background, review_seconds) for background in (False, True)}
     ours_ms, python_ms, same_boxes = box_proposal_speedup(segmenter, cases[0])
-    levers = encoder_levers(segmenter, cases[0], plain, encoders)
+    levers = encoder_levers(segmenter, cases[0], plain, encoders, rounds=rounds)
     peak_mb = peak_resident_mb()
     process = {"cold_seconds": cold_seconds, "warm_seconds": warm_seconds, "load_seconds": load_seconds, "process_peak_mb": process_mb}
     data = {

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "non-training cases (source-extra and unseen splits; --cases is ignored)")
     bench.add_argument("--review-seconds", type=float, default=10.0,
                        help="how long a user looks at the proposed boxes before pressing Segment, for the wait it times (default 10)")
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the encoder variants; the median round counts (default 3)")
     bench.add_argument("--output", type=Path, help="also write the report to this Markdown file")
     bench.add_argument("--overwrite", action="store_true")
 
@@ -621,6 +622,8 @@ def run_bench(arguments) -> None:
         raise InputError("--output is the Markdown report (NAME.md); its JSON data goes beside it as NAME.json")
     if arguments.cases < 1:
         raise InputError("--cases must be at least 1")
+    if arguments.rounds < 1:
+        raise InputError("--rounds must be at least 1")
     if not 0 <= arguments.review_seconds <= 600:
         raise InputError("--review-seconds must be between 0 and 600")
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
@@ -642,7 +645,7 @@ def run_bench(arguments) -> None:
         started = time.perf_counter()
         segmenter = ProstateSegmenter.load(arguments.device, precision=arguments.precision, backend=arguments.backend, log=_note)
         report, data = benchmark(segmenter, cases, wanted, time.perf_counter() - started, arguments.backend, arguments.precision, log,
-                                 arguments.review_seconds)
+                                 arguments.review_seconds, arguments.rounds)
     print(report)
     if arguments.output:
         write_text_atomically(arguments.output, report + "\n")
