@@ -35,7 +35,7 @@ def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter
     for source, target in ((fixture.image, tmp_path / "image.nii.gz"), (fixture.mask, tmp_path / "mask.nii.gz")):
         sitk.WriteImage(sitk.ReadImage(str(source))[:, :, 1:3], str(target))  # two of its four slices: each path encodes every slice
     case = replace(fixture, image=tmp_path / "image.nii.gz", mask=tmp_path / "mask.nii.gz")
-    paths = ("naive", "torch fp32", "torch bf16", "merged")
+    paths = ("naive", "torch fp32", "merged")  # bf16's rounding: test_sam_engine
     results = {path: run_path(segmenter, case, path, tmp_path, plain) for path in paths}
     for path, (timing, labels) in results.items():
         assert set(timing.seconds) == set(STAGES) and timing.slices == len(labels)
@@ -43,25 +43,11 @@ def test_every_path_times_every_stage_and_the_fast_paths_keep_the_dice(segmenter
     naive, fast = results["naive"][1], results["torch fp32"][1]
     assert np.array_equal(naive, fast)  # the fast encoder, on boxed slices only, changes nothing
     assert results["merged"][0].dice > results["torch fp32"][0].dice - 0.03  # merging may only cost little
-    assert abs(results["torch bf16"][0].dice - results["torch fp32"][0].dice) < 0.01 and not np.array_equal(results["torch bf16"][1], fast)
     assert segmenter.sam.encoder_backend.label == "torch fp32"  # each path restores the engine's encoder
     process = {"cold_seconds": 12.0, "warm_seconds": 8.0, "load_seconds": 2.0, "process_peak_mb": 1200.0}
     report = _report({path: [timing] for path, (timing, _) in results.items()}, 50.0, {False: 9.0, True: 3.0}, 1.0, 200.0, True, 900.0, "cpu", process)
     assert "| **total** |" in report and "speed-up vs naive" in report and "200×" in report and "(3.0×)" in report
-    assert "| Stage | naive | torch fp32 | torch bf16 | merged |" in report and "cold / warm 1.50×" in report
-
-
-def test_encoder_levers_are_compared_with_the_naive_encoder(segmenter, plain):
-    from SAMProstateSDGLib.apps.bench import encoder_levers
-    from SAMProstateSDGLib.modeling.backends import TorchEncoder
-
-    encoder = segmenter.sam.sam.image_encoder
-    encoders = {"torch fp32": TorchEncoder(encoder, "fp32"), "torch bf16": TorchEncoder(encoder, "bf16")}
-    rows = encoder_levers(segmenter, find_cases(FIXTURES)[0], plain, encoders, count=1, rounds=1)
-    assert [name.split(",")[0] for name, _, _ in rows] == ["plain torch fp32", "torch fp32", "torch bf16", "torch fp32"]
-    assert rows[0][2] == 0.0 and rows[1][2] < 1e-3 and rows[3][2] < 1e-3  # folding, layout and batching keep the embeddings
-    assert rows[2][2] > rows[1][2]  # bf16 rounds
-    assert all(ms > 0 for _, ms, _ in rows) and segmenter.sam.batch_size == 4
+    assert "| Stage | naive | torch fp32 | merged |" in report and "cold / warm 1.50×" in report
 
 
 def test_peak_memory_is_read_in_the_unit_of_each_platform():

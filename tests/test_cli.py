@@ -117,12 +117,15 @@ def test_the_overlay_shows_six_gland_slices_with_their_box_and_outline(unseen_ca
 
 
 def test_edited_boxes_are_used_instead_of_proposed_ones(tmp_path):
+    """In this process (``main``): the command as a process is tested above; two more would only add their start-up."""
+    from SAMProstateSDGLib.apps.cli import main
+
     image = FIXTURES / "Case29.nii.gz"
-    samprostate("segment", image, "-o", tmp_path / "proposed.nii.gz", "--boxes-out", tmp_path / "boxes.json")
+    assert main(["segment", str(image), "-o", str(tmp_path / "proposed.nii.gz"), "--boxes-out", str(tmp_path / "boxes.json")]) == 0
     boxes = json.loads((tmp_path / "boxes.json").read_text())
     removed = boxes["boxes"].pop(0)["slice"]
     (tmp_path / "edited.json").write_text(json.dumps(boxes))
-    samprostate("segment", image, "-o", tmp_path / "edited.nii.gz", "--boxes-in", tmp_path / "edited.json")
+    assert main(["segment", str(image), "-o", str(tmp_path / "edited.nii.gz"), "--boxes-in", str(tmp_path / "edited.json")]) == 0
     proposed = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "proposed.nii.gz")))
     edited = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "edited.nii.gz")))
     assert proposed[removed].any() and not edited[removed].any()

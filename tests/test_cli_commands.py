@@ -108,6 +108,9 @@ def test_bench_times_each_path_on_a_small_data_folder(tiny_site, tmp_path):
     assert data["box_proposal_ms"]["same_boxes"] is True
     assert "| Stage | naive | torch fp32 | merged |" in report and "| **total** |" in report and "chose torch fp32" in report
     assert data["wait_after_review_s"]["review"] == 0.5 and "after a 0.5 s box review" in report
+    variants = {variant["name"]: variant["max_embedding_difference"] for variant in data["encoder_variants"]}
+    assert list(variants) == ["plain torch fp32, batch 1 (naive)", "torch fp32, batch 1", "torch fp32, batch 4 (GPU)"]
+    assert variants["plain torch fp32, batch 1 (naive)"] == 0.0 and max(variants.values()) < 1e-3  # folding, layout and batching keep the embeddings
 
 
 def test_merge_slices_encodes_four_crops_at_once_and_keeps_a_good_dice(segmenter, tmp_path):
