@@ -54,6 +54,7 @@ CASE_TOLERANCE = 0.01  # ... and no case moving by more: then "auto" may use it
 PARITY_SPLITS = ("source-extra", "unseen")  # the 12 non-training cases
 RESEGMENT_REPEATS = 10
 REVIEW_SECONDS = 10.0  # default: how long the user looks at the proposed boxes before pressing Segment
+ENCODER_ROUNDS = 3  # default: interleaved rounds of the encoder variants (the median round counts)
 BOX_REPEATS = 20  # the proposal takes about a millisecond: one run would mostly time the first call
 
 
@@ -260,7 +261,7 @@ def box_proposal_speedup(segmenter: ProstateSegmenter, case: Case) -> tuple[floa
 
 
 def encoder_levers(
-    segmenter: ProstateSegmenter, case: Case, plain: SamEngine, encoders: dict[str, EncoderBackend], count: int = 2, rounds: int = 3
+    segmenter: ProstateSegmenter, case: Case, plain: SamEngine, encoders: dict[str, EncoderBackend], count: int = 2, rounds: int = ENCODER_ROUNDS
 ) -> list[tuple[str, float, float]]:
     """(variant, ms per slice, max |embedding - plain batch-1 fp32 embedding|) for ways of running the encoder.
 
@@ -349,7 +350,7 @@ def machine() -> str:
 
 def benchmark(
     segmenter: ProstateSegmenter, cases: list[Case], wanted: list[Candidate] | None = None, load_seconds: float = 0.0,
-    backend: str = "auto", precision: str = "auto", log=print, review_seconds: float = REVIEW_SECONDS, rounds: int = 3,
+    backend: str = "auto", precision: str = "auto", log=print, review_seconds: float = REVIEW_SECONDS, rounds: int = ENCODER_ROUNDS,
 ) -> tuple[str, dict]:
     """Run every path on every case (a warm-up first) and return the report as Markdown and as JSON data.
 
