@@ -26,4 +26,4 @@ evaluate: install
 test: install
 	$(BIN)/ruff check SAMProstateSDG tests scripts
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=40
