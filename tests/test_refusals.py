@@ -20,13 +20,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import FIXTURES
+from conftest import FIXTURES, SAMPROSTATE
 from SAMProstateSDGLib.apps.cli import main
 from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.core.errors import InputError
 
 CASE = FIXTURES / "P158-020.nii.gz"
-SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -107,6 +106,14 @@ def test_boxes_or_overlay_over_an_input_are_refused(capsys, work, no_model_loads
     assert_refused(capsys, work, ["segment", work / "x.nii.gz", "-o", work / "y.nii.gz", "--boxes-in", boxes, "--boxes-out", boxes, "--overwrite"], "is the input")
     assert_refused(capsys, work, ["segment", work / "x.nii.gz", "-o", work / "y.nii.gz", "--overlay", work / "x.nii.gz", "--overwrite"], "is the input")
     assert_refused(capsys, work, ["segment", work / "x.nii.gz", "-o", work / "y.nii.gz", "--boxes-out", work / "y.nii.gz"], "given for two outputs")
+
+
+def test_an_output_over_the_data_file_of_a_detached_header_is_refused(capsys, work, no_model_loads):
+    image = sitk.ReadImage(str(CASE))
+    sitk.WriteImage(image, str(work / "meta.mhd"))  # meta.mhd names its voxels' file: "ElementDataFile = meta.raw"
+    sitk.WriteImage(image, str(work / "nrrd.nhdr"))  # nrrd.nhdr: "data file: nrrd.raw"
+    assert_refused(capsys, work, ["segment", work / "meta.mhd", "-o", work / "y.nii.gz", "--boxes-out", work / "meta.raw", "--overwrite"], "is the input")
+    assert_refused(capsys, work, ["segment", work / "nrrd.nhdr", "-o", work / "y.nii.gz", "--overlay", work / "nrrd.raw", "--overwrite"], "is the input")
 
 
 def test_a_batch_into_its_own_input_folder_is_refused(capsys, work, no_model_loads):

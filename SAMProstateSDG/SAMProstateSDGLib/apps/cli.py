@@ -276,7 +276,7 @@ def run_segment(arguments) -> None:
     """Every path and volume is checked before any model loads; a refusal writes nothing."""
     from ..core.files import check_outputs
     from ..io.boxes_json import read_prompts
-    from ..io.volume_io import check_label_geometry, check_label_suffix, read_volume
+    from ..io.volume_io import check_label_geometry, check_label_suffix, read_volume, volume_files
 
     if arguments.boxes_in and not method(arguments.method).takes_boxes:
         raise InputError(f"--method {arguments.method} prompts itself; --boxes-in works with {' and '.join(box_method_ids())}")
@@ -289,7 +289,7 @@ def run_segment(arguments) -> None:
 
     path, output = arguments.input[0], arguments.output
     outputs = [output, arguments.boxes_out, arguments.overlay, arguments.report, arguments.report_page, arguments.dicom_seg]
-    check_outputs(filter(None, outputs), [path, arguments.boxes_in, *_model_files(arguments)], arguments.overwrite)
+    check_outputs(filter(None, outputs), [*volume_files(path), arguments.boxes_in, *_model_files(arguments)], arguments.overwrite)
     check_clinical_options(arguments)
     check_label_suffix(output)
     dicom = read_dicom_input(path, arguments.series_uid) if path.is_dir() else None  # the axial T2 series, or --series-uid
@@ -318,7 +318,7 @@ def _run_batch(batch: list[Path], arguments) -> None:
     from tqdm import tqdm
 
     from ..core.files import check_output_folder, check_outputs
-    from ..io.volume_io import check_label_geometry, read_volume
+    from ..io.volume_io import check_label_geometry, read_volume, volume_files
 
     if arguments.boxes_in or arguments.boxes_out or arguments.overlay:
         raise InputError("--boxes-in, --boxes-out and --overlay take one volume, not a batch")
@@ -339,7 +339,7 @@ def _run_batch(batch: list[Path], arguments) -> None:
     if same:
         raise InputError(f"{same[0]} and {same[1]} would both be written as {folder / outputs[same[0]].name}: give the inputs distinct names")
     if folder.exists():
-        check_outputs(outputs.values(), [*batch, *_model_files(arguments)], arguments.overwrite)
+        check_outputs(outputs.values(), [*(file for path in batch for file in volume_files(path)), *_model_files(arguments)], arguments.overwrite)
     else:
         check_output_folder(next(parent for parent in folder.absolute().parents if parent.exists()))
     failed = []

@@ -67,6 +67,19 @@ def read_header(path: Path) -> sitk.ImageFileReader | None:
     return reader
 
 
+def volume_files(path: Path) -> list[Path]:
+    """The files a volume is read from: the path, and the data file a detached header (.mhd, .nhdr) names."""
+    key = {".mhd": "ElementDataFile", ".nhdr": "data ?file"}.get(path.suffix.lower())
+    if key is None or not path.is_file():
+        return [path]
+    with open(path, encoding="latin-1") as header:
+        for line in header.read(1 << 16).splitlines():  # a header is text of a few hundred bytes
+            found = re.match(rf"\s*{key}\s*[:=]\s*(.+?)\s*$", line, re.IGNORECASE)
+            if found and found.group(1).upper() not in ("LOCAL", "LIST") and " " not in found.group(1):
+                return [path, path.parent / found.group(1)]
+    return [path]
+
+
 def _itk_reason(error: RuntimeError) -> str:
     """The telling line of an ITK exception: its last, unless that is a stale errno ("Reason: ...")."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
