@@ -171,3 +171,4 @@ def test_a_bad_data_folder_fails_with_one_line_message(tmp_path):
 
     assert process.returncode == 2
     assert process.error_message == f"samprostate: error: data folder not found: {tmp_path / 'missing'}"
+    assert not (tmp_path / "coarse").exists()  # the refused run leaves no folder behind

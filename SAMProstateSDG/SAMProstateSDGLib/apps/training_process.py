@@ -158,6 +158,7 @@ class TrainingProcess:
         self._log: TextIO | None = None  # our own read handle on the child's log
         self._partial = ""  # a last line the child has not finished writing
         self._unread: list[str] = []  # lines read from the log, not yet returned by poll
+        self._new_folder: Path | None = None  # the output folder this start created, removed again if the run is refused
 
     def start(self) -> None:
         if self._process is not None:
@@ -165,6 +166,8 @@ class TrainingProcess:
         environment = dict(os.environ, PYTHONUNBUFFERED="1", TQDM_DISABLE="1")
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), environment.get("PYTHONPATH")]))
         log_path = Path(self.request.output) / "training.log"
+        if not log_path.parent.exists():
+            self._new_folder = log_path.parent
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a", encoding="utf-8") as child_log:  # a resumed run's log goes on after the stopped one's
             started_at = child_log.tell()
@@ -195,6 +198,15 @@ class TrainingProcess:
         if exited:
             self._log.close()
             self._log = None
+            self._forget_a_refused_run()
+
+    def _forget_a_refused_run(self) -> None:
+        """A run refused before it trained (exit status 2: its one-line error is in ``last_line``) leaves no folder it created."""
+        folder = self._new_folder
+        assert self._process is not None  # called once the child has exited
+        if self._process.returncode == 2 and folder is not None and [path.name for path in folder.iterdir()] == ["training.log"]:
+            (folder / "training.log").unlink()
+            folder.rmdir()
 
     @property
     def running(self) -> bool:
