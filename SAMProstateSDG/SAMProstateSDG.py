@@ -358,8 +358,11 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if not self.requirementsReady():
                 return
             self.showDeviceNote()  # first: a changed encoder backend drops the slices queued for the previous one, unencoded
+            parameters = self._parameterNode
+            self.logic.workflow.dropQueuedEncodingsOfOtherModels(
+                parameters.inputVolume, model=self.selectedModel(), device=parameters.device, method=parameters.segmentationMethod.value,
+            )
             if self.encodeQueuedSlices():
-                parameters = self._parameterNode
                 parameters.outputSegmentation = self.logic.workflow.segment(
                     parameters.inputVolume, None, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,
                     method=parameters.segmentationMethod.value,

@@ -596,10 +596,16 @@ def widget_on_volume(path: str):
 
 def scenario_segment(arguments: dict) -> dict:
     """Segment pressed right after Propose boxes, before the encoding timer has ticked, with the requirements
-    installed: the queued slices are encoded under a progress bar first; cancelling it stops Segment and lets
-    the timer go on. With ``otherVolume``, boxes were proposed on that volume first: its slices are left to the timer."""
+    installed, once per entry of ``runs`` (one process: each run on a new scene and panel): the queued slices are
+    encoded under a progress bar first; cancelling it (``cancelAt``) stops Segment and lets the timer go on. With
+    ``otherVolume``, boxes were proposed on that volume first: its slices are left to the timer. With ``device``,
+    the user chose that device between Propose boxes and Segment."""
+    return {"runs": [_segment_after_propose(run) for run in arguments["runs"]]}
+
+
+def _segment_after_propose(arguments: dict) -> dict:
     install_slicer((5, 10), {}, False, requirements_installed=True)
-    FakeProgressDialog.cancel_at = arguments.get("cancelAt")
+    FakeProgressDialog.cancel_at, FakeProgressDialog.last = arguments.get("cancelAt"), None
     _, widget, volume = widget_on_volume(arguments["volume"])
     parameters = widget._parameterNode
     otherQueued = 0
@@ -610,14 +616,15 @@ def scenario_segment(arguments: dict) -> dict:
         parameters.inputVolume = volume
     widget.onProposeBoxes()
     queued = widget.logic.workflow.pendingEncodings(volume)
+    parameters.device = arguments.get("device", parameters.device)
     widget.onSegment()
     progress = FakeProgressDialog.last
     return {
         "otherQueued": otherQueued,
         "queued": queued,
-        "shown": progress.shown,
-        "maximum": progress.maximum,
-        "closed": progress.closed,
+        "shown": progress and progress.shown,
+        "maximum": progress and progress.maximum,
+        "closed": progress and progress.closed,
         "left": widget.logic.workflow.pendingEncodings(),
         "segmented": parameters.outputSegmentation is not None,
         "timerActive": widget.encodingTimer.active,

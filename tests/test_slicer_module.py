@@ -188,18 +188,22 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
 
 
 def test_segment_right_after_propose_encodes_the_queued_slices_under_a_progress_bar_that_can_cancel():
-    done = run_scenario("segment", volume=str(FIXTURES / "P158-020.nii.gz"))
+    volume, other = str(FIXTURES / "P158-020.nii.gz"), str(FIXTURES / "Case29.nii.gz")
+    done, cancelled, after_another, other_device = run_scenario("segment", runs=[
+        {"volume": volume}, {"volume": volume, "cancelAt": 1}, {"volume": volume, "otherVolume": other}, {"volume": volume, "device": "auto"},
+    ])["runs"]
     assert done["queued"] > 0 and done["maximum"] == done["queued"] and done["shown"] == [0, *range(done["queued"]), done["queued"]]  # the dialog opens at 0
     assert done["closed"] and done["left"] == 0 and done["segmented"]
 
-    cancelled = run_scenario("segment", volume=str(FIXTURES / "P158-020.nii.gz"), cancelAt=1)
     assert cancelled["shown"] == [0, 0, 1] and cancelled["closed"]
     assert cancelled["left"] == cancelled["queued"] - 1 and not cancelled["segmented"]  # one slice encoded, then Segment stopped
     assert cancelled["timerActive"]  # the rest keeps encoding between ticks
 
-    after_another = run_scenario("segment", volume=str(FIXTURES / "P158-020.nii.gz"), otherVolume=str(FIXTURES / "Case29.nii.gz"))
     assert after_another["otherQueued"] > 0 and after_another["maximum"] == after_another["queued"]  # only this volume's slices
     assert after_another["left"] == after_another["otherQueued"] and after_another["segmented"] and after_another["timerActive"]
+
+    # the device changed after Propose boxes: the slices queued for the cpu models are dropped, not encoded before Segment
+    assert other_device["queued"] > 0 and other_device["shown"] is None and other_device["left"] == 0 and other_device["segmented"]
 
 
 def test_another_input_volume_starts_without_the_previous_one_s_segmentation_clicks_psa_and_results():

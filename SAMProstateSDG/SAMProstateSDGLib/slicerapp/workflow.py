@@ -187,6 +187,12 @@ class ProstateWorkflow:
                 return bool(self._queued(volumeNode))
         return False
 
+    def dropQueuedEncodingsOfOtherModels(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> None:
+        """Drop the volume's slices queued for another model or device than ``segment`` will use (the user changed the
+        choice after Propose boxes): encoding them would only delay Segment, which encodes its own."""
+        encoded = self.session(volumeNode, model, device, method).volume.encoded
+        self._pendingEncoding = [item for item in self._pendingEncoding if item[0] != volumeNode.GetID() or item[1] is encoded]
+
     def _queued(self, volumeNode) -> list[tuple[str, Any, int]]:
         return [item for item in self._pendingEncoding if volumeNode is None or item[0] == volumeNode.GetID()]
 
