@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,34 @@ FIXTURES = DATA / "fixture"
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 # exported encoders and the backend choice are cached here, not in the user's cache folder
 os.environ.setdefault("SAMPROSTATE_CACHE_DIR", str(ROOT / ".pytest_cache" / "samprostate"))
+
+
+SAMPROSTATE = Path(sys.executable).with_name("samprostate")
+
+
+def samprostate(*arguments, check: bool = True) -> subprocess.CompletedProcess:
+    """``samprostate ARGUMENTS`` in this process (``main``): the parsing, checks, models and files of the installed command
+    without a new interpreter's 8-10 s of imports. ``samprostate_process`` runs the installed command itself."""
+    from SAMProstateSDGLib.apps.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main([str(argument) for argument in arguments])
+        except SystemExit as exit:  # argparse: --help, --version, a usage error
+            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    result = subprocess.CompletedProcess(["samprostate", *map(str, arguments)], code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(result.stderr)
+    return result
+
+
+def samprostate_process(*arguments, check: bool = True) -> subprocess.CompletedProcess:
+    """The installed ``samprostate`` command as a new process, as a user runs it."""
+    result = subprocess.run([str(SAMPROSTATE), *map(str, arguments)], capture_output=True, encoding="utf-8")
+    if check and result.returncode != 0:
+        raise AssertionError(result.stderr)
+    return result
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,15 +1,12 @@
 """Encoder backends: exported graphs of the real LiteMedSAM encoder, their disk cache, and the measured choice."""
 
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FIXTURES, dice, read_mask
+from conftest import FIXTURES, dice, read_mask, samprostate
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.modeling import backends
@@ -24,7 +21,6 @@ from SAMProstateSDGLib.modeling.backends import (
     choose_encoder,
 )
 
-SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 EXPORTED = [
     pytest.param(name, marks=pytest.mark.skipif(
         backends.BACKENDS[name].missing() is not None, reason=f"{name} is not installed (pip install -e '.[fast]')"))
@@ -183,15 +179,11 @@ def test_requests_that_cannot_run_are_refused_clearly():
 @pytest.mark.skipif(backends.BACKENDS["openvino"].missing() is not None, reason="OpenVINO is not installed (pip install -e '.[fast]')")
 def test_the_command_line_segments_with_the_backend_asked_for(tmp_path):
     image = FIXTURES / "P158-020.nii.gz"
-    outputs = {}
-    for backend in ("torch", "openvino"):
-        outputs[backend] = tmp_path / f"{backend}.nii.gz"
-        result = subprocess.run([str(SAMPROSTATE), "segment", str(image), "-o", str(outputs[backend]), "--backend", backend, "--precision", "fp32"],
-                                capture_output=True, encoding="utf-8")
-        assert result.returncode == 0, result.stderr
+    outputs = {backend: tmp_path / f"{backend}.nii.gz" for backend in ("torch", "openvino")}
+    for backend, output in outputs.items():
+        samprostate("segment", image, "-o", output, "--backend", backend, "--precision", "fp32")
     torch_labels, openvino_labels = (read_mask(outputs[backend]) for backend in ("torch", "openvino"))
     assert torch_labels.any() and dice(torch_labels, openvino_labels) > 0.99
-    refused = subprocess.run([str(SAMPROSTATE), "segment", str(image), "-o", str(tmp_path / "x.nii.gz"), "--backend", "onnxruntime", "--precision", "bf16"],
-                             capture_output=True, encoding="utf-8")
+    refused = samprostate("segment", image, "-o", tmp_path / "x.nii.gz", "--backend", "onnxruntime", "--precision", "bf16", check=False)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "samprostate: error:" in refused.stderr
     assert not (tmp_path / "x.nii.gz").exists()

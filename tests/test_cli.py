@@ -1,38 +1,30 @@
-"""The ``samprostate`` command as a user runs it: real volumes, real models, real files."""
+"""The ``samprostate`` command: real volumes, real models, real files. The unseen case and ``--version`` run the installed
+command as a new process; the rest run its ``main`` in this process (conftest: ``samprostate``)."""
 
 import importlib.metadata
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask
+from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask, samprostate, samprostate_process
 from SAMProstateSDGLib import __version__
 from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
 from SAMProstateSDGLib.core.catalog import catalog
 from SAMProstateSDGLib.masks.boxes import Box
 
-SAMPROSTATE = Path(sys.executable).with_name("samprostate")
 UNSEEN_DICE_FLOOR = 0.80
-
-
-def samprostate(*arguments, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(SAMPROSTATE), *map(str, arguments)], capture_output=True, encoding="utf-8")
-    if check and result.returncode != 0:
-        raise AssertionError(result.stderr)
-    return result
 
 
 @pytest.fixture(scope="module")
 def unseen_case(data, tmp_path_factory):
-    """P158-020 (Prostate158, a site never seen in training) segmented end to end."""
+    """P158-020 (Prostate158, a site never seen in training) segmented end to end by the installed command."""
     folder = tmp_path_factory.mktemp("unseen")
     image = data / "Prostate158" / "P158-020.nii.gz"
-    result = samprostate("segment", image, "-o", folder / "labels.nii.gz", "--boxes-out", folder / "boxes.json", "--overlay", folder / "overlay.png")
+    result = samprostate_process("segment", image, "-o", folder / "labels.nii.gz", "--boxes-out", folder / "boxes.json", "--overlay", folder / "overlay.png")
     (folder / "summary.txt").write_text(result.stdout)
     return image, folder
 
@@ -117,15 +109,12 @@ def test_the_overlay_shows_six_gland_slices_with_their_box_and_outline(unseen_ca
 
 
 def test_edited_boxes_are_used_instead_of_proposed_ones(tmp_path):
-    """In this process (``main``): the command as a process is tested above; two more would only add their start-up."""
-    from SAMProstateSDGLib.apps.cli import main
-
     image = FIXTURES / "Case29.nii.gz"
-    assert main(["segment", str(image), "-o", str(tmp_path / "proposed.nii.gz"), "--boxes-out", str(tmp_path / "boxes.json")]) == 0
+    samprostate("segment", image, "-o", tmp_path / "proposed.nii.gz", "--boxes-out", tmp_path / "boxes.json")
     boxes = json.loads((tmp_path / "boxes.json").read_text())
     removed = boxes["boxes"].pop(0)["slice"]
     (tmp_path / "edited.json").write_text(json.dumps(boxes))
-    assert main(["segment", str(image), "-o", str(tmp_path / "edited.nii.gz"), "--boxes-in", str(tmp_path / "edited.json")]) == 0
+    samprostate("segment", image, "-o", tmp_path / "edited.nii.gz", "--boxes-in", tmp_path / "edited.json")
     proposed = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "proposed.nii.gz")))
     edited = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "edited.nii.gz")))
     assert proposed[removed].any() and not edited[removed].any()
@@ -161,7 +150,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, make_input, messag
 
 
 def test_version_is_the_libs_own_and_the_installs_metadata_agrees():
-    result = samprostate("--version")
+    result = samprostate_process("--version")
     assert result.stdout == f"samprostate {__version__}\n"
     assert importlib.metadata.version("samprostate-sdg") == __version__  # pyproject.toml reads the same attribute
 

@@ -1,5 +1,5 @@
 """``embed``, ``train``, ``bench``, ``segment --merge-slices`` and a batch given as a folder, end to end through the
-installed command, on the fixtures cut to two slices (seconds per command, not minutes)."""
+command's ``main`` in this process, on the fixtures cut to two slices (seconds per command, not minutes)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import FIXTURES, dice, read_mask
-from test_cli import samprostate
+from conftest import FIXTURES, dice, read_mask, samprostate
 
 CASES = ("Case00", "Case29", "P158-020")
 

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 
-from conftest import FIXTURES
+from conftest import FIXTURES, samprostate
 from dicom_fixtures import read_headers, write_series
 from SAMProstateSDGLib import __version__
 from SAMProstateSDGLib.apps.cli import main
@@ -23,7 +23,6 @@ from SAMProstateSDGLib.io.measurements import measure_image
 from SAMProstateSDGLib.io.report import PAGE_SIZE, ReportSubject, slice_captions, write_report
 from SAMProstateSDGLib.io.volume_io import normalised_array, read_volume
 from SAMProstateSDGLib.methods.registry import method
-from test_cli import samprostate
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 

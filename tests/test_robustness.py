@@ -6,7 +6,7 @@ import math
 import pytest
 import SimpleITK as sitk
 
-from conftest import FIXTURES
+from conftest import FIXTURES, samprostate
 from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS
 from SAMProstateSDGLib.apps.evaluation import from_json, to_json
 from SAMProstateSDGLib.apps.robustness import CLEAN, markdown_table, run_suite
@@ -15,7 +15,6 @@ from SAMProstateSDGLib.core.files import json_text
 from SAMProstateSDGLib.io.dataset import Case
 from SAMProstateSDGLib.masks.metrics import Score
 from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, method
-from test_cli import samprostate
 
 
 def test_the_suite_scores_each_shift_and_records_each_slice_confidence(segmenter):
