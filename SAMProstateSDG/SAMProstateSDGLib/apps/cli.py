@@ -475,7 +475,7 @@ def _run_robustness_suite(arguments) -> None:
 
 def run_train_coarse(arguments) -> None:
     from ..core.devices import pick_device
-    from ..training.coarse import CoarseTrainingOptions, train_coarse_net
+    from ..io.dataset import site_cases
 
     _positive(epochs=arguments.epochs, batch_size=arguments.batch_size, learning_rate=arguments.learning_rate, max_cases=arguments.max_cases)
     _millimetres(context_mm=arguments.context_mm)
@@ -486,6 +486,9 @@ def run_train_coarse(arguments) -> None:
     if arguments.initial_weights is not None and arguments.initial_weights.resolve() in replaced:
         raise InputError(f"--initial-weights {arguments.initial_weights} would be replaced by this run's output: copy it out of "
                          f"{arguments.output} first, or choose another --output")
+    site_cases(arguments.data, arguments.site)  # a wrong data folder or site is refused before MONAI's 10 s import
+    from ..training.coarse import CoarseTrainingOptions, train_coarse_net
+
     options = CoarseTrainingOptions(
         data=arguments.data,
         site=arguments.site,
@@ -536,9 +539,9 @@ def _cache_folder(segmenter, cases, arguments, grid: str, augmented=None) -> Pat
 
 
 def run_embed(arguments) -> None:
+    cases = _source_cases(arguments)
     from ..training.embedding_cache import ENCODER_GRIDS
 
-    cases = _source_cases(arguments)
     segmenter = _base_models(arguments)
     copies = f" with {arguments.augmented_copies} augmented copies each" if arguments.augmented_copies else ""
     for grid in ENCODER_GRIDS:
@@ -546,14 +549,8 @@ def run_embed(arguments) -> None:
 
 
 def run_train(arguments) -> None:
-    import torch
-
     from ..core.catalog import default_entry
-    from ..core.checksums import load_resume_state
     from ..io.dataset import require_zonal_masks
-    from ..training.coarse import require_validation, resumed_run, split_cases
-    from ..training.embedding_cache import cache_files, load_cached_case, preprocessing
-    from ..training.loop import RESUME_KEYS, TrainingOptions, fine_tuning_run, train
 
     _positive(epochs=arguments.epochs, learning_rate=arguments.learning_rate, batch_size=arguments.batch_size)
     trained = method(arguments.method)
@@ -564,7 +561,14 @@ def run_train(arguments) -> None:
     batch_size = defaults.batch_size if arguments.batch_size is None else arguments.batch_size
     output = arguments.output or Path("runs") / arguments.method
     _check_training_output(output, TRAINING_METHODS[arguments.method].output_stem, arguments)
-    cases = _source_cases(arguments)
+    cases = _source_cases(arguments)  # a wrong data folder or site is refused before MONAI's 10 s import
+    import torch
+
+    from ..core.checksums import load_resume_state
+    from ..training.coarse import require_validation, resumed_run, split_cases
+    from ..training.embedding_cache import cache_files, load_cached_case, preprocessing
+    from ..training.loop import RESUME_KEYS, TrainingOptions, fine_tuning_run, train
+
     training, validation = split_cases(cases, VALIDATION_FRACTION, arguments.seed)
     require_validation(training, validation, arguments.site)
     if trained.zonal:
