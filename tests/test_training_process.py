@@ -1,4 +1,5 @@
-"""Training in a background process, as the Slicer Training tab drives it: real runs on real data, on the CPU."""
+"""Training in a background process, as the Slicer Training tab drives it: real runs on real data (two RUNMC cases cut to
+four slices, conftest: small_runmc), on the CPU."""
 
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def test_parser_reads_the_epoch_line_of_captured_output():
     assert parsed == [None, TrainingProgress(1, 1, 1.5557, 0.0), None]
 
 
-def test_a_tiny_run_reports_progress_and_writes_a_checked_model(data, tmp_path):
-    process = TrainingProcess(tiny_request(data, tmp_path / "coarse", epochs=1))
+def test_a_tiny_run_reports_progress_and_writes_a_checked_model(small_runmc, tmp_path):
+    process = TrainingProcess(tiny_request(small_runmc, tmp_path / "coarse", epochs=1))
     process.start()
     assert process.poll().finished is False  # start returns at once
 
@@ -82,9 +83,9 @@ def test_a_tiny_run_reports_progress_and_writes_a_checked_model(data, tmp_path):
     assert (entry.kind, entry.path, entry.sha256) == ("coarse", process.model_path, manifest["sha256"])
 
 
-def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoch(data, tmp_path):
+def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoch(small_runmc, tmp_path):
     output = tmp_path / "coarse"
-    process = TrainingProcess(tiny_request(data, output, epochs=20))  # far more than it gets to run: the stop must end it
+    process = TrainingProcess(tiny_request(small_runmc, output, epochs=20))  # far more than it gets to run: the stop must end it
     process.start()
     run_until(process, lambda update: update.progress is not None)
     stopped_at = time.monotonic()
@@ -97,12 +98,12 @@ def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoc
     saved_epoch = torch.load(process.request.resume_state_path, weights_only=True)["epoch"]
     assert 1 <= saved_epoch < 20  # how many epochs a tiny run completes before it stops depends on the machine
 
-    shorter = TrainingProcess(tiny_request(data, output, epochs=saved_epoch + 1, resume=True))
+    shorter = TrainingProcess(tiny_request(small_runmc, output, epochs=saved_epoch + 1, resume=True))
     shorter.start()  # another --epochs would replan the learning-rate schedule: refused in one line
     finish(shorter)
     assert shorter.returncode != 0 and "other options (epochs 20 -> " in shorter.error_message
 
-    resumed = TrainingProcess(tiny_request(data, output, epochs=20, resume=True))
+    resumed = TrainingProcess(tiny_request(small_runmc, output, epochs=20, resume=True))
     resumed.start()
     lines = run_until(resumed, lambda update: update.progress is not None)
     resumed.stop()
@@ -136,12 +137,12 @@ def alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the launcher stand-in is a POSIX script")
-def test_stop_ends_the_whole_launcher_tree_at_once_and_keeps_the_resume_state(data, tmp_path, monkeypatch):
+def test_stop_ends_the_whole_launcher_tree_at_once_and_keeps_the_resume_state(small_runmc, tmp_path, monkeypatch):
     launcher = tmp_path / "PythonSlicer"
     launcher.write_text(LAUNCHER.format(python=sys.executable))
     launcher.chmod(0o755)
     monkeypatch.setenv("LAUNCHED_PID_FILE", str(tmp_path / "launched.pid"))
-    process = TrainingProcess(tiny_request(data, tmp_path / "coarse", epochs=50), python=str(launcher))
+    process = TrainingProcess(tiny_request(small_runmc, tmp_path / "coarse", epochs=50), python=str(launcher))
     process.start()
     run_until(process, lambda update: update.progress is not None)
     interpreter = int((tmp_path / "launched.pid").read_text())

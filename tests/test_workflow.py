@@ -310,7 +310,7 @@ def test_methods_that_prompt_themselves_need_no_boxes(workflow, scene, method):
         assert dice(segment_labels(segmentation, volume_node, "prostate"), reference) > 0.7
 
 
-def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, data, volume_node, sam_engine):
+def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, small_runmc, volume_node, sam_engine):
     import torch
 
     from SAMProstateSDGLib.apps.training_process import trained_models
@@ -318,9 +318,9 @@ def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, dat
     from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
     from SAMProstateSDGLib.pipeline.segmenter import ProstateSegmenter
 
-    workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
+    workflow.startTraining(small_runmc, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
     with pytest.raises(RuntimeError, match="already in progress"):
-        workflow.startTraining(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
+        workflow.startTraining(small_runmc, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
     lines, deadline = [], time.monotonic() + TRAINING_LIMIT_S
     while workflow.isTraining() and time.monotonic() < deadline:
         lines += workflow.pollTraining().lines
@@ -329,9 +329,9 @@ def test_a_run_trained_from_the_logic_is_registered_and_selectable(workflow, dat
     assert workflow.trainingError is None, lines
     assert any(line.startswith("Registered the trained model") for line in lines)
     # starting again replaces that run only when asked (the module asks the user first), or continues it
-    again = workflow.trainingRequest(data, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
+    again = workflow.trainingRequest(small_runmc, "RUNMC", "coarse", 1, device="cpu", maxCases=2)
     assert again.previous_run() == ["coarse.pt", "coarse.json", "last_state.pt"] and "--overwrite" not in again.command_line()
-    assert "--overwrite" in workflow.trainingRequest(data, "RUNMC", "coarse", 1, device="cpu", overwrite=True).command_line()
+    assert "--overwrite" in workflow.trainingRequest(small_runmc, "RUNMC", "coarse", 1, device="cpu", overwrite=True).command_line()
     (model_id, title), = workflow.trainedModelTitles().items()
     assert "coarse trained on RUNMC" in title
     assert workflow.baseSegmenter(model_id, "cpu").coarse is not workflow.baseSegmenter(SAM_MODELS[0], "cpu").coarse
