@@ -359,9 +359,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
             self.showDeviceNote()  # first: a changed encoder backend drops the slices queued for the previous one, unencoded
             parameters = self._parameterNode
-            self.logic.workflow.dropQueuedEncodingsOfOtherModels(
-                parameters.inputVolume, model=self.selectedModel(), device=parameters.device, method=parameters.segmentationMethod.value,
-            )
+            self.logic.workflow.dropQueuedEncodingsOfOtherModels(parameters.inputVolume, model=self.selectedModel(), device=parameters.device)
             if self.encodeQueuedSlices():
                 parameters.outputSegmentation = self.logic.workflow.segment(
                     parameters.inputVolume, None, parameters.outputSegmentation, model=self.selectedModel(), device=parameters.device,

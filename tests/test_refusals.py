@@ -110,9 +110,10 @@ def test_boxes_or_overlay_over_an_input_are_refused(capsys, work, no_model_loads
 
 def test_an_output_over_the_data_file_of_a_detached_header_is_refused(capsys, work, no_model_loads):
     image = sitk.ReadImage(str(CASE))
-    sitk.WriteImage(image, str(work / "meta.mhd"))  # meta.mhd names its voxels' file: "ElementDataFile = meta.raw"
+    sitk.WriteImage(image, str(work / "T2 axial.mhd"))  # it names its voxels' file: "ElementDataFile = T2 axial.raw"
     sitk.WriteImage(image, str(work / "nrrd.nhdr"))  # nrrd.nhdr: "data file: nrrd.raw"
-    assert_refused(capsys, work, ["segment", work / "meta.mhd", "-o", work / "y.nii.gz", "--boxes-out", work / "meta.raw", "--overwrite"], "is the input")
+    assert_refused(capsys, work, ["segment", work / "T2 axial.mhd", "-o", work / "y.nii.gz", "--boxes-out", work / "T2 axial.raw", "--overwrite"],
+                   "is the input")
     assert_refused(capsys, work, ["segment", work / "nrrd.nhdr", "-o", work / "y.nii.gz", "--overlay", work / "nrrd.raw", "--overwrite"], "is the input")
 
 

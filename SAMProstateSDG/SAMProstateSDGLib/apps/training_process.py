@@ -18,6 +18,7 @@ can offer them next to the shipped ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -204,9 +205,10 @@ class TrainingProcess:
         """A run refused before it trained (exit status 2: its one-line error is in ``last_line``) leaves no folder it created."""
         folder = self._new_folder
         assert self._process is not None  # called once the child has exited
-        if self._process.returncode == 2 and folder is not None and [path.name for path in folder.iterdir()] == ["training.log"]:
-            (folder / "training.log").unlink()
-            folder.rmdir()
+        with contextlib.suppress(OSError):  # a folder removed meanwhile, or a log another program holds open (Windows)
+            if self._process.returncode == 2 and folder is not None and [path.name for path in folder.iterdir()] == ["training.log"]:
+                (folder / "training.log").unlink()
+                folder.rmdir()
 
     @property
     def running(self) -> bool:

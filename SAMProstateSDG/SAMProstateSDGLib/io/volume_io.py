@@ -68,15 +68,20 @@ def read_header(path: Path) -> sitk.ImageFileReader | None:
 
 
 def volume_files(path: Path) -> list[Path]:
-    """The files a volume is read from: the path, and the data file a detached header (.mhd, .nhdr) names."""
+    """The files a volume is read from: the path, and the data file a detached header (.mhd, .nhdr) names (not a
+    LOCAL or LIST one, or a numbered pattern: MetaIO's and NRRD's patterns hold a ``%``)."""
     key = {".mhd": "ElementDataFile", ".nhdr": "data ?file"}.get(path.suffix.lower())
-    if key is None or not path.is_file():
+    if key is None:
         return [path]
-    with open(path, encoding="latin-1") as header:
-        for line in header.read(1 << 16).splitlines():  # a header is text of a few hundred bytes
-            found = re.match(rf"\s*{key}\s*[:=]\s*(.+?)\s*$", line, re.IGNORECASE)
-            if found and found.group(1).upper() not in ("LOCAL", "LIST") and " " not in found.group(1):
-                return [path, path.parent / found.group(1)]
+    try:
+        with open(path, encoding="latin-1") as header:
+            text = header.read(1 << 16)  # a header is text of a few hundred bytes
+    except OSError:  # missing or unreadable: reading it says so in one line
+        return [path]
+    for line in text.splitlines():
+        found = re.match(rf"\s*{key}\s*[:=]\s*(.+?)\s*$", line, re.IGNORECASE)
+        if found and found.group(1).upper() not in ("LOCAL", "LIST") and "%" not in found.group(1):
+            return [path, path.parent / found.group(1)]
     return [path]
 
 

@@ -187,10 +187,12 @@ class ProstateWorkflow:
                 return bool(self._queued(volumeNode))
         return False
 
-    def dropQueuedEncodingsOfOtherModels(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD) -> None:
+    def dropQueuedEncodingsOfOtherModels(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto") -> None:
         """Drop the volume's slices queued for another model or device than ``segment`` will use (the user changed the
-        choice after Propose boxes): encoding them would only delay Segment, which encodes its own."""
-        encoded = self.session(volumeNode, model, device, method).volume.encoded
+        choice after Propose boxes), or for voxels since changed: encoding them would only delay Segment, which encodes its own.
+        Loads and checks nothing."""
+        prepared = self._preparedVolume(volumeNode, model, device)
+        encoded = None if prepared is None else prepared.encoded
         self._pendingEncoding = [item for item in self._pendingEncoding if item[0] != volumeNode.GetID() or item[1] is encoded]
 
     def _queued(self, volumeNode) -> list[tuple[str, Any, int]]:
@@ -280,21 +282,23 @@ class ProstateWorkflow:
         from SAMProstateSDGLib.slicerapp import mrml as bridge
 
         key = (volumeNode.GetID(), model, device, method)
-        fingerprint = (volumeNode.GetImageData().GetMTime(), tuple(bridge.ijk_to_ras(volumeNode).ravel()))
+        fingerprint = _fingerprint(volumeNode)
         cached = self._sessions.get(key)
         if cached is None or cached[0] != fingerprint:
             self._observeScene(volumeNode.GetScene())
-            wanted = (volumeNode.GetID(), model, device, fingerprint)  # another method's session on the same base models
-            shared = next((session for (volumeID, sessionModel, sessionDevice, _), (sessionPrint, session) in self._sessions.items()
-                           if (volumeID, sessionModel, sessionDevice, sessionPrint) == wanted), None)
-            if shared is not None:
-                prepared = shared.volume
-            else:
+            prepared = self._preparedVolume(volumeNode, model, device)  # another method's, on the same base models
+            if prepared is None:
                 image = bridge.image_from_volume_node(volumeNode)
                 validate_volume(image, volumeNode.GetName())
                 prepared = self.baseSegmenter(model, device).prepare(image)
             cached = self._sessions[key] = (fingerprint, self.segmenter(model, device, method).session(prepared))
         return cached[1]
+
+    def _preparedVolume(self, volumeNode, model: str, device: str):
+        """The volume as prepared for ``model`` on ``device`` by a session of any method, if its voxels and geometry are unchanged."""
+        wanted = (volumeNode.GetID(), model, device, _fingerprint(volumeNode))
+        return next((session.volume for (volumeID, sessionModel, sessionDevice, _), (sessionPrint, session) in self._sessions.items()
+                     if (volumeID, sessionModel, sessionDevice, sessionPrint) == wanted), None)
 
     def proposeBoxes(
         self, volumeNode, method: str = next(iter(BOX_FILTERS)), model: str = SAM_MODELS[0], device: str = "auto",
@@ -552,3 +556,10 @@ class ProstateWorkflow:
             ((bridge.labels_from_segmentation(segmentationNode, {1: segmentId}, volumeNode) > 0) == (labels == label)).all()
             for label, segmentId in segmentIds.items()
         )
+
+
+def _fingerprint(volumeNode) -> tuple:
+    """What a cached session of the volume depends on: its voxels' modification time and its geometry."""
+    from SAMProstateSDGLib.slicerapp import mrml as bridge
+
+    return (volumeNode.GetImageData().GetMTime(), tuple(bridge.ijk_to_ras(volumeNode).ravel()))
