@@ -13,9 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from SAMProstateSDGLib.core.catalog import CATALOG_SCHEMA, MANIFEST_SCHEMA, MODELS_FOLDER, schema_errors
+from SAMProstateSDGLib.core.catalog import CATALOG_SCHEMA, INTERACTIVE_KIND, MANIFEST_SCHEMA, MODELS_FOLDER, schema_errors
 from SAMProstateSDGLib.core.checksums import sha256_of
-from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND
 
 MODEL_ID = "interactive-litemedsam-runmc"
 FILE = "interactive_litemedsam_runmc.pt"

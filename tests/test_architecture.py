@@ -68,6 +68,6 @@ def test_each_method_runs_with_a_shipped_model_or_can_be_trained_and_its_segment
 
 
 def test_the_interactive_method_reads_the_catalog_kind_its_model_is_shipped_as():
-    from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND
+    from SAMProstateSDGLib.core.catalog import INTERACTIVE_KIND
 
     assert method("interactive").model_kind == INTERACTIVE_KIND

@@ -12,12 +12,13 @@ import torch
 
 from conftest import FIXTURES, read_mask
 from SAMProstateSDGLib.apps.cli import main
+from SAMProstateSDGLib.core.catalog import INTERACTIVE_KIND
 from SAMProstateSDGLib.io.boxes_json import read_prompts, write_boxes
 from SAMProstateSDGLib.io.volume_io import read_volume
 from SAMProstateSDGLib.masks.boxes import boxes_from_labels
 from SAMProstateSDGLib.masks.clicks import Click
 from SAMProstateSDGLib.methods.trainers.interactive import DECODER_RATE_FACTOR, InteractiveMethod
-from SAMProstateSDGLib.modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, InteractiveEngine, SliceClicks
+from SAMProstateSDGLib.modeling.interactive import ClickRefiner, InteractiveDecoder, InteractiveEngine, SliceClicks
 from SAMProstateSDGLib.modeling.sam_engine import Prompt
 from SAMProstateSDGLib.training.embedding_cache import CachedCase
 from SAMProstateSDGLib.training.loop import TrainingOptions

@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.catalog import catalog, default_entry
+from ..core.catalog import INTERACTIVE_KIND, catalog, default_entry
 from ..io.dataset import Case
 from ..io.volume_io import label_image, normalised_array, read_volume, write_image
 from ..masks.boxes import Box, propose_boxes
 from ..masks.clicks import Click
 from ..masks.metrics import dice_score
 from ..modeling.backends import Candidate, EncoderBackend, TorchEncoder, build_backend, candidates
-from ..modeling.interactive import INTERACTIVE_KIND, InteractiveDecoder, InteractiveEngine, SliceClicks
+from ..modeling.interactive import InteractiveDecoder, InteractiveEngine, SliceClicks
 from ..modeling.sam_engine import Prompt, SamEngine, load_sam
 from ..modeling.tiling import segment_merged
 from ..pipeline.segmenter import ProstateSegmenter

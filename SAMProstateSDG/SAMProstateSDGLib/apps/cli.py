@@ -402,12 +402,10 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
 def run_evaluate(arguments) -> None:
     from ..core.files import check_outputs, write_json, write_text_atomically
     from ..io.dataset import find_cases, find_cases_of_splits
-    from .evaluation import evaluate, markdown_table, to_json
+    from .click_options import CLICK_SPLITS, check_click_options
 
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
-    from .click_evaluation import CLICK_SPLITS, check_click_options
-
     check_click_options(arguments)  # first: it says what --clicks takes instead of --method-model
     _check_model_options(arguments)
     if arguments.shifts:
@@ -420,6 +418,8 @@ def run_evaluate(arguments) -> None:
     if arguments.output:
         inputs = [arguments.data / "cases.csv", *_model_files(arguments), *(path for case in cases for path in (case.image, case.mask))]
         check_outputs([arguments.output, arguments.output.with_suffix(".json")], inputs, arguments.overwrite)
+    from .evaluation import evaluate, markdown_table, to_json  # after the checks: it imports MONAI (10 s)
+
     if arguments.clicks is not None:
         from .click_evaluation import run_from_arguments
 

@@ -19,21 +19,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..core.catalog import catalog
-from ..core.errors import InputError
+from ..core.catalog import INTERACTIVE_KIND, catalog
 from ..core.files import write_json, write_text_atomically
 from ..io.dataset import Case
 from ..masks.boxes import Box, box_from_clicks, start_box
 from ..masks.clicks import Click
 from ..masks.confidence import mask_dice
 from ..masks.metrics import dice_score
-from ..methods.registry import method_for_model_kind
-from ..modeling.interactive import INTERACTIVE_KIND, ClickRefiner, InteractiveDecoder, Refined, RefineStep, SliceClicks, simulate_clicks
+from ..modeling.interactive import ClickRefiner, InteractiveDecoder, Refined, RefineStep, SliceClicks, simulate_clicks
 from ..modeling.sam_engine import Prompt, SamEngine
 from ..pipeline.segmenter import ProstateSegmenter
-from .training_process import trained_model_file
 
-CLICK_SPLITS = ("unseen", "source-extra")
 REPORTED_CLICKS = (0, 1, 2, 3, 5)
 NOC_DICE = 0.90
 BOX_EDIT = "LiteMedSAM zero-shot, clicks as box edits"
@@ -183,25 +179,6 @@ def to_json(results: list[CaseClicks], clicks: int, decoder_file: Path | None) -
 def shipped_decoder_entry():
     """The catalog's point-trained decoder, or None when none is shipped."""
     return next((entry for entry in catalog().values() if entry.kind == INTERACTIVE_KIND), None)
-
-
-def check_click_options(arguments) -> None:
-    """``--clicks`` and ``--interactive-decoder``, before any model loads."""
-    if arguments.clicks is None:
-        if arguments.interactive_decoder is not None:
-            raise InputError("--interactive-decoder goes with --clicks")
-        return
-    if arguments.clicks < 0:
-        raise InputError(f"--clicks must be 0 or more, not {arguments.clicks}")
-    if arguments.shifts:
-        raise InputError("--clicks and --shifts are two separate evaluations; run them one at a time")
-    if arguments.method_model is not None:
-        raise InputError("--clicks takes a trained click decoder from --interactive-decoder, not --method-model")
-    if arguments.method is not None:
-        raise InputError("--clicks compares clicks as box edits (SAM zero-shot) with the click decoder; it takes no --method "
-                         "(--interactive-decoder chooses the decoder)")
-    trained_for = method_for_model_kind(INTERACTIVE_KIND)  # the method whose training writes click decoders
-    arguments.interactive_decoder_entry = trained_model_file(arguments.interactive_decoder, None if trained_for is None else trained_for.id, "--interactive-decoder")
 
 
 def run_from_arguments(arguments, segmenter: ProstateSegmenter, cases: list[Case]) -> str:

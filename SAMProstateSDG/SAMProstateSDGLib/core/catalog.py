@@ -19,6 +19,8 @@ from types import ModuleType
 
 from .errors import InputError
 
+INTERACTIVE_KIND = "interactive-decoder"  # the catalog kind of a point-trained decoder (methods.interactive's model_kind)
+
 MODELS_FOLDER = Path(__file__).parents[1] / "models"
 CATALOG_SCHEMA = MODELS_FOLDER / "catalog.schema.json"
 MANIFEST_SCHEMA = MODELS_FOLDER / "manifest.schema.json"  # every models/NAME.json beside a NAME.pt

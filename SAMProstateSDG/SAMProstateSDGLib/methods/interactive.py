@@ -3,6 +3,7 @@ a box alone decoded as LiteMedSAM does (``modeling.interactive``); the coarse ne
 
 from __future__ import annotations
 
+from ..core.catalog import INTERACTIVE_KIND
 from ..training.defaults import TrainingDefaults
 from .registry import BoxPromptedSegmenter, Method, MethodOptions, register
 
@@ -16,7 +17,7 @@ class Interactive(Method):
     order = 5
     takes_boxes = True
     takes_points = True
-    model_kind = "interactive-decoder"  # as modeling.interactive.INTERACTIVE_KIND (imported lazily: it needs torch)
+    model_kind = INTERACTIVE_KIND
     training = TrainingDefaults(12, 1e-3, 2)  # the prompt embeddings' rate (the click decoder: a tenth); up to 4 decoder passes per sample
 
     def load(self, base, model=None, options: MethodOptions = MethodOptions()) -> BoxPromptedSegmenter:

@@ -27,8 +27,6 @@ from ..masks.boxes import Box
 from ..masks.clicks import Click, click_threshold, next_click
 from .sam_engine import Prompt, SamEngine
 
-INTERACTIVE_KIND = "interactive-decoder"  # the catalog kind of a point-trained decoder (methods.interactive's model_kind)
-
 
 class InteractiveDecoder(nn.Module):
     """SAM's prompt encoder and two copies of its mask decoder, copied from ``sam`` (so training leaves the base model alone).
