@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, select_shifts
-from SAMProstateSDGLib.apps.robustness import SUITE_SPLITS, run_suite
+from SAMProstateSDGLib.apps.evaluation_options import SUITE_SPLITS
+from SAMProstateSDGLib.apps.robustness import run_suite
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.masks.boxes import boxes_from_labels, propose_boxes
 from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, method

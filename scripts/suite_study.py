@@ -48,7 +48,8 @@ import torch
 from scipy import ndimage
 
 from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, shifted_case
-from SAMProstateSDGLib.apps.robustness import CLEAN, LOW_DICE, SUITE_SPLITS
+from SAMProstateSDGLib.apps.evaluation_options import SUITE_SPLITS
+from SAMProstateSDGLib.apps.robustness import CLEAN, LOW_DICE
 from SAMProstateSDGLib.core.catalog import catalog_entry, default_entry
 from SAMProstateSDGLib.io.dataset import find_cases
 from SAMProstateSDGLib.masks.boxes import (

@@ -529,11 +529,12 @@ def test_a_wrong_data_folder_is_refused_before_monai_is_imported(tmp_path):
     """The Training tab runs the training commands: a mistyped folder is said in a second, not after MONAI's 10 s import."""
     data = ["--data", str(tmp_path / "missing"), "--site", "RUNMC"]
     commands = [["train-coarse", *data, "--output", str(tmp_path / "run")], ["train", "--method", "sammed", *data, "--output", str(tmp_path / "run")],
-                ["embed", *data, "--cache", str(tmp_path / "cache")], ["evaluate", *data, "--clicks", "3"]]
+                ["embed", *data, "--cache", str(tmp_path / "cache")], ["evaluate", *data, "--clicks", "3"],
+                ["evaluate", *data, "--shifts"]]
     code = f"import sys\nfrom SAMProstateSDGLib.apps.cli import main\nprint(*[main(command) for command in {commands!r}], 'monai' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", env=dict(os.environ, PYTHONPATH=str(ROOT / "SAMProstateSDG")))
-    assert result.stdout.split() == ["2", "2", "2", "2", "False"], result.stderr
-    assert result.stderr.count(f"samprostate: error: data folder not found: {tmp_path / 'missing'}") == 4 and not (tmp_path / "run").exists()
+    assert result.stdout.split() == ["2", "2", "2", "2", "2", "False"], result.stderr
+    assert result.stderr.count(f"samprostate: error: data folder not found: {tmp_path / 'missing'}") == 5 and not (tmp_path / "run").exists()
 
 
 def test_the_installed_command_refuses_an_output_over_its_input(tmp_path):

@@ -402,7 +402,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
 def run_evaluate(arguments) -> None:
     from ..core.files import check_outputs, write_json, write_text_atomically
     from ..io.dataset import find_cases, find_cases_of_splits
-    from .click_options import CLICK_SPLITS, check_click_options
+    from .evaluation_options import CLICK_SPLITS, check_click_options
 
     if arguments.cases is not None and arguments.cases < 1:
         raise InputError("--cases must be at least 1")
@@ -455,7 +455,7 @@ def _check_training_output(folder: Path, stem: str, arguments) -> None:
 def _run_robustness_suite(arguments) -> None:
     from ..core.files import check_outputs, write_json, write_text_atomically
     from ..io.dataset import find_cases, find_cases_of_splits
-    from .robustness import SUITE_SPLITS, markdown_table, run_suite
+    from .evaluation_options import SUITE_SPLITS
 
     outputs = [arguments.output, arguments.output.with_suffix(".json")] if arguments.output else []
     check_outputs(outputs, [arguments.data / "cases.csv", *_model_files(arguments)], arguments.overwrite)
@@ -464,6 +464,8 @@ def _run_robustness_suite(arguments) -> None:
     else:
         cases = find_cases_of_splits(arguments.data, arguments.site, SUITE_SPLITS)[: arguments.cases]
     check_outputs(outputs, [path for case in cases for path in (case.image, case.mask)], overwrite=True)  # no case file is an output
+    from .robustness import markdown_table, run_suite  # after the checks: it imports MONAI (10 s)
+
     arguments.method = arguments.method or DEFAULT_METHOD
     result = run_suite(_method_segmenter(arguments), cases, arguments.seed)
     table = markdown_table(result)

@@ -26,7 +26,6 @@ from .acquisition_shifts import SHIFTS, AcquisitionShift, shifted_case
 
 CLEAN = "clean"
 LOW_DICE = 0.8  # a slice below this needs the clinician's attention
-SUITE_SPLITS = ("source-extra", "unseen")
 
 # (volume, reference labels) -> (labels, per-slice confidence or None)
 SuitePredictor = Callable[[PreparedVolume, np.ndarray], tuple[np.ndarray, dict[int, SliceConfidence] | None]]

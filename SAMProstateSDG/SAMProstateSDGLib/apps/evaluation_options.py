@@ -1,4 +1,5 @@
-"""``evaluate --clicks``'s options, checked before MONAI and the models load (``click_evaluation`` runs the evaluation)."""
+"""What ``evaluate --clicks`` and ``evaluate --shifts`` read before MONAI and the models load (``click_evaluation`` and
+``robustness`` run them)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from ..methods.registry import method_for_model_kind
 from .training_process import trained_model_file
 
 CLICK_SPLITS = ("unseen", "source-extra")
+SUITE_SPLITS = ("source-extra", "unseen")  # the robustness suite's cases
 
 
 def check_click_options(arguments) -> None:
