@@ -191,7 +191,7 @@ class ProstateWorkflow:
         """Drop the volume's slices queued for another model or device than ``segment`` will use (the user changed the
         choice after Propose boxes), or for voxels since changed: encoding them would only delay Segment, which encodes its own.
         Loads and checks nothing."""
-        prepared = self._preparedVolume(volumeNode, model, device)
+        prepared = self._preparedVolume(volumeNode, model, device, _fingerprint(volumeNode))
         encoded = None if prepared is None else prepared.encoded
         self._pendingEncoding = [item for item in self._pendingEncoding if item[0] != volumeNode.GetID() or item[1] is encoded]
 
@@ -286,7 +286,7 @@ class ProstateWorkflow:
         cached = self._sessions.get(key)
         if cached is None or cached[0] != fingerprint:
             self._observeScene(volumeNode.GetScene())
-            prepared = self._preparedVolume(volumeNode, model, device)  # another method's, on the same base models
+            prepared = self._preparedVolume(volumeNode, model, device, fingerprint)  # another method's, on the same base models
             if prepared is None:
                 image = bridge.image_from_volume_node(volumeNode)
                 validate_volume(image, volumeNode.GetName())
@@ -294,9 +294,10 @@ class ProstateWorkflow:
             cached = self._sessions[key] = (fingerprint, self.segmenter(model, device, method).session(prepared))
         return cached[1]
 
-    def _preparedVolume(self, volumeNode, model: str, device: str):
-        """The volume as prepared for ``model`` on ``device`` by a session of any method, if its voxels and geometry are unchanged."""
-        wanted = (volumeNode.GetID(), model, device, _fingerprint(volumeNode))
+    def _preparedVolume(self, volumeNode, model: str, device: str, fingerprint: tuple):
+        """The volume as prepared for ``model`` on ``device`` by a session of any method, if its voxels and geometry are still
+        ``fingerprint`` (``_fingerprint``)."""
+        wanted = (volumeNode.GetID(), model, device, fingerprint)
         return next((session.volume for (volumeID, sessionModel, sessionDevice, _), (sessionPrint, session) in self._sessions.items()
                      if (volumeID, sessionModel, sessionDevice, sessionPrint) == wanted), None)
 
