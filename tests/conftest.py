@@ -81,20 +81,25 @@ def data() -> Path:
     return DATA
 
 
-@pytest.fixture(scope="session")
-def small_runmc(data, tmp_path_factory) -> Path:
-    """A data folder of two RUNMC cases (Case00, Case01), each cut to its four middle slices, as site "RUNMC": what the
-    training-process tests train on, an epoch in about a second instead of ten."""
-    folder = tmp_path_factory.mktemp("small_runmc")
+def cut_data_folder(folder: Path, images: dict[str, Path], cut, site: str, split: str) -> Path:
+    """A data folder (cases.csv) of the cases ``images`` (name -> image beside its NAME_seg mask), each volume cut to the
+    slices ``cut(depth)`` (a slice object) picks, as ``site`` and ``split``."""
     rows = ["case,site,split,image,mask"]
-    for name in ("Case00", "Case01"):
-        image, mask = (sitk.ReadImage(str(data / "RUNMC" / f"{name}{suffix}.nii.gz")) for suffix in ("", "_seg"))
-        middle = image.GetSize()[2] // 2
-        for volume, suffix in ((image, ""), (mask, "_seg")):
-            sitk.WriteImage(volume[:, :, middle - 2 : middle + 2], str(folder / f"{name}{suffix}.nii.gz"))
-        rows.append(f"{name},RUNMC,source,{name}.nii.gz,{name}_seg.nii.gz")
+    for name, image in images.items():
+        for source, suffix in ((image, ""), (image.with_name(f"{name}_seg.nii.gz"), "_seg")):
+            volume = sitk.ReadImage(str(source))
+            sitk.WriteImage(volume[:, :, cut(volume.GetSize()[2])], str(folder / f"{name}{suffix}.nii.gz"))
+        rows.append(f"{name},{site},{split},{name}.nii.gz,{name}_seg.nii.gz")
     (folder / "cases.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="session")
+def small_runmc(data, tmp_path_factory) -> Path:
+    """Two RUNMC cases (Case00, Case01), each cut to its four middle slices, as site "RUNMC": what the training-process
+    tests train on, an epoch in about a second instead of ten."""
+    images = {name: data / "RUNMC" / f"{name}.nii.gz" for name in ("Case00", "Case01")}
+    return cut_data_folder(tmp_path_factory.mktemp("small_runmc"), images, lambda depth: slice(depth // 2 - 2, depth // 2 + 2), "RUNMC", "source")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import FIXTURES, dice, read_mask, samprostate
+from conftest import FIXTURES, cut_data_folder, dice, read_mask, samprostate
 
 CASES = ("Case00", "Case29", "P158-020")
 
@@ -20,14 +20,8 @@ CASES = ("Case00", "Case29", "P158-020")
 @pytest.fixture(scope="module")
 def tiny_site(tmp_path_factory) -> Path:
     """A data folder of the three fixture cases, slices 1-2 of each, as site "tiny" of split "unseen"."""
-    folder = tmp_path_factory.mktemp("tiny")
-    rows = ["case,site,split,image,mask"]
-    for name in CASES:
-        for suffix in ("", "_seg"):
-            sitk.WriteImage(sitk.ReadImage(str(FIXTURES / f"{name}{suffix}.nii.gz"))[:, :, 1:3], str(folder / f"{name}{suffix}.nii.gz"))
-        rows.append(f"{name},tiny,unseen,{name}.nii.gz,{name}_seg.nii.gz")
-    (folder / "cases.csv").write_text("\n".join(rows) + "\n")
-    return folder
+    images = {name: FIXTURES / f"{name}.nii.gz" for name in CASES}
+    return cut_data_folder(tmp_path_factory.mktemp("tiny"), images, lambda depth: slice(1, 3), "tiny", "unseen")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import FIXTURES, ROOT, SAMPROSTATE
+from conftest import FIXTURES, ROOT, samprostate_process
 from SAMProstateSDGLib.apps.cli import main
 from SAMProstateSDGLib.core.catalog import default_entry
 from SAMProstateSDGLib.core.errors import InputError
@@ -211,7 +211,7 @@ def test_a_truncated_metaimage_or_nrrd_is_one_line_from_the_command(tmp_path, su
     sitk.WriteImage(sitk.ReadImage(str(CASE)), str(whole))
     truncated = tmp_path / f"t{suffix}"
     truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
-    result = subprocess.run([str(SAMPROSTATE), "segment", truncated, "-o", tmp_path / "out.nii.gz"], capture_output=True, encoding="utf-8")
+    result = samprostate_process("segment", truncated, "-o", tmp_path / "out.nii.gz", check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"samprostate: error: cannot read {truncated}"), lines
     assert not (tmp_path / "out.nii.gz").exists()
@@ -539,6 +539,6 @@ def test_a_wrong_data_folder_is_refused_before_monai_is_imported(tmp_path):
 
 def test_the_installed_command_refuses_an_output_over_its_input(tmp_path):
     (tmp_path / "x.nii.gz").write_bytes(CASE.read_bytes())
-    result = subprocess.run([str(SAMPROSTATE), "segment", tmp_path / "x.nii.gz", "-o", tmp_path / "x.nii.gz", "--overwrite"], capture_output=True, encoding="utf-8")
+    result = samprostate_process("segment", tmp_path / "x.nii.gz", "-o", tmp_path / "x.nii.gz", "--overwrite", check=False)
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "is the input" in result.stderr
     assert (tmp_path / "x.nii.gz").read_bytes() == CASE.read_bytes()
