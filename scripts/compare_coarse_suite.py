@@ -1,10 +1,12 @@
 """Two coarse networks through the robustness suite with the same SAM (each shifted slice encoded once for both).
 
 Usage: python scripts/compare_coarse_suite.py --data ../shared/data/prostate \
-           --candidate dg=runs/coarse-dg/coarse.pt [--candidate ...] [--shift "endorectal coil" ...] [--cases Case29,P158-021] --json runs/compare.json
+           --candidate dg=runs/coarse-dg/coarse.pt [--candidate ...] [--levers "header order=reorient" ...] \
+           [--shift "endorectal coil" ...] [--cases Case29,P158-021] --json runs/compare.json
 
-Rows, each the shipped default method (reorientation, largest 3D component, the default box margin, LiteMedSAM)
-with one coarse network: ``shipped`` (the catalog's) and each candidate (by its label); ``--upper-bound`` adds SAM
+Rows, each the shipped default method (the default coarse levers, largest 3D component, the default box margin,
+LiteMedSAM) with one coarse network: ``shipped`` (the catalog's), each candidate (by its label) and the shipped
+network with other coarse levers (``--levers LABEL=NAMES``, as ``CoarseOptions.named``); ``--upper-bound`` adds SAM
 with ground-truth boxes. Shifts and seed are the suite's (``samprostate evaluate --shifts``); the
 JSON (row -> shift -> case -> Dice, HD95) is rewritten after every case, so a partial run is usable.
 """
@@ -25,17 +27,19 @@ from SAMProstateSDGLib.apps.acquisition_shifts import SHIFTS, select_shifts
 from SAMProstateSDGLib.apps.evaluation_options import SUITE_SPLITS
 from SAMProstateSDGLib.apps.robustness import run_suite
 from SAMProstateSDGLib.io.dataset import find_cases
-from SAMProstateSDGLib.masks.boxes import boxes_from_labels, propose_boxes
+from SAMProstateSDGLib.masks.boxes import CoarseOptions, boxes_from_labels, propose_boxes
 from SAMProstateSDGLib.methods.registry import DEFAULT_METHOD, method
 from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
 from SAMProstateSDGLib.pipeline.segmenter import PreparedVolume, ProstateSegmenter
 
 
-def default_method_with(segmenter: ProstateSegmenter):
-    """The default method's labels with this segmenter's coarse network (not the volume's cached probabilities)."""
+def default_method_with(segmenter: ProstateSegmenter, coarse_options: CoarseOptions | None = None):
+    """The default method's labels with this segmenter's coarse network and its levers, or ``coarse_options``
+    (not the volume's cached probabilities)."""
+    options = coarse_options or segmenter.coarse_options
 
     def predict(volume: PreparedVolume, _labels: np.ndarray):
-        probabilities = coarse_probabilities(segmenter.coarse, volume.image, segmenter.coarse_options, volume.normalised)
+        probabilities = coarse_probabilities(segmenter.coarse, volume.image, options, volume.normalised)
         return segmenter.box_session(volume, propose_boxes(probabilities, volume.image.GetSpacing(), segmenter.options)).labels, None
 
     return predict
@@ -58,7 +62,8 @@ def table(scores: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--candidate", action="append", required=True, help="LABEL=PATH: a coarse checkpoint to compare with the shipped one (repeatable)")
+    parser.add_argument("--candidate", action="append", default=[], help="LABEL=PATH: a coarse checkpoint to compare with the shipped one (repeatable)")
+    parser.add_argument("--levers", action="append", default=[], help="LABEL=NAMES: the shipped network with these coarse levers, e.g. 'header order=reorient' (repeatable)")
     parser.add_argument("--shift", action="append", help="only this suite shift (name or its start; repeatable; default: all)")
     parser.add_argument("--cases", help="only these cases, comma-separated (default: the suite's 12)")
     parser.add_argument("--seed", type=int, default=0)
@@ -75,6 +80,8 @@ def main() -> None:
     candidates = dict(item.split("=", 1) for item in arguments.candidate)
     predictors = {"shipped": default_method_with(shipped)}
     predictors.update({label: default_method_with(shipped.with_coarse(path)) for label, path in candidates.items()})
+    levers = dict(item.split("=", 1) for item in arguments.levers)
+    predictors.update({label: default_method_with(shipped, CoarseOptions.named(names)) for label, names in levers.items()})
     if arguments.upper_bound:
         predictors["SAM + ground-truth boxes"] = lambda volume, labels: (shipped.segment_with_boxes(volume, boxes_from_labels(labels > 0)), None)
     scores: dict = {row: {} for row in predictors}
@@ -84,7 +91,7 @@ def main() -> None:
         for row, by_shift in result.scores.items():
             for shift, by_case in by_shift.items():
                 scores[row].setdefault(shift, {}).update({name: asdict(value) for name, value in by_case.items()})
-        arguments.json.write_text(json.dumps({"candidates": candidates, "seed": arguments.seed, "scores": scores}, indent=1) + "\n")
+        arguments.json.write_text(json.dumps({"candidates": candidates, "levers": levers, "seed": arguments.seed, "scores": scores}, indent=1) + "\n")
         summary = ", ".join(f"{row} {by_shift[shift][case.name]['dice']:.3f}" for row, by_shift in scores.items() for shift in list(by_shift)[:1])
         print(f"{case.name} done in {time.time() - started:.0f} s (clean: {summary})", flush=True)
     print(table(scores))

@@ -14,6 +14,7 @@ from SAMProstateSDGLib.apps.acquisition_shifts import (
     gamma_contrast,
     identity_header,
     resample,
+    reversed_slice_order,
     rician_noise,
     select_shifts,
     shifted_case,
@@ -82,6 +83,12 @@ def test_header_variants_keep_the_voxels_and_change_the_geometry():
         assert flipped[flipped.TransformPhysicalPointToIndex(point)] == image[index]
     # so reorienting both to LPS gives the same array
     np.testing.assert_array_equal(_voxels(sitk.DICOMOrient(flipped, "LPS")), _voxels(sitk.DICOMOrient(image, "LPS")))
+
+    mislabelled, mislabelled_labels = reversed_slice_order(image, labels, _rng())
+    np.testing.assert_array_equal(_voxels(mislabelled), _voxels(image)[::-1])
+    np.testing.assert_array_equal(mislabelled_labels, labels[::-1])
+    # the header is the file's: the first slice's point now holds the last slice's voxels
+    assert (mislabelled.GetOrigin(), mislabelled.GetDirection(), mislabelled.GetSpacing()) == (image.GetOrigin(), image.GetDirection(), image.GetSpacing())
 
 
 def test_resampling_gives_the_requested_spacing_and_keeps_the_gland():

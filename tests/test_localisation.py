@@ -1,9 +1,9 @@
-"""Localisation levers: the plausible component choice and reorientation, on real fixtures."""
+"""Localisation levers: the plausible component choice, reorientation and the slice-order check, on real cases."""
 
 import numpy as np
 
-from conftest import FIXTURES, dice, read_mask
-from SAMProstateSDGLib.apps.acquisition_shifts import flipped_axes
+from conftest import DATA, FIXTURES, dice, read_mask
+from SAMProstateSDGLib.apps.acquisition_shifts import flipped_axes, reversed_slice_order
 from SAMProstateSDGLib.io.volume_io import read_volume
 from SAMProstateSDGLib.masks.boxes import CoarseOptions, ComponentFilter, ProposalOptions, filtered_mask, propose_boxes
 from SAMProstateSDGLib.masks.component_choice import choose_component, component_features
@@ -20,6 +20,23 @@ def test_reorienting_gives_a_flipped_file_the_same_probabilities(segmenter):
     assert dice(reoriented > 0.75, flipped_reference) > 0.75
     as_stored = coarse_probabilities(segmenter.coarse, flipped, CoarseOptions())
     assert dice(as_stored > 0.75, flipped_reference) < dice(reoriented > 0.75, flipped_reference) - 0.1  # upside down, the net fails
+
+
+def test_the_slice_order_check_reads_a_file_whose_header_states_the_wrong_slice_direction(segmenter):
+    """P158-021 with its slices stored head to feet under the header's feet-to-head direction: the z-context
+    network reads the apex where the base should be; the check reads it in the order it is more certain in."""
+    image = read_volume(DATA / "Prostate158" / "P158-021.nii.gz")
+    reference = read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz").astype(np.uint8)
+    mislabelled, mislabelled_reference = reversed_slice_order(image, reference, np.random.default_rng(0))
+    checked = CoarseOptions(reorient=True, slice_order=True)
+    stored = coarse_probabilities(segmenter.coarse, image, CoarseOptions(reorient=True))
+    np.testing.assert_array_equal(coarse_probabilities(segmenter.coarse, image, checked), stored)  # a right header changes nothing
+    read_in_checked_order = coarse_probabilities(segmenter.coarse, mislabelled, checked)
+    np.testing.assert_allclose(read_in_checked_order, stored[::-1], atol=1e-4)
+    header_order = coarse_probabilities(segmenter.coarse, mislabelled, CoarseOptions(reorient=True))
+    gland = filtered_mask(read_in_checked_order, component_filter=ComponentFilter.VOLUME, spacing_xyz=image.GetSpacing())
+    gland_header_order = filtered_mask(header_order, component_filter=ComponentFilter.VOLUME, spacing_xyz=image.GetSpacing())
+    assert dice(gland_header_order, mislabelled_reference) < dice(gland, mislabelled_reference) - 0.1
 
 
 def test_the_plausible_component_is_the_gland_not_a_larger_irregular_region():

@@ -183,6 +183,13 @@ def flipped_axes(image: sitk.Image, labels: np.ndarray, rng: np.random.Generator
     return shifted, np.ascontiguousarray(labels[::-1, ::-1])
 
 
+def reversed_slice_order(image: sitk.Image, labels: np.ndarray, rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray]:
+    """Slices stored in the opposite order, the header unchanged (a header that states the wrong slice
+    direction, as a conversion that mislabels it writes): where the header puts the apex lies the base."""
+    reversed_voxels = _with_voxels(np.ascontiguousarray(_array(image)[::-1]), image)
+    return reversed_voxels, np.ascontiguousarray(labels[::-1])
+
+
 def coil_site(image: sitk.Image, labels: np.ndarray, rng: np.random.Generator) -> tuple[sitk.Image, np.ndarray]:
     """A PROMISE12-style endorectal-coil scan: the coil field, 1.09 mm pixels and 1.6 mm slices, identity header."""
     shaded, labels = endorectal_coil(image, labels, rng)
@@ -211,6 +218,7 @@ SHIFTS = (
     AcquisitionShift("tight z crop", tight_coverage),
     AcquisitionShift("identity direction, origin 0", identity_header),
     AcquisitionShift("flipped rows and slices", flipped_axes),
+    AcquisitionShift("slice order reversed, header unchanged", reversed_slice_order),
 )
 
 

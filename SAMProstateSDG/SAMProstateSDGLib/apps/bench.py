@@ -46,6 +46,7 @@ from ..modeling.backends import Candidate, EncoderBackend, TorchEncoder, build_b
 from ..modeling.interactive import InteractiveDecoder, InteractiveEngine, SliceClicks
 from ..modeling.sam_engine import Prompt, SamEngine, load_sam
 from ..modeling.tiling import segment_merged
+from ..pipeline.localisation import coarse_probabilities
 from ..pipeline.segmenter import ProstateSegmenter
 
 STAGES = ("read", "normalise", "coarse net", "component + box", "encoder", "decoder", "write")
@@ -127,8 +128,8 @@ def _run_path(segmenter: ProstateSegmenter, engine: SamEngine, case: Case, path:
         image = read_volume(case.image)
     with Stopwatch(timing, "normalise"):
         slices = normalised_array(image)
-    with Stopwatch(timing, "coarse net"):
-        probabilities = segmenter.coarse.probabilities(slices, image)
+    with Stopwatch(timing, "coarse net"):  # with the levers segment uses (reorientation, the slice-order check)
+        probabilities = coarse_probabilities(segmenter.coarse, image, segmenter.coarse_options, slices)
     with Stopwatch(timing, "component + box"):
         boxes = propose_boxes(probabilities, image.GetSpacing()[:2], segmenter.options)
     labels = np.zeros(slices.shape, dtype=np.uint8)

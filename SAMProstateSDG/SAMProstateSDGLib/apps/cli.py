@@ -37,6 +37,9 @@ def _add_model_options(parser: argparse.ArgumentParser, default_method: str | No
                         help="N4 bias-field correction (on a shrunk copy) before the coarse network")
     parser.add_argument("--coarse-tta", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.tta,
                         help="average the coarse network over the slices and their left-right mirror images")
+    parser.add_argument("--slice-order-check", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.slice_order,
+                        help="the coarse network also reads the slices in the reverse of the header's order and keeps the order "
+                             "it is more certain in (a header with the wrong slice direction)")
     parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
     parser.add_argument("--method", choices=tuple(runnable_methods()), default=default_method,
                         help="; ".join(f"{key}: {item.title}" for key, item in runnable_methods().items()) + f" (default {default_method})")
@@ -227,7 +230,7 @@ def _base_segmenter(arguments):
     from ..pipeline.segmenter import ProstateSegmenter
 
     options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
-    coarse_options = CoarseOptions(reorient=arguments.reorient, n4=arguments.n4, tta=arguments.coarse_tta)
+    coarse_options = CoarseOptions(reorient=arguments.reorient, n4=arguments.n4, tta=arguments.coarse_tta, slice_order=arguments.slice_order_check)
     return ProstateSegmenter.load(
         arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options,
         arguments.precision, coarse_options, arguments.backend, _note,

@@ -46,10 +46,11 @@ class CoarseOptions:
     reorient: bool = False
     n4: bool = False
     tta: bool = False
+    slice_order: bool = False
 
     @property
     def name(self) -> str:
-        return "+".join(lever for lever in ("reorient", "n4", "tta") if getattr(self, lever)) or "base"
+        return "+".join(lever for lever in ("reorient", "n4", "tta", "slice_order") if getattr(self, lever)) or "base"
 
     @classmethod
     def named(cls, name: str) -> CoarseOptions:
@@ -57,7 +58,7 @@ class CoarseOptions:
         return cls(**{lever: True for lever in name.split("+") if lever != "base"})
 
 
-DEFAULT_COARSE_OPTIONS = CoarseOptions(reorient=True)  # chosen on the robustness suite (README: "Robustness to acquisition shifts")
+DEFAULT_COARSE_OPTIONS = CoarseOptions(reorient=True, slice_order=True)  # chosen on the robustness suite (README: "Robustness to acquisition shifts")
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,11 @@ class CoarseSegmenter:
         members = load_coarse_members(path, sha256)
         return cls([network for network, _ in members], [config for _, config in members], device)
 
+    @property
+    def reads_z_context(self) -> bool:
+        """Whether a network sees the slices above and below (and so the slice order)."""
+        return any(config.context_mm > 0 for config in self.configs)
+
     @torch.inference_mode()
     def canvas_probabilities(self, canvas_slices: np.ndarray, slice_spacing_mm: float, batch_size: int = 8) -> np.ndarray:
         """Mean sigmoid output of the networks for a volume's slices already on the canvas ([slices, size, size], 0..1)."""

@@ -3,7 +3,10 @@
 - ``reorient``: the network reads the volume in the training data's orientation (LPS: rows run
   anterior to posterior, slices foot to head), whatever order the file stores its voxels in;
 - ``n4``: SimpleITK N4 bias-field correction, estimated on a shrunk copy, before normalising;
-- ``tta``: the network's probabilities averaged with those of the left-right mirrored slices.
+- ``tta``: the network's probabilities averaged with those of the left-right mirrored slices;
+- ``slice_order``: the network reads the slices in the header's order and in the reverse, and the
+  order it is more certain in wins (its z context is directional: a header that states the wrong
+  slice direction shows it the apex above the base).
 
 The component choice by plausibility is in ``component_choice`` (``--component-filter plausible``).
 """
@@ -20,6 +23,7 @@ from ..modeling.coarse_net import CoarseSegmenter
 TRAINING_ORIENTATION = "LPS"
 N4_SHRINK = 4  # in-plane shrink factor of the copy N4 estimates the field on
 N4_ITERATIONS = (50, 40, 30)
+CERTAIN_FROM = 0.1  # the certainty is averaged over the voxels the network gives at least this probability
 
 
 def n4_corrected(image: sitk.Image) -> sitk.Image:
@@ -60,9 +64,24 @@ def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: Co
     voxels = normalised if normalised is not None and seen is image else normalised_array(seen)
     canvas = coarse.canvas
     slices, slice_spacing_mm = canvas.to_canvas(voxels, seen), seen.GetSpacing()[2]
-    on_canvas = coarse.canvas_probabilities(slices, slice_spacing_mm)
-    if options.tta:
-        mirrored = coarse.canvas_probabilities(np.ascontiguousarray(slices[:, :, ::-1]), slice_spacing_mm)[:, :, ::-1]
-        on_canvas = (on_canvas + mirrored) / 2
+    on_canvas = _canvas_probabilities(coarse, slices, slice_spacing_mm, options.tta)
+    if options.slice_order and coarse.reads_z_context:
+        reversed_order = _canvas_probabilities(coarse, np.ascontiguousarray(slices[::-1]), slice_spacing_mm, options.tta)[::-1]
+        if certainty(reversed_order) > certainty(on_canvas):
+            on_canvas = np.ascontiguousarray(reversed_order)
     probabilities = canvas.from_canvas(on_canvas, seen)
     return probabilities if oriented is image else onto_grid(probabilities, seen, image)
+
+
+def _canvas_probabilities(coarse: CoarseSegmenter, slices: np.ndarray, slice_spacing_mm: float, tta: bool) -> np.ndarray:
+    on_canvas = coarse.canvas_probabilities(slices, slice_spacing_mm)
+    if not tta:
+        return on_canvas
+    mirrored = coarse.canvas_probabilities(np.ascontiguousarray(slices[:, :, ::-1]), slice_spacing_mm)[:, :, ::-1]
+    return (on_canvas + mirrored) / 2
+
+
+def certainty(probabilities: np.ndarray) -> float:
+    """How sure the network is: the mean of |2p - 1| over the voxels where p >= ``CERTAIN_FROM`` (0 where none)."""
+    considered = probabilities[probabilities >= CERTAIN_FROM]
+    return float(np.abs(2 * considered - 1).mean()) if considered.size else 0.0
