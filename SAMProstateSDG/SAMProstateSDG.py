@@ -342,6 +342,10 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     segmentationMethod=parameters.segmentationMethod.value,
                 )
                 self.encodingTimer.start()
+                note = self.logic.workflow.orientationNote(parameters.inputVolume, self.selectedModel(), parameters.device)
+                if note:
+                    logging.warning(f"SAM Prostate SDG: {note}")
+                    slicer.util.warningDisplay(note)
 
     def onAddBox(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Adding a box failed.")):

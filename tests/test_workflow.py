@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
 
-from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask
+from conftest import DATA, FIXTURES, assert_boxes_near_the_reference, dice, read_mask
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.masks.boxes import Box
 from SAMProstateSDGLib.slicerapp import mrml as bridge
@@ -91,6 +92,24 @@ def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, ref
     segmentation.GetSegmentation().RemoveSegment(segmentation.GetSegmentation().GetSegmentIdBySegmentName("prostate (2)"))
     with pytest.raises(InputError, match=r"holds 2 segments \(prostate, rectum\): measure or export one whose only segment is the gland"):
         workflow.measurements(volume_node, segmentation)  # the result is gone: which of the others is the gland?
+
+
+def test_propose_says_when_the_slices_read_in_the_reverse_of_the_header_and_boxes_them_as_the_header_should_have(workflow, scene, tmp_path):
+    """P158-021 whole, and a copy with its slices stored in the opposite order under the same header, read by Slicer."""
+    image = sitk.ReadImage(str(DATA / "Prostate158" / "P158-021.nii.gz"))
+    mislabelled = sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[::-1].copy())
+    mislabelled.CopyInformation(image)
+    sitk.WriteImage(mislabelled, str(tmp_path / "reversed.nii.gz"))
+    nodes = {}
+    for name, path in (("stored", DATA / "Prostate158" / "P158-021.nii.gz"), ("reversed", tmp_path / "reversed.nii.gz")):
+        nodes[name] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        storage.SetFileName(str(path))
+        assert storage.ReadData(nodes[name])
+    boxed = {name: sorted(bridge.box_from_roi_node(node, roi)[0] for roi in workflow.proposeBoxes(node, device="cpu")) for name, node in nodes.items()}
+    assert workflow.orientationNote(nodes["stored"], device="cpu") is None
+    assert "superior and inferior may be swapped" in workflow.orientationNote(nodes["reversed"], device="cpu")
+    assert boxed["reversed"] == sorted(image.GetSize()[2] - 1 - index for index in boxed["stored"])
 
 
 def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check(workflow, volume_node, reference):

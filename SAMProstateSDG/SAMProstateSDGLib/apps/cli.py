@@ -378,6 +378,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     from ..io.overlay import overlay_sheet
     from ..io.volume_io import image_writer, label_image
     from ..masks.confidence import flagged_slices
+    from ..pipeline.localisation import SLICES_REVERSED_NOTE
     from .clinical_outputs import clinical_writers
 
     volume = segmenter.base.prepare(image)
@@ -396,6 +397,8 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     if flagged:
         tqdm.write(f"{output}: check slice(s) {', '.join(map(str, flagged))} first (0-based; SAM's predicted IoU or the mask's agreement with "
                    "the coarse network is low, the cross-section is small (apex, base), or the gland may go on past the segmented slices)")
+    if volume.slices_reversed:
+        tqdm.write(f"samprostate: warning: {path.name}: {SLICES_REVERSED_NOTE}", file=sys.stderr)
     if not labels.any():
         tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
     for name, value in measurements.rows():

@@ -13,6 +13,8 @@ The component choice by plausibility is in ``component_choice`` (``--component-f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -54,8 +56,25 @@ def onto_grid(array: np.ndarray, source: sitk.Image, target: sitk.Image) -> np.n
     return sitk.GetArrayFromImage(sitk.Resample(moving, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
 
 
+SLICES_REVERSED_NOTE = (
+    "the coarse network read the slices as stored in the reverse of the header's slice direction (it is more certain "
+    "that way); the segmentation is on the file's own grid, but check the file's orientation: superior and inferior may be swapped"
+)
+
+
+@dataclass(frozen=True)
+class CoarseReading:
+    probabilities: np.ndarray  # gland probability per voxel of the image's own grid
+    slices_reversed: bool = False  # the slice-order check read the slices in the reverse of the header's order
+
+
 def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: CoarseOptions, normalised: np.ndarray | None = None) -> np.ndarray:
-    """Gland probabilities on ``image``'s own grid, with the levers of ``options``.
+    """Gland probabilities on ``image``'s own grid, with the levers of ``options`` (``coarse_reading``'s)."""
+    return coarse_reading(coarse, image, options, normalised).probabilities
+
+
+def coarse_reading(coarse: CoarseSegmenter, image: sitk.Image, options: CoarseOptions, normalised: np.ndarray | None = None) -> CoarseReading:
+    """Gland probabilities on ``image``'s own grid, with the levers of ``options``, and the slice order they were read in.
 
     ``normalised`` (``normalised_array(image)``) is reused when no lever changes the voxels.
     """
@@ -65,12 +84,14 @@ def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: Co
     canvas = coarse.canvas
     slices, slice_spacing_mm = canvas.to_canvas(voxels, seen), seen.GetSpacing()[2]
     on_canvas = _canvas_probabilities(coarse, slices, slice_spacing_mm, options.tta)
+    slices_reversed = False
     if options.slice_order and coarse.reads_z_context:
         reversed_order = _canvas_probabilities(coarse, np.ascontiguousarray(slices[::-1]), slice_spacing_mm, options.tta)[::-1]
-        if certainty(reversed_order) > certainty(on_canvas):
+        slices_reversed = certainty(reversed_order) > certainty(on_canvas)
+        if slices_reversed:
             on_canvas = np.ascontiguousarray(reversed_order)
     probabilities = canvas.from_canvas(on_canvas, seen)
-    return probabilities if oriented is image else onto_grid(probabilities, seen, image)
+    return CoarseReading(probabilities if oriented is image else onto_grid(probabilities, seen, image), slices_reversed)
 
 
 def _canvas_probabilities(coarse: CoarseSegmenter, slices: np.ndarray, slice_spacing_mm: float, tta: bool) -> np.ndarray:

@@ -35,7 +35,7 @@ from ..modeling.coarse_net import CoarseSegmenter
 from ..modeling.encoder_stages import EncoderFeatures
 from ..modeling.interactive import InteractiveEngine
 from ..modeling.sam_engine import EncodedVolume, Prompt, SamEngine, load_sam
-from .localisation import coarse_probabilities
+from .localisation import coarse_reading
 
 BOX_TOLERANCE = 1e-3  # pixels: boxes closer than this are the same box
 
@@ -48,6 +48,7 @@ class PreparedVolume:
     normalised: np.ndarray
     encoded: EncodedVolume
     coarse: np.ndarray | None = field(default=None, repr=False)
+    slices_reversed: bool = False  # the coarse network read the slices in the reverse of the header's order
     canvas_slices: np.ndarray | None = field(default=None, repr=False)
     features: EncoderFeatures | None = field(default=None, repr=False)
     components: dict[tuple[float, ComponentFilter], np.ndarray] = field(default_factory=dict, repr=False)  # by (threshold, filter)
@@ -145,7 +146,8 @@ class ProstateSegmenter:
 
     def coarse_probabilities(self, volume: PreparedVolume) -> np.ndarray:
         if volume.coarse is None:
-            volume.coarse = coarse_probabilities(self.coarse, volume.image, self.coarse_options, volume.normalised)
+            reading = coarse_reading(self.coarse, volume.image, self.coarse_options, volume.normalised)
+            volume.coarse, volume.slices_reversed = reading.probabilities, reading.slices_reversed
         return volume.coarse
 
     def coarse_component(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> np.ndarray:
