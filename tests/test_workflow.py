@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
 
 from conftest import DATA, FIXTURES, assert_boxes_near_the_reference, dice, read_mask
+from SAMProstateSDGLib.apps.acquisition_shifts import reversed_slice_order
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.masks.boxes import Box
 from SAMProstateSDGLib.slicerapp import mrml as bridge
@@ -97,8 +98,7 @@ def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, ref
 def test_propose_says_when_the_slices_read_in_the_reverse_of_the_header_and_boxes_them_as_the_header_should_have(workflow, scene, tmp_path):
     """P158-021 whole, and a copy with its slices stored in the opposite order under the same header, read by Slicer."""
     image = sitk.ReadImage(str(DATA / "Prostate158" / "P158-021.nii.gz"))
-    mislabelled = sitk.GetImageFromArray(sitk.GetArrayFromImage(image)[::-1].copy())
-    mislabelled.CopyInformation(image)
+    mislabelled, _ = reversed_slice_order(image, read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz"), np.random.default_rng(0))
     sitk.WriteImage(mislabelled, str(tmp_path / "reversed.nii.gz"))
     nodes = {}
     for name, path in (("stored", DATA / "Prostate158" / "P158-021.nii.gz"), ("reversed", tmp_path / "reversed.nii.gz")):
