@@ -158,6 +158,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._volumeShown = None  # node IDs of the input volume and output segmentation the panel's results are of
         self._listingTrainedModels = False  # while the Trained model list is rebuilt: its index changes are no choice
         self._segmentationShown = None
+        self._orientationNotesShown: set[str] = set()  # superior/inferior warnings already shown (one per volume)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -333,6 +334,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.info(f"SAM Prostate SDG: {note}")
 
     def onProposeBoxes(self) -> None:
+        note = None
         with slicer.util.tryWithErrorDisplay(_("Proposing boxes failed."), waitCursor=True):
             if self.requirementsReady():
                 self.showDeviceNote()
@@ -341,11 +343,16 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     parameters.inputVolume, parameters.method.value, model=self.selectedModel(), device=parameters.device,
                     segmentationMethod=parameters.segmentationMethod.value,
                 )
-                self.encodingTimer.start()
                 note = self.logic.workflow.orientationNote(parameters.inputVolume, self.selectedModel(), parameters.device)
-                if note:
-                    logging.warning(f"SAM Prostate SDG: {note}")
-                    slicer.util.warningDisplay(note)
+                self.encodingTimer.start()
+        self.showOrientationNote(note)
+
+    def showOrientationNote(self, note: str | None) -> None:
+        """Warn once per note (volume) when the coarse network read superior and inferior against the header."""
+        if note and note not in self._orientationNotesShown:
+            self._orientationNotesShown.add(note)
+            logging.warning(f"SAM Prostate SDG: {note}")
+            slicer.util.warningDisplay(_("SAM Prostate SDG: {note}").format(note=note))
 
     def onAddBox(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Adding a box failed.")):

@@ -81,6 +81,8 @@ def main() -> None:
     predictors = {"shipped": default_method_with(shipped)}
     predictors.update({label: default_method_with(shipped.with_coarse(path)) for label, path in candidates.items()})
     levers = dict(item.split("=", 1) for item in arguments.levers)
+    if len({"shipped", *candidates, *levers}) != 1 + len(arguments.candidate) + len(arguments.levers):
+        parser.error("every --candidate and --levers label must be new (and not 'shipped')")
     predictors.update({label: default_method_with(shipped, CoarseOptions.named(names)) for label, names in levers.items()})
     if arguments.upper_bound:
         predictors["SAM + ground-truth boxes"] = lambda volume, labels: (shipped.segment_with_boxes(volume, boxes_from_labels(labels > 0)), None)

@@ -597,14 +597,15 @@ def widget_on_volume(path: str):
 def scenario_segment(arguments: dict) -> dict:
     """Segment pressed right after Propose boxes, before the encoding timer has ticked, with the requirements
     installed, once per entry of ``runs`` (one process: each run on a new scene and panel): the queued slices are
-    encoded under a progress bar first; cancelling it (``cancelAt``) stops Segment and lets the timer go on. With
+    encoded under a progress bar first; cancelling it (``cancelAt``) stops Segment and lets the timer go on; the
+    warnings shown are reported (boxes are proposed twice, as a user may). With
     ``otherVolume``, boxes were proposed on that volume first: its slices are left to the timer. With ``device``,
     the user chose that device between Propose boxes and Segment."""
     return {"runs": [_segment_after_propose(run) for run in arguments["runs"]]}
 
 
 def _segment_after_propose(arguments: dict) -> dict:
-    install_slicer((5, 10), {}, False, requirements_installed=True)
+    recorder = install_slicer((5, 10), {}, False, requirements_installed=True)
     FakeProgressDialog.cancel_at, FakeProgressDialog.last = arguments.get("cancelAt"), None
     _, widget, volume = widget_on_volume(arguments["volume"])
     parameters = widget._parameterNode
@@ -615,6 +616,7 @@ def _segment_after_propose(arguments: dict) -> dict:
         otherQueued = widget.logic.workflow.pendingEncodings()
         parameters.inputVolume = volume
     widget.onProposeBoxes()
+    widget.onProposeBoxes()  # proposed again: a warning about the volume is not repeated
     queued = widget.logic.workflow.pendingEncodings(volume)
     parameters.device = arguments.get("device", parameters.device)
     widget.onSegment()
@@ -628,6 +630,7 @@ def _segment_after_propose(arguments: dict) -> dict:
         "left": widget.logic.workflow.pendingEncodings(),
         "segmented": parameters.outputSegmentation is not None,
         "timerActive": widget.encodingTimer.active,
+        "warnings": [call[1] for call in recorder.calls if call[0] == "warningDisplay"],
     }
 
 

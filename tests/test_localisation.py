@@ -1,13 +1,14 @@
 """Localisation levers: the plausible component choice, reorientation and the slice-order check, on real cases."""
 
 import numpy as np
+import SimpleITK as sitk
 
 from conftest import DATA, FIXTURES, dice, read_mask
 from SAMProstateSDGLib.apps.acquisition_shifts import flipped_axes, reversed_slice_order
 from SAMProstateSDGLib.io.volume_io import read_volume
 from SAMProstateSDGLib.masks.boxes import CoarseOptions, ComponentFilter, ProposalOptions, filtered_mask, propose_boxes
 from SAMProstateSDGLib.masks.component_choice import choose_component, component_features
-from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
+from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities, coarse_reading
 
 
 def test_reorienting_gives_a_flipped_file_the_same_probabilities(segmenter):
@@ -37,6 +38,28 @@ def test_the_slice_order_check_reads_a_file_whose_header_states_the_wrong_slice_
     gland = filtered_mask(read_in_checked_order, component_filter=ComponentFilter.VOLUME, spacing_xyz=image.GetSpacing())
     gland_header_order = filtered_mask(header_order, component_filter=ComponentFilter.VOLUME, spacing_xyz=image.GetSpacing())
     assert dice(gland_header_order, mislabelled_reference) < dice(gland, mislabelled_reference) - 0.1
+    assert coarse_reading(segmenter.coarse, mislabelled, checked).header_swaps_superior_inferior
+    assert not coarse_reading(segmenter.coarse, image, checked).header_swaps_superior_inferior
+
+
+def test_the_slice_order_check_judges_the_header_after_reorientation_and_without_it(segmenter):
+    """Superior and inferior are judged against the header whatever order reorientation or the file stores the slices in."""
+    image = read_volume(DATA / "Prostate158" / "P158-021.nii.gz")
+    reference = read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz").astype(np.uint8)
+    stored = coarse_probabilities(segmenter.coarse, image, CoarseOptions(reorient=True))
+    # rows and slices reversed with the header changed to match, then the slices put back under that header:
+    # the header now says head to feet for slices that run feet to head, and reorientation permutes the voxels
+    flipped, flipped_reference = flipped_axes(image, reference, np.random.default_rng(0))
+    mislabelled, _ = reversed_slice_order(flipped, flipped_reference, np.random.default_rng(0))
+    reading = coarse_reading(segmenter.coarse, mislabelled, CoarseOptions(reorient=True, slice_order=True))
+    assert reading.header_swaps_superior_inferior
+    np.testing.assert_allclose(reading.probabilities, stored[:, ::-1], atol=1e-4)
+    # a right header that stores the slices head to feet, read without reorientation: reversed, and nothing to warn about
+    head_to_feet = sitk.DICOMOrient(image, "LPI")
+    assert head_to_feet.GetDirection()[8] < 0
+    unoriented = coarse_reading(segmenter.coarse, head_to_feet, CoarseOptions(slice_order=True))
+    assert not unoriented.header_swaps_superior_inferior
+    np.testing.assert_allclose(unoriented.probabilities, stored[::-1], atol=1e-4)
 
 
 def test_the_plausible_component_is_the_gland_not_a_larger_irregular_region():

@@ -13,11 +13,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import tomllib
 from packaging.requirements import Requirement
 
-from conftest import FIXTURES, dice, read_mask
+from conftest import DATA, FIXTURES, dice, read_mask
 from SAMProstateSDGLib import __version__
+from SAMProstateSDGLib.apps.acquisition_shifts import reversed_slice_order
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("slicer_harness.py")
@@ -187,13 +189,20 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
     assert dice(np.array(report["clicked_slice"]), reference[index]) > 0.8
 
 
-def test_segment_right_after_propose_encodes_the_queued_slices_under_a_progress_bar_that_can_cancel():
+def test_segment_right_after_propose_encodes_the_queued_slices_under_a_progress_bar_that_can_cancel(tmp_path):
     volume, other = str(FIXTURES / "P158-020.nii.gz"), str(FIXTURES / "Case29.nii.gz")
-    done, cancelled, after_another, other_device = run_scenario("segment", runs=[
+    whole = sitk.ReadImage(str(DATA / "Prostate158" / "P158-021.nii.gz"))
+    mislabelled, _ = reversed_slice_order(whole, read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz"), np.random.default_rng(0))
+    sitk.WriteImage(mislabelled, str(tmp_path / "reversed.nii.gz"))
+    done, cancelled, after_another, other_device, reversed_slices = run_scenario("segment", runs=[
         {"volume": volume}, {"volume": volume, "cancelAt": 1}, {"volume": volume, "otherVolume": other}, {"volume": volume, "device": "auto"},
+        {"volume": str(tmp_path / "reversed.nii.gz")},
     ])["runs"]
     assert done["queued"] > 0 and done["maximum"] == done["queued"] and done["shown"] == [0, *range(done["queued"]), done["queued"]]  # the dialog opens at 0
-    assert done["closed"] and done["left"] == 0 and done["segmented"]
+    assert done["closed"] and done["left"] == 0 and done["segmented"] and done["warnings"] == []
+    # superior and inferior against the header: said once, however often the boxes are proposed
+    assert len(reversed_slices["warnings"]) == 1 and "superior and inferior the other way round" in reversed_slices["warnings"][0][0]  # (text,)
+    assert reversed_slices["segmented"]
 
     assert cancelled["shown"] == [0, 0, 1] and cancelled["closed"]
     assert cancelled["left"] == cancelled["queued"] - 1 and not cancelled["segmented"]  # one slice encoded, then Segment stopped

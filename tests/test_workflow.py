@@ -108,7 +108,7 @@ def test_propose_says_when_the_slices_read_in_the_reverse_of_the_header_and_boxe
         assert storage.ReadData(nodes[name])
     boxed = {name: sorted(bridge.box_from_roi_node(node, roi)[0] for roi in workflow.proposeBoxes(node, device="cpu")) for name, node in nodes.items()}
     assert workflow.orientationNote(nodes["stored"], device="cpu") is None
-    assert "superior and inferior may be swapped" in workflow.orientationNote(nodes["reversed"], device="cpu")
+    assert "superior and inferior the other way round" in workflow.orientationNote(nodes["reversed"], device="cpu")
     assert boxed["reversed"] == sorted(image.GetSize()[2] - 1 - index for index in boxed["stored"])
 
 

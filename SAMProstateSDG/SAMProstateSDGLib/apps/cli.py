@@ -39,7 +39,7 @@ def _add_model_options(parser: argparse.ArgumentParser, default_method: str | No
                         help="average the coarse network over the slices and their left-right mirror images")
     parser.add_argument("--slice-order-check", action=argparse.BooleanOptionalAction, default=DEFAULT_COARSE_OPTIONS.slice_order,
                         help="the coarse network also reads the slices in the reverse of the header's order and keeps the order "
-                             "it is more certain in (a header with the wrong slice direction)")
+                             "it is more certain in, with a warning when that puts superior and inferior against the header")
     parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
     parser.add_argument("--method", choices=tuple(runnable_methods()), default=default_method,
                         help="; ".join(f"{key}: {item.title}" for key, item in runnable_methods().items()) + f" (default {default_method})")
@@ -378,7 +378,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     from ..io.overlay import overlay_sheet
     from ..io.volume_io import image_writer, label_image
     from ..masks.confidence import flagged_slices
-    from ..pipeline.localisation import SLICES_REVERSED_NOTE
+    from ..pipeline.localisation import SUPERIOR_INFERIOR_SWAPPED_NOTE
     from .clinical_outputs import clinical_writers
 
     volume = segmenter.base.prepare(image)
@@ -397,8 +397,8 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     if flagged:
         tqdm.write(f"{output}: check slice(s) {', '.join(map(str, flagged))} first (0-based; SAM's predicted IoU or the mask's agreement with "
                    "the coarse network is low, the cross-section is small (apex, base), or the gland may go on past the segmented slices)")
-    if volume.slices_reversed:
-        tqdm.write(f"samprostate: warning: {path.name}: {SLICES_REVERSED_NOTE}", file=sys.stderr)
+    if volume.header_swaps_superior_inferior:
+        tqdm.write(f"samprostate: warning: {path.name}: {SUPERIOR_INFERIOR_SWAPPED_NOTE}", file=sys.stderr)
     if not labels.any():
         tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
     for name, value in measurements.rows():

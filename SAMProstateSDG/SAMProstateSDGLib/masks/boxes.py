@@ -55,7 +55,7 @@ class CoarseOptions:
     @classmethod
     def named(cls, name: str) -> CoarseOptions:
         """Options from a '+'-joined list of lever names ('base' for none), e.g. 'reorient+n4'."""
-        return cls(**{lever: True for lever in name.split("+") if lever != "base"})
+        return cls(**{lever.replace("-", "_"): True for lever in name.split("+") if lever != "base"})
 
 
 DEFAULT_COARSE_OPTIONS = CoarseOptions(reorient=True, slice_order=True)  # chosen on the robustness suite (README: "Robustness to acquisition shifts")

@@ -6,7 +6,8 @@
 - ``tta``: the network's probabilities averaged with those of the left-right mirrored slices;
 - ``slice_order``: the network reads the slices in the header's order and in the reverse, and the
   order it is more certain in wins (its z context is directional: a header that states the wrong
-  slice direction shows it the apex above the base).
+  slice direction shows it the apex above the base); the reading says when that order puts superior
+  and inferior against the header.
 
 The component choice by plausibility is in ``component_choice`` (``--component-filter plausible``).
 """
@@ -56,16 +57,16 @@ def onto_grid(array: np.ndarray, source: sitk.Image, target: sitk.Image) -> np.n
     return sitk.GetArrayFromImage(sitk.Resample(moving, target, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
 
 
-SLICES_REVERSED_NOTE = (
-    "the coarse network read the slices as stored in the reverse of the header's slice direction (it is more certain "
-    "that way); the segmentation is on the file's own grid, but check the file's orientation: superior and inferior may be swapped"
+SUPERIOR_INFERIOR_SWAPPED_NOTE = (
+    "the coarse network found the gland with superior and inferior the other way round from the file's header (it is more "
+    "certain that way); the segmentation is on the file's own grid, but check the file's orientation"
 )
 
 
 @dataclass(frozen=True)
 class CoarseReading:
     probabilities: np.ndarray  # gland probability per voxel of the image's own grid
-    slices_reversed: bool = False  # the slice-order check read the slices in the reverse of the header's order
+    header_swaps_superior_inferior: bool = False  # the slice-order check read superior and inferior against the header
 
 
 def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: CoarseOptions, normalised: np.ndarray | None = None) -> np.ndarray:
@@ -74,7 +75,8 @@ def coarse_probabilities(coarse: CoarseSegmenter, image: sitk.Image, options: Co
 
 
 def coarse_reading(coarse: CoarseSegmenter, image: sitk.Image, options: CoarseOptions, normalised: np.ndarray | None = None) -> CoarseReading:
-    """Gland probabilities on ``image``'s own grid, with the levers of ``options``, and the slice order they were read in.
+    """Gland probabilities on ``image``'s own grid, with the levers of ``options``, and whether they were read with
+    superior and inferior against the header (the slice-order check).
 
     ``normalised`` (``normalised_array(image)``) is reused when no lever changes the voxels.
     """
@@ -84,14 +86,23 @@ def coarse_reading(coarse: CoarseSegmenter, image: sitk.Image, options: CoarseOp
     canvas = coarse.canvas
     slices, slice_spacing_mm = canvas.to_canvas(voxels, seen), seen.GetSpacing()[2]
     on_canvas = _canvas_probabilities(coarse, slices, slice_spacing_mm, options.tta)
-    slices_reversed = False
+    swapped = False
     if options.slice_order and coarse.reads_z_context:
         reversed_order = _canvas_probabilities(coarse, np.ascontiguousarray(slices[::-1]), slice_spacing_mm, options.tta)[::-1]
-        slices_reversed = certainty(reversed_order) > certainty(on_canvas)
-        if slices_reversed:
+        if certainty(reversed_order) > certainty(on_canvas):
             on_canvas = np.ascontiguousarray(reversed_order)
+            # the network was trained on slices running foot to head: read reversed, a file whose header says they
+            # run foot to head (always so after reorientation) has superior and inferior the other way round
+            swapped = _slices_run_foot_to_head(seen)
+        else:
+            swapped = not _slices_run_foot_to_head(seen)
     probabilities = canvas.from_canvas(on_canvas, seen)
-    return CoarseReading(probabilities if oriented is image else onto_grid(probabilities, seen, image), slices_reversed)
+    return CoarseReading(probabilities if oriented is image else onto_grid(probabilities, seen, image), swapped)
+
+
+def _slices_run_foot_to_head(image: sitk.Image) -> bool:
+    """Whether the header puts each next slice superior to the last (the slice axis's S component is positive)."""
+    return image.GetDirection()[8] > 0
 
 
 def _canvas_probabilities(coarse: CoarseSegmenter, slices: np.ndarray, slice_spacing_mm: float, tta: bool) -> np.ndarray:

@@ -48,7 +48,7 @@ class PreparedVolume:
     normalised: np.ndarray
     encoded: EncodedVolume
     coarse: np.ndarray | None = field(default=None, repr=False)
-    slices_reversed: bool = False  # the coarse network read the slices in the reverse of the header's order
+    header_swaps_superior_inferior: bool = False  # the coarse network read the slices against the header (slice-order check)
     canvas_slices: np.ndarray | None = field(default=None, repr=False)
     features: EncoderFeatures | None = field(default=None, repr=False)
     components: dict[tuple[float, ComponentFilter], np.ndarray] = field(default_factory=dict, repr=False)  # by (threshold, filter)
@@ -147,7 +147,7 @@ class ProstateSegmenter:
     def coarse_probabilities(self, volume: PreparedVolume) -> np.ndarray:
         if volume.coarse is None:
             reading = coarse_reading(self.coarse, volume.image, self.coarse_options, volume.normalised)
-            volume.coarse, volume.slices_reversed = reading.probabilities, reading.slices_reversed
+            volume.coarse, volume.header_swaps_superior_inferior = reading.probabilities, reading.header_swaps_superior_inferior
         return volume.coarse
 
     def coarse_component(self, volume: PreparedVolume, options: ProposalOptions | None = None) -> np.ndarray:

@@ -273,12 +273,13 @@ class ProstateWorkflow:
         return device_note(pick_device(device)) if device == "auto" else None
 
     def orientationNote(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto") -> str | None:
-        """What to tell the user when the coarse network read the volume's slices in the reverse of its header's
-        order (the slice-order check, after Propose boxes); None otherwise."""
-        from SAMProstateSDGLib.pipeline.localisation import SLICES_REVERSED_NOTE
+        """What to tell the user when the coarse network read the volume with superior and inferior the other way
+        round from its header (the slice-order check, after Propose boxes); None otherwise."""
+        from SAMProstateSDGLib.pipeline.localisation import SUPERIOR_INFERIOR_SWAPPED_NOTE
 
         volume = self._preparedVolume(volumeNode, model, device, _fingerprint(volumeNode))
-        return f"{volumeNode.GetName()}: {SLICES_REVERSED_NOTE}" if volume is not None and volume.slices_reversed else None
+        swapped = volume is not None and volume.header_swaps_superior_inferior
+        return f"{volumeNode.GetName()}: {SUPERIOR_INFERIOR_SWAPPED_NOTE}" if swapped else None
 
     def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD):
         """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed.
