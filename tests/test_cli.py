@@ -206,8 +206,11 @@ def test_a_file_whose_header_states_the_wrong_slice_direction_is_segmented_and_t
     image, reference = sitk.ReadImage(str(data / "Prostate158" / "P158-021.nii.gz")), read_mask(data / "Prostate158" / "P158-021_seg.nii.gz")
     mislabelled, mislabelled_reference = reversed_slice_order(image, reference, np.random.default_rng(0))
     sitk.WriteImage(mislabelled, str(tmp_path / "reversed.nii.gz"))
-    result = samprostate("segment", tmp_path / "reversed.nii.gz", "-o", tmp_path / "labels.nii.gz")
+    result = samprostate("segment", tmp_path / "reversed.nii.gz", "-o", tmp_path / "labels.nii.gz",
+                         "--report", tmp_path / "report.json", "--report-page", tmp_path / "report.png")
     assert "reversed.nii.gz: the coarse network found the gland with superior and inferior the other way round" in result.stderr
+    warnings = json.loads((tmp_path / "report.json").read_text())["warnings"]  # and on the report page, above the slices
+    assert len(warnings) == 1 and "superior and inferior the other way round" in warnings[0] and (tmp_path / "report.png").is_file()
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
     assert dice(labels, mislabelled_reference) > 0.85  # 0.890, as the stored file
     unchecked = samprostate("segment", tmp_path / "reversed.nii.gz", "-o", tmp_path / "unchecked.nii.gz", "--no-slice-order-check")

@@ -182,6 +182,7 @@ def test_report_json_and_page_hold_the_measurements(segmented):
     assert report["measurements"]["psa_density_ng_ml_per_ml"] == pytest.approx(6.2 / expected.volume_ml, abs=1e-3)
     assert {model["id"] for model in report["provenance"]["models"]} == {"litemedsam", "coarse-resnet18-runmc"}
     assert report["provenance"]["version"] == __version__
+    assert "warnings" not in report  # a right header: nothing to beware of
     assert f"Gland volume (from the contour): {expected.volume_ml:.1f} mL" in stdout
     with Image.open(out / "report.png") as page:
         assert page.size == PAGE_SIZE

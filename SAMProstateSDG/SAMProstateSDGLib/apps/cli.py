@@ -378,8 +378,7 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     from ..io.overlay import overlay_sheet
     from ..io.volume_io import image_writer, label_image
     from ..masks.confidence import flagged_slices
-    from ..pipeline.localisation import SUPERIOR_INFERIOR_SWAPPED_NOTE
-    from .clinical_outputs import clinical_writers
+    from .clinical_outputs import clinical_writers, input_warnings
 
     volume = segmenter.base.prepare(image)
     result = segmenter.segment(volume, boxes, points)
@@ -397,8 +396,8 @@ def _segment_volume(segmenter, path: Path, image, boxes, output: Path, arguments
     if flagged:
         tqdm.write(f"{output}: check slice(s) {', '.join(map(str, flagged))} first (0-based; SAM's predicted IoU or the mask's agreement with "
                    "the coarse network is low, the cross-section is small (apex, base), or the gland may go on past the segmented slices)")
-    if volume.header_swaps_superior_inferior:
-        tqdm.write(f"samprostate: warning: {path.name}: {SUPERIOR_INFERIOR_SWAPPED_NOTE}", file=sys.stderr)
+    for warning in input_warnings(volume):
+        tqdm.write(f"samprostate: warning: {path.name}: {warning}", file=sys.stderr)
     if not labels.any():
         tqdm.write(f"samprostate: warning: found no prostate in {path.name}; the label volume is empty", file=sys.stderr)
     for name, value in measurements.rows():

@@ -66,8 +66,11 @@ def clinical_writers(
     if not (arguments.report or arguments.report_page or arguments.dicom_seg):
         return measurements, writers
     provenance = chosen.provenance(arguments.sam_checkpoint, arguments.coarse_checkpoint, arguments.method_model_entry)
+    warnings = input_warnings(volume)
     if arguments.report:
         report = report_json(source, output, measurements, provenance, dicom)
+        if warnings:
+            report["warnings"] = list(warnings)
         if arguments.boxes_in:  # the user's boxes or clicks: which file, as it was read
             report["boxes"] = {"file": str(arguments.boxes_in), "sha256": sha256_of(arguments.boxes_in)}
         writers[arguments.report] = text_writer(json_text(report))
@@ -75,7 +78,7 @@ def clinical_writers(
         from ..io.report import report_writer
 
         writers[arguments.report_page] = report_writer(
-            arguments.report_page, report_subject(source, dicom), volume.image, volume.normalised, labels, measurements, provenance, zonal,
+            arguments.report_page, report_subject(source, dicom, warnings), volume.image, volume.normalised, labels, measurements, provenance, zonal,
         )
     if arguments.dicom_seg:
         from ..io.dicom_seg import AUTOMATIC, SEMIAUTOMATIC, dicom_seg_writer
@@ -93,11 +96,18 @@ def report_json(source: Path, output: Path, measurements: GlandMeasurements, pro
     return data | {"measurements": measurements.to_json(), "provenance": provenance.to_json()}
 
 
-def report_subject(source: Path, dicom: DicomVolume | None):
+def input_warnings(volume) -> tuple[str, ...]:
+    """What a reader of the outputs must beware of in the input (``segment`` prints it too)."""
+    from ..pipeline.localisation import SUPERIOR_INFERIOR_SWAPPED_NOTE
+
+    return (SUPERIOR_INFERIOR_SWAPPED_NOTE,) if volume.header_swaps_superior_inferior else ()
+
+
+def report_subject(source: Path, dicom: DicomVolume | None, warnings: tuple[str, ...] = ()):
     from ..io.report import ReportSubject
 
     if dicom is None:
-        return ReportSubject(source.name)
+        return ReportSubject(source.name, warnings=warnings)
     header = dicom.series.first
     patient = " ".join(filter(None, [str(header.get("PatientName", "") or ""), f"(ID {header.PatientID})" if header.get("PatientID") else ""]))
     study = " ".join(filter(None, [str(header.get("StudyDescription", "") or ""), _dicom_date(header.get("StudyDate", ""))]))
@@ -107,6 +117,7 @@ def report_subject(source: Path, dicom: DicomVolume | None):
         f"Study: {study}" if study else "",
         f"Series: {dicom.series.summary(with_uid=False)}",
         f"Series UID: {dicom.series.uid}",
+        warnings,
     )
 
 

@@ -29,19 +29,21 @@ GAP = 16
 COLUMNS = 3
 VALUE_COLUMN = 470  # x of the value column of the tables, from the margin
 ZONE_OUTLINES = {1: (0, 200, 255), 2: OUTLINE}  # transition zone cyan, peripheral zone red
-TEXT, GREY, RULE = (20, 20, 20), (95, 95, 95), (190, 190, 190)
+TEXT, GREY, RULE, WARNING = (20, 20, 20), (95, 95, 95), (190, 190, 190), (190, 30, 30)
 REPORT_SUFFIXES = (".png", ".pdf")
 
 
 @dataclass(frozen=True)
 class ReportSubject:
-    """What the report is about: the input's name, and the DICOM identification when there is one."""
+    """What the report is about: the input's name, the DICOM identification when there is one, and what the reader
+    must beware of in the input (e.g. a header with superior and inferior the other way round)."""
 
     input_name: str
     patient: str = ""
     study: str = ""
     series: str = ""
     series_uid: str = ""
+    warnings: tuple[str, ...] = ()
 
 
 def write_report(
@@ -74,6 +76,8 @@ def render_report(
     for line in filter(None, [subject.patient, subject.study, subject.series, subject.series_uid, f"Input: {subject.input_name}", f"Created: {created}"]):
         draw.text((MARGIN, y), line, font=_font(24), fill=GREY)
         y += 32
+    for warning in subject.warnings:
+        y = _paragraph(draw, (MARGIN, y), f"Warning: {warning}.", _font(24), WARNING, PAGE_SIZE[0] - 2 * MARGIN, line_height=32)
     y = _rule(draw, y + 8)
     y = _slices(page, draw, y, image, normalised, labels, zonal)
     y = _rule(draw, y + 4)
@@ -182,14 +186,19 @@ def _table(draw: ImageDraw.ImageDraw, y: int, title: str, rows: list[tuple[str, 
     return y + 4
 
 
-def _paragraph(draw: ImageDraw.ImageDraw, origin: tuple[int, int], text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, fill, width: int) -> None:
+def _paragraph(
+    draw: ImageDraw.ImageDraw, origin: tuple[int, int], text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, fill, width: int,
+    line_height: int = 26,
+) -> int:
+    """``text`` wrapped to ``width``; returns the y below its last line."""
     x, y = origin
     line = ""
     for word in text.split():
         candidate = f"{line} {word}".strip()
         if draw.textlength(candidate, font=font) > width and line:
             draw.text((x, y), line, font=font, fill=fill)
-            y, line = y + 26, word
+            y, line = y + line_height, word
         else:
             line = candidate
     draw.text((x, y), line, font=font, fill=fill)
+    return y + line_height
