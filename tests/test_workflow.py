@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -110,6 +111,13 @@ def test_propose_says_when_the_slices_read_in_the_reverse_of_the_header_and_boxe
     assert workflow.orientationNote(nodes["stored"], device="cpu") is None
     assert "superior and inferior the other way round" in workflow.orientationNote(nodes["reversed"], device="cpu")
     assert boxed["reversed"] == sorted(image.GetSize()[2] - 1 - index for index in boxed["stored"])
+    # the report of a segmentation on each says so too (the reference as the segmentation: only the warning matters here)
+    reference = read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz").astype(np.uint8)
+    for name, labels in (("stored", reference), ("reversed", reference[::-1])):
+        segmentation, _ = bridge.add_label_segments(np.ascontiguousarray(labels), nodes[name])
+        workflow.writeReport(nodes[name], segmentation, reportJson=tmp_path / f"{name}.json")
+    assert "warnings" not in json.loads((tmp_path / "stored.json").read_text())
+    assert "superior and inferior the other way round" in json.loads((tmp_path / "reversed.json").read_text())["warnings"][0]
 
 
 def test_boxes_are_coloured_by_confidence_and_the_views_jump_to_a_slice_to_check(workflow, volume_node, reference):

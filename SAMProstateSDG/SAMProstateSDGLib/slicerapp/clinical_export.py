@@ -108,11 +108,12 @@ def export_dicom_seg(volume_node, segmentation_node, path: Path, instance_file: 
 
 def write_report_files(
     volume_node, segmentation_node, page: Path | None, json_path: Path | None, provenance: Provenance,
-    psa: float | None = None, instance_file: InstanceFile | None = None,
+    psa: float | None = None, instance_file: InstanceFile | None = None, warnings: tuple[str, ...] = (),
 ) -> GlandMeasurements:
     """The one-page report (PNG or PDF) and the report JSON, as ``segment --report-page --report`` writes them.
 
-    The patient, study and series come from the DICOM headers when the volume was loaded from DICOM.
+    The patient, study and series come from the DICOM headers when the volume was loaded from DICOM; ``warnings``
+    (``clinical_outputs.input_warnings``) go into both.
     """
     from SAMProstateSDGLib.io.report import REPORT_SUFFIXES, write_report
     from SAMProstateSDGLib.io.volume_io import normalised_array
@@ -130,9 +131,10 @@ def write_report_files(
         if dicom is not None:
             _refuse_inside_inputs(path, dicom.series)
     if json_path is not None:
-        write_json(json_path, report_json(source, output, measurements, provenance, dicom))
+        report = report_json(source, output, measurements, provenance, dicom)
+        write_json(json_path, report | {"warnings": list(warnings)} if warnings else report)
     if page is not None:
-        write_report(page, report_subject(source, dicom), image, normalised_array(image), labels, measurements, provenance, zonal)
+        write_report(page, report_subject(source, dicom, warnings), image, normalised_array(image), labels, measurements, provenance, zonal)
     return measurements
 
 

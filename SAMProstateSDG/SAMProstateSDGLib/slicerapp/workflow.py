@@ -527,8 +527,18 @@ class ProstateWorkflow:
 
         return write_report_files(
             volumeNode, segmentationNode, Path(page) if page else None, Path(reportJson) if reportJson else None,
-            self.provenance(model, method, segmentationNode), psa, instanceFile,
+            self.provenance(model, method, segmentationNode), psa, instanceFile, self._inputWarnings(volumeNode),
         )
+
+    def _inputWarnings(self, volumeNode) -> tuple[str, ...]:
+        """What the report must say about the volume as a session read it (with its voxels and geometry unchanged)."""
+        from SAMProstateSDGLib.apps.clinical_outputs import input_warnings
+
+        fingerprint = _fingerprint(volumeNode)
+        for (volumeID, *_), (sessionPrint, session) in self._sessions.items():
+            if volumeID == volumeNode.GetID() and sessionPrint == fingerprint and input_warnings(session.volume):
+                return input_warnings(session.volume)
+        return ()
 
     def _write(self, session, volumeNode, segmentationNode, model: str, method: str):
         """Show the session's labels: update the segments this workflow wrote before, unless the user has
