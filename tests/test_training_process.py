@@ -30,6 +30,7 @@ CAPTURED_OUTPUT = [
     "best validation Dice 0.0000; wrote /tmp/tp/run2/coarse.pt",
 ]
 RUN_LIMIT_S = 120
+ENDLESS_EPOCHS = 1000  # a tiny run that no machine finishes before the stop (20 were done before it on a fast, quiet CPU)
 
 
 def tiny_request(data: Path, output: Path, epochs: int, resume: bool = False) -> TrainingRequest:
@@ -85,7 +86,7 @@ def test_a_tiny_run_reports_progress_and_writes_a_checked_model(small_runmc, tmp
 
 def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoch(small_runmc, tmp_path):
     output = tmp_path / "coarse"
-    process = TrainingProcess(tiny_request(small_runmc, output, epochs=20))  # far more than it gets to run: the stop must end it
+    process = TrainingProcess(tiny_request(small_runmc, output, epochs=ENDLESS_EPOCHS))  # the stop must end it
     process.start()
     run_until(process, lambda update: update.progress is not None)
     stopped_at = time.monotonic()
@@ -96,14 +97,14 @@ def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoc
     assert process.returncode != 0
     assert process.error_message == "samprostate: interrupted"
     saved_epoch = torch.load(process.request.resume_state_path, weights_only=True)["epoch"]
-    assert 1 <= saved_epoch < 20  # how many epochs a tiny run completes before it stops depends on the machine
+    assert 1 <= saved_epoch < ENDLESS_EPOCHS  # how many epochs a tiny run completes before it stops depends on the machine
 
     shorter = TrainingProcess(tiny_request(small_runmc, output, epochs=saved_epoch + 1, resume=True))
     shorter.start()  # another --epochs would replan the learning-rate schedule: refused in one line
     finish(shorter)
-    assert shorter.returncode != 0 and "other options (epochs 20 -> " in shorter.error_message
+    assert shorter.returncode != 0 and f"other options (epochs {ENDLESS_EPOCHS} -> " in shorter.error_message
 
-    resumed = TrainingProcess(tiny_request(small_runmc, output, epochs=20, resume=True))
+    resumed = TrainingProcess(tiny_request(small_runmc, output, epochs=ENDLESS_EPOCHS, resume=True))
     resumed.start()
     lines = run_until(resumed, lambda update: update.progress is not None)
     resumed.stop()
@@ -112,7 +113,7 @@ def test_stop_ends_a_running_job_and_a_resumed_run_continues_from_the_saved_epoc
     assert any(line.startswith(f"resuming after epoch {saved_epoch} ") for line in lines), lines
     epochs = [progress.epoch for progress in map(parse_progress, lines) if progress]
     assert epochs[0] == saved_epoch + 1
-    assert "epoch 1/20 " in (output / "training.log").read_text(encoding="utf-8")  # the stopped run's lines are kept before the resumed run's
+    assert f"epoch 1/{ENDLESS_EPOCHS} " in (output / "training.log").read_text(encoding="utf-8")  # the stopped run's lines are kept before the resumed run's
     state = torch.load(resumed.request.resume_state_path, weights_only=True)
     assert [item["epoch"] for item in state["history"]] == list(range(1, state["epoch"] + 1))
 
@@ -142,7 +143,7 @@ def test_stop_ends_the_whole_launcher_tree_at_once_and_keeps_the_resume_state(sm
     launcher.write_text(LAUNCHER.format(python=sys.executable))
     launcher.chmod(0o755)
     monkeypatch.setenv("LAUNCHED_PID_FILE", str(tmp_path / "launched.pid"))
-    process = TrainingProcess(tiny_request(small_runmc, tmp_path / "coarse", epochs=50), python=str(launcher))
+    process = TrainingProcess(tiny_request(small_runmc, tmp_path / "coarse", epochs=ENDLESS_EPOCHS), python=str(launcher))
     process.start()
     run_until(process, lambda update: update.progress is not None)
     interpreter = int((tmp_path / "launched.pid").read_text())
