@@ -343,7 +343,7 @@ class SAMProstateSDGWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     parameters.inputVolume, parameters.method.value, model=self.selectedModel(), device=parameters.device,
                     segmentationMethod=parameters.segmentationMethod.value,
                 )
-                note = self.logic.workflow.orientationNote(parameters.inputVolume, self.selectedModel(), parameters.device)
+                note = self.logic.workflow.orientationNote(parameters.inputVolume)
                 self.encodingTimer.start()
         self.showOrientationNote(note)
 

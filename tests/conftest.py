@@ -103,6 +103,19 @@ def small_runmc(data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mislabelled_case(data, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """P158-021 with its slices stored head to feet under its feet-to-head header (the suite's shift
+    ``reversed_slice_order``), written as reversed.nii.gz, and its reference reversed the same way."""
+    from SAMProstateSDGLib.apps.acquisition_shifts import reversed_slice_order
+
+    image, reference = sitk.ReadImage(str(data / "Prostate158" / "P158-021.nii.gz")), read_mask(data / "Prostate158" / "P158-021_seg.nii.gz")
+    mislabelled, mislabelled_reference = reversed_slice_order(image, reference, np.random.default_rng(0))
+    path = tmp_path_factory.mktemp("mislabelled") / "reversed.nii.gz"
+    sitk.WriteImage(mislabelled, str(path))
+    return path, mislabelled_reference
+
+
+@pytest.fixture(scope="session")
 def sam_engine():
     from SAMProstateSDGLib.core.catalog import default_entry
     from SAMProstateSDGLib.modeling.sam_engine import SamEngine, load_sam

@@ -12,7 +12,6 @@ import SimpleITK as sitk
 
 from conftest import FIXTURES, assert_boxes_near_the_reference, dice, read_mask, samprostate, samprostate_process
 from SAMProstateSDGLib import __version__
-from SAMProstateSDGLib.apps.acquisition_shifts import reversed_slice_order
 from SAMProstateSDGLib.apps.evaluation import from_json, markdown_table
 from SAMProstateSDGLib.core.catalog import catalog
 from SAMProstateSDGLib.masks.boxes import Box
@@ -201,19 +200,17 @@ def test_a_volume_without_a_gland_gives_an_empty_label_volume_and_a_warning(tmp_
     assert not sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz"))).any()
 
 
-def test_a_file_whose_header_states_the_wrong_slice_direction_is_segmented_and_the_user_told(tmp_path, data):
-    """P158-021 with its slices stored head to feet under its feet-to-head header (the suite's eleventh shift)."""
-    image, reference = sitk.ReadImage(str(data / "Prostate158" / "P158-021.nii.gz")), read_mask(data / "Prostate158" / "P158-021_seg.nii.gz")
-    mislabelled, mislabelled_reference = reversed_slice_order(image, reference, np.random.default_rng(0))
-    sitk.WriteImage(mislabelled, str(tmp_path / "reversed.nii.gz"))
-    result = samprostate("segment", tmp_path / "reversed.nii.gz", "-o", tmp_path / "labels.nii.gz",
+def test_a_file_whose_header_states_the_wrong_slice_direction_is_segmented_and_the_user_told(tmp_path, mislabelled_case):
+    """P158-021 with its slices stored head to feet under its feet-to-head header (the suite's twelfth condition)."""
+    mislabelled, mislabelled_reference = mislabelled_case
+    result = samprostate("segment", mislabelled, "-o", tmp_path / "labels.nii.gz",
                          "--report", tmp_path / "report.json", "--report-page", tmp_path / "report.png")
     assert "reversed.nii.gz: the coarse network found the gland with superior and inferior the other way round" in result.stderr
     warnings = json.loads((tmp_path / "report.json").read_text())["warnings"]  # and on the report page, above the slices
     assert len(warnings) == 1 and "superior and inferior the other way round" in warnings[0] and (tmp_path / "report.png").is_file()
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
     assert dice(labels, mislabelled_reference) > 0.85  # 0.890, as the stored file
-    unchecked = samprostate("segment", tmp_path / "reversed.nii.gz", "-o", tmp_path / "unchecked.nii.gz", "--no-slice-order-check")
+    unchecked = samprostate("segment", mislabelled, "-o", tmp_path / "unchecked.nii.gz", "--no-slice-order-check")
     assert "superior and inferior" not in unchecked.stderr
     assert dice(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "unchecked.nii.gz"))), mislabelled_reference) < 0.8  # 0.717
 

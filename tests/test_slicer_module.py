@@ -13,13 +13,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import tomllib
 from packaging.requirements import Requirement
 
-from conftest import DATA, FIXTURES, dice, read_mask
+from conftest import FIXTURES, dice, read_mask
 from SAMProstateSDGLib import __version__
-from SAMProstateSDGLib.apps.acquisition_shifts import reversed_slice_order
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = Path(__file__).with_name("slicer_harness.py")
@@ -189,14 +187,11 @@ def test_a_click_placed_with_click_inside_or_outside_re_segments_its_slice_at_on
     assert dice(np.array(report["clicked_slice"]), reference[index]) > 0.8
 
 
-def test_segment_right_after_propose_encodes_the_queued_slices_under_a_progress_bar_that_can_cancel(tmp_path):
+def test_segment_right_after_propose_encodes_the_queued_slices_under_a_progress_bar_that_can_cancel(mislabelled_case):
     volume, other = str(FIXTURES / "P158-020.nii.gz"), str(FIXTURES / "Case29.nii.gz")
-    whole = sitk.ReadImage(str(DATA / "Prostate158" / "P158-021.nii.gz"))
-    mislabelled, _ = reversed_slice_order(whole, read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz"), np.random.default_rng(0))
-    sitk.WriteImage(mislabelled, str(tmp_path / "reversed.nii.gz"))
     done, cancelled, after_another, other_device, reversed_slices = run_scenario("segment", runs=[
         {"volume": volume}, {"volume": volume, "cancelAt": 1}, {"volume": volume, "otherVolume": other}, {"volume": volume, "device": "auto"},
-        {"volume": str(tmp_path / "reversed.nii.gz")},
+        {"volume": str(mislabelled_case[0])},
     ])["runs"]
     assert done["queued"] > 0 and done["maximum"] == done["queued"] and done["shown"] == [0, *range(done["queued"]), done["queued"]]  # the dialog opens at 0
     assert done["closed"] and done["left"] == 0 and done["segmented"] and done["warnings"] == []

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import slicer  # slicer-core, a test requirement: a missing one must fail, never skip
 
 from conftest import DATA, FIXTURES, assert_boxes_near_the_reference, dice, read_mask
-from SAMProstateSDGLib.apps.acquisition_shifts import reversed_slice_order
 from SAMProstateSDGLib.core.errors import InputError
 from SAMProstateSDGLib.masks.boxes import Box
 from SAMProstateSDGLib.slicerapp import mrml as bridge
@@ -96,25 +94,25 @@ def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, ref
         workflow.measurements(volume_node, segmentation)  # the result is gone: which of the others is the gland?
 
 
-def test_propose_says_when_the_slices_read_in_the_reverse_of_the_header_and_boxes_them_as_the_header_should_have(workflow, scene, tmp_path):
+def test_propose_says_when_the_slices_read_in_the_reverse_of_the_header_and_boxes_them_as_the_header_should_have(
+    workflow, scene, tmp_path, mislabelled_case,
+):
     """P158-021 whole, and a copy with its slices stored in the opposite order under the same header, read by Slicer."""
-    image = sitk.ReadImage(str(DATA / "Prostate158" / "P158-021.nii.gz"))
-    mislabelled, _ = reversed_slice_order(image, read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz"), np.random.default_rng(0))
-    sitk.WriteImage(mislabelled, str(tmp_path / "reversed.nii.gz"))
+    mislabelled, mislabelled_reference = mislabelled_case
     nodes = {}
-    for name, path in (("stored", DATA / "Prostate158" / "P158-021.nii.gz"), ("reversed", tmp_path / "reversed.nii.gz")):
+    for name, path in (("stored", DATA / "Prostate158" / "P158-021.nii.gz"), ("reversed", mislabelled)):
         nodes[name] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
         storage.SetFileName(str(path))
         assert storage.ReadData(nodes[name])
     boxed = {name: sorted(bridge.box_from_roi_node(node, roi)[0] for roi in workflow.proposeBoxes(node, device="cpu")) for name, node in nodes.items()}
-    assert workflow.orientationNote(nodes["stored"], device="cpu") is None
-    assert "superior and inferior the other way round" in workflow.orientationNote(nodes["reversed"], device="cpu")
-    assert boxed["reversed"] == sorted(image.GetSize()[2] - 1 - index for index in boxed["stored"])
+    assert workflow.orientationNote(nodes["stored"]) is None
+    assert "superior and inferior the other way round" in workflow.orientationNote(nodes["reversed"])
+    assert boxed["reversed"] == sorted(len(mislabelled_reference) - 1 - index for index in boxed["stored"])
     # the report of a segmentation on each says so too (the reference as the segmentation: only the warning matters here)
-    reference = read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz").astype(np.uint8)
-    for name, labels in (("stored", reference), ("reversed", reference[::-1])):
-        segmentation, _ = bridge.add_label_segments(np.ascontiguousarray(labels), nodes[name])
+    reference = read_mask(DATA / "Prostate158" / "P158-021_seg.nii.gz")
+    for name, labels in (("stored", reference), ("reversed", mislabelled_reference)):
+        segmentation, _ = bridge.add_label_segments(labels.astype(np.uint8), nodes[name])
         workflow.writeReport(nodes[name], segmentation, reportJson=tmp_path / f"{name}.json")
     assert "warnings" not in json.loads((tmp_path / "stored.json").read_text())
     assert "superior and inferior the other way round" in json.loads((tmp_path / "reversed.json").read_text())["warnings"][0]

@@ -68,9 +68,7 @@ def clinical_writers(
     provenance = chosen.provenance(arguments.sam_checkpoint, arguments.coarse_checkpoint, arguments.method_model_entry)
     warnings = input_warnings(volume)
     if arguments.report:
-        report = report_json(source, output, measurements, provenance, dicom)
-        if warnings:
-            report["warnings"] = list(warnings)
+        report = report_json(source, output, measurements, provenance, dicom, warnings)
         if arguments.boxes_in:  # the user's boxes or clicks: which file, as it was read
             report["boxes"] = {"file": str(arguments.boxes_in), "sha256": sha256_of(arguments.boxes_in)}
         writers[arguments.report] = text_writer(json_text(report))
@@ -89,10 +87,14 @@ def clinical_writers(
     return measurements, writers
 
 
-def report_json(source: Path, output: Path, measurements: GlandMeasurements, provenance: Provenance, dicom: DicomVolume | None) -> dict:
+def report_json(
+    source: Path, output: Path, measurements: GlandMeasurements, provenance: Provenance, dicom: DicomVolume | None, warnings: tuple[str, ...] = (),
+) -> dict:
     data = {"format": REPORT_FORMAT, "version": 1, "input": str(source), "labels": str(output)}
     if dicom is not None:
         data["series"] = {"uid": dicom.series.uid, "description": dicom.series.description, "slices": len(dicom.series.files)}
+    if warnings:  # ``input_warnings``
+        data["warnings"] = list(warnings)
     return data | {"measurements": measurements.to_json(), "provenance": provenance.to_json()}
 
 

@@ -89,13 +89,12 @@ def coarse_reading(coarse: CoarseSegmenter, image: sitk.Image, options: CoarseOp
     swapped = False
     if options.slice_order and coarse.reads_z_context:
         reversed_order = _canvas_probabilities(coarse, np.ascontiguousarray(slices[::-1]), slice_spacing_mm, options.tta)[::-1]
-        if certainty(reversed_order) > certainty(on_canvas):
+        reversed_wins = certainty(reversed_order) > certainty(on_canvas)
+        if reversed_wins:
             on_canvas = np.ascontiguousarray(reversed_order)
-            # the network was trained on slices running foot to head: read reversed, a file whose header says they
-            # run foot to head (always so after reorientation) has superior and inferior the other way round
-            swapped = _slices_run_foot_to_head(seen)
-        else:
-            swapped = not _slices_run_foot_to_head(seen)
+        # the network was trained on slices running foot to head: the order it keeps runs against the header when it
+        # reversed slices the header says run foot to head (always so after reorientation), or kept slices it says do not
+        swapped = reversed_wins == _slices_run_foot_to_head(seen)
     probabilities = canvas.from_canvas(on_canvas, seen)
     return CoarseReading(probabilities if oriented is image else onto_grid(probabilities, seen, image), swapped)
 

@@ -131,8 +131,7 @@ def write_report_files(
         if dicom is not None:
             _refuse_inside_inputs(path, dicom.series)
     if json_path is not None:
-        report = report_json(source, output, measurements, provenance, dicom)
-        write_json(json_path, report | {"warnings": list(warnings)} if warnings else report)
+        write_json(json_path, report_json(source, output, measurements, provenance, dicom, warnings))
     if page is not None:
         write_report(page, report_subject(source, dicom, warnings), image, normalised_array(image), labels, measurements, provenance, zonal)
     return measurements

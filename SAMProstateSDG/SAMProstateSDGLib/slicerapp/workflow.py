@@ -272,14 +272,10 @@ class ProstateWorkflow:
 
         return device_note(pick_device(device)) if device == "auto" else None
 
-    def orientationNote(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto") -> str | None:
+    def orientationNote(self, volumeNode) -> str | None:
         """What to tell the user when the coarse network read the volume with superior and inferior the other way
         round from its header (the slice-order check, after Propose boxes); None otherwise."""
-        from SAMProstateSDGLib.pipeline.localisation import SUPERIOR_INFERIOR_SWAPPED_NOTE
-
-        volume = self._preparedVolume(volumeNode, model, device, _fingerprint(volumeNode))
-        swapped = volume is not None and volume.header_swaps_superior_inferior
-        return f"{volumeNode.GetName()}: {SUPERIOR_INFERIOR_SWAPPED_NOTE}" if swapped else None
+        return "; ".join(f"{volumeNode.GetName()}: {warning}" for warning in self._inputWarnings(volumeNode)) or None
 
     def session(self, volumeNode, model: str = SAM_MODELS[0], device: str = "auto", method: str = DEFAULT_METHOD):
         """The volume's BoxSegmentation, rebuilt when its voxels or geometry changed.
@@ -535,10 +531,9 @@ class ProstateWorkflow:
         from SAMProstateSDGLib.apps.clinical_outputs import input_warnings
 
         fingerprint = _fingerprint(volumeNode)
-        for (volumeID, *_), (sessionPrint, session) in self._sessions.items():
-            if volumeID == volumeNode.GetID() and sessionPrint == fingerprint and input_warnings(session.volume):
-                return input_warnings(session.volume)
-        return ()
+        read = [session.volume for (volumeID, *_), (sessionPrint, session) in self._sessions.items()
+                if volumeID == volumeNode.GetID() and sessionPrint == fingerprint]
+        return next(filter(None, map(input_warnings, read)), ())
 
     def _write(self, session, volumeNode, segmentationNode, model: str, method: str):
         """Show the session's labels: update the segments this workflow wrote before, unless the user has
