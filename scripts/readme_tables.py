@@ -37,6 +37,8 @@ FILE paths are relative to the README. KIND is the code that rendered the table 
   margins   scripts/tune_box_proposal.py --json: mean Dice of SAM + proposed boxes per component filter and box margin
   proposals scripts/suite_study.py proposals: mean Dice per split, clean and over the shifts, per coarse threshold and box margin
   decoders  scripts/suite_study.py decoders: mean Dice per split, clean and over the shifts, per decoder of the shipped boxes
+  smoothing scripts/suite_study.py smoothing: mean Dice per split, clean and over the shifts, per sigma of the smoothing of
+            SAM's box logits along the slices
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from click_table import merged_table
 from coarse_shift_proxy import table as proxy_table
 from compare_coarse_suite import table as compare_table
 from robustness_tables import ablation_table, hd95_table
-from suite_study import decoder_table, flags_table, proposal_table, trim_table
+from suite_study import decoder_table, flags_table, proposal_table, smoothing_table, trim_table
 from tune_box_proposal import table as margins_table
 from volume_agreement import table as volume_table
 
@@ -143,6 +145,7 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "trim": lambda paths: trim_table(_one(paths)),
     "proposals": lambda paths: proposal_table(_one(paths)),
     "decoders": lambda paths: decoder_table(_one(paths)),
+    "smoothing": lambda paths: smoothing_table(_one(paths)),
 }
 
 

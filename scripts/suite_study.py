@@ -6,6 +6,7 @@ Usage: python scripts/suite_study.py cache --data ../shared/data/prostate --cach
        python scripts/suite_study.py trim --signals runs/slice_signals.json --json results/end_trim.json
        python scripts/suite_study.py proposals --cache runs/suite_cache --json results/box_proposals.json
        python scripts/suite_study.py decoders --cache runs/suite_cache --json results/suite_decoders.json
+       python scripts/suite_study.py smoothing --cache runs/suite_cache --json results/z_smoothing.json
 
 ``cache`` runs the shipped coarse network and SAM's image encoder once per volume of the suite (the 12
 source-extra and unseen cases, clean and under each shift, seed 0: exactly what ``samprostate evaluate
@@ -32,6 +33,9 @@ best); the volume's Dice per split and shift, clean and under all shifts.
 
 ``decoders`` decodes the shipped boxes with LiteMedSAM's decoder (the default), the SAMMed decoder fine-tuned on
 RUNMC (``--method sammed``) and the mean of their logits: the volume's Dice per split and shift.
+
+``smoothing`` decodes the shipped boxes and smooths SAM's logits along the slices (``masks.z_smoothing``) with each of
+several Gaussian sigmas before the threshold: the volume's Dice per split and shift.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from SAMProstateSDGLib.masks.boxes import (
     propose_boxes,
 )
 from SAMProstateSDGLib.masks.confidence import mask_dice, slice_confidences
+from SAMProstateSDGLib.masks.z_smoothing import LOGIT_CAP, neighbour_weights, smoothed_logits
 from SAMProstateSDGLib.modeling.coarse_net import CoarseSegmenter
 from SAMProstateSDGLib.modeling.sam_engine import SamEngine
 from SAMProstateSDGLib.pipeline.localisation import coarse_probabilities
@@ -434,6 +439,43 @@ def decoders(arguments: argparse.Namespace) -> None:
     print(decoder_table(score_cached_volumes(arguments, lambda volume: decoder_dice(base.sam, tuned, volume))))
 
 
+SMOOTHING_SIGMAS_MM = (0.0, 1.25, 1.5, 1.75, 2.0, 2.5)
+UNCAPPED = float("inf")
+
+
+def smoothing_row(sigma_mm: float, cap: float = LOGIT_CAP, boxes: str = "") -> str:
+    name = "no smoothing" if sigma_mm == 0 else f"sigma {sigma_mm:g} mm" + (", logits not capped" if cap == UNCAPPED else "")
+    return f"{boxes}: {name}" if boxes else name
+
+
+def smoothing_dice(engine: SamEngine, volume: CachedVolume) -> dict[str, float]:
+    """The volume's Dice with SAM's logits smoothed along the slices (``masks.z_smoothing``) at each sigma, with the
+    shipped boxes; with the shipped sigma, also uncapped, and with ground-truth boxes."""
+    shape = volume.reference.shape[1:]
+    shipped = ProposalOptions().z_smoothing_mm
+    proposed = propose_boxes(volume.probabilities, volume.spacing_xyz, ProposalOptions())
+    truth = {index: box for index, box in boxes_from_labels(volume.reference).items() if index in volume.embeddings}
+    rows = [(proposed, "", sigma_mm, LOGIT_CAP) for sigma_mm in SMOOTHING_SIGMAS_MM] + [(proposed, "", shipped, UNCAPPED)]
+    rows += [(truth, "ground-truth boxes", sigma_mm, cap) for sigma_mm, cap in ((0.0, LOGIT_CAP), (shipped, LOGIT_CAP), (shipped, UNCAPPED))]
+    logits = {
+        name: {index: box_logits(engine, volume.embeddings[index], box, shape)[0] for index, box in boxes.items()}
+        for name, boxes in (("", proposed), ("ground-truth boxes", truth))
+    }
+    dice = {}
+    for _, boxes_name, sigma_mm, cap in rows:
+        weights = neighbour_weights(volume.spacing_xyz[2], sigma_mm)
+        predicted = np.zeros(volume.reference.shape, dtype=bool)
+        for index in logits[boxes_name]:
+            predicted[index] = smoothed_logits(logits[boxes_name], index, weights, cap) > 0
+        dice[smoothing_row(sigma_mm, cap, boxes_name)] = mask_dice(predicted, volume.reference)
+    return dice
+
+
+def smoothing(arguments: argparse.Namespace) -> None:
+    base = ProstateSegmenter.load(device="cpu", backend="torch", precision="fp32")  # decoder only
+    print(smoothing_table(score_cached_volumes(arguments, lambda volume: smoothing_dice(base.sam, volume))))
+
+
 def split_means_table(results: dict, rows: list[str], label: str, shipped: str | None = None) -> str:
     """Per row: mean Dice of each split clean and over all shifts (clean included), and the worst shift's mean; ``shipped`` in bold."""
     splits = sorted(results)
@@ -454,6 +496,13 @@ def proposal_table(results: dict) -> str:
 
 def decoder_table(results: dict) -> str:
     return split_means_table(results, list(DECODER_ROWS), "Decoder (the shipped boxes)")
+
+
+def smoothing_table(results: dict) -> str:
+    shipped = ProposalOptions().z_smoothing_mm
+    rows = [smoothing_row(sigma_mm) for sigma_mm in SMOOTHING_SIGMAS_MM] + [smoothing_row(shipped, UNCAPPED)]
+    rows += [smoothing_row(sigma_mm, cap, "ground-truth boxes") for sigma_mm, cap in ((0.0, LOGIT_CAP), (shipped, LOGIT_CAP), (shipped, UNCAPPED))]
+    return split_means_table(results, rows, "SAM's box logits along the slices", smoothing_row(shipped))
 
 
 def main() -> None:
@@ -480,10 +529,15 @@ def main() -> None:
     decoding = commands.add_parser("decoders")
     decoding.add_argument("--cache", type=Path, required=True)
     decoding.add_argument("--json", type=Path, required=True)
+    smoothed = commands.add_parser("smoothing")
+    smoothed.add_argument("--cache", type=Path, required=True)
+    smoothed.add_argument("--json", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    {"cache": cache, "signals": signals, "extent": extent, "trim": trim, "proposals": proposals, "decoders": decoders}[arguments.command](arguments)
+    {"cache": cache, "signals": signals, "extent": extent, "trim": trim, "proposals": proposals, "decoders": decoders, "smoothing": smoothing}[
+        arguments.command
+    ](arguments)
 
 
 if __name__ == "__main__":

@@ -118,8 +118,8 @@ def test_edited_boxes_are_used_instead_of_proposed_ones(tmp_path):
     proposed = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "proposed.nii.gz")))
     edited = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "edited.nii.gz")))
     assert proposed[removed].any() and not edited[removed].any()
-    kept = [index for index in range(len(proposed)) if index != removed]
-    assert (proposed[kept] == edited[kept]).all()
+    kept = [index for index in range(len(proposed)) if abs(index - removed) > 1]  # its neighbour read its logits (z smoothing)
+    assert kept and (proposed[kept] == edited[kept]).all()
 
 
 def _write(path: Path, array: np.ndarray) -> Path:

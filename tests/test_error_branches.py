@@ -78,6 +78,7 @@ BRANCHES: list[tuple[str, Callable[[Path], list], str]] = [
     # apps/cli.py
     ("negative margin", lambda f: _segment(f, "--margin-mm", "-1"), "--margin-mm must be a number of millimetres"),
     ("NaN margin", lambda f: _segment(f, "--margin-mm", "nan"), "--margin-mm must be a number of millimetres"),
+    ("negative z smoothing", lambda f: _segment(f, "--z-smoothing-mm", "-2"), "--z-smoothing-mm must be a number of millimetres"),
     ("no grid points", lambda f: _segment(f, "--grid-points", "0"), "--grid-points must be at least 1"),
     ("merge with a self-prompting method", lambda f: _segment(f, "--method", "samed", "--merge-slices"), "--method samed prompts itself; --merge-slices"),
     ("own SAM with a trained method", lambda f: _segment(f, "--method", "samed", "--sam-checkpoint", CASE), "samed model belongs to LiteMedSAM"),

@@ -331,8 +331,8 @@ def test_box_edit_resegments_only_its_slice(sam_engine, scene):
     rois = bridge.roi_nodes_from_boxes(node, boxes_from_labels(reference))
     session = BoxSegmentation(ProstateSegmenter(sam_engine, coarse=None).prepare(bridge.image_from_volume_node(node)))
     decoded: list[int] = []
-    segment_slice = session.volume.encoded.segment_scored
-    session.volume.encoded.segment_scored = lambda index, prompt, decoder=None: decoded.append(index) or segment_slice(index, prompt, decoder)
+    segment_slice = session.volume.encoded.segment_logits
+    session.volume.encoded.segment_logits = lambda index, prompt, decoder=None: decoded.append(index) or segment_slice(index, prompt, decoder)
 
     assert session.update(bridge.boxes_from_roi_nodes(node, rois)) == [0, 1, 2, 3]
     assert dice(session.labels, reference) > 0.8
@@ -341,9 +341,9 @@ def test_box_edit_resegments_only_its_slice(sam_engine, scene):
     moved = rois[2]
     moved.SetCenter((np.array(moved.GetCenter()) + 6 * bridge.ijk_to_ras(node)[:3, 0]).tolist())
     decoded.clear()
-    assert session.update(bridge.boxes_from_roi_nodes(node, bridge.box_roi_nodes(node))) == [2]
+    assert session.update(bridge.boxes_from_roi_nodes(node, bridge.box_roi_nodes(node))) == [1, 2, 3]  # its neighbours read its logits
     assert decoded == [2]
-    np.testing.assert_array_equal(np.delete(session.labels, 2, axis=0), np.delete(before, 2, axis=0))
+    np.testing.assert_array_equal(session.labels[0], before[0])
 
     segmentation, segment_ids = bridge.add_label_segments(session.labels, node)
     np.testing.assert_array_equal(bridge.labels_from_segmentation(segmentation, segment_ids, node), session.labels)

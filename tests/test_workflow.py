@@ -69,7 +69,8 @@ def test_propose_move_segment_as_the_module_test_does(workflow, volume_node, ref
     second = segment_labels(segmentation, volume_node, "prostate")
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 1  # updated in place, not added again
     assert (second[moved_slice] != first[moved_slice]).any()
-    np.testing.assert_array_equal(np.delete(second, moved_slice, 0), np.delete(first, moved_slice, 0))
+    near = [index for index in range(len(first)) if abs(index - moved_slice) <= 1]  # its neighbours read its logits (z smoothing)
+    np.testing.assert_array_equal(np.delete(second, near, 0), np.delete(first, near, 0))
 
     # the user edits the segment (as the Segment Editor would); Segment again keeps the edit and adds a new segment
     edited = second.copy()

@@ -41,6 +41,8 @@ def _add_model_options(parser: argparse.ArgumentParser, default_method: str | No
                         help="the coarse network also reads the slices in the reverse of the header's order and keeps the order "
                              "it is more certain in, with a warning when that puts superior and inferior against the header")
     parser.add_argument("--margin-mm", type=float, default=ProposalOptions().margin_mm, help="box margin around the coarse component (mm)")
+    parser.add_argument("--z-smoothing-mm", type=float, default=ProposalOptions().z_smoothing_mm,
+                        help="sigma (mm along the slice axis) of the Gaussian that smooths SAM's box logits across neighbouring slices; 0: off")
     parser.add_argument("--method", choices=tuple(runnable_methods()), default=default_method,
                         help="; ".join(f"{key}: {item.title}" for key, item in runnable_methods().items()) + f" (default {default_method})")
     parser.add_argument("--grid-points", type=int, default=DEFAULT_GRID_SIDE,
@@ -182,7 +184,7 @@ def _add_cache_options(parser: argparse.ArgumentParser) -> None:
 def _check_model_options(arguments) -> None:
     """The model options' values and files, before any volume is read or model loaded; sets ``arguments.method_model_entry``
     (the checked ``--method-model``, or None), which loading and provenance read."""
-    _millimetres(margin_mm=arguments.margin_mm)
+    _millimetres(margin_mm=arguments.margin_mm, z_smoothing_mm=arguments.z_smoothing_mm)
     if arguments.grid_points < 1:
         raise InputError("--grid-points must be at least 1")
     if arguments.method is not None:
@@ -229,7 +231,9 @@ def _base_segmenter(arguments):
     """The base models (coarse network + SAM) the options ask for."""
     from ..pipeline.segmenter import ProstateSegmenter
 
-    options = ProposalOptions(component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm)
+    options = ProposalOptions(
+        component_filter=ComponentFilter(arguments.component_filter), margin_mm=arguments.margin_mm, z_smoothing_mm=arguments.z_smoothing_mm
+    )
     coarse_options = CoarseOptions(reorient=arguments.reorient, n4=arguments.n4, tta=arguments.coarse_tta, slice_order=arguments.slice_order_check)
     return ProstateSegmenter.load(
         arguments.device, arguments.sam_type, arguments.sam_checkpoint, arguments.coarse_checkpoint, options,

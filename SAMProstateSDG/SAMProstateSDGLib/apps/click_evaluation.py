@@ -86,6 +86,7 @@ def simulate_case(
     volume = segmenter.prepare(image)
     boxes: dict[int, Box] = segmenter.propose_boxes(volume)
     probabilities = segmenter.coarse_probabilities(volume)
+    automatic = segmenter.segment_with_boxes(volume, boxes) > 0  # what the user sees before clicking (both decoders)
     gland = {int(index) for index in np.flatnonzero((reference > 0).any(axis=(1, 2)))}
     shape = reference.shape[1:]
     results = []
@@ -102,7 +103,7 @@ def simulate_case(
                 assert interactive is not None  # the interactive decoder is among the decoders only with a refiner
                 step = interactive_step(interactive, embedding, shape)
                 first_click_box = partial(first_click_start, boxes, index, shape, probabilities[index], volume.spacing_xy)  # as refine_slice does
-            masks = simulate_clicks(step, reference[index] > 0, SliceClicks(boxes.get(index)), clicks, first_click_box)
+            masks = simulate_clicks(step, reference[index] > 0, SliceClicks(boxes.get(index)), clicks, first_click_box, automatic[index])
             masks += [masks[-1]] * (clicks + 1 - len(masks))
             labels[:, index] = masks
             if index in gland:

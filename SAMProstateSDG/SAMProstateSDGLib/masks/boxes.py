@@ -15,6 +15,7 @@ from scipy import ndimage
 from .clicks import clicked_pixel
 from .component_choice import choose_component, choose_z_segment
 from .confidence import PAST_THE_BOXES_PROBABILITY
+from .z_smoothing import Z_SMOOTHING_MM
 
 COARSE_THRESHOLD = 0.75
 IN_PLANE = np.stack([np.zeros((3, 3)), ndimage.generate_binary_structure(2, 1), np.zeros((3, 3))]).astype(bool)  # 4-connected, never across slices
@@ -32,11 +33,12 @@ class ComponentFilter(str, Enum):
 
 @dataclass(frozen=True)
 class ProposalOptions:
-    """How coarse probabilities become boxes (SAMMed: threshold 0.75, largest component)."""
+    """How coarse probabilities become boxes (SAMMed: threshold 0.75, largest component), and SAM's box logits masks."""
 
     threshold: float = COARSE_THRESHOLD
     component_filter: ComponentFilter = ComponentFilter.VOLUME  # chosen on in-domain cases (README)
     margin_mm: float = 5.0  # chosen on source-extra under the robustness suite (README: "Box threshold and margin under the suite")
+    z_smoothing_mm: float = Z_SMOOTHING_MM  # SAM's box logits smoothed along the slice axis (``z_smoothing``); 0: off
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,7 @@ class MethodSegmenter:
         """An editable box session on ``volume`` (what the Slicer module keeps per volume)."""
         from ..pipeline.segmenter import BoxSegmentation
 
-        return BoxSegmentation(volume, self.base.sam)
+        return BoxSegmentation(volume, self.base.sam, self.base.options.z_smoothing_mm)
 
     def confidences(self, session: BoxSegmentation) -> dict[int, SliceConfidence]:
         """Each segmented slice's confidence in ``session`` (``masks.confidence``), and that of the slices just past them:
@@ -177,9 +177,11 @@ class BoxPromptedSegmenter(MethodSegmenter):
     def segment(self, volume: PreparedVolume, boxes: dict[int, Box] | None = None, points: dict[int, list] | None = None) -> Segmentation:
         boxes = self.base.propose_boxes(volume) if boxes is None else boxes
         if self.merge_slices:
+            from ..masks.z_smoothing import neighbour_weights
             from ..modeling.tiling import segment_merged
 
-            labels, predicted_iou = segment_merged(self.base.sam, volume.normalised, boxes)
+            weights = neighbour_weights(volume.image.GetSpacing()[2], self.base.options.z_smoothing_mm)
+            labels, predicted_iou = segment_merged(self.base.sam, volume.normalised, boxes, weights=weights)
             return Segmentation(labels, boxes, self.base.slice_confidence(volume, labels, predicted_iou))
         session = self.base.box_session(volume, boxes)
         if points:

@@ -131,19 +131,27 @@ RefineStep = Callable[[SliceClicks], Refined]  # one decoder update of a slice f
 
 
 def simulate_clicks(
-    step: RefineStep, reference: np.ndarray, start: SliceClicks, clicks: int, first_click_box: Callable[[Click], Box | None] | None = None
+    step: RefineStep,
+    reference: np.ndarray,
+    start: SliceClicks,
+    clicks: int,
+    first_click_box: Callable[[Click], Box | None] | None = None,
+    shown: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """A simulated user's session on one slice: its masks after 0, 1, …, ``clicks`` clicks.
 
-    The start (0 clicks) is ``step(start)``, or an empty mask when ``start`` has neither a box nor
-    a click; each click is ``next_click`` on the current mask, added to all earlier ones, with the
-    last logits fed back. On an empty start, ``first_click_box`` may give the first click a box to
+    The start (0 clicks) is ``shown`` (the mask the user sees: the automatic result's slice, smoothed with its
+    neighbours) or else ``step(start)``, or an empty mask when ``start`` has neither a box nor a click; each click
+    is ``next_click`` on the current mask, added to all earlier ones, with the last logits fed back (the first
+    click's: ``step(start)``'s). On an empty start, ``first_click_box`` may give the first click a box to
     start from (decoded first, as the engine replays a slice). Once the mask equals the reference, it stays.
     """
     state, mask = start, np.zeros(reference.shape, dtype=bool)
     if start.box is not None or start.clicks:
         refined = step(start)
         state, mask = replace(start, previous=refined.logits), refined.mask
+    if shown is not None:
+        mask = shown
     masks = [mask]
     for _ in range(clicks):
         click = next_click(mask, reference)

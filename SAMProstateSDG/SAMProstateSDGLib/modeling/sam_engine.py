@@ -204,9 +204,14 @@ class SamEngine:
         """The mask (bool [rows, columns]) for one prompt on one encoded slice."""
         return self.decode_scored(embedding, prompt, slice_shape)[0]
 
-    @torch.inference_mode()
     def decode_scored(self, embedding: torch.Tensor, prompt: Prompt, slice_shape: tuple[int, int]) -> tuple[np.ndarray, float]:
         """The mask for one prompt on one encoded slice and SAM's predicted IoU of it (its own confidence)."""
+        logits, score = self.decode_logits(embedding, prompt, slice_shape)
+        return logits > self.sam.mask_threshold, score
+
+    @torch.inference_mode()
+    def decode_logits(self, embedding: torch.Tensor, prompt: Prompt, slice_shape: tuple[int, int]) -> tuple[np.ndarray, float]:
+        """SAM's mask logits (float32 [rows, columns]) for one prompt on one encoded slice, and its predicted IoU."""
         boxes = points = None
         if prompt.box is not None:
             box = torch.tensor([prompt.box], dtype=torch.float32, device=self.device)
@@ -228,7 +233,7 @@ class SamEngine:
         choice = scores[0].argmax()
         best = low_resolution[:, choice][:, None]
         logits = self.sam.postprocess_masks(best, self.input_size(slice_shape), slice_shape)
-        return (logits[0, 0] > self.sam.mask_threshold).cpu().numpy(), float(scores[0, choice])
+        return logits[0, 0].float().cpu().numpy(), float(scores[0, choice])
 
 
 _ENCODING_IN_BACKGROUND: weakref.WeakSet[EncodedVolume] = weakref.WeakSet()
@@ -297,3 +302,8 @@ class EncodedVolume:
         """The slice's mask and SAM's predicted IoU of it."""
         self.encode([index])
         return (decoder or self.engine).decode_scored(self.embeddings[index], prompt, self.slices.shape[1:])
+
+    def segment_logits(self, index: int, prompt: Prompt, decoder: SamEngine | None = None) -> tuple[np.ndarray, float]:
+        """The slice's mask logits and SAM's predicted IoU of its mask."""
+        self.encode([index])
+        return (decoder or self.engine).decode_logits(self.embeddings[index], prompt, self.slices.shape[1:])

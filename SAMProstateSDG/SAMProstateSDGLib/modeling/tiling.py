@@ -7,11 +7,13 @@ height). SAMMed's published code swaps the offsets of the two off-diagonal tiles
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..masks.boxes import Box
+from ..masks.z_smoothing import NO_SMOOTHING, smoothed_logits
 from .sam_engine import Prompt, SamEngine
 
 if TYPE_CHECKING:
@@ -67,10 +69,15 @@ class TiledEncodedVolume:
 
     def segment_scored(self, index: int, prompt: Prompt) -> tuple[np.ndarray, float]:
         """The slice's mask and SAM's predicted IoU of it."""
+        logits, score = self.segment_logits(index, prompt)
+        return logits > self.engine.sam.mask_threshold, score
+
+    def segment_logits(self, index: int, prompt: Prompt) -> tuple[np.ndarray, float]:
+        """The slice's mask logits (its tile of the merged image's) and SAM's predicted IoU of its mask."""
         group, tile = divmod(int(index), TILES)
         self.encode([index])
         height, width = self.slices.shape[1:]
-        merged, score = self.engine.decode_scored(self.embeddings[group], shift_prompt(prompt, tile, height, width), (GRID * height, GRID * width))
+        merged, score = self.engine.decode_logits(self.embeddings[group], shift_prompt(prompt, tile, height, width), (GRID * height, GRID * width))
         return tile_of(merged, tile, height, width), score
 
 
@@ -83,12 +90,15 @@ def gland_crop(boxes: dict[int, Box], shape: tuple[int, int], margin: float) -> 
     return slice(y0, y1), slice(x0, x1)
 
 
-def segment_merged(engine: SamEngine, slices: np.ndarray, boxes: dict[int, Box], margin: float = 16.0) -> tuple[np.ndarray, dict[int, float]]:
+def segment_merged(
+    engine: SamEngine, slices: np.ndarray, boxes: dict[int, Box], margin: float = 16.0, weights: Mapping[int, float] = NO_SMOOTHING
+) -> tuple[np.ndarray, dict[int, float]]:
     """Box masks with four gland crops per encoder input: about four times fewer encoder passes; returns the labels
     and SAM's predicted IoU per boxed slice.
 
     Each slice is cropped to the union of the boxes (plus ``margin`` pixels), so a tile of the
-    merged input keeps about the pixel size the whole slice would have had alone.
+    merged input keeps about the pixel size the whole slice would have had alone. The logits are
+    smoothed along the slices with ``weights`` (``masks.z_smoothing.neighbour_weights``) before the threshold.
     """
     labels = np.zeros(slices.shape, dtype=np.uint8)
     predicted_iou: dict[int, float] = {}
@@ -97,7 +107,10 @@ def segment_merged(engine: SamEngine, slices: np.ndarray, boxes: dict[int, Box],
     rows, columns = gland_crop(boxes, slices.shape[1:], margin)
     tiled = TiledEncodedVolume(engine, np.ascontiguousarray(slices[:, rows, columns]))
     tiled.encode(boxes)
+    logits: dict[int, np.ndarray] = {}
     for index, box in boxes.items():
         cropped = Box(box.x0 - columns.start, box.y0 - rows.start, box.x1 - columns.start, box.y1 - rows.start)
-        labels[index, rows, columns], predicted_iou[index] = tiled.segment_scored(index, Prompt(box=cropped.as_tuple()))
+        logits[index], predicted_iou[index] = tiled.segment_logits(index, Prompt(box=cropped.as_tuple()))
+    for index in boxes:
+        labels[index, rows, columns] = smoothed_logits(logits, index, weights) > engine.sam.mask_threshold
     return labels, predicted_iou

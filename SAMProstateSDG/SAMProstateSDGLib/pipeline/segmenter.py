@@ -30,6 +30,7 @@ from ..masks.boxes import (
 )
 from ..masks.canvas import Canvas, encoder_canvas
 from ..masks.confidence import SliceConfidence, slice_confidences
+from ..masks.z_smoothing import Z_SMOOTHING_MM, affected_slices, neighbour_weights, smoothed_logits
 from ..modeling.backends import candidates
 from ..modeling.coarse_net import CoarseSegmenter
 from ..modeling.encoder_stages import EncoderFeatures
@@ -183,7 +184,7 @@ class ProstateSegmenter:
 
     def box_session(self, volume: PreparedVolume, boxes: dict[int, Box]) -> BoxSegmentation:
         """The volume segmented with ``boxes`` (its labels, and SAM's predicted IoU per slice)."""
-        session = BoxSegmentation(volume, self.sam)
+        session = BoxSegmentation(volume, self.sam, self.options.z_smoothing_mm)
         session.update(boxes)
         return session
 
@@ -194,11 +195,16 @@ class BoxSegmentation:
     ``update`` decodes only the slices whose box was added or moved and clears those whose box was
     removed; each slice's SAM embedding is computed once and cached in the prepared volume.
     ``decoder`` may be an engine with another mask decoder sharing the volume's image encoder.
+    A slice segmented from its box alone is SAM's logits smoothed with those of its neighbours
+    (``masks.z_smoothing``, sigma ``z_smoothing_mm``); a slice segmented with clicks is the clicks'
+    mask, and clicks never change another slice.
     """
 
-    def __init__(self, volume: PreparedVolume, decoder: SamEngine | None = None):
+    def __init__(self, volume: PreparedVolume, decoder: SamEngine | None = None, z_smoothing_mm: float = Z_SMOOTHING_MM):
         self.volume = volume
         self.decoder = decoder
+        self.weights = neighbour_weights(volume.image.GetSpacing()[2], z_smoothing_mm)
+        self.box_logits: dict[int, np.ndarray] = {}  # SAM's logits of each slice decoded from its box alone
         self.boxes: dict[int, Box] = {}
         self.labels: np.ndarray = np.zeros(volume.normalised.shape, dtype=np.uint8)
         self.predicted_iou: dict[int, float] = {}  # SAM's own estimate of each segmented slice's IoU
@@ -215,17 +221,32 @@ class BoxSegmentation:
         return sorted(index for index in boxes.keys() | self.boxes.keys() if not _same_box(boxes.get(index), self.boxes.get(index)))
 
     def update(self, boxes: dict[int, Box]) -> list[int]:
-        """Re-segment the changed slices (encoded together in batches); returns them."""
+        """Re-decode the changed slices (encoded together in batches); returns the slices whose labels were
+        recomputed: those and their smoothing neighbours."""
         changed = self.changed_slices(boxes)
         self.volume.encoded.encode([index for index in changed if index in boxes])
         for index in changed:
-            self.labels[index] = 0
             self.predicted_iou.pop(index, None)
+            self.box_logits.pop(index, None)
             self.clicked.discard(index)
             if index in boxes:
-                self._segment_slice(index, Prompt(box=boxes[index].as_tuple()))
+                self._decode_box(index, boxes[index])
         self.boxes = dict(boxes)
-        return changed
+        return self._threshold_box_slices(set(changed))
+
+    def _threshold_box_slices(self, changed: set[int]) -> list[int]:
+        """Labels of the slices segmented from their box alone that read the ``changed`` slices' logits, and of the
+        ``changed`` slices themselves (cleared when they have neither a box nor clicks); returns them."""
+        recomputed = sorted((changed | affected_slices(changed, self.weights)) & set(range(len(self.labels))))
+        for index in recomputed:
+            if index in self.clicked:
+                continue
+            self.labels[index] = 0
+            if index in self.box_logits:
+                smoothed = smoothed_logits(self.box_logits, index, self.weights)
+                self.labels[index][smoothed > (self.decoder or self.volume.encoded.engine).sam.mask_threshold] = PROSTATE_LABEL
+                self.segmented = True
+        return [index for index in recomputed if index in changed or (index in self.box_logits and index not in self.clicked)]
 
     def refine_slice(self, index: int, prompt: Prompt, neighbours: dict[int, Box] | None = None) -> Box | None:
         """Segment one slice with clicks (and perhaps a box); later box updates keep it unless its box moves.
@@ -258,14 +279,18 @@ class BoxSegmentation:
 
     def unclick_slice(self, index: int, box: Box | None) -> None:
         """A slice whose clicks were all removed: segmented from its box alone again (empty without one)."""
-        self.labels[index] = 0
         self.predicted_iou.pop(index, None)
+        self.box_logits.pop(index, None)
         self.clicked.discard(index)
         self.boxes.pop(index, None)
         if box is not None:
-            self.volume.encoded.encode([index])
-            self._segment_slice(index, Prompt(box=box.as_tuple()))
+            self._decode_box(index, box)
             self.boxes[index] = box
+        self._threshold_box_slices({index})
+
+    def _decode_box(self, index: int, box: Box) -> None:
+        """SAM's logits and predicted IoU of the slice from its box alone (``_threshold_box_slices`` makes its mask)."""
+        self.box_logits[index], self.predicted_iou[index] = self.volume.encoded.segment_logits(index, Prompt(box=box.as_tuple()), self.decoder)
 
     def _segment_slice(self, index: int, prompt: Prompt) -> None:
         mask, self.predicted_iou[index] = self.volume.encoded.segment_scored(index, prompt, self.decoder)
