@@ -441,6 +441,12 @@ def decoders(arguments: argparse.Namespace) -> None:
 
 SMOOTHING_SIGMAS_MM = (0.0, 1.25, 1.5, 1.75, 2.0, 2.5)
 UNCAPPED = float("inf")
+SHIPPED_SMOOTHING_MM = ProposalOptions().z_smoothing_mm
+SMOOTHING_ROWS = (  # (boxes, sigma, cap): each sigma with the shipped boxes, then the shipped sigma uncapped and with ground-truth boxes
+    *(("", sigma_mm, LOGIT_CAP) for sigma_mm in SMOOTHING_SIGMAS_MM),
+    ("", SHIPPED_SMOOTHING_MM, UNCAPPED),
+    *(("ground-truth boxes", sigma_mm, cap) for sigma_mm, cap in ((0.0, LOGIT_CAP), (SHIPPED_SMOOTHING_MM, LOGIT_CAP), (SHIPPED_SMOOTHING_MM, UNCAPPED))),
+)
 
 
 def smoothing_row(sigma_mm: float, cap: float = LOGIT_CAP, boxes: str = "") -> str:
@@ -452,17 +458,14 @@ def smoothing_dice(engine: SamEngine, volume: CachedVolume) -> dict[str, float]:
     """The volume's Dice with SAM's logits smoothed along the slices (``masks.z_smoothing``) at each sigma, with the
     shipped boxes; with the shipped sigma, also uncapped, and with ground-truth boxes."""
     shape = volume.reference.shape[1:]
-    shipped = ProposalOptions().z_smoothing_mm
     proposed = propose_boxes(volume.probabilities, volume.spacing_xyz, ProposalOptions())
     truth = {index: box for index, box in boxes_from_labels(volume.reference).items() if index in volume.embeddings}
-    rows = [(proposed, "", sigma_mm, LOGIT_CAP) for sigma_mm in SMOOTHING_SIGMAS_MM] + [(proposed, "", shipped, UNCAPPED)]
-    rows += [(truth, "ground-truth boxes", sigma_mm, cap) for sigma_mm, cap in ((0.0, LOGIT_CAP), (shipped, LOGIT_CAP), (shipped, UNCAPPED))]
     logits = {
         name: {index: box_logits(engine, volume.embeddings[index], box, shape)[0] for index, box in boxes.items()}
         for name, boxes in (("", proposed), ("ground-truth boxes", truth))
     }
     dice = {}
-    for _, boxes_name, sigma_mm, cap in rows:
+    for boxes_name, sigma_mm, cap in SMOOTHING_ROWS:
         weights = neighbour_weights(volume.spacing_xyz[2], sigma_mm)
         predicted = np.zeros(volume.reference.shape, dtype=bool)
         for index in logits[boxes_name]:
@@ -499,10 +502,8 @@ def decoder_table(results: dict) -> str:
 
 
 def smoothing_table(results: dict) -> str:
-    shipped = ProposalOptions().z_smoothing_mm
-    rows = [smoothing_row(sigma_mm) for sigma_mm in SMOOTHING_SIGMAS_MM] + [smoothing_row(shipped, UNCAPPED)]
-    rows += [smoothing_row(sigma_mm, cap, "ground-truth boxes") for sigma_mm, cap in ((0.0, LOGIT_CAP), (shipped, LOGIT_CAP), (shipped, UNCAPPED))]
-    return split_means_table(results, rows, "SAM's box logits along the slices", smoothing_row(shipped))
+    rows = [smoothing_row(sigma_mm, cap, boxes) for boxes, sigma_mm, cap in SMOOTHING_ROWS]
+    return split_means_table(results, rows, "SAM's box logits along the slices", smoothing_row(SHIPPED_SMOOTHING_MM))
 
 
 def main() -> None:

@@ -67,11 +67,6 @@ class TiledEncodedVolume:
             merged = np.stack([merge_slices(self.slices[group * TILES : (group + 1) * TILES]) for group in groups])
             self.embeddings.update(zip(groups, self.engine.encode(merged)))
 
-    def segment_scored(self, index: int, prompt: Prompt) -> tuple[np.ndarray, float]:
-        """The slice's mask and SAM's predicted IoU of it."""
-        logits, score = self.segment_logits(index, prompt)
-        return logits > self.engine.sam.mask_threshold, score
-
     def segment_logits(self, index: int, prompt: Prompt) -> tuple[np.ndarray, float]:
         """The slice's mask logits (its tile of the merged image's) and SAM's predicted IoU of its mask."""
         group, tile = divmod(int(index), TILES)
